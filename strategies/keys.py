@@ -1,0 +1,67 @@
+"""Message keys shared by the offsite-tuning strategy and the ClientApp: the wire contract, in one place.
+
+Record keys name the records inside a ``RecordDict``; config and metric keys name the entries inside them.
+Flower's own conventions are kept where they exist (``arrays``, ``config``, ``server-round``,
+``num-examples``, ``proximal-mu``).
+"""
+
+from __future__ import annotations
+
+# --- message types -------------------------------------------------------------------------------------
+# First contact: the client loads (and verifies) the emulator and says which partition it holds.
+QUERY_EMULATOR = "emulator"
+QUERY_EMULATOR_TYPE = f"query.{QUERY_EMULATOR}"
+
+# --- records inside a RecordDict -----------------------------------------------------------------------
+ARRAYS = "arrays"  # ArrayRecord: the adapter, fp32, keyed "{original block index}.{name in block}"
+CONFIG = "config"  # ConfigRecord: server -> client settings
+METRICS = "metrics"  # MetricRecord: client -> server numbers
+INFO = "info"  # ConfigRecord: client -> server facts from the emulator handshake
+
+# --- config keys (server -> client) --------------------------------------------------------------------
+SERVER_ROUND = "server-round"  # injected by Flower's FedAvg
+PROXIMAL_MU = "proximal-mu"  # injected by Flower's FedProx; the client adds (mu/2)·||w - w_global||²
+EMULATOR_PATH = "emulator-path"  # bundle directory the server wrote (simulation); node config wins
+EMULATOR_SHA256 = "emulator-sha256"  # manifest hash the client's bundle must have
+TASK = "task"
+TASK_SEED = "task-seed"
+PARTITION_SCHEME = "partition-scheme"
+DIRICHLET_ALPHA = "dirichlet-alpha"
+ADAPTER_MODE = "adapter-mode"
+LORA_RANK = "lora-rank"
+LORA_ALPHA = "lora-alpha"
+LORA_DROPOUT = "lora-dropout"
+LR = "lr"
+BATCH_SIZE = "batch-size"
+LOCAL_EPOCHS = "local-epochs"  # 0 when local-steps is used
+LOCAL_STEPS = "local-steps"  # 0 when local-epochs is used
+MAX_LENGTH = "max-length"
+MAX_GRAD_NORM = "max-grad-norm"
+WEIGHT_DECAY = "weight-decay"
+SEED = "seed"  # run seed; the client derives its own from (seed, server-round, partition-id)
+NUM_THREADS = "num-threads"  # torch threads for the client (its CPU share); 0 leaves torch's default
+FAIL_PARTITIONS = "fail-partitions"  # test hook: these partitions raise in training
+
+# --- node config keys (set by the simulation or by `flower-supernode --node-config`) -------------------
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+NODE_EMULATOR_PATH = "emulator-path"
+NODE_NUM_THREADS = "num-threads"
+
+# --- metric / info keys (client -> server) -------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"  # FedAvg's weight
+TRAIN_LOSS = "train_loss"
+TRAIN_STEPS = "train_steps"
+TRAIN_SECONDS = "train_seconds"
+INFO_PARTITION_ID = "partition-id"
+INFO_EMULATOR_SHA256 = "emulator-sha256"
+
+# --- server-side evaluation results (evaluate_fn -> strategy) ------------------------------------------
+PLUGIN_ACC = "plugin_acc"
+PLUGIN_ACC_STDERR = "plugin_acc_stderr"
+PLUGIN_ACC_NORM = "plugin_acc_norm"
+PLUGIN_ACC_NORM_STDERR = "plugin_acc_norm_stderr"
+EMULATOR_ACC = "emulator_acc"
+EMULATOR_ACC_STDERR = "emulator_acc_stderr"
+EMULATOR_ACC_NORM = "emulator_acc_norm"
+EMULATOR_ACC_NORM_STDERR = "emulator_acc_norm_stderr"

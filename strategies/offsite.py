@@ -1,0 +1,368 @@
+"""Offsite-tuning on top of any of Flower's message strategies (FedAvg, FedProx, FedAdam, ...).
+
+Offsite-Tuning (Xiao et al. 2023) and ScaleOT (Yao et al. 2025) describe one data owner; the federation is
+ours (design §3 Federation): each round the server samples clients, sends the global adapter, and aggregates
+the adapters they send back with the chosen Flower aggregation, then evaluates them plugged into the full
+model.
+
+``OffsiteTuning`` is a mixin: ``offsite_strategy("fedadam", ...)`` builds a subclass of Flower's ``FedAdam``
+with it in front, so aggregation stays Flower's own code. The mixin adds, by small overrides:
+- a one-time emulator handshake per node, and client sampling by partition id seeded with (seed, round), so a
+  resumed run samples what an uninterrupted one would;
+- reply checks (``strategies.replies``): a bad reply is dropped with a warning, the round goes on;
+- server-side evaluation through a callable, on a schedule, and one ``RoundRecord`` per round.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    Result,
+)
+
+from strategies import keys
+from strategies.records import RoundRecord, fill_accuracies, progress_line
+from strategies.replies import AdapterSpec, last_line, majority_metric_keys, reply_problem
+
+log = logging.getLogger(__name__)
+
+STRATEGIES: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedavgm": FedAvgM,
+    "fedadam": FedAdam,
+    "fedadagrad": FedAdagrad,
+    "fedyogi": FedYogi,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+}
+# Set by the mixin or by the server app; not a strategy kwarg a config may pass.
+_OWNED_KWARGS = frozenset(
+    {
+        "fraction_train",
+        "fraction_evaluate",
+        "min_train_nodes",
+        "min_evaluate_nodes",
+        "min_available_nodes",
+        "weighted_by_key",
+        "arrayrecord_key",
+        "configrecord_key",
+        "train_metrics_aggr_fn",
+        "evaluate_metrics_aggr_fn",
+    }
+)
+# Server-optimiser state of Flower's strategies that must survive a checkpoint (FedOpt family, FedAvgM).
+_STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
+
+# (server_round, global adapter, evaluate the emulator too?) -> metrics named by keys.PLUGIN_ACC etc.
+EvaluateFn = Callable[[int, ArrayRecord, bool], Mapping[str, float]]
+
+
+def strategy_parameters(name: str) -> list[str]:
+    """The keyword arguments a config may pass to strategy ``name`` (its own, not the sampling ones).
+
+    Raises:
+        ValueError: ``name`` is not in ``STRATEGIES``.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"federation.strategy={name!r} is unknown; use one of {', '.join(STRATEGIES)}")
+    params = inspect.signature(STRATEGIES[name].__init__).parameters
+    return sorted(p for p in params if p != "self" and p not in _OWNED_KWARGS)
+
+
+def offsite_strategy(name: str, **kwargs: Any) -> OffsiteTuning:
+    """Flower's strategy ``name`` with offsite-tuning in front (see ``OffsiteTuning`` for the arguments)."""
+    strategy_parameters(name)
+    return _offsite_class(STRATEGIES[name])(**kwargs)
+
+
+@cache
+def _offsite_class(base: type[FedAvg]) -> type:
+    return type(f"OffsiteTuning{base.__name__}", (OffsiteTuning, base), {"__doc__": OffsiteTuning.__doc__})
+
+
+def sample_partitions(num_eligible: int, k: int, seed: int, server_round: int) -> list[int]:
+    """Indices (sorted) of the ``k`` of ``num_eligible`` clients, ordered by partition id, trained this round.
+
+    Depends only on (seed, round), so an interrupted and resumed run samples what an uninterrupted one does.
+    """
+    rng = np.random.default_rng([seed, server_round])
+    return sorted(int(i) for i in rng.choice(num_eligible, size=min(k, num_eligible), replace=False))
+
+
+class OffsiteTuning:
+    """Offsite-tuning in front of a Flower ``FedAvg``-family strategy; aggregation is the base class's.
+
+    Contract with the client:
+    - ``query.emulator`` (once per node): config ``emulator-path`` (the bundle the server wrote; a node's own
+      ``emulator-path`` node config takes precedence) and ``emulator-sha256``. The client loads the emulator
+      bundle (never the full model) and replies with a ConfigRecord ``info`` holding ``partition-id`` and the
+      ``emulator-sha256`` of what it loaded. Nodes that fail or load another emulator are never sampled.
+    - ``train`` (each round, sampled nodes only): ArrayRecord ``arrays`` = the global adapter (fp32, keys
+      ``"{original block index}.{name in block}"``; nothing else crosses the wire), ConfigRecord ``config`` =
+      the training settings in ``strategies.keys`` plus ``server-round`` (and ``proximal-mu`` for FedProx).
+      The client resets its adapter to ``arrays``, trains it on its partition with a seed derived from
+      (``seed``, ``server-round``, partition id), adds ``(mu/2)·||w - w_global||²`` when ``proximal-mu`` > 0,
+      and replies ArrayRecord ``arrays`` with the same keys, shapes and dtypes and MetricRecord ``metrics``
+      with ``num-examples`` (> 0) and ``train_loss``. Any other reply is dropped with a logged reason.
+
+    Args:
+        emulator_path: bundle directory sent in the handshake (simulation: a path every client can read).
+        emulator_sha256: the bundle manifest's hash; a node reporting another is refused ("" skips the check).
+        seed: run seed; sampling depends on (seed, round).
+        fraction_train, min_train_nodes, min_available_nodes: as in Flower's FedAvg; sampling is done here.
+        evaluate_fn: server-side evaluation ``(round, adapter, with_emulator) -> metrics``; None skips it.
+        emulator_eval_every: evaluate the emulator fine-tuned every k rounds and in the last (0: last only).
+        on_round_end: called with the finished ``RoundRecord`` and the global adapter (checkpointing).
+        handshake_timeout: seconds to wait for the emulator handshake replies.
+        **base_kwargs: the base strategy's own arguments (``proximal_mu``, ``eta``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        emulator_path: str,
+        emulator_sha256: str = "",
+        seed: int = 0,
+        fraction_train: float = 1.0,
+        min_train_nodes: int = 1,
+        min_available_nodes: int = 1,
+        evaluate_fn: EvaluateFn | None = None,
+        emulator_eval_every: int = 1,
+        on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None,
+        handshake_timeout: float = 600.0,
+        **base_kwargs: Any,
+    ) -> None:
+        # The base strategy sends to every node it is shown; the mixin shows it only the sampled ones.
+        super().__init__(fraction_train=1.0, min_train_nodes=0, min_available_nodes=0, **base_kwargs)
+        self.emulator_path = emulator_path
+        self.emulator_sha256 = emulator_sha256
+        self.seed = seed
+        self.sample_fraction = fraction_train
+        self.sample_min_nodes = min_train_nodes
+        self.wait_for_nodes = min_available_nodes
+        self.evaluate_fn = evaluate_fn
+        self.emulator_eval_every = emulator_eval_every
+        self.on_round_end = on_round_end
+        self.handshake_timeout = handshake_timeout
+        self.history: list[RoundRecord] = []
+        self.partitions: dict[int, int] = {}  # node id -> partition id, from the handshake
+        self.refused: dict[int, str] = {}  # node id -> why it is never sampled
+        self._spec: AdapterSpec | None = None
+        self._offset = 0  # rounds done before this start() (resume)
+        self._last_round = 0
+        self._record: RoundRecord | None = None
+        self._round_start = 0.0
+
+    # --- Flower's loop ----------------------------------------------------------------------------------
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs: Any) -> Result:
+        """Flower's ``Strategy.start`` for rounds ``len(history)+1 .. len(history)+num_rounds``.
+
+        Server-side evaluation goes through the constructor's ``evaluate_fn``; ``start``'s own is not used.
+        """
+        if kwargs.pop("evaluate_fn", None) is not None:
+            raise TypeError("pass evaluate_fn to the strategy's constructor, not to start()")
+        self._spec = AdapterSpec.of(initial_arrays)
+        self._offset = len(self.history)
+        self._last_round = self._offset + num_rounds
+        return super().start(
+            grid, initial_arrays, num_rounds=num_rounds, evaluate_fn=self._end_round, **kwargs
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Handshake new nodes, sample by partition, let the base strategy build the messages."""
+        server_round += self._offset
+        self._round_start = time.monotonic()
+        record = self._record = RoundRecord(round=server_round)
+        connected = self._await_nodes(grid)
+        self._handshake(grid, [n for n in connected if n not in self.partitions and n not in self.refused])
+        eligible = sorted((p, n) for n, p in self.partitions.items() if n in connected)
+        k = max(int(len(connected) * self.sample_fraction), self.sample_min_nodes)
+        chosen = [eligible[i] for i in sample_partitions(len(eligible), k, self.seed, server_round)]
+        if not chosen:
+            log.warning("round %d: no node has loaded the emulator; nothing to train", server_round)
+            return []
+        messages = list(
+            super().configure_train(server_round, arrays, config, _Nodes(grid, [n for _, n in chosen]))
+        )
+        record.sampled = len(messages)
+        record.sampled_partitions = [p for p, _ in chosen]
+        record.bytes_sent = sum(_array_bytes(m) for m in messages)
+        record.bytes_per_client = record.bytes_sent // max(len(messages), 1)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Drop bad replies (logged with node id and reason), aggregate the rest with the base strategy."""
+        server_round += self._offset
+        replies = list(replies)
+        record = self._current_record(server_round)
+        record.replied = len(replies)
+        record.bytes_received = sum(_array_bytes(m) for m in replies if m.has_content())
+        valid = []
+        for msg in replies:
+            problem = reply_problem(msg, self._spec_or_fail(), self.arrayrecord_key, self.weighted_by_key)
+            if problem:
+                self._reject(record, msg, problem)
+            else:
+                valid.append(msg)
+        valid, odd = majority_metric_keys(valid)
+        for msg in odd:
+            self._reject(record, msg, "metric keys differ from the other replies'")
+        record.aggregated = len(valid)
+        if not valid:
+            log.warning("round %d: no valid replies; the global adapter is unchanged", server_round)
+            return None, None
+        # Fixed order (by partition) makes the float sums, hence the adapter, reproducible.
+        valid.sort(key=lambda m: (self.partitions.get(m.metadata.src_node_id, -1), m.metadata.src_node_id))
+        arrays, metrics = super().aggregate_train(server_round, valid)
+        if metrics is not None and keys.TRAIN_LOSS in metrics:
+            record.train_loss = float(metrics[keys.TRAIN_LOSS])
+        return (self._spec_or_fail().cast(arrays) if arrays is not None else None), metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No federated evaluation: offsite-tuning is evaluated on the server (plug-in and emulator)."""
+        return []
+
+    # --- checkpoint state -------------------------------------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The base strategy's server-optimiser state (FedAdam's moments, FedAvgM's momentum), flattened."""
+        state: dict[str, np.ndarray] = {}
+        for attr in _STATE_ATTRS:
+            value = getattr(self, attr, None)
+            items = value.items() if isinstance(value, dict) else enumerate(value or [])
+            state.update({f"{attr}/{k}": np.asarray(v) for k, v in items})
+        return state
+
+    def restore_(self, history: Sequence[RoundRecord], state: Mapping[str, np.ndarray]) -> None:
+        """Continue after the rounds in ``history`` with the server-optimiser ``state`` saved with them."""
+        self.history = list(history)
+        for attr in _STATE_ATTRS:
+            entries = {k.split("/", 1)[1]: v for k, v in state.items() if k.split("/", 1)[0] == attr}
+            if not entries or not hasattr(self, attr):
+                continue
+            if attr == "momentum_vector":
+                setattr(self, attr, [entries[str(i)] for i in range(len(entries))])
+            else:
+                setattr(self, attr, dict(entries))
+
+    # --- helpers ----------------------------------------------------------------------------------------
+    def _end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        # Flower calls this with round 0 before training (the server app evaluates zero-shot itself).
+        if server_round == 0:
+            return None
+        server_round += self._offset
+        record = self._current_record(server_round)
+        with_emulator = server_round == self._last_round or (
+            self.emulator_eval_every > 0 and server_round % self.emulator_eval_every == 0
+        )
+        metrics = dict(self.evaluate_fn(server_round, arrays, with_emulator)) if self.evaluate_fn else {}
+        fill_accuracies(record, metrics)
+        record.seconds = time.monotonic() - self._round_start
+        self.history.append(record)
+        log.info(progress_line(record, self._last_round))
+        if self.on_round_end is not None:
+            self.on_round_end(record, arrays)
+        return MetricRecord({k: float(v) for k, v in metrics.items()})
+
+    def _current_record(self, server_round: int) -> RoundRecord:
+        if self._record is None or self._record.round != server_round:
+            self._record = RoundRecord(round=server_round)
+        return self._record
+
+    def _await_nodes(self, grid: Grid) -> set[int]:
+        while len(nodes := set(grid.get_node_ids())) < self.wait_for_nodes:
+            log.info("waiting for nodes: %d connected, %d required", len(nodes), self.wait_for_nodes)
+            time.sleep(1.0)
+        return nodes
+
+    def _handshake(self, grid: Grid, nodes: list[int]) -> None:
+        if not nodes:
+            return
+        config = ConfigRecord(
+            {keys.EMULATOR_PATH: self.emulator_path, keys.EMULATOR_SHA256: self.emulator_sha256}
+        )
+        messages = [
+            Message(RecordDict({keys.CONFIG: config}), dst_node_id=n, message_type=keys.QUERY_EMULATOR_TYPE)
+            for n in nodes
+        ]
+        for reply in grid.send_and_receive(messages, timeout=self.handshake_timeout):
+            node = reply.metadata.src_node_id
+            problem, partition = _handshake_problem(reply, self.emulator_sha256)
+            if problem:
+                self.refused[node] = problem
+                log.warning("node %d refused: %s", node, problem)
+            else:
+                self.partitions[node] = partition
+
+    def _reject(self, record: RoundRecord, msg: Message, problem: str) -> None:
+        node = msg.metadata.src_node_id
+        record.rejected += 1
+        record.rejections.append(f"node {node}: {problem}")
+        log.warning("round %d: dropped the reply of node %d: %s", record.round, node, problem)
+
+    def _spec_or_fail(self) -> AdapterSpec:
+        if self._spec is None:
+            raise RuntimeError("the adapter spec is unset: call start() (or set_adapter_spec) first")
+        return self._spec
+
+    def set_adapter_spec(self, arrays: ArrayRecord) -> None:
+        """Fix the keys, shapes and dtypes replies must match (``start`` uses the initial adapter's)."""
+        self._spec = AdapterSpec.of(arrays)
+
+
+class _Nodes:
+    """A view of the grid showing only the sampled nodes to the base strategy's sampling."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid, self._node_ids = grid, node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def _handshake_problem(reply: Message, sha256: str) -> tuple[str | None, int]:
+    if reply.has_error():
+        return f"emulator handshake failed: {last_line(reply.error.reason)}", -1
+    info = reply.content.config_records.get(keys.INFO)
+    if info is None or not isinstance(info.get(keys.INFO_PARTITION_ID), int):
+        return "emulator handshake reply lacks an integer partition-id", -1
+    theirs = info.get(keys.INFO_EMULATOR_SHA256, "")
+    if sha256 and theirs != sha256:
+        return f"loaded emulator {str(theirs)[:12]}…, the server's is {sha256[:12]}…", -1
+    return None, int(info[keys.INFO_PARTITION_ID])
+
+
+def _array_bytes(msg: Message) -> int:
+    return sum(record.count_bytes() for record in msg.content.array_records.values())

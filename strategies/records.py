@@ -1,0 +1,65 @@
+"""One record per federated round: what the strategy saw and what the server-side evaluation measured."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from strategies import keys
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round. Accuracies are None where not evaluated; bytes are ArrayRecord bytes."""
+
+    round: int
+    train_loss: float | None = None
+    plugin_acc: float | None = None
+    plugin_acc_stderr: float | None = None
+    emulator_acc: float | None = None
+    emulator_acc_stderr: float | None = None
+    privacy_gap: float | None = None  # plug-in minus emulator fine-tuned (design §3); larger is more private
+    sampled: int = 0
+    replied: int = 0
+    rejected: int = 0
+    aggregated: int = 0
+    sampled_partitions: list[int] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_per_client: int = 0  # what each sampled client received
+    seconds: float = 0.0
+    evaluation: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundRecord:
+        return cls(**data)
+
+
+def fill_accuracies(record: RoundRecord, metrics: Mapping[str, float]) -> None:
+    """Copy the evaluation metrics into ``record`` and derive the privacy gap."""
+    record.evaluation = {k: float(v) for k, v in metrics.items()}
+    record.plugin_acc = metrics.get(keys.PLUGIN_ACC)
+    record.plugin_acc_stderr = metrics.get(keys.PLUGIN_ACC_STDERR)
+    record.emulator_acc = metrics.get(keys.EMULATOR_ACC)
+    record.emulator_acc_stderr = metrics.get(keys.EMULATOR_ACC_STDERR)
+    if record.plugin_acc is not None and record.emulator_acc is not None:
+        record.privacy_gap = record.plugin_acc - record.emulator_acc
+
+
+def progress_line(record: RoundRecord, last_round: int) -> str:
+    """The one log line per round: loss, accuracies (%), clients, time."""
+
+    def pct(x: float | None) -> str:
+        return "  –  " if x is None else f"{100 * x:5.1f}"
+
+    loss = "–" if record.train_loss is None else f"{record.train_loss:.4f}"
+    return (
+        f"round {record.round}/{last_round}: loss {loss}, plug-in acc {pct(record.plugin_acc)}, "
+        f"emulator acc {pct(record.emulator_acc)}, clients {record.aggregated}/{record.sampled} "
+        f"({record.rejected} dropped), {record.seconds:.1f} s"
+    )

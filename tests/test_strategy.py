@@ -1,0 +1,204 @@
+"""The offsite-tuning strategy: reply checks, aggregation by Flower's strategies, sampling, resume."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from strategies import keys
+from strategies.offsite import offsite_strategy, sample_partitions, strategy_parameters
+
+SHAPES = {"0.mlp.weight": (4, 3), "7.mlp.weight": (3, 4), "7.norm.weight": (4,)}
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    # Message() needs the process's task identity (flower-1.42.md §10.8).
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+
+
+def adapter(value: float = 0.0, dtype=np.float32, shapes=SHAPES) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.full(s, value, dtype=dtype)) for k, s in shapes.items()})
+
+
+def train_msg(node: int, arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict(
+        {keys.ARRAYS: arrays or adapter(), keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: 1})}
+    )
+    return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+
+
+def reply(node: int, arrays: ArrayRecord, examples: int = 10, loss: float = 1.0) -> Message:
+    metrics = MetricRecord({keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss})
+    return Message(RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics}), reply_to=train_msg(node))
+
+
+def make(name: str = "fedavg", **kwargs) -> object:
+    strategy = offsite_strategy(name, emulator_path="/bundle", **kwargs)
+    strategy.set_adapter_spec(adapter())
+    return strategy
+
+
+def bad_replies() -> dict[str, Message]:
+    nan = adapter(1.0)
+    nan["7.norm.weight"] = Array(np.array([1.0, np.nan, 1.0, 1.0], dtype=np.float32))
+    wrong_shape = adapter(1.0, shapes={**SHAPES, "7.norm.weight": (5,)})
+    wrong_key = adapter(1.0, shapes={**SHAPES, "6.extra.weight": (2,)})
+    return {
+        "adapter keys differ": reply(11, wrong_key),
+        "shape (5,), expected (4,)": reply(12, wrong_shape),
+        "contains NaN": reply(13, nan),
+        "dtype float64, expected float32": reply(14, adapter(1.0, dtype=np.float64)),
+        "'num-examples' must be positive": reply(15, adapter(1.0), examples=0),
+        "client error (code 3): RuntimeError: boom": Message(
+            Error(3, "Traceback ...\nRuntimeError: boom"), reply_to=train_msg(16)
+        ),
+    }
+
+
+def test_bad_replies_are_dropped_with_their_reason_and_the_rest_aggregated(caplog):
+    strategy = make()
+    good = [reply(1, adapter(1.0), examples=10), reply(2, adapter(3.0), examples=30)]
+    bad = bad_replies()
+    with caplog.at_level(logging.WARNING, logger="strategies.offsite"):
+        arrays, metrics = strategy.aggregate_train(1, [*good, *bad.values()])
+    for reason, msg in bad.items():
+        node = msg.metadata.src_node_id
+        assert any(f"node {node}: " in r.message and reason in r.message for r in caplog.records), reason
+    # Weighted by examples: (10·1 + 30·3) / 40.
+    for array in arrays.values():
+        np.testing.assert_allclose(array.numpy(), 2.5)
+    assert metrics[keys.TRAIN_LOSS] == pytest.approx(1.0)
+    record = strategy._record
+    assert (record.replied, record.rejected, record.aggregated) == (8, 6, 2)
+
+
+def test_only_bad_replies_leave_the_adapter_unchanged():
+    arrays, metrics = make().aggregate_train(1, list(bad_replies().values()))
+    assert arrays is None and metrics is None
+
+
+def test_fedavg_of_identical_adapters_is_that_adapter():
+    arrays, _ = make().aggregate_train(1, [reply(n, adapter(0.7), examples=n) for n in (1, 2, 3)])
+    for key, array in arrays.items():
+        np.testing.assert_allclose(array.numpy(), np.full(SHAPES[key], 0.7, np.float32), rtol=1e-6)
+
+
+def test_metric_key_mismatch_drops_the_odd_reply_instead_of_raising():
+    odd = Message(
+        RecordDict({keys.ARRAYS: adapter(9.0), keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 5})}),
+        reply_to=train_msg(9),
+    )
+    arrays, _ = make().aggregate_train(1, [reply(1, adapter(1.0)), reply(2, adapter(1.0)), odd])
+    np.testing.assert_allclose(arrays["0.mlp.weight"].numpy(), 1.0)
+
+
+@pytest.mark.parametrize("name, kwargs", [("fedprox", {"proximal_mu": 0.1}), ("fedadam", {"eta": 0.1})])
+def test_other_flower_strategies_aggregate(name, kwargs):
+    strategy = make(name, **kwargs)
+    grid = FakeGrid({101: 0, 102: 1}, client=lambda msg: reply(msg.metadata.dst_node_id, adapter(1.0)))
+    messages = list(strategy.configure_train(1, adapter(0.0), ConfigRecord(), grid))
+    if name == "fedprox":
+        assert all(m.content[keys.CONFIG][keys.PROXIMAL_MU] == 0.1 for m in messages)
+    arrays, _ = strategy.aggregate_train(1, [*grid.send_and_receive(messages), *bad_replies().values()])
+    assert set(arrays) == set(SHAPES)
+    assert all(a.dtype == "float32" for a in arrays.values())  # FedAdam computes in fp64; cast back
+    assert 0.0 < float(arrays["0.mlp.weight"].numpy().mean()) <= 1.0
+
+
+def test_sampling_depends_on_seed_and_round_not_on_node_ids():
+    picks = []
+    for node_ids in ([5, 9, 2, 7, 3, 8], [61, 12, 33, 48, 90, 77]):
+        strategy = make(fraction_train=0.5, seed=3)
+        grid = FakeGrid({n: p for p, n in enumerate(node_ids)})
+        rounds = []
+        for server_round in (1, 2, 3):
+            messages = strategy.configure_train(server_round, adapter(), ConfigRecord(), grid)
+            rounds.append(sorted(grid.partition_of[m.metadata.dst_node_id] for m in messages))
+        picks.append(rounds)
+        assert grid.handshakes == len(node_ids)  # each node introduced once
+    assert picks[0] == picks[1]
+    assert all(len(r) == 3 for r in picks[0])
+    assert sample_partitions(6, 3, seed=3, server_round=1) == picks[0][0]
+
+
+def test_handshake_refuses_failing_or_foreign_emulators():
+    strategy = make(emulator_sha256="a" * 64)
+    grid = FakeGrid({1: 0, 2: 1, 3: 2}, sha={1: "a" * 64, 2: "b" * 64}, fail_handshake={3})
+    messages = list(strategy.configure_train(1, adapter(), ConfigRecord(), grid))
+    assert [m.metadata.dst_node_id for m in messages] == [1]
+    assert set(strategy.refused) == {2, 3}
+
+
+def test_start_runs_rounds_evaluates_on_schedule_and_resumes():
+    def client(msg):
+        value = msg.content[keys.ARRAYS]["0.mlp.weight"].numpy().mean() + 1.0
+        return reply(msg.metadata.dst_node_id, adapter(value), examples=10, loss=2.0)
+
+    def evaluate(server_round, arrays, with_emulator):
+        metrics = {keys.PLUGIN_ACC: 0.5, keys.PLUGIN_ACC_STDERR: 0.1}
+        return {**metrics, keys.EMULATOR_ACC: 0.4} if with_emulator else metrics
+
+    saved = []
+    strategy = make(
+        "fedadam", evaluate_fn=evaluate, emulator_eval_every=0, on_round_end=lambda r, a: saved.append(r)
+    )
+    result = strategy.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=3)
+    assert [r.round for r in saved] == [1, 2, 3]
+    assert [r.emulator_acc for r in saved] == [None, None, 0.4]
+    assert saved[-1].privacy_gap == pytest.approx(0.1)
+    assert saved[0].bytes_per_client == adapter().count_bytes()
+
+    # Resume after round 2 with the saved server-optimiser state: same final adapter.
+    first = make("fedadam", evaluate_fn=evaluate)
+    two = first.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=2)
+    resumed = make("fedadam", evaluate_fn=evaluate)
+    resumed.restore_(first.history, first.state_arrays())
+    final = resumed.start(FakeGrid({7: 0, 8: 1}, client=client), two.arrays, num_rounds=1)
+    assert [r.round for r in resumed.history] == [1, 2, 3]
+    for key in SHAPES:
+        np.testing.assert_array_equal(final.arrays[key].numpy(), result.arrays[key].numpy())
+
+
+def test_strategy_parameters_list_the_base_arguments():
+    assert "proximal_mu" in strategy_parameters("fedprox")
+    assert "fraction_train" not in strategy_parameters("fedavg")
+    with pytest.raises(
+        ValueError, match="federation.strategy='fedfoo' is unknown; use one of fedavg, fedprox"
+    ):
+        strategy_parameters("fedfoo")
+
+
+class FakeGrid:
+    """Stands in for Flower's Grid: answers the emulator handshake and routes train messages to ``client``."""
+
+    def __init__(self, partition_of, client=None, sha=None, fail_handshake=()):
+        self.partition_of, self.client, self.sha = (
+            partition_of,
+            client,
+            sha or dict.fromkeys(partition_of, ""),
+        )
+        self.fail_handshake, self.handshakes = set(fail_handshake), 0
+
+    def get_node_ids(self):
+        return list(self.partition_of)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [self._answer(m) for m in messages]
+
+    def _answer(self, msg):
+        node = msg.metadata.dst_node_id
+        if msg.metadata.message_type != keys.QUERY_EMULATOR_TYPE:
+            return self.client(msg)
+        self.handshakes += 1
+        if node in self.fail_handshake:
+            return Message(Error(1, "FileNotFoundError: no bundle"), reply_to=msg)
+        info = {
+            keys.INFO_PARTITION_ID: self.partition_of[node],
+            keys.INFO_EMULATOR_SHA256: self.sha.get(node, ""),
+        }
+        return Message(RecordDict({keys.INFO: ConfigRecord(info)}), reply_to=msg)
