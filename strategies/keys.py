@@ -56,12 +56,12 @@ TRAIN_SECONDS = "train_seconds"
 INFO_PARTITION_ID = "partition-id"
 INFO_EMULATOR_SHA256 = "emulator-sha256"
 
-# --- server-side evaluation results (evaluate_fn -> strategy) ------------------------------------------
+# --- server-side evaluation results (evaluate_fn -> strategy): "{prefix}_{measure}" ----------------------
+PLUGIN = "plugin"  # full model + global adapter
+EMULATOR = "emulator"  # emulator + global adapter (emulator fine-tuned)
+MEASURES = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 PLUGIN_ACC = "plugin_acc"
 PLUGIN_ACC_STDERR = "plugin_acc_stderr"
-PLUGIN_ACC_NORM = "plugin_acc_norm"
-PLUGIN_ACC_NORM_STDERR = "plugin_acc_norm_stderr"
 EMULATOR_ACC = "emulator_acc"
 EMULATOR_ACC_STDERR = "emulator_acc_stderr"
-EMULATOR_ACC_NORM = "emulator_acc_norm"
-EMULATOR_ACC_NORM_STDERR = "emulator_acc_norm_stderr"
+EVAL_N = "eval_n"  # number of test examples scored
