@@ -1,0 +1,140 @@
+"""The ``scaleot`` command line.
+
+Each subcommand is a ``Command``: a function that adds its arguments and a function that runs it, listed once
+in ``COMMANDS``. Heavy imports (torch, transformers, flwr) happen inside the run functions, so
+``scaleot --help`` stays fast. Bad input surfaces as ``ValueError`` / ``FileNotFoundError`` and becomes one
+``error:`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger("scaleot")
+
+EXIT_USAGE = 2  # argparse's own exit code for bad usage; bad values get the same
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``add_arguments(parser)`` declares its options, ``run(args)`` does the work."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+# ------------------------------------------------------------------------------------------------------ eval
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a hub id or a directory"
+    )
+    parser.add_argument(
+        "--task", required=True, help="e.g. bigbench:goal_step_wikihow/step_inference, synthetic"
+    )
+    parser.add_argument("--split", choices=("test", "validation"), default="test")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="score only the first N examples of the split"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    parser.add_argument("--max-length", type=int, default=512, help="token budget per sequence")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the task's splits")
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    """Zero-shot multiple-choice accuracy of one model on one task, printed as a markdown table."""
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit={args.limit} must be at least 1")
+    import torch
+
+    from emulator.evaluation import multiple_choice_accuracy
+    from emulator.models import load_model
+    from emulator.tasks import load_task
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device; use --device cpu")
+    splits = load_task(args.task, seed=args.seed)  # first: task errors are cheap to find, models are not
+    examples = getattr(splits, args.split)[: args.limit]
+    start = time.perf_counter()
+    model, tokenizer = load_model(args.model, device=args.device)
+    log.info(
+        "loaded %s in %.1f s; scoring %d %s examples",
+        args.model,
+        time.perf_counter() - start,
+        len(examples),
+        args.split,
+    )
+    start = time.perf_counter()
+    result = multiple_choice_accuracy(
+        model, tokenizer, examples, batch_size=args.batch_size, max_length=args.max_length, progress=True
+    )
+    seconds = time.perf_counter() - start
+    print("| model | task | split | n | acc | acc_norm | eval time |")
+    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.model} | {args.task} | {args.split} | {result.n} "
+        f"| {result.acc:.3f} ± {result.acc_stderr:.3f} "
+        f"| {result.acc_norm:.3f} ± {result.acc_norm_stderr:.3f} | {seconds:.1f} s |"
+    )
+
+
+# ------------------------------------------------------------------------------------------------- registry
+
+COMMANDS: tuple[Command, ...] = (
+    Command("eval", "zero-shot multiple-choice accuracy of a model on a task", _eval_arguments, _run_eval),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scaleot`` parser with one subparser per entry of ``COMMANDS``."""
+    parser = argparse.ArgumentParser(
+        prog="scaleot", description="ScaleOT offsite-tuning with many data owners on Flower"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    # basicConfig leaves an already configured root logger (e.g. pytest's) alone.
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger("scaleot").setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scaleot`` console script.
+
+    Args:
+        argv: arguments without the program name; ``sys.argv[1:]`` by default.
+
+    Returns:
+        The exit status: 0 on success, 2 on bad input (one ``error:`` line on stderr, no traceback).
+    """
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        message = " ".join(str(error).split())  # one line, whatever the exception text holds
+        sys.stderr.write(f"error: {message}\n")
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
