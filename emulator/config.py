@@ -1,0 +1,174 @@
+"""How the model owner builds an emulator: one frozen, validated dataclass for every stage.
+
+Fields marked (paper) follow ScaleOT (Yao et al., AAAI 2025) or Offsite-Tuning (Xiao et al., 2023); the rest
+are our reconstruction (ScaleOT released no code), each kept as a field so it can be ablated. ``from_dict`` is
+the one entry point for parsed TOML / Flower run config; it accepts ``rank-keep`` as well as ``rank_keep``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, get_args
+
+Method = Literal["scaleot", "uniform", "uniform+distill", "full"]
+HarmonizerLoss = Literal["lm", "local", "lm+local"]
+LocalNorm = Literal["token", "dimension"]
+Activation = Literal["relu", "gelu", "silu"]
+PolicyUpdate = Literal["paper", "reinforce"]
+PolicyAdvantage = Literal["relative", "absolute"]
+ReplaceScope = Literal["group", "global"]
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Emulator construction settings (the triplet (N_a, α, β) plus stage-1 and baseline knobs).
+
+    Raises:
+        ValueError: a field is out of range, or a combination of fields is contradictory; the message names
+            the field, its value and what is allowed.
+    """
+
+    # What compresses the middle: scaleot (harmonizers + SRC), uniform LayerDrop (+ distill), full (none).
+    method: Method = "scaleot"
+    adapter_bottom: int = 2  # (paper) adapter blocks at the bottom, Offsite-Tuning's sandwich
+    adapter_top: int = 2  # (paper) adapter blocks at the top
+    alpha: float = (
+        0.25  # fraction of middle blocks replaced (scaleot) or dropped (uniform); 0.5 too lossy at 135M
+    )
+    rank_keep: float = 0.8  # β: fraction of each attention projection's rank kept by SRC; 1.0 turns SRC off
+    group_size: int = (
+        4  # N_g: consecutive middle blocks per replacement group (hint from a re-implementation)
+    )
+    harmonizer_rank: int = 64  # r_h: harmonizer bottleneck width ("rank 64 for medium models")
+    harmonizer_activation: Activation = "relu"  # bottleneck non-linearity ("low-rank FFN with ReLU")
+    harmonizer_loss: HarmonizerLoss = "local"  # stage-1 loss: mixed-network LM, local regression, or both
+    local_norm: LocalNorm = (
+        "dimension"  # local-regression normaliser: per token (Offsite-Tuning) or per dimension
+    )
+    local_weight: float = 1.0  # weight of the local term in harmonizer_loss="lm+local"
+    stage1_steps: int = 200  # harmonizer gradient steps in stage 1
+    batch_size: int = 4  # public-corpus blocks per stage-1 / distillation step
+    seq_len: int = 128  # tokens per public-corpus block
+    harmonizer_lr: float = 1e-3  # AdamW learning rate of the harmonizers (small, fresh modules)
+    policy_lr: float = 1.0  # η of the importance-score update
+    policy_candidates: int = 3  # N_c: masks evaluated per policy step
+    policy_update: PolicyUpdate = "paper"  # paper: η Σ r_j m_j σ'(s); reinforce: η Σ r_j (m_j − σ(s))
+    policy_advantage: PolicyAdvantage = "relative"  # r_j = R_j − mean R, divided by mean R (relative) or not
+    policy_interval: int = (
+        1  # one policy step after every k harmonizer steps (policy evaluation dominates cost)
+    )
+    replace_scope: ReplaceScope = (
+        "group"  # stage 2 replaces the lowest scores per group or over the whole middle
+    )
+    distill_steps: int = 200  # uniform+distill: block-output distillation steps of the kept middle
+    distill_lr: float = 1e-4  # uniform+distill: AdamW learning rate (Offsite-Tuning: 1e-4)
+    distill_lm_weight: float = 0.0  # uniform+distill: weight of the LM loss next to the KD loss (weight 1)
+    corpus: str = "pydoc"  # public corpus for stage 1 and distillation (emulator.data.public_corpus name)
+    seed: int = 0  # seeds mask sampling, batch order and harmonizer initialisation
+    log_every: int = 10  # one progress line every k steps
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "method", Method)
+        _check_choice(self, "harmonizer_loss", HarmonizerLoss)
+        _check_choice(self, "local_norm", LocalNorm)
+        _check_choice(self, "harmonizer_activation", Activation)
+        _check_choice(self, "policy_update", PolicyUpdate)
+        _check_choice(self, "policy_advantage", PolicyAdvantage)
+        _check_choice(self, "replace_scope", ReplaceScope)
+        for name in ("adapter_bottom", "adapter_top", "stage1_steps", "distill_steps", "seed"):
+            _check_int(self, name, low=0)
+        for name in ("group_size", "harmonizer_rank", "batch_size", "policy_interval", "log_every"):
+            _check_int(self, name, low=1)
+        _check_int(self, "seq_len", low=2)
+        _check_int(self, "policy_candidates", low=2)
+        _check_float(self, "alpha", 0.0, 1.0, "[0, 1]")
+        _check_float(self, "rank_keep", 0.0, 1.0, "(0, 1]", open_low=True)
+        for name in ("harmonizer_lr", "policy_lr", "distill_lr"):
+            _check_float(self, name, 0.0, math.inf, "> 0", open_low=True)
+        for name in ("local_weight", "distill_lm_weight"):
+            _check_float(self, name, 0.0, math.inf, ">= 0")
+        if not isinstance(self.corpus, str) or not self.corpus:
+            raise ValueError(f"emulator.corpus={self.corpus!r} must be a non-empty corpus name")
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        if self.harmonizer_loss == "lm+local" and self.local_weight == 0:
+            raise ValueError(
+                "emulator.local_weight=0 with harmonizer_loss='lm+local' switches the local term off; "
+                "use harmonizer_loss='lm' or a local_weight > 0"
+            )
+        if self.method == "uniform+distill" and self.distill_steps == 0:
+            raise ValueError(
+                "emulator.distill_steps=0 with method='uniform+distill' distils nothing; "
+                "use method='uniform' or distill_steps >= 1"
+            )
+        if self.method == "full" and (self.alpha != 0 or self.rank_keep != 1):
+            raise ValueError(
+                f"emulator.method='full' compresses nothing, but alpha={self.alpha} and "
+                f"rank_keep={self.rank_keep} "
+                "ask for compression; set alpha=0 and rank_keep=1.0 (or use EmulatorConfig.full())"
+            )
+
+    @classmethod
+    def full(cls, **overrides: Any) -> EmulatorConfig:
+        """The no-compression config of the ``full`` fine-tuning baseline (alpha 0, rank_keep 1)."""
+        return cls(**{"method": "full", "alpha": 0.0, "rank_keep": 1.0, **overrides})
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> EmulatorConfig:
+        """Build from parsed TOML or run config; ``-`` in keys is read as ``_``.
+
+        Raises:
+            ValueError: an unknown key (the message lists the valid ones), a value of the wrong type, or any
+                validation error of the constructor.
+        """
+        valid = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in valid:
+                raise ValueError(f"unknown emulator config key {key!r}; valid keys: {', '.join(valid)}")
+            kwargs[name] = _coerce(name, value, getattr(cls, name))
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``{field: value}`` dict (JSON / TOML friendly); ``from_dict(to_dict())`` round-trips."""
+        return asdict(self)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    # Types follow the defaults: TOML gives ints where floats are meant (alpha = 0) and that is fine.
+    if isinstance(default, bool) or isinstance(value, bool):
+        raise ValueError(f"emulator.{name}={value!r} has the wrong type; expected {type(default).__name__}")
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, type(default)):
+        raise ValueError(f"emulator.{name}={value!r} has the wrong type; expected {type(default).__name__}")
+    return value
+
+
+def _check_choice(config: EmulatorConfig, name: str, choices: Any) -> None:
+    allowed = get_args(choices)
+    value = getattr(config, name)
+    if value not in allowed:
+        raise ValueError(
+            f"emulator.{name}={value!r} is not allowed; use one of {', '.join(map(repr, allowed))}"
+        )
+
+
+def _check_int(config: EmulatorConfig, name: str, low: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"emulator.{name}={value!r} must be an integer >= {low}")
+
+
+def _check_float(
+    config: EmulatorConfig, name: str, low: float, high: float, allowed: str, open_low: bool = False
+) -> None:
+    value = getattr(config, name)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        raise ValueError(f"emulator.{name}={value!r} is out of range; allowed: {allowed}")
