@@ -1,0 +1,325 @@
+"""Dynamic LayerReplace (ScaleOT stage 1): importance scores and harmonizers, learned jointly on public text.
+
+Paper: every middle block gets an importance score learned by reinforcement learning while harmonizers are
+trained to replace blocks; blocks are grouped and about half of each group is replaced per sample.
+Reconstruction (ScaleOT published no code; every choice is a field of ``EmulatorConfig``):
+
+- scores ``s_i = 0``; per step ``u_i ~ U(0, σ(s_i))`` and the ``round(α·|G|)`` lowest-``u`` blocks of each
+  group ``G`` of ``group_size`` consecutive middle blocks use their harmonizer (``replace_scope='global'``:
+  the lowest ``round(α·M)`` over the whole middle);
+- harmonizer step on a public batch, loss ``lm`` (cross-entropy of the mixed network, through the model's own
+  forward), ``local`` (each harmonizer regresses the output of its block from that block's input, both from
+  the full model; all harmonizers are trained every step since the mask plays no part) or ``lm+local``;
+- policy step: ``N_c`` masks scored without gradient on one held-out batch, ``R_j = exp(−ℓ_j)``, advantage
+  ``r_j = R_j − mean R`` (``relative``: divided by ``mean R``, which makes η independent of the loss level),
+  and ``s_i += η Σ_j r_j m_j[i] σ(s_i)(1−σ(s_i))`` (``paper``) or ``s_i += η Σ_j r_j (m_j[i] − σ(s_i))``
+  (``reinforce``), ``m_j[i] = 1`` where block i kept its original. With the mean baseline ``Σ_j r_j = 0``, so
+  the two rules differ only by the σ' factor, which slows confident scores down.
+
+The model passed in is not modified: all work happens on a ``frozen_view`` sharing its weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from emulator.adapters import adapter_layers
+from emulator.architectures import get_layers, hidden_size
+from emulator.config import EmulatorConfig
+from emulator.harmonizer import Harmonizer, make_harmonizers
+from emulator.surgery import backbone, capture_blocks, frozen_view, lm_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerReplaceResult:
+    """Output of stage 1.
+
+    Attributes:
+        middle: original indices of the middle blocks, in order.
+        scores: importance score per middle block (higher = more important = kept).
+        harmonizers: trained harmonizer per middle block.
+        loss_curve: harmonizer training loss per step.
+        reward_curve: mean reward ``mean_j exp(−ℓ_j)`` per policy step.
+        policy_loss_curve: mean LM loss of the sampled masks per policy step.
+        seconds: wall time of stage 1.
+    """
+
+    middle: list[int]
+    scores: dict[int, float]
+    harmonizers: dict[int, Harmonizer]
+    loss_curve: list[float] = field(default_factory=list)
+    reward_curve: list[float] = field(default_factory=list)
+    policy_loss_curve: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def round_half_up(x: float) -> int:
+    """``round`` as people expect it (Python's rounds halves to even: round(0.5) == 0)."""
+    return math.floor(x + 0.5 + 1e-9)
+
+
+def middle_blocks(num_layers: int, bottom: int, top: int) -> list[int]:
+    """Original indices of the blocks between the adapters."""
+    adapters = set(adapter_layers(num_layers, bottom, top))
+    return [i for i in range(num_layers) if i not in adapters]
+
+
+def replacement_groups(num_middle: int, group_size: int, scope: str) -> list[list[int]]:
+    """Middle-relative indices split into consecutive groups (``global``: one group of all)."""
+    if scope == "global":
+        return [list(range(num_middle))]
+    return [
+        list(range(start, min(start + group_size, num_middle))) for start in range(0, num_middle, group_size)
+    ]
+
+
+def lowest_per_group(values: torch.Tensor, groups: Sequence[Sequence[int]], alpha: float) -> list[int]:
+    """The ``round(α·|G|)`` lowest entries of ``values`` in each group (ties: lower index first), sorted."""
+    chosen: list[int] = []
+    for group in groups:
+        count = round_half_up(alpha * len(group))
+        order = sorted(group, key=lambda i: (float(values[i]), i))
+        chosen.extend(order[:count])
+    return sorted(chosen)
+
+
+def sample_mask(
+    scores: torch.Tensor, groups: Sequence[Sequence[int]], alpha: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Sample a keep mask: ``u_i ~ U(0, σ(s_i))``, the lowest ``round(α·|G|)`` of each group replaced.
+
+    Args:
+        scores: (M,) importance scores.
+
+    Returns:
+        (M,) bool, True where the original block is kept.
+    """
+    u = torch.rand(scores.shape, generator=generator, dtype=torch.float64) * torch.sigmoid(scores)  # (M,)
+    mask = torch.ones(scores.shape, dtype=torch.bool)
+    mask[lowest_per_group(u, groups, alpha)] = False
+    return mask
+
+
+def policy_update_(
+    scores: torch.Tensor, masks: torch.Tensor, losses: torch.Tensor, lr: float, rule: str, advantage: str
+) -> torch.Tensor:
+    """One policy-gradient step on the scores, in place.
+
+    Args:
+        scores: (M,) float64 scores, updated in place.
+        masks: (N_c, M) bool keep masks that were evaluated.
+        losses: (N_c,) LM loss of each mask on the same held-out batch.
+        lr: η.
+        rule: ``paper`` or ``reinforce``.
+        advantage: ``relative`` or ``absolute``.
+
+    Returns:
+        (N_c,) rewards ``exp(−ℓ_j)``.
+    """
+    losses = losses.to(torch.float64)
+    rewards = torch.exp(-losses)  # (N_c,)
+    if advantage == "relative":
+        weights = torch.exp(-(losses - losses.min()))  # R_j up to a common factor, without underflow
+        adv = weights / weights.mean() - 1.0  # (R_j − mean R) / mean R
+    else:
+        adv = rewards - rewards.mean()
+    keep = masks.to(torch.float64)  # (N_c, M)
+    sig = torch.sigmoid(scores)  # (M,)
+    if rule == "paper":
+        step = (adv @ keep) * sig * (1 - sig)
+    else:
+        step = adv @ (keep - sig)
+    scores.add_(lr * step)
+    return rewards
+
+
+def normalized_mse(pred: torch.Tensor, target: torch.Tensor, norm: str) -> torch.Tensor:
+    """Squared error divided by the target's mean square, taken globally, per token or per hidden dimension.
+
+    ``global`` is Offsite-Tuning's distillation loss ``mean(((h_T − h_S) / sqrt(mean(h_T²)))²)``; ``token``
+    divides each token by its own mean square; ``dimension`` divides each hidden dimension by its mean square
+    over the batch, so a few huge residual dimensions (SmolLM2) do not drown the error in all the others.
+
+    Args:
+        pred, target: (B, T, d).
+    """
+    target = target.detach()
+    if norm == "global":
+        scale = target.pow(2).mean()
+    elif norm == "token":
+        scale = target.pow(2).mean(dim=-1, keepdim=True)  # (B, T, 1)
+    elif norm == "dimension":
+        scale = target.pow(2).mean(dim=(0, 1), keepdim=True)  # (1, 1, d)
+    else:
+        raise ValueError(f"norm={norm!r} is not allowed; use 'global', 'token' or 'dimension'")
+    return ((pred - target).pow(2) / (scale + 1e-6)).mean()
+
+
+def public_batches(
+    blocks: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Endless shuffled (batch_size, T) batches of token blocks (an epoch's last partial batch is dropped)."""
+    if len(blocks) == 0:
+        raise ValueError("the public corpus gave no token blocks; use a longer corpus or a shorter seq_len")
+    size = min(batch_size, len(blocks))
+    while True:
+        order = torch.randperm(len(blocks), generator=generator)
+        for start in range(0, len(blocks) - size + 1, size):
+            yield blocks[order[start : start + size]]
+
+
+@dataclass
+class _MixedNetwork:
+    """The frozen view of the model whose middle blocks can each be switched to its harmonizer."""
+
+    view: nn.Module
+    originals: list[nn.Module]
+    harmonizers: dict[int, Harmonizer]
+    middle: list[int]
+
+    def use_mask_(self, keep: torch.Tensor) -> None:
+        """Put the original block where ``keep`` (M,) is True and the harmonizer elsewhere, in place."""
+        layers = get_layers(self.view)
+        for k, index in enumerate(self.middle):
+            layers[index] = self.originals[index] if keep[k] else self.harmonizers[index]
+
+    def lm_loss(self, batch: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """LM cross-entropy of the network mixed by ``keep``, through the model's own forward."""
+        self.use_mask_(keep)
+        return lm_loss(self.view, batch)
+
+    def local_loss(self, batch: torch.Tensor, norm: str) -> torch.Tensor:
+        """Mean normalised MSE between each harmonizer and its block, on the full model's hidden states."""
+        self.use_mask_(torch.ones(len(self.middle), dtype=torch.bool))
+        with torch.no_grad(), capture_blocks(get_layers(self.view), self.middle) as record:
+            backbone(self.view)(input_ids=batch, use_cache=False)
+        losses = [
+            normalized_mse(self.harmonizers[i](record.inputs[i]), record.outputs[i], norm)
+            for i in self.middle
+        ]
+        return torch.stack(losses).mean()
+
+
+def dynamic_layer_replace(
+    model: nn.Module,
+    train_blocks: torch.Tensor,
+    heldout_blocks: torch.Tensor,
+    config: EmulatorConfig,
+    progress: bool = True,
+) -> LayerReplaceResult:
+    """Run stage 1: train one harmonizer per middle block and learn the blocks' importance scores.
+
+    Args:
+        model: the full causal LM; not modified.
+        train_blocks: (N, T) public token blocks for the harmonizer steps.
+        heldout_blocks: (N', T) public token blocks for the policy steps.
+        config: stage-1 settings (``alpha``, ``group_size``, ``harmonizer_*``, ``policy_*``, ``stage1_steps``,
+            ...).
+        progress: log a progress line every ``config.log_every`` steps at INFO (else DEBUG).
+
+    Returns:
+        Scores, trained harmonizers (frozen, on the model's device) and the loss / reward curves.
+
+    Raises:
+        ValueError: the adapters leave no middle, or ``alpha`` replaces no block in any group.
+    """
+    start = time.perf_counter()
+    view = frozen_view(model)
+    middle = middle_blocks(len(get_layers(view)), config.adapter_bottom, config.adapter_top)
+    groups = replacement_groups(len(middle), config.group_size, config.replace_scope)
+    if not lowest_per_group(torch.zeros(len(middle)), groups, config.alpha):
+        raise ValueError(
+            f"emulator.alpha={config.alpha} replaces no block in groups of {[len(g) for g in groups]}; "
+            "raise alpha or group_size, or use replace_scope='global'"
+        )
+    ref = next(view.parameters())
+    harmonizers = make_harmonizers(
+        middle,
+        hidden_size(view),
+        config.harmonizer_rank,
+        config.harmonizer_activation,
+        ref.device,
+        ref.dtype,
+        config.seed,
+    )
+    net = _MixedNetwork(view, list(get_layers(view)), harmonizers, middle)
+    params = [p for h in harmonizers.values() for p in h.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.harmonizer_lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    train = public_batches(train_blocks, config.batch_size, generator)
+    heldout = public_batches(heldout_blocks, config.batch_size, generator)
+    scores = torch.zeros(len(middle), dtype=torch.float64)
+    result = LayerReplaceResult(middle=middle, scores={}, harmonizers=harmonizers)
+    level = logging.INFO if progress else logging.DEBUG
+    for step in range(1, config.stage1_steps + 1):
+        loss = _harmonizer_loss(net, next(train).to(ref.device), scores, groups, generator, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        result.loss_curve.append(loss.item())
+        if step % config.policy_interval == 0:
+            _policy_step_(net, next(heldout).to(ref.device), scores, groups, generator, config, result)
+        if step % config.log_every == 0 or step == config.stage1_steps:
+            log.log(
+                level, "stage 1 step %d/%d: %s", step, config.stage1_steps, _progress(result, scores, middle)
+            )
+    for h in harmonizers.values():
+        h.requires_grad_(False)
+    result.scores = {index: float(scores[k]) for k, index in enumerate(middle)}
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _harmonizer_loss(
+    net: _MixedNetwork,
+    batch: torch.Tensor,
+    scores: torch.Tensor,
+    groups: list[list[int]],
+    generator: torch.Generator,
+    config: EmulatorConfig,
+) -> torch.Tensor:
+    total = torch.zeros((), device=batch.device)
+    if config.harmonizer_loss in ("local", "lm+local"):
+        weight = 1.0 if config.harmonizer_loss == "local" else config.local_weight
+        total = total + weight * net.local_loss(batch, config.local_norm)
+    if config.harmonizer_loss in ("lm", "lm+local"):
+        total = total + net.lm_loss(batch, sample_mask(scores, groups, config.alpha, generator))
+    return total
+
+
+@torch.no_grad()
+def _policy_step_(
+    net: _MixedNetwork,
+    batch: torch.Tensor,
+    scores: torch.Tensor,
+    groups: list[list[int]],
+    generator: torch.Generator,
+    config: EmulatorConfig,
+    result: LayerReplaceResult,
+) -> None:
+    masks = torch.stack(
+        [sample_mask(scores, groups, config.alpha, generator) for _ in range(config.policy_candidates)]
+    )
+    losses = torch.tensor([net.lm_loss(batch, keep).item() for keep in masks], dtype=torch.float64)  # (N_c,)
+    rewards = policy_update_(
+        scores, masks, losses, config.policy_lr, config.policy_update, config.policy_advantage
+    )
+    result.reward_curve.append(float(rewards.mean()))
+    result.policy_loss_curve.append(float(losses.mean()))
+
+
+def _progress(result: LayerReplaceResult, scores: torch.Tensor, middle: list[int]) -> str:
+    order = torch.argsort(scores).tolist()
+    lowest = ", ".join(f"{middle[k]}:{scores[k]:+.2f}" for k in order[:3])
+    highest = ", ".join(f"{middle[k]}:{scores[k]:+.2f}" for k in order[::-1][:3])
+    policy = f", policy loss {result.policy_loss_curve[-1]:.3f}" if result.policy_loss_curve else ""
+    return f"harmonizer loss {result.loss_curve[-1]:.4f}{policy}; lowest scores {lowest}; highest {highest}"

@@ -1,0 +1,99 @@
+"""Model-surgery helpers shared by stage 1, emulator assembly and distillation.
+
+- ``frozen_view``: a structural copy of a model that shares its weight storage, with every parameter frozen.
+  Stage 1 and distillation swap layer lists and run forward/backward on it, so the model owner's full model is
+  never touched (not even its ``requires_grad`` flags), at no memory cost.
+- ``capture_blocks``: forward hooks recording what given blocks receive and return during one of the model's
+  own forward passes (``output_hidden_states`` is no substitute: transformers 5 records hidden states by
+  hooking the family's decoder-layer class, so a harmonizer in the layer list would be missed).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+def frozen_view(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree whose parameters alias ``model``'s storage and are frozen.
+
+    Buffers and config are copied (they are small); tied parameters stay tied. Writing into the view's weights
+    in place would write into ``model``'s: callers replace modules instead.
+    """
+    memo: dict[int, object] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        if id(param) not in memo:
+            memo[id(param)] = nn.Parameter(param.detach(), requires_grad=False)
+    return copy.deepcopy(model, memo)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied ones counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def reindex_attention_(block: nn.Module, position: int) -> None:
+    """Point every ``layer_idx`` inside ``block`` at its new position, so KV caches follow the new list."""
+    for module in block.modules():
+        if isinstance(getattr(module, "layer_idx", None), int):
+            module.layer_idx = position
+
+
+@dataclass
+class BlockRecord:
+    """What blocks received and returned in one forward pass, by position in the layer list."""
+
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> (B, T, d)
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> (B, T, d)
+
+
+@contextmanager
+def capture_blocks(
+    layers: nn.ModuleList, positions: Iterable[int], inputs: bool = True, outputs: bool = True
+) -> Iterator[BlockRecord]:
+    """Record the hidden states entering and/or leaving the blocks at ``positions`` while the context is open.
+
+    Tensors are recorded as produced (with their autograd history, if any); hooks are removed on exit.
+    """
+    record = BlockRecord()
+    handles = []
+    for position in positions:
+        block = layers[position]
+        if inputs:
+            handles.append(block.register_forward_pre_hook(_input_hook(record, position), with_kwargs=True))
+        if outputs:
+            handles.append(block.register_forward_hook(_output_hook(record, position)))
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _input_hook(record: BlockRecord, position: int):
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        record.inputs[position] = args[0] if args else kwargs["hidden_states"]
+
+    return hook
+
+
+def _output_hook(record: BlockRecord, position: int):
+    def hook(module: nn.Module, args: tuple, output: object) -> None:
+        record.outputs[position] = output[0] if isinstance(output, tuple) else output
+
+    return hook
+
+
+def lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``model`` on (B, T) token blocks, through the model's own forward."""
+    return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The model without its LM head, for passes that need only hidden states (the head is the costliest)."""
+    return model.base_model
