@@ -1,0 +1,297 @@
+"""Emulator assembly (ScaleOT stage 2) and the baselines built the same way.
+
+ScaleOT (paper): the ``round(α·M)`` least important middle blocks are replaced by their harmonizers, the kept
+middle blocks get Selective Rank Compression; adapters (bottom and top blocks), embeddings, final norm and LM
+head stay as they are. Baselines (Offsite-Tuning): ``uniform`` keeps ``k = M − round(α·M)`` middle blocks at
+``round(i·(M−1)/(k−1))`` and drops the rest; ``uniform+distill`` distils those kept blocks on the public
+corpus; ``full`` is the full model itself (the ``full`` fine-tuning baseline). SRC applies to kept middle
+blocks of every method when ``rank_keep < 1``.
+
+Ours: the emulator owns every tensor it holds (embeddings and LM head included, copied): it is an independent
+artefact that gets shipped, moved, fine-tuned and saved, and an alias into the model owner's full model would
+let an in-place update on one silently change the other. The full model passed in is never modified: stage 1
+and distillation run on a frozen view sharing its weights. Kept blocks have their attention ``layer_idx``
+pointed at their new position so KV caches stay consistent in the shorter layer list.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from emulator.architectures import get_layers, set_layers_
+from emulator.config import EmulatorConfig
+from emulator.distillation import distill_middle_
+from emulator.layer_replace import (
+    dynamic_layer_replace,
+    lowest_per_group,
+    middle_blocks,
+    replacement_groups,
+    round_half_up,
+)
+from emulator.rank_compression import compress_attention_
+from emulator.surgery import count_parameters, frozen_view, reindex_attention_
+
+log = logging.getLogger(__name__)
+
+LayerKind = Literal["adapter", "original", "compressed", "harmonizer", "dropped"]
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One original block and what became of it in the emulator.
+
+    Attributes:
+        original: index of the block in the full model.
+        kind: ``adapter``, ``original`` (kept as is), ``compressed`` (SRC), ``harmonizer`` (replaced) or
+            ``dropped``.
+        position: index in the emulator's layer list; None for a dropped block.
+        ranks: kept rank per attention projection path (``compressed`` only).
+        factorized: projections stored as ``LowRankLinear`` factors (``compressed`` only).
+    """
+
+    original: int
+    kind: LayerKind
+    position: int | None
+    ranks: dict[str, int] = field(default_factory=dict)
+    factorized: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "original": self.original,
+            "kind": self.kind,
+            "position": self.position,
+            "ranks": dict(self.ranks),
+            "factorized": list(self.factorized),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LayerEntry:
+        return cls(
+            original=int(values["original"]),
+            kind=values["kind"],
+            position=values["position"],
+            ranks={k: int(v) for k, v in values.get("ranks", {}).items()},
+            factorized=tuple(values.get("factorized", ())),
+        )
+
+
+@dataclass
+class Emulator:
+    """A built emulator and how it was built.
+
+    Attributes:
+        model: runnable causal LM whose layer list was swapped; every parameter frozen.
+        config: the settings it was built with.
+        layer_map: one entry per original block, in original order (dropped blocks included).
+        scores: stage-1 importance score per middle block (``scaleot`` only).
+        loss_curve: stage-1 harmonizer loss (``scaleot``) or distillation loss (``uniform+distill``) per step.
+        reward_curve: stage-1 mean policy reward per policy step.
+        build_seconds: wall time of ``build_emulator``.
+        num_parameters: distinct parameters of the emulator.
+        full_num_parameters: distinct parameters of the full model.
+        source_config: the full model's transformers config, as a dict.
+    """
+
+    model: nn.Module
+    config: EmulatorConfig
+    layer_map: list[LayerEntry]
+    scores: dict[int, float] = field(default_factory=dict)
+    loss_curve: list[float] = field(default_factory=list)
+    reward_curve: list[float] = field(default_factory=list)
+    build_seconds: float = 0.0
+    num_parameters: int = 0
+    full_num_parameters: int = 0
+    source_config: dict[str, Any] = field(default_factory=dict)
+
+    def adapter_positions(self) -> dict[int, int]:
+        """Original index -> emulator position of every adapter block (for ``emulator.adapters``)."""
+        return {e.original: e.position for e in self.layer_map if e.kind == "adapter"}
+
+    def source_index(self) -> list[int]:
+        """Original index of the block standing at each emulator position."""
+        placed = sorted((e.position, e.original) for e in self.layer_map if e.position is not None)
+        return [original for _, original in placed]
+
+    def summary(self) -> str:
+        """One line: block counts per kind and the parameter share, e.g. ``4 adapter, 7 harmonizer, ...``."""
+        kinds = [e.kind for e in self.layer_map]
+        counts = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
+        share = self.num_parameters / max(self.full_num_parameters, 1)
+        return f"{counts}; {self.num_parameters:,} of {self.full_num_parameters:,} parameters ({share:.1%})"
+
+    def describe(self) -> str:
+        """One line per kind (``adapter: 0 1 28 29``, ``harmonizer: 5 9``, ...) and one for the sizes."""
+        lines = []
+        for kind in ("adapter", "original", "compressed", "harmonizer", "dropped"):
+            entries = [e for e in self.layer_map if e.kind == kind]
+            if entries:
+                ranks = _rank_summary(entries[0]) if kind == "compressed" else ""
+                lines.append(f"{kind}{ranks}: {' '.join(str(e.original) for e in entries)}")
+        share = self.num_parameters / max(self.full_num_parameters, 1)
+        lines.append(f"parameters: {self.num_parameters:,} / {self.full_num_parameters:,} ({share:.1%})")
+        return "\n".join(lines)
+
+
+def uniform_choose(num_middle: int, keep: int) -> list[int]:
+    """Offsite-Tuning's ``uniform_choose_layers``: ``round(i·(M−1)/(k−1))``, i < k (keeps first and last)."""
+    if keep <= 0:
+        return []
+    if keep == 1:
+        return [0]
+    stride = (num_middle - 1) / (keep - 1)
+    return [round(i * stride) for i in range(keep)]  # Python rounding, as Offsite-Tuning
+
+
+def build_emulator(
+    model: nn.Module,
+    tokenizer: Any,
+    config: EmulatorConfig,
+    progress: bool = True,
+    public_blocks: torch.Tensor | None = None,
+) -> Emulator:
+    """Build an emulator of ``model`` as ``config.method`` says; ``model`` is not modified.
+
+    Args:
+        model: the full causal LM (a supported family).
+        tokenizer: its tokenizer (tokenises the public corpus).
+        config: the emulator settings.
+        progress: log stage progress at INFO (else DEBUG).
+        public_blocks: (N, T) public token blocks; default: ``config.corpus``'s train split cut into
+            ``config.seq_len`` blocks. The last tenth (at least one batch) is held out for the policy steps.
+
+    Returns:
+        The emulator, frozen, on the model's device.
+
+    Raises:
+        ValueError: the adapters leave no middle block, or ``alpha`` replaces nothing per group (scaleot).
+    """
+    start = time.perf_counter()
+    num_layers = len(get_layers(model))
+    middle = middle_blocks(num_layers, config.adapter_bottom, config.adapter_top)
+    replaced: list[int] = []
+    scores: dict[int, float] = {}
+    curves: tuple[list[float], list[float]] = ([], [])
+    needs_data = (config.method == "scaleot" and config.alpha > 0) or config.method == "uniform+distill"
+    train, heldout = _split_blocks(public_blocks, tokenizer, config) if needs_data else (None, None)
+    if config.method == "scaleot" and config.alpha > 0:
+        stage1 = dynamic_layer_replace(model, train, heldout, config, progress)
+        scores, curves = stage1.scores, (stage1.loss_curve, stage1.reward_curve)
+        groups = replacement_groups(len(middle), config.group_size, config.replace_scope)
+        values = torch.tensor([scores[i] for i in middle])
+        replaced = [middle[k] for k in lowest_per_group(values, groups, config.alpha)]
+        harmonizers = {i: stage1.harmonizers[i] for i in replaced}
+    else:
+        harmonizers = {}
+    kept = _kept_middle(config, middle)
+    emulator_model, layer_map = _assemble(model, config, middle, kept, harmonizers)
+    if config.method == "uniform+distill":
+        positions = [e.position for e in layer_map if e.kind == "original"]
+        curves = (
+            distill_middle_(
+                emulator_model, frozen_view(model), positions, middle[-1], train, config, progress
+            ),
+            [],
+        )
+    layer_map = _compress_(emulator_model, layer_map, config.rank_keep)
+    emulator = Emulator(
+        model=emulator_model,
+        config=config,
+        layer_map=layer_map,
+        scores=scores,
+        loss_curve=curves[0],
+        reward_curve=curves[1],
+        num_parameters=count_parameters(emulator_model),
+        full_num_parameters=count_parameters(model),
+        source_config=json.loads(model.config.to_json_string(use_diff=False)),
+    )
+    emulator.build_seconds = time.perf_counter() - start
+    level = logging.INFO if progress else logging.DEBUG
+    log.log(
+        level, "emulator %s built in %.1f s: %s", config.method, emulator.build_seconds, emulator.summary()
+    )
+    return emulator
+
+
+def _split_blocks(
+    blocks: torch.Tensor | None, tokenizer: Any, config: EmulatorConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if blocks is None:
+        from emulator.data import corpus_blocks, public_corpus
+
+        blocks = corpus_blocks(tokenizer, public_corpus("train", config.corpus), config.seq_len)
+    held = max(config.batch_size, len(blocks) // 10)
+    if len(blocks) < 2 * held:
+        return blocks, blocks  # too little text to hold any out; the policy then scores on training blocks
+    return blocks[:-held], blocks[-held:]
+
+
+def _kept_middle(config: EmulatorConfig, middle: list[int]) -> list[int]:
+    if config.method in ("uniform", "uniform+distill"):
+        keep = len(middle) - round_half_up(config.alpha * len(middle))
+        return [middle[k] for k in uniform_choose(len(middle), keep)]
+    return list(middle)  # scaleot: every middle block has a place (original or harmonizer)
+
+
+def _assemble(
+    model: nn.Module,
+    config: EmulatorConfig,
+    middle: list[int],
+    kept: list[int],
+    harmonizers: dict[int, nn.Module],
+) -> tuple[nn.Module, list[LayerEntry]]:
+    view = frozen_view(model)
+    originals = list(get_layers(view))
+    modules: list[nn.Module] = []
+    layer_map: list[LayerEntry] = []
+    for index, block in enumerate(originals):
+        if index not in middle:
+            kind, module = "adapter", block
+        elif index in harmonizers:
+            kind, module = "harmonizer", harmonizers[index]
+        elif index in kept:
+            kind, module = "original", block
+        else:
+            layer_map.append(LayerEntry(index, "dropped", None))
+            continue
+        layer_map.append(LayerEntry(index, kind, len(modules)))
+        modules.append(module)
+    set_layers_(view, modules, [e.original for e in layer_map if e.position is not None])
+    emulator_model = copy.deepcopy(
+        view
+    )  # the emulator's own tensors; nothing aliases the full model any more
+    emulator_model.requires_grad_(False)
+    for position, block in enumerate(get_layers(emulator_model)):
+        reindex_attention_(block, position)
+    return emulator_model, layer_map
+
+
+def _compress_(emulator_model: nn.Module, layer_map: list[LayerEntry], rank_keep: float) -> list[LayerEntry]:
+    targets = [e.position for e in layer_map if e.kind == "original"]
+    if rank_keep >= 1.0 or not targets:
+        return layer_map
+    report = compress_attention_(emulator_model, targets, rank_keep)
+    updated = []
+    for entry in layer_map:
+        if entry.kind == "original":
+            done = report[entry.position]
+            ranks = {path: info.rank for path, info in done.items()}
+            factorized = tuple(path for path, info in done.items() if info.factorized)
+            entry = LayerEntry(entry.original, "compressed", entry.position, ranks, factorized)
+        updated.append(entry)
+    return updated
+
+
+def _rank_summary(entry: LayerEntry) -> str:
+    return (
+        " (ranks "
+        + ", ".join(f"{path.rsplit('.', 1)[-1]} {rank}" for path, rank in entry.ranks.items())
+        + ")"
+    )

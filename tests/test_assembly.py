@@ -1,0 +1,144 @@
+"""Emulator assembly: layer maps of every method, exact at alpha 0 / rank 1, the full model left untouched."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from emulator.architectures import get_layers
+from emulator.assembly import build_emulator, uniform_choose
+from emulator.config import EmulatorConfig
+from emulator.models import load_model
+from emulator.rank_compression import LowRankLinear
+
+TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]
+IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@functools.cache
+def tiny(name: str):
+    return load_model(name)
+
+
+def random_blocks(n: int = 24, seq_len: int = 16) -> torch.Tensor:
+    return torch.randint(0, 2000, (n, seq_len), generator=torch.Generator().manual_seed(0))
+
+
+def build(name: str, **kwargs):
+    model, tokenizer = tiny(name)
+    defaults = dict(stage1_steps=2, distill_steps=2, batch_size=4)
+    config = EmulatorConfig(**{**defaults, **kwargs})
+    return build_emulator(model, tokenizer, config, progress=False, public_blocks=random_blocks())
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+def test_uniform_choose_matches_offsite_tuning():
+    assert uniform_choose(26, 13) == [round(i * 25 / 12) for i in range(13)]
+    assert uniform_choose(4, 2) == [0, 3]
+    assert uniform_choose(4, 1) == [0] and uniform_choose(4, 0) == []
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("method", ["scaleot", "uniform"])
+def test_alpha_zero_rank_one_is_the_full_model(name, method):
+    emulator = build(name, method=method, alpha=0.0, rank_keep=1.0)
+    assert [e.kind for e in emulator.layer_map] == ["adapter"] * 2 + ["original"] * 4 + ["adapter"] * 2
+    assert torch.equal(logits(emulator.model), logits(tiny(name)[0]))
+    assert emulator.num_parameters == emulator.full_num_parameters
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_full_method_copies_the_model(name):
+    emulator = build(name, **EmulatorConfig.full().to_dict())
+    assert torch.equal(logits(emulator.model), logits(tiny(name)[0]))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_scaleot_layer_map(name):
+    emulator = build(name, alpha=0.5, rank_keep=0.5)
+    kinds = [e.kind for e in emulator.layer_map]
+    assert kinds[:2] == kinds[-2:] == ["adapter", "adapter"]
+    assert sorted(kinds[2:6]) == ["compressed", "compressed", "harmonizer", "harmonizer"]
+    assert [e.position for e in emulator.layer_map] == list(range(8))
+    assert emulator.adapter_positions() == {0: 0, 1: 1, 6: 6, 7: 7}
+    assert sorted(emulator.scores) == [2, 3, 4, 5] and len(emulator.loss_curve) == 2
+    layers = get_layers(emulator.model)
+    for entry in emulator.layer_map:
+        if entry.kind == "harmonizer":
+            assert type(layers[entry.position]).__name__ == "Harmonizer"
+        if entry.kind == "compressed":
+            assert set(entry.ranks.values()) <= {32, 16}  # half of 64, or of the 32-wide GQA k/v
+    assert emulator.num_parameters < emulator.full_num_parameters
+    assert "harmonizer:" in emulator.describe()
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_uniform_layer_map_drops_blocks_and_reindexes(name):
+    emulator = build(name, method="uniform", alpha=0.5, rank_keep=0.2)
+    assert [(e.original, e.kind, e.position) for e in emulator.layer_map] == [
+        (0, "adapter", 0), (1, "adapter", 1), (2, "compressed", 2), (3, "dropped", None),
+        (4, "dropped", None), (5, "compressed", 3), (6, "adapter", 4), (7, "adapter", 5),
+    ]  # fmt: skip
+    assert emulator.adapter_positions() == {0: 0, 1: 1, 6: 4, 7: 5}
+    assert emulator.source_index() == [0, 1, 2, 5, 6, 7]
+    layers = get_layers(emulator.model)
+    assert len(layers) == 6 and emulator.model.config.num_hidden_layers == 6
+    assert all(
+        isinstance(layers[2].get_submodule(p), LowRankLinear) for p in emulator.layer_map[2].factorized
+    )
+    idx = [m.layer_idx for m in layers[3].modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    assert idx and set(idx) == {3}
+    assert logits(emulator.model).shape == (2, 12, 49152)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_uniform_distill_trains_only_the_kept_middle(name):
+    model, _ = tiny(name)
+    emulator = build(name, method="uniform+distill", alpha=0.5, rank_keep=1.0, distill_steps=4)
+    assert len(emulator.loss_curve) == 4
+    full_layers, layers = get_layers(model), get_layers(emulator.model)
+    for entry in emulator.layer_map:
+        if entry.position is None:
+            continue
+        same = all(
+            torch.equal(a, b)
+            for a, b in zip(
+                full_layers[entry.original].parameters(), layers[entry.position].parameters(), strict=True
+            )
+        )
+        assert same == (entry.kind == "adapter")
+    assert not any(p.requires_grad for p in emulator.model.parameters())
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_build_leaves_the_full_model_untouched_and_shares_no_storage(name):
+    model, _ = tiny(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    config_before = model.config.to_dict()
+    emulator = build(name, method="scaleot", alpha=0.5, rank_keep=0.5, harmonizer_loss="lm+local")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert {k: p.requires_grad for k, p in model.named_parameters()} == flags
+    assert model.config.to_dict() == config_before and len(get_layers(model)) == 8
+    full_storage = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert not any(p.untyped_storage().data_ptr() in full_storage for p in emulator.model.parameters())
+
+
+def test_default_public_corpus_is_used_when_no_blocks_are_given():
+    model, tokenizer = tiny("tiny-llama")
+    config = EmulatorConfig(alpha=0.5, stage1_steps=1, seq_len=32, batch_size=2)
+    emulator = build_emulator(model, tokenizer, config, progress=False)
+    assert len(emulator.loss_curve) == 1 and len(emulator.reward_curve) == 1
+
+
+def test_adapters_leaving_no_middle_are_refused():
+    with pytest.raises(
+        ValueError, match="adapter layers bottom=4, top=4 must be >= 0 and leave at least one"
+    ):
+        build("tiny-llama", adapter_bottom=4, adapter_top=4)
