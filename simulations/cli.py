@@ -87,10 +87,85 @@ def _run_eval(args: argparse.Namespace) -> None:
     )
 
 
+# ------------------------------------------------------------------------------------------- build-emulator
+
+
+def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a hub id or a directory"
+    )
+    parser.add_argument(
+        "--method", choices=("scaleot", "uniform", "uniform+distill", "full"), default="scaleot"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=None, help="fraction of middle blocks replaced / dropped"
+    )
+    parser.add_argument(
+        "--rank-keep", type=float, default=None, help="β: attention rank kept by SRC (1 = off)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="stage-1 steps (distillation steps for +distill)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any EmulatorConfig field (TOML value)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", required=True, help="bundle directory to write")
+
+
+def _run_build_emulator(args: argparse.Namespace) -> None:
+    """Build an emulator of a model and save it as a bundle; prints the layer map, sizes and build time."""
+    from emulator.assembly import build_emulator
+    from emulator.bundle import save_bundle
+    from emulator.config import EmulatorConfig
+    from emulator.models import load_model
+
+    values: dict[str, object] = {"method": args.method}
+    if args.method == "full":
+        values.update(alpha=0.0, rank_keep=1.0)
+    for name, value in (("alpha", args.alpha), ("rank_keep", args.rank_keep)):
+        if value is not None:
+            values[name] = value
+    if args.steps is not None:
+        values["distill_steps" if args.method == "uniform+distill" else "stage1_steps"] = args.steps
+    values.update(_parse_set(item) for item in args.set)
+    config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
+    model, tokenizer = load_model(args.model, device=args.device)
+    emulator = build_emulator(model, tokenizer, config, progress=True)
+    directory = save_bundle(emulator, args.out, args.model, tokenizer)
+    print(f"emulator of {args.model} ({config.method}, alpha={config.alpha}, rank_keep={config.rank_keep})")
+    print(emulator.describe())
+    print(f"build time: {emulator.build_seconds:.1f} s; bundle: {directory}")
+
+
+def _parse_set(item: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` with a TOML value; a bare word is a string (``harmonizer_loss=lm``)."""
+    import tomllib
+
+    field, sep, raw = item.partition("=")
+    if not sep or not field.strip():
+        raise ValueError(f"--set {item!r} must look like FIELD=VALUE, e.g. harmonizer_loss=lm")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return field.strip(), value
+
+
 # ------------------------------------------------------------------------------------------------- registry
 
 COMMANDS: tuple[Command, ...] = (
     Command("eval", "zero-shot multiple-choice accuracy of a model on a task", _eval_arguments, _run_eval),
+    Command(
+        "build-emulator",
+        "build an emulator (ScaleOT or a baseline) of a model and save it as a bundle",
+        _build_emulator_arguments,
+        _run_build_emulator,
+    ),
 )
 
 
