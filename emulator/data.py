@@ -30,11 +30,11 @@ CORPORA = ("pydoc", "wikitext")
 
 
 def context_ids(tokenizer: PreTrainedTokenizerBase, context: str) -> list[int]:
-    """Token ids of a context; an empty context becomes the BOS (or EOS) token so the first target token has a
-    position to be predicted from (lm-evaluation-harness uses EOS the same way)."""
+    """Token ids of a context; an empty context becomes the EOS (or BOS) token so the first target token has a
+    position to be predicted from, as in lm-evaluation-harness."""
     ids = tokenizer(context, add_special_tokens=False)["input_ids"]
     if not ids:
-        fallback = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        fallback = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
         ids = [fallback]
     return ids
 

@@ -196,15 +196,25 @@ def synthetic_examples(n: int = 400, num_choices: int = 4) -> list[MCExample]:
     """A copy task: the context names a word, the correct choice repeats it, distractors are other words.
 
     The content is fixed (like a real dataset's); ``load_task``'s seed only changes the splits.
+
+    Args:
+        n: number of distinct examples.
+        num_choices: choices per example, 2 to 20.
+
+    Raises:
+        ValueError: ``num_choices`` out of range.
     """
+    if not 2 <= num_choices <= len(_WORDS):
+        raise ValueError(f"num_choices={num_choices} is out of range; allowed 2..{len(_WORDS)}")
     rng = random.Random(1234)
-    examples = []
-    for _ in range(n):
+    # An ordered set: distinct examples keep the splits disjoint by value.
+    examples: dict[MCExample, None] = {}
+    while len(examples) < n:
         words = rng.sample(_WORDS, num_choices)  # words[0] is the answer; its position is then random
         label = rng.randrange(num_choices)
         words[0], words[label] = words[label], words[0]
-        examples.append(MCExample(f"Word: {words[label]}. Repeat:", tuple(f" {w}" for w in words), label))
-    return examples
+        examples[MCExample(f"Word: {words[label]}. Repeat:", tuple(f" {w}" for w in words), label)] = None
+    return list(examples)
 
 
 # ----------------------------------------------------------------------------------------------- BIG-bench
