@@ -1,0 +1,273 @@
+"""Task registry: deterministic disjoint splits, BIG-bench formatting and extraction, hub templates."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from emulator.models import cache_dir
+from emulator.tasks import (
+    BIGBENCH_ARCHIVE,
+    MCExample,
+    TaskSplits,
+    bigbench_archive,
+    bigbench_examples,
+    load_task,
+    synthetic_examples,
+    task_names,
+)
+
+
+def _all(splits: TaskSplits) -> list[MCExample]:
+    return splits.train + splits.validation + splits.test
+
+
+def test_synthetic_splits_are_deterministic_disjoint_and_complete():
+    a, b = load_task("synthetic", seed=3), load_task("synthetic", seed=3)
+    assert a == b
+    assert (len(a.train), len(a.validation), len(a.test)) == (
+        260,
+        40,
+        100,
+    )  # 400: test n//4, validation n//10
+    parts = [set(a.train), set(a.validation), set(a.test)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert set(_all(a)) == set(synthetic_examples())
+
+
+def test_different_seeds_give_different_splits():
+    a, b = load_task("synthetic", seed=0), load_task("synthetic", seed=1)
+    assert set(a.test) != set(b.test)
+    assert set(_all(a)) == set(_all(b))
+
+
+def test_test_size_extends_test_and_keeps_validation():
+    small, large = load_task("synthetic", test_size=50), load_task("synthetic", test_size=150)
+    assert small.validation == large.validation
+    assert large.test[:50] == small.test
+    assert len(large.train) == 400 - 40 - 150
+
+
+def test_test_size_that_leaves_no_training_data_is_rejected():
+    with pytest.raises(ValueError, match=r"test_size=360 leaves no training examples in synthetic"):
+        load_task("synthetic", test_size=360)
+    with pytest.raises(ValueError, match=r"test_size=0 must be at least 1"):
+        load_task("synthetic", test_size=0)
+
+
+def test_synthetic_answer_is_the_word_in_the_context():
+    for example in synthetic_examples(50):
+        word = example.context.removeprefix("Word: ").removesuffix(". Repeat:")
+        assert example.choices[example.label] == f" {word}"
+        assert len(set(example.choices)) == len(example.choices)
+    assert {e.label for e in synthetic_examples()} == {0, 1, 2, 3}
+
+
+def test_unknown_task_lists_the_names():
+    with pytest.raises(
+        ValueError, match=r"task='nope' is unknown; use one of synthetic, piqa, .*bigbench:<task>"
+    ):
+        load_task("nope")
+    assert "synthetic" in task_names() and "bigbench:goal_step_wikihow/step_inference" in task_names()
+
+
+# ----------------------------------------------------------------------------------------- BIG-bench parsing
+
+
+def _toy_task(**extra) -> dict:
+    # Made-up content in BIG-bench's task.json schema (no real BIG-bench data in the repository).
+    examples = [
+        {"input": f"Which colour is item {i}?", "target_scores": {"red": 0, "blue": 1, "green": 0}}
+        for i in range(40)
+    ]
+    return {"name": "toy", "examples": examples, **extra}
+
+
+def test_bigbench_default_prefixes_and_trailing_space_moved_to_choices():
+    examples = bigbench_examples(_toy_task())
+    assert examples[0] == MCExample("\nQ: Which colour is item 0?\nA:", (" red", " blue", " green"), 1)
+
+
+def test_bigbench_task_prefixes_and_appended_choices():
+    task = _toy_task(
+        task_prefix="Colours.\n", example_input_prefix="", example_output_prefix="\nAnswer: ",
+        append_choices_to_input=True,
+    )  # fmt: skip
+    example = bigbench_examples(task)[0]
+    assert example.context.startswith("Colours.\nWhich colour is item 0?\n  choice: ")
+    assert example.context.endswith("\nAnswer:")
+    assert example.context.count("\n  choice: ") == 3
+    assert all(f"\n  choice: {c}" in example.context for c in ("red", "blue", "green"))
+    assert example.choices == (" red", " blue", " green")
+
+
+def test_bigbench_label_is_first_best_score_and_duplicates_are_dropped():
+    task = {
+        "examples": [
+            {"input": "q", "target_scores": {"a": 0.2, "b": 0.9, "c": 0.9}},
+            {"input": "q", "target_scores": {"a": 0.2, "b": 0.9, "c": 0.9}},
+            {"input": "r", "target": "x"},  # no target_scores: skipped
+        ]
+    }
+    assert bigbench_examples(task) == [MCExample("\nQ: q\nA:", (" a", " b", " c"), 1)]
+
+
+def test_bigbench_generative_and_composite_tasks_are_rejected():
+    with pytest.raises(ValueError, match=r"bigbench:gen is generative \(no example has target_scores\)"):
+        bigbench_examples({"examples": [{"input": "2+2", "target": "4"}]}, "gen")
+    with pytest.raises(
+        ValueError, match=r"bigbench:parent has no examples of its own .* bigbench:parent/<subtask>"
+    ):
+        bigbench_examples({"name": "parent"}, "parent")
+
+
+# ------------------------------------------------------------------------------------ BIG-bench extraction
+
+
+def _write_archive(path: Path, tasks: dict[str, dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in tasks.items():
+            data = json.dumps(content).encode()
+            info = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/task.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def toy_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
+    tasks = {
+        "toy_mc": _toy_task(),
+        "toy_gen": {"examples": [{"input": "2+2", "target": "4"}] * 3},
+        "family/sub_a": _toy_task(),
+        "family/sub_b": _toy_task(),
+    }
+    _write_archive(tmp_path / "bigbench" / BIGBENCH_ARCHIVE, tasks)
+    return tmp_path
+
+
+def test_bigbench_task_is_extracted_once_then_read_from_the_cache(toy_cache: Path):
+    splits = load_task("bigbench:toy_mc")
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (26, 4, 10)
+    assert (toy_cache / "bigbench" / "tasks" / "toy_mc" / "task.json").exists()
+    bigbench_archive().unlink()
+    assert load_task("bigbench:toy_mc") == splits
+
+
+def test_bigbench_subtask_loads(toy_cache: Path):
+    assert len(_all(load_task("bigbench:family/sub_b"))) == 40
+
+
+def test_bigbench_errors_name_the_problem(toy_cache: Path):
+    with pytest.raises(ValueError, match=r"bigbench:toy_gen is generative"):
+        load_task("bigbench:toy_gen")
+    with pytest.raises(
+        ValueError, match=r"bigbench:family is not in .*subtasks: bigbench:family/sub_a, bigbench:fa"
+    ):
+        load_task("bigbench:family")
+    with pytest.raises(ValueError, match=r"bigbench:toy_mx is not in .*did you mean bigbench:toy_mc"):
+        load_task("bigbench:toy_mx")
+    with pytest.raises(ValueError, match=r"malformed"):
+        load_task("bigbench:../etc")
+
+
+def test_missing_bigbench_archive_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"archive is missing .*make install.*pip download --no-deps"
+    ) as info:
+        load_task("bigbench:goal_step_wikihow/step_inference")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(
+    not (cache_dir() / "bigbench" / BIGBENCH_ARCHIVE).exists(),
+    reason="BIG-bench archive absent (`make install`)",
+)
+def test_real_bigbench_step_inference():
+    splits = load_task("bigbench:goal_step_wikihow/step_inference")
+    assert (len(splits.validation), len(splits.test)) == (100, 500)
+    assert len(_all(splits)) == len(set(_all(splits))) >= 2200
+    example = splits.test[0]
+    assert example.context.startswith("\nQ: The most reasonable step of '") and example.context.endswith(
+        "\nA:"
+    )
+    assert len(example.choices) == 4 and all(c.startswith(" ") for c in example.choices)
+    assert {e.label for e in splits.train} == {0, 1, 2, 3}
+
+
+# ------------------------------------------------------------------------------------------------ hub tasks
+
+
+def _fake_hub(rows: dict[str, list[dict]]):
+    def load(path: str, config: str | None) -> DatasetDict:
+        load.calls.append((path, config))
+        return DatasetDict({split: Dataset.from_list(r) for split, r in rows.items()})
+
+    load.calls = []
+    return load
+
+
+def _splits(row: dict, n: int = 40) -> dict[str, list[dict]]:
+    return {"train": [row] * n, "validation": [row] * 5, "test": [row] * 7}
+
+
+def test_piqa_template_and_lm_eval_test_split():
+    row = {"goal": "Open a jar", "sol1": "twist the lid", "sol2": "hit it", "label": 0}
+    loader = _fake_hub({"train": [row] * 40, "validation": [dict(row, label=1)] * 6, "test": [row] * 9})
+    splits = load_task("piqa", load_dataset_fn=loader)
+    assert loader.calls == [("piqa", None)]
+    assert splits.test[0] == MCExample("Question: Open a jar\nAnswer:", (" twist the lid", " hit it"), 1)
+    assert len(splits.test) == 6  # lm-eval scores PIQA's validation split
+    assert (len(splits.validation), len(splits.train)) == (2, 38)  # 5 % of train carved out
+
+
+@pytest.mark.parametrize(("task", "config"), [("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge")])
+def test_arc_template(task: str, config: str):
+    row = {
+        "id": "x", "question": "What melts ice?", "answerKey": "C",
+        "choices": {"text": ["cold", "wind", "heat"], "label": ["A", "B", "C"]},
+    }  # fmt: skip
+    loader = _fake_hub(_splits(row))
+    splits = load_task(task, load_dataset_fn=loader)
+    assert loader.calls == [("allenai/ai2_arc", config)]
+    assert splits.test[0] == MCExample("Question: What melts ice?\nAnswer:", (" cold", " wind", " heat"), 2)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (40, 5, 7)
+
+
+def test_openbookqa_template():
+    row = {
+        "id": "x", "question_stem": "The sun is a", "answerKey": "2",
+        "choices": {"text": ["planet", "star"], "label": ["1", "2"]},
+    }  # fmt: skip
+    loader = _fake_hub(_splits(row))
+    splits = load_task("openbookqa", load_dataset_fn=loader, test_size=3)
+    assert loader.calls == [("allenai/openbookqa", "main")]
+    assert splits.test == [MCExample("The sun is a", (" planet", " star"), 1)] * 3
+
+
+def test_sciq_template():
+    row = {
+        "question": "What do plants make?", "distractor1": "salt", "distractor2": "iron",
+        "distractor3": "gold", "correct_answer": "sugar", "support": "  Plants photosynthesise.",
+    }  # fmt: skip
+    splits = load_task("sciq", load_dataset_fn=_fake_hub(_splits(row)))
+    context = "Plants photosynthesise.\nQuestion: What do plants make?\nAnswer:"
+    assert splits.test[0] == MCExample(context, (" salt", " iron", " gold", " sugar"), 3)
+
+
+def test_unreachable_hub_dataset_is_one_line_error():
+    def offline(path: str, config: str | None) -> DatasetDict:
+        raise ConnectionError("Couldn't reach 'allenai/sciq' on the Hub (LocalEntryNotFoundError)\ndetails")
+
+    with pytest.raises(
+        ValueError, match=r"task='sciq' needs the hub dataset allenai/sciq .*go online"
+    ) as info:
+        load_task("sciq", load_dataset_fn=offline)
+    assert "\n" not in str(info.value)
