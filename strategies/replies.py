@@ -109,7 +109,8 @@ def last_line(text: str | None) -> str:
     """The last non-empty line of ``text``, shortened: what a logged reason needs."""
     # ClientApp errors carry a whole traceback; its last line names the exception.
     lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    line = lines[-1] if lines else "(no reason given)"
+    # Flower's simulation wraps it as "<class '...'>:<'message'>".
+    line = lines[-1].removesuffix("'>") if lines else "(no reason given)"
     return line if len(line) <= _REASON_LIMIT else line[: _REASON_LIMIT - 1] + "…"
 
 

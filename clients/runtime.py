@@ -1,0 +1,159 @@
+"""A client's working set: the emulator (loaded once per process) and its partition of the task.
+
+Ray actors are long-lived and serve many nodes and rounds, so the emulator is cached at module level, keyed by
+bundle path and manifest hash; only the adapter is reset from the global adapter each round. In a deployment
+with subprocess isolation every message is a fresh process and the cache simply misses. The client only ever
+reads the emulator bundle: it never holds the full model's middle layers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from clients.partition import partition
+from clients.settings import ClientSettings, NodeSettings
+from clients.training import TrainResult, client_seed, train_adapter
+from emulator.adapters import AdapterConfig, AdapterState, load_adapter_state_, prepare_adapter_
+from emulator.bundle import load_emulator
+from emulator.data import training_batches
+from emulator.tasks import MCExample, TaskSplits, load_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedEmulator:
+    """An emulator bundle in memory, with its adapter prepared for ``adapter`` (None: not yet)."""
+
+    path: str
+    sha256: str
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    positions: dict[int, int]
+    adapter: AdapterConfig | None = None
+
+
+_EMULATOR: LoadedEmulator | None = None
+_LOADS = 0
+_TASKS: dict[tuple[str, int], TaskSplits] = {}
+
+
+def emulator_loads() -> int:
+    """How many times this process has read an emulator bundle from disk (the cache's misses)."""
+    return _LOADS
+
+
+def bundle_sha256(path: str) -> str:
+    """The hash recorded in a bundle's manifest.
+
+    Raises:
+        ValueError: ``path`` holds no emulator bundle.
+    """
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        raise ValueError(
+            f"no emulator bundle at {path!r} (missing manifest.json); give the SuperNode "
+            "--node-config \"emulator-path='/path/to/bundle'\" or let the server write one"
+        )
+    return str(json.loads(manifest.read_text())["sha256"])
+
+
+def cached_emulator(path: str, expected_sha256: str = "") -> LoadedEmulator:
+    """The emulator at ``path``, from this process's cache when the same bundle was loaded before.
+
+    Raises:
+        ValueError: no bundle at ``path``, or its hash differs from ``expected_sha256`` (when given).
+    """
+    global _EMULATOR, _LOADS
+    sha256 = bundle_sha256(path)
+    if expected_sha256 and sha256 != expected_sha256:
+        raise ValueError(
+            f"the emulator at {path!r} has sha256 {sha256[:12]}…, the server's is {expected_sha256[:12]}…"
+        )
+    resolved = str(Path(path).resolve())
+    if _EMULATOR is None or (_EMULATOR.path, _EMULATOR.sha256) != (resolved, sha256):
+        _EMULATOR = None  # free the old one before loading the next
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        emulator, tokenizer = load_emulator(path, device=device)
+        _LOADS += 1
+        _EMULATOR = LoadedEmulator(resolved, sha256, emulator.model, tokenizer, emulator.adapter_positions())
+        log.info("loaded the emulator %s (%s…) on %s", path, sha256[:12], device)
+    return _EMULATOR
+
+
+def with_adapter(loaded: LoadedEmulator, config: AdapterConfig) -> LoadedEmulator:
+    """``loaded`` with its adapter prepared for ``config`` (reloaded first if prepared for another one)."""
+    global _EMULATOR
+    if loaded.adapter is not None and loaded.adapter != config:
+        _EMULATOR = None
+        loaded = cached_emulator(loaded.path, loaded.sha256)
+    if loaded.adapter is None:
+        prepare_adapter_(loaded.model, loaded.positions, config)
+        loaded.adapter = config
+    return loaded
+
+
+def client_examples(settings: ClientSettings, node: NodeSettings) -> list[MCExample]:
+    """This node's partition of the task's train split (the task is read once per process)."""
+    key = (settings.task, settings.seed)
+    if key not in _TASKS:
+        _TASKS.clear()
+        _TASKS[key] = load_task(settings.task, seed=settings.seed)
+    return partition(
+        _TASKS[key].train,
+        node.num_partitions,
+        node.partition_id,
+        scheme=settings.partition_scheme,
+        alpha=settings.dirichlet_alpha,
+        seed=settings.seed,
+    )
+
+
+def local_update(
+    settings: ClientSettings, node: NodeSettings, global_adapter: AdapterState
+) -> tuple[TrainResult, int]:
+    """One round of local training from the global adapter; returns the result and the example count.
+
+    Raises:
+        RuntimeError: the node's partition is listed in ``fail_partitions`` (a test hook).
+        ValueError: the bundle, the adapter keys or the training settings do not fit.
+    """
+    if node.partition_id in settings.fail_partitions:
+        raise RuntimeError(f"partition {node.partition_id} fails on purpose (federation.fail_partitions)")
+    threads = node.num_threads or settings.num_threads
+    if threads > 0:
+        torch.set_num_threads(threads)
+    loaded = with_adapter(
+        cached_emulator(node.bundle(settings.emulator_path), settings.emulator_sha256), settings.adapter
+    )
+    load_adapter_state_(loaded.model, loaded.positions, global_adapter)
+    examples = client_examples(settings, node)
+    train = settings.train
+    seed = client_seed(settings.seed, settings.server_round, node.partition_id)
+    batches = training_batches(
+        loaded.tokenizer,
+        examples,
+        batch_size=train.batch_size,
+        max_length=train.max_length,
+        seed=seed,
+        epochs=None if train.local_steps else train.local_epochs,
+        steps=train.local_steps or None,
+    )
+    result = train_adapter(
+        loaded.model,
+        loaded.positions,
+        batches,
+        lr=train.lr,
+        max_grad_norm=train.max_grad_norm,
+        weight_decay=train.weight_decay,
+        proximal_mu=settings.proximal_mu,
+        seed=seed,
+    )
+    return result, len(examples)

@@ -1,0 +1,138 @@
+"""Local adapter training on a data owner's side: one plain PyTorch loop over the frozen emulator.
+
+Offsite-Tuning (paper): the data owner fine-tunes only the adapter blocks (or LoRA factors on them), running
+forward and backward through the frozen emulator. Ours: AdamW, gradient clipping, a FedProx proximal term
+when the server asks for one, and a per-round seed derived from (run seed, round, partition), so an
+interrupted and resumed federation retrains exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from emulator.adapters import AdapterState, adapter_state
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a client trains its adapter each round (sent by the server with every train message).
+
+    Attributes:
+        lr: AdamW learning rate (Offsite-Tuning: 1e-4 for full adapter blocks).
+        batch_size: examples per step.
+        local_epochs: passes over the client's partition per round (fractions allowed).
+        local_steps: if > 0, train this many batches per round instead of ``local_epochs``.
+        max_length: token budget per example (context + answer).
+        max_grad_norm: gradient-norm clipping threshold; 0 disables clipping.
+        weight_decay: AdamW weight decay (0: adapters start from pretrained blocks, keep them there).
+    """
+
+    lr: float = 1e-4
+    batch_size: int = 8
+    local_epochs: float = 1.0
+    local_steps: int = 0
+    max_length: int = 256
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, float | int) and 0 < self.lr < 1):
+            raise ValueError(f"client.lr={self.lr} must be in (0, 1)")
+        if self.batch_size < 1:
+            raise ValueError(f"client.batch_size={self.batch_size} must be >= 1")
+        if self.local_steps < 0:
+            raise ValueError(f"client.local_steps={self.local_steps} must be >= 0 (0: use local_epochs)")
+        if self.local_steps == 0 and not self.local_epochs > 0:
+            raise ValueError(f"client.local_epochs={self.local_epochs} must be > 0 when local_steps is 0")
+        if self.max_length < 8:
+            raise ValueError(f"client.max_length={self.max_length} must be >= 8")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"client.max_grad_norm={self.max_grad_norm} must be >= 0 (0: no clipping)")
+        if self.weight_decay < 0:
+            raise ValueError(f"client.weight_decay={self.weight_decay} must be >= 0")
+
+
+class TrainResult(NamedTuple):
+    """What one round of local training produced."""
+
+    state: AdapterState  # the trained adapter, fp32 CPU tensors keyed like the global one
+    mean_loss: float  # mean task loss over the steps (without the proximal term)
+    steps: int
+    seconds: float
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of one client's training in one round: a function of (run seed, round, partition) only."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+def train_adapter(
+    model: nn.Module,
+    positions: Mapping[int, int],
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    lr: float,
+    max_grad_norm: float = 1.0,
+    weight_decay: float = 0.0,
+    proximal_mu: float = 0.0,
+    seed: int = 0,
+) -> TrainResult:
+    """Train the adapter of ``model`` in place on ``batches`` and return it.
+
+    Args:
+        model: emulator (or full model) whose adapter was prepared with ``prepare_adapter_`` and loaded with
+            the global adapter; only parameters with ``requires_grad`` are updated.
+        positions: original block index -> position in ``model``'s layer list (keys of the returned state).
+        batches: dicts of (B, T) ``input_ids``, ``attention_mask``, ``labels`` (-100 where not scored).
+        lr: AdamW learning rate.
+        max_grad_norm: clip the adapter's gradient norm to this; 0 disables clipping.
+        weight_decay: AdamW weight decay.
+        proximal_mu: FedProx: adds (mu/2)·||w - w_start||² to the loss, w_start the weights at entry.
+        seed: seeds dropout (LoRA dropout, model dropout) for this call.
+
+    Returns:
+        The trained adapter state, the mean task loss, the number of steps and the wall time.
+
+    Raises:
+        ValueError: the model has no trainable parameters, ``batches`` is empty, or the loss is not finite.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters; call prepare_adapter_ first")
+    device = params[0].device
+    anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    torch.manual_seed(seed)
+    model.train()
+    start, losses = time.perf_counter(), []
+    try:
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss  # mean cross-entropy over the scored (answer) tokens
+            if not math.isfinite(loss.item()):
+                raise ValueError(
+                    f"training loss became {loss.item()} at step {len(losses) + 1}; lower client.lr"
+                )
+            losses.append(loss.item())
+            if anchors:
+                loss = loss + proximal_mu / 2 * sum(
+                    ((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True)
+                )
+            loss.backward()
+            if max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    finally:
+        model.eval()
+    if not losses:
+        raise ValueError("batches is empty; nothing to train on")
+    seconds = time.perf_counter() - start
+    return TrainResult(adapter_state(model, positions), sum(losses) / len(losses), len(losses), seconds)

@@ -1,0 +1,138 @@
+"""The ClientApp on a real tiny emulator bundle, called directly (no Ray), and the local training loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients import runtime
+from clients.client_app import app
+from clients.settings import ClientSettings
+from clients.training import TrainConfig, train_adapter
+from emulator.adapters import AdapterConfig, adapter_layers, adapter_state, prepare_adapter_
+from emulator.bundle import load_emulator
+from emulator.data import training_batches
+from emulator.models import load_model
+from emulator.tasks import load_task
+from simulations.bundles import ensure_bundle
+from simulations.config import load_config
+from simulations.server_eval import initial_adapter
+from strategies import keys
+
+
+@pytest.fixture(scope="module")
+def bundle() -> str:
+    """The tiny.toml emulator bundle (built once into the user cache, then reused)."""
+    config = load_config("simulations/configs/tiny.toml")
+    model, tokenizer = load_model(config.model)
+    return str(ensure_bundle(config.model, config.emulator, model, tokenizer))
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+
+
+def context(partition_id: int = 1) -> Context:
+    node_config = {keys.NODE_PARTITION_ID: partition_id, keys.NODE_NUM_PARTITIONS: 4}
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def settings(bundle: str, **changes) -> ClientSettings:
+    train = TrainConfig(lr=1e-3, batch_size=8, local_steps=3, max_length=64)
+    values = dict(emulator_path=bundle, emulator_sha256=runtime.bundle_sha256(bundle), train=train, seed=5)
+    return ClientSettings(**(values | changes))
+
+
+def global_adapter(bundle: str) -> ArrayRecord:
+    emulator, _ = load_emulator(bundle)
+    return ArrayRecord(initial_adapter(emulator.model, emulator.adapter_positions(), AdapterConfig(), seed=0))
+
+
+def train_message(adapter: ArrayRecord, config: ConfigRecord, server_round: int = 1) -> Message:
+    config[keys.SERVER_ROUND] = server_round
+    content = RecordDict({keys.ARRAYS: adapter, keys.CONFIG: config})
+    return Message(content, dst_node_id=7, message_type=MessageType.TRAIN)
+
+
+def test_client_app_trains_the_adapter_and_loads_the_emulator_once(bundle):
+    runtime._EMULATOR = None  # a fresh "process"
+    loads = runtime.emulator_loads()
+    adapter = global_adapter(bundle)
+    config = settings(bundle).to_record()
+
+    hello = Message(
+        RecordDict({keys.CONFIG: ConfigRecord({keys.EMULATOR_PATH: bundle, keys.EMULATOR_SHA256: ""})}),
+        dst_node_id=7,
+        message_type=keys.QUERY_EMULATOR_TYPE,
+    )
+    info = app(hello, context()).content[keys.INFO]
+    assert info[keys.INFO_PARTITION_ID] == 1
+    assert info[keys.INFO_EMULATOR_SHA256] == runtime.bundle_sha256(bundle)
+
+    first = app(train_message(adapter, config), context())
+    second = app(train_message(adapter, config), context())
+    assert runtime.emulator_loads() == loads + 1  # handshake and two rounds share one load
+
+    arrays, metrics = first.content[keys.ARRAYS], first.content[keys.METRICS]
+    assert list(arrays) == list(adapter)
+    assert all(a.dtype == "float32" and a.shape == adapter[k].shape for k, a in arrays.items())
+    assert math.isfinite(metrics[keys.TRAIN_LOSS]) and metrics[keys.TRAIN_STEPS] == 3
+    assert metrics[keys.NUM_EXAMPLES] > 0
+    changed = [k for k in arrays if not (arrays[k].numpy() == adapter[k].numpy()).all()]
+    assert changed, "training left the adapter unchanged"
+    # Same (seed, round, partition), same global adapter: same local update (what resume relies on).
+    for key, array in second.content[keys.ARRAYS].items():
+        assert (array.numpy() == arrays[key].numpy()).all(), key
+
+
+def test_node_config_bundle_wins_and_a_foreign_emulator_is_refused(bundle, tmp_path):
+    node = context()
+    node.node_config[keys.NODE_EMULATOR_PATH] = bundle
+    config = settings(bundle, emulator_path="/nonexistent/bundle").to_record()  # the node's path wins
+    reply = app(train_message(global_adapter(bundle), config), node)
+    assert reply.content[keys.METRICS][keys.NUM_EXAMPLES] > 0
+
+    wrong = settings(bundle, emulator_sha256="0" * 64).to_record()
+    with pytest.raises(ValueError, match="the server's is 000000000000"):
+        app(train_message(global_adapter(bundle), wrong), context())
+
+
+def test_missing_partition_id_names_the_node_config_flag(bundle):
+    bare = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match="node config lacks partition-id, num-partitions"):
+        app(train_message(global_adapter(bundle), settings(bundle).to_record()), bare)
+
+
+def test_settings_round_trip_through_the_config_record(bundle):
+    original = settings(bundle, adapter=AdapterConfig(mode="lora", lora_rank=4), fail_partitions=(2,))
+    assert ClientSettings.from_record(original.to_record()) == original
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_train_adapter_lowers_the_loss_and_proximal_term_holds_weights_back(mode, tokenizer):
+    model, _ = load_model("tiny-llama")
+    positions = {i: i for i in adapter_layers(8, 2, 2)}
+    torch.manual_seed(0)
+    prepare_adapter_(model, positions, AdapterConfig(mode=mode))
+    start = adapter_state(model, positions)
+    examples = load_task("synthetic").train[:16]
+
+    def run(mu: float, steps: int = 8):
+        from emulator.adapters import load_adapter_state_
+
+        load_adapter_state_(model, positions, start)
+        batches = training_batches(tokenizer, examples, batch_size=8, max_length=64, seed=0, steps=steps)
+        return train_adapter(model, positions, batches, lr=1e-2, proximal_mu=mu, seed=0)
+
+    free, held = run(0.0), run(1e4)
+    assert free.steps == 8 and math.isfinite(free.mean_loss)
+
+    def distance(result):
+        return sum(float((result.state[k] - start[k]).norm()) for k in start)
+
+    assert distance(held) < distance(free)
