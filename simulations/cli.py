@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from simulations.runner import run_simulate, simulate_arguments
+
 log = logging.getLogger("scaleot")
 
 EXIT_USAGE = 2  # argparse's own exit code for bad usage; bad values get the same
@@ -165,6 +167,12 @@ COMMANDS: tuple[Command, ...] = (
         "build an emulator (ScaleOT or a baseline) of a model and save it as a bundle",
         _build_emulator_arguments,
         _run_build_emulator,
+    ),
+    Command(
+        "simulate",
+        "run a federated offsite-tuning experiment on Flower's Ray simulation",
+        simulate_arguments,
+        run_simulate,
     ),
 )
 

@@ -1,0 +1,57 @@
+"""The model owner's Flower ServerApp.
+
+``app`` is the component ``flwr run`` loads (pyproject ``[tool.flwr.app.components]``): it reads the run
+config (``config-file`` plus dotted overrides, optional ``run-dir`` and ``resume``). ``server_app_for``
+builds the same app around an already parsed config, for ``run_simulation`` (whose run config is empty).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from simulations.config import RunConfig, from_flower_run_config
+from simulations.federation import run_federation
+
+app = ServerApp()
+_ROOT = Path(__file__).resolve().parent.parent  # the app directory (the repository, or the unpacked FAB)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """`flwr run` entry point: parse the run config once, then run the federation."""
+    _ensure_logging()
+    config, run_dir, resume = from_flower_run_config(context.run_config, _ROOT)
+    directory = Path(run_dir) if run_dir else new_run_dir(config)
+    run_federation(grid, config, directory, resume=directory if resume else None)
+
+
+def server_app_for(config: RunConfig, run_dir: Path, resume: Path | None = None) -> ServerApp:
+    """A ServerApp that runs ``config`` into ``run_dir`` (continuing ``resume``'s checkpoint if given)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, config, run_dir, resume=resume)
+
+    return server_app
+
+
+def new_run_dir(config: RunConfig) -> Path:
+    """A fresh ``<output.dir>/<name>-<timestamp>`` directory path (absolute)."""
+    base = Path(config.output.dir).resolve() / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while candidate.exists():
+        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return candidate
+
+
+def _ensure_logging() -> None:
+    # Under `flwr run` the ServerApp is a fresh process: give the per-round progress lines somewhere to go.
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

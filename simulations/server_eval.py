@@ -1,0 +1,122 @@
+"""Server-side evaluation: zero-shot rows once, then plug-in (and emulator fine-tuned) after rounds.
+
+Offsite-Tuning's Table 1 rows (paper): full zero-shot, emulator zero-shot, emulator fine-tuned (emulator +
+adapter) and plug-in (full model + adapter). The strategy calls ``ServerEvaluator`` as its ``evaluate_fn``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from emulator.adapters import (
+    AdapterConfig,
+    AdapterState,
+    adapter_state,
+    load_adapter_state_,
+    prepare_adapter_,
+)
+from emulator.evaluation import MCResult, multiple_choice_accuracy
+from emulator.plug_in import plug_in_
+from emulator.tasks import MCExample
+from strategies import keys
+
+log = logging.getLogger(__name__)
+
+FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN = "Full-ZS", "Emulator-ZS", "Emulator-FT", "Plug-in"
+
+
+def result_row(result: MCResult) -> dict[str, Any]:
+    """A results-table row (JSON-friendly) from a multiple-choice result."""
+    return {m: float(getattr(result, m)) for m in keys.MEASURES} | {"n": result.n}
+
+
+def initial_adapter(
+    model: nn.Module, positions: Mapping[int, int], config: AdapterConfig, seed: int
+) -> AdapterState:
+    """The round-0 global adapter: the emulator's own adapter blocks (or fresh LoRA factors, seeded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        prepare_adapter_(model, positions, config)
+    return adapter_state(model, positions)
+
+
+class ServerEvaluator:
+    """Scores the global adapter plugged into the full model and, when asked, inside the emulator.
+
+    Args:
+        full_model: the model owner's original model (its adapter blocks are overwritten by each plug-in).
+        emulator_model: the emulator, loaded from the same bundle the clients use.
+        positions: original block index -> position in the emulator's layer list, for the adapter blocks.
+        tokenizer: the shared tokenizer.
+        examples: test examples.
+        adapter: full adapter blocks or LoRA.
+        batch_size: scoring batch size.
+    """
+
+    def __init__(
+        self,
+        full_model: nn.Module,
+        emulator_model: nn.Module,
+        positions: Mapping[int, int],
+        tokenizer: PreTrainedTokenizerBase,
+        examples: list[MCExample],
+        adapter: AdapterConfig,
+        batch_size: int = 16,
+    ) -> None:
+        self.full_model, self.emulator_model = full_model, emulator_model
+        self.positions, self.tokenizer, self.examples = dict(positions), tokenizer, examples
+        self.adapter, self.batch_size = adapter, batch_size
+
+    def zero_shot(self) -> dict[str, dict[str, Any]]:
+        """Full-ZS and Emulator-ZS rows (before any adapter is plugged in)."""
+        start = time.perf_counter()
+        rows = {
+            FULL_ZS: result_row(self._score(self.full_model)),
+            EMULATOR_ZS: result_row(self._score(self.emulator_model)),
+        }
+        log.info(
+            "zero-shot on %d test examples: full %.1f %%, emulator %.1f %% (%.1f s)",
+            len(self.examples),
+            100 * rows[FULL_ZS]["acc"],
+            100 * rows[EMULATOR_ZS]["acc"],
+            time.perf_counter() - start,
+        )
+        return rows
+
+    def __call__(self, server_round: int, arrays: ArrayRecord, with_emulator: bool) -> dict[str, float]:
+        """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.keys``."""
+        state = arrays.to_torch_state_dict()
+        plug_in_(self.full_model, state, sorted(self.positions), self.adapter)
+        metrics = _named(keys.PLUGIN, self._score(self.full_model))
+        if with_emulator:
+            prepare_adapter_(self.emulator_model, self.positions, self.adapter)
+            load_adapter_state_(self.emulator_model, self.positions, state)
+            metrics |= _named(keys.EMULATOR, self._score(self.emulator_model))
+        return metrics | {keys.EVAL_N: float(len(self.examples))}
+
+    def _score(self, model: nn.Module) -> MCResult:
+        return multiple_choice_accuracy(model, self.tokenizer, self.examples, batch_size=self.batch_size)
+
+
+def final_rows(
+    zero_shot: Mapping[str, Any], last: Mapping[str, float] | None, emulator: Mapping[str, float] | None
+) -> dict[str, dict[str, Any]]:
+    """The results table: zero-shot rows, then the last plug-in and emulator fine-tuned evaluations."""
+    rows = dict(zero_shot)
+    for name, prefix, metrics in ((EMULATOR_FT, keys.EMULATOR, emulator), (PLUG_IN, keys.PLUGIN, last)):
+        if metrics and f"{prefix}_acc" in metrics:
+            row = {m: metrics[f"{prefix}_{m}"] for m in keys.MEASURES}
+            rows[name] = row | {"n": int(metrics.get(keys.EVAL_N, 0))}
+    return rows
+
+
+def _named(prefix: str, result: MCResult) -> dict[str, float]:
+    return {f"{prefix}_{m}": float(getattr(result, m)) for m in keys.MEASURES}
