@@ -179,6 +179,7 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for attr, label, color in (("plugin_acc", PLUG_IN, "C0"), ("emulator_acc", EMULATOR_FT, "C1")):
@@ -201,6 +202,7 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
     for name, color in ((FULL_ZS, "C0"), (EMULATOR_ZS, "C1")):
         if name in state.zero_shot:
             ax.axhline(100 * state.zero_shot[name]["acc"], linestyle="--", color=color, label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (%)")
     ax.legend()
