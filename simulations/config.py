@@ -10,6 +10,7 @@ checked before any model is loaded.
 from __future__ import annotations
 
 import json
+import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -254,18 +255,18 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ValueError(f"config {name}={value!r} is invalid; it must be {allowed}")
 
 
-# Keys of Flower's run config (`[tool.flwr.app.config]` + `flwr run --run-config`) that are not overrides.
-RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME = "config-file", "run-dir", "resume"
+# Keys of Flower's run config (pyproject `[tool.flwr.app.config]` + `flwr run --run-config`) that are not
+# config-file keys. Flower only accepts --run-config keys that pyproject declares, so every config-file key is
+# reachable through the one string `overrides`, e.g. --run-config "overrides='federation.rounds=1 seed=3'".
+RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME, RUN_OVERRIDES = "config-file", "run-dir", "resume", "overrides"
 
 
 def from_flower_run_config(run_config: Mapping[str, Any], root: Path) -> tuple[RunConfig, str, bool]:
-    """Parse Flower's flattened run config: ``config-file`` (relative to ``root``), overrides, run options.
+    """Parse Flower's flattened run config into the run config, the run directory and the resume flag.
 
-    Every key other than ``config-file``, ``run-dir`` and ``resume`` is a dotted override such as
-    ``federation.rounds = 1``; a string value that looks like a TOML list or table is parsed as one.
-
-    Returns:
-        The run config, the requested run directory ("" for a new one) and whether to resume it.
+    Keys: ``config-file`` (relative to ``root``), ``run-dir`` ("" for a new directory), ``resume`` (continue
+    ``run-dir``'s checkpoint), ``overrides`` (space-separated ``section.key=value``, shell-quoted); any other
+    key, e.g. ``federation.rounds = 1`` added to pyproject, is one more override.
 
     Raises:
         ValueError: no ``config-file``, or any error of ``load_config``.
@@ -273,15 +274,9 @@ def from_flower_run_config(run_config: Mapping[str, Any], root: Path) -> tuple[R
     if RUN_CONFIG_FILE not in run_config:
         raise ValueError(f"the Flower run config needs {RUN_CONFIG_FILE!r} (see [tool.flwr.app.config])")
     path = Path(str(run_config[RUN_CONFIG_FILE]))
-    overrides = []
+    overrides = shlex.split(str(run_config.get(RUN_OVERRIDES, "")))
     for key, value in run_config.items():
-        if key in (RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME):
-            continue
-        text = (
-            value
-            if isinstance(value, str) and value.startswith(("[", "{"))
-            else tomli_w.dumps({"v": value})[4:].strip()
-        )
-        overrides.append(f"{key}={text}")
+        if key not in (RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME, RUN_OVERRIDES):
+            overrides.append(f"{key}={tomli_w.dumps({'v': value})[4:].strip()}")
     config = load_config(path if path.is_absolute() else root / path, overrides)
     return config, str(run_config.get(RUN_DIR, "")), bool(run_config.get(RUN_RESUME, False))

@@ -136,6 +136,12 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", type=Path, help="continue the run in this directory from its last checkpoint"
     )
     parser.add_argument("--out", type=Path, help="run directory (default: <output.dir>/<name>-<timestamp>)")
+    parser.add_argument(
+        "--bundle-only",
+        action="store_true",
+        help="only build (or find) the run's emulator bundle and print its directory, e.g. to "
+        "copy it to the data owners of a deployment",
+    )
 
 
 def run_simulate(args: argparse.Namespace) -> None:
@@ -151,9 +157,21 @@ def run_simulate(args: argparse.Namespace) -> None:
         run_dir = args.out or new_run_dir(config)
     else:
         raise ValueError("give --config FILE (a new run) or --resume DIR (continue one)")
+    if args.bundle_only:
+        print(prepare_bundle(config))
+        return
     metrics = simulate(config, Path(run_dir), resume=args.resume)
     for name, row in metrics["results"].items():
         log.info("%-12s %5.1f ± %.1f %%", name, 100 * row["acc"], 100 * row["acc_stderr"])
+
+
+def prepare_bundle(config: RunConfig) -> Path:
+    """Build or reuse the emulator bundle ``config`` would distribute; the ServerApp finds the same one."""
+    from emulator.models import load_model
+    from simulations.bundles import ensure_bundle
+
+    model, tokenizer = load_model(config.model)
+    return ensure_bundle(config.model, config.emulator, model, tokenizer)
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:

@@ -19,6 +19,7 @@ from simulations.federation import run_federation
 
 app = ServerApp()
 _ROOT = Path(__file__).resolve().parent.parent  # the app directory (the repository, or the unpacked FAB)
+_PACKAGES = ("simulations", "strategies", "clients", "emulator")
 
 
 @app.main()
@@ -51,7 +52,13 @@ def new_run_dir(config: RunConfig) -> Path:
 
 
 def _ensure_logging() -> None:
-    # Under `flwr run` the ServerApp is a fresh process: give the per-round progress lines somewhere to go.
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Under `flwr run` the ServerApp is a fresh process whose root logger has no handler. Give this project's
+    # loggers one (the per-round progress lines), without turning on INFO for Flower's and httpx's loggers.
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    for name in _PACKAGES:
+        logger = logging.getLogger(name)
+        if not logger.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)

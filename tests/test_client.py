@@ -18,8 +18,8 @@ from emulator.bundle import load_emulator
 from emulator.data import training_batches
 from emulator.models import load_model
 from emulator.tasks import load_task
-from simulations.bundles import ensure_bundle
 from simulations.config import load_config
+from simulations.runner import prepare_bundle
 from simulations.server_eval import initial_adapter
 from strategies import keys
 
@@ -27,9 +27,7 @@ from strategies import keys
 @pytest.fixture(scope="module")
 def bundle() -> str:
     """The tiny.toml emulator bundle (built once into the user cache, then reused)."""
-    config = load_config("simulations/configs/tiny.toml")
-    model, tokenizer = load_model(config.model)
-    return str(ensure_bundle(config.model, config.emulator, model, tokenizer))
+    return str(prepare_bundle(load_config("simulations/configs/tiny.toml")))
 
 
 @pytest.fixture(autouse=True)

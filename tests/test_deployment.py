@@ -1,0 +1,261 @@
+"""A real Flower deployment on loopback: SuperLink + two SuperNodes with TLS and SuperNode authentication.
+
+Recipe: flower-1.42.md §6. Certificates (a CA and a server certificate for localhost / 127.0.0.1) come from
+openssl, node keys (ECDSA P-384) from ssh-keygen, registered with ``flwr supernode register``. Runtime
+dependency installation is off and FLWR_HOME is private. Each SuperNode's node config carries its partition
+and the path of the emulator bundle, so the emulator never crosses the wire. One round of tiny.toml runs via
+``flwr run . deploy --stream``; since ``flwr run`` exits 0 even when the run fails, the result is checked in
+the files the ServerApp writes and with ``flwr list --format json``. Every process started here is stopped
+by its process group id (each is started in a new session).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord
+from safetensors.torch import load_file
+
+from simulations.config import load_config
+from simulations.runner import prepare_bundle
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CONFIG = "simulations/configs/tiny.toml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: list, env: dict, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(a) for a in args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+class Processes:
+    """Long-running processes, each in its own session so that its whole group can be stopped by id."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs, self.started = logs, []
+
+    def start(self, name: str, args: list, env: dict) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            [str(a) for a in args],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.started.append((name, proc, log))
+        return proc
+
+    def stop(self) -> None:
+        for _, proc, _ in reversed(self.started):
+            _signal_group(proc, signal.SIGTERM)
+        for _, proc, log in reversed(self.started):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=15)
+            _signal_group(proc, signal.SIGKILL)  # children left in the group (serverapp, clientapp)
+            log.close()
+
+    def tail(self) -> str:
+        return "\n".join(
+            f"--- {n}.log\n{(self.logs / f'{n}.log').read_text()[-3000:]}" for n, _, _ in self.started
+        )
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # start_new_session: the group id is the leader's pid
+    except ProcessLookupError:
+        pass
+
+
+def make_certificates(directory: Path) -> None:
+    directory.mkdir()
+    (directory / "san.cnf").write_text("subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1\n")
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=scaleot-test-ca",
+    )
+    ssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
+    ssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.cnf",
+    )
+
+
+def wait_for_port(port: int, procs: Processes, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"nothing listens on {port} after {timeout} s\n{procs.tail()}")
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    return prepare_bundle(load_config(CONFIG))
+
+
+def test_one_round_over_tls_with_authenticated_supernodes(tmp_path, bundle):
+    certs, keys, home, run_dir = (
+        tmp_path / "certs",
+        tmp_path / "keys",
+        tmp_path / "flwr-home",
+        tmp_path / "run",
+    )
+    make_certificates(certs)
+    keys.mkdir()
+    home.mkdir()
+    port = free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{certs / "ca.crt"}"\n'
+    )
+    env = os.environ | {
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    procs = Processes(tmp_path)
+    try:
+        procs.start(
+            "superlink",
+            [
+                BIN / "flower-superlink",
+                "--ssl-ca-certfile",
+                certs / "ca.crt",
+                "--ssl-certfile",
+                certs / "server.pem",
+                "--ssl-keyfile",
+                certs / "server.key",
+                "--enable-supernode-auth",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+                "--database",
+                tmp_path / "state.db",
+            ],
+            env,
+        )
+        wait_for_port(port, procs)
+        for i in range(2):
+            key = keys / f"node{i}"
+            subprocess.run(
+                ["ssh-keygen", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(key), "-C", ""],
+                check=True,
+                capture_output=True,
+            )
+            run([BIN / "flwr", "supernode", "register", f"{key}.pub", "deploy"], env)
+            node_config = f"partition-id={i} num-partitions=2 emulator-path='{bundle}' num-threads=1"
+            procs.start(
+                f"supernode{i}",
+                [
+                    BIN / "flower-supernode",
+                    "--root-certificates",
+                    certs / "ca.crt",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--auth-supernode-private-key",
+                    key,
+                    "--port",
+                    free_port(),
+                    "--node-config",
+                    node_config,
+                ],
+                env,
+            )
+
+        overrides = (
+            "federation.num_clients=2 federation.min_clients=2 federation.fraction=1.0 federation.rounds=1"
+        )
+        run_config = f"run-dir='{run_dir}' overrides='{overrides}'"
+        submitted = run(
+            [BIN / "flwr", "run", ".", "deploy", "--stream", "--run-config", run_config], env, timeout=600
+        )
+        (tmp_path / "flwr-run.log").write_text(submitted.stdout + submitted.stderr)
+        runs = json.loads(run([BIN / "flwr", "list", "deploy", "--format", "json"], env).stdout)
+
+        metrics_path = run_dir / "metrics.json"
+        assert metrics_path.is_file(), f"{submitted.stdout[-3000:]}\n{procs.tail()}"
+        metrics = json.loads(metrics_path.read_text())
+        assert metrics["status"] == "finished"
+        (round1,) = metrics["rounds"]
+        assert round1["aggregated"] == 2 and round1["rejected"] == 0
+        assert sorted(round1["sampled_partitions"]) == [0, 1]
+        adapter_bytes = ArrayRecord(load_file(str(run_dir / "adapter.safetensors"))).count_bytes()
+        assert (
+            round1["bytes_per_client"] == adapter_bytes
+        )  # the bundle came from the node config, not the wire
+        assert "Plug-in" in metrics["results"]
+        statuses = [r.get("status") for r in runs.get("runs", [])]
+        assert statuses == ["finished:completed"], runs
+    finally:
+        procs.stop()
