@@ -1,0 +1,102 @@
+"""The run config: TOML + overrides, unknown keys rejected with the valid ones, Flower run config, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simulations.config import RunConfig, from_flower_run_config, load_config
+from simulations.runner import backend_config, resume_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "simulations" / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_parse_and_round_trip(path, tmp_path):
+    config = load_config(path)
+    (tmp_path / "resolved.toml").write_text(config.to_toml())
+    assert load_config(tmp_path / "resolved.toml") == config
+
+
+def test_overrides_reach_every_section():
+    config = load_config(
+        ROOT / "simulations/configs/tiny.toml",
+        [
+            "federation.rounds=5",
+            "emulator.rank-keep=0.5",
+            "federation.strategy=fedprox",
+            "federation.strategy_kwargs.proximal_mu=0.01",
+            "client.lr=3e-4",
+            "federation.fail_partitions=[1, 2]",
+            "simulation.ray_address=auto",
+        ],
+    )
+    assert config.federation.rounds == 5 and config.emulator.rank_keep == 0.5
+    assert config.federation.strategy_kwargs == {"proximal_mu": 0.01}
+    assert config.client.lr == 3e-4 and config.federation.fail_partitions == (1, 2)
+    assert config.simulation.ray_address == "auto"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "federation.rouns=3",
+            "unknown config key 'federation.rouns' in [federation]; valid keys: num_clients",
+        ),
+        ("bogus=1", "unknown config key 'bogus' in the top level; valid keys: name, model, task"),
+        ("emulator.alpah=0.1", "unknown emulator config key 'alpah'; valid keys: method"),
+        ("federation.strategy=fedfoo", "federation.strategy='fedfoo' is unknown; use one of fedavg"),
+        ("federation.strategy_kwargs.eta=0.1", "it must be arguments of fedavg: (it takes none)"),
+        ("federation.fraction=0", "config federation.fraction=0.0 is invalid; it must be in (0, 1]"),
+        ("federation.fail_partitions=[9]", "partition ids in [0, 4)"),
+        ("client.lr='fast'", "config client.lr='fast' must be a float"),
+        ("adapter.mode=prefix", "adapter.mode='prefix' is not allowed"),
+        ("federation.rounds", "must look like section.key=value"),
+    ],
+)
+def test_bad_values_are_rejected_before_any_heavy_work(override, message):
+    with pytest.raises(ValueError) as error:
+        load_config(ROOT / "simulations/configs/tiny.toml", [override])
+    assert message in str(error.value)
+
+
+def test_flower_run_config_names_the_file_overrides_and_run_options():
+    run_config = {
+        "config-file": "simulations/configs/tiny.toml",
+        "overrides": "federation.rounds=1 federation.num_clients=2 name='x y'",
+        "run-dir": "/tmp/run",
+        "resume": True,
+        "seed": 7,  # a key added to pyproject is one more override
+    }
+    config, run_dir, resume = from_flower_run_config(run_config, ROOT)
+    assert (config.federation.rounds, config.federation.num_clients, config.name, config.seed) == (
+        1,
+        2,
+        "x y",
+        7,
+    )
+    assert (run_dir, resume) == ("/tmp/run", True)
+    with pytest.raises(ValueError, match="needs 'config-file'"):
+        from_flower_run_config({}, ROOT)
+
+
+def test_resume_may_change_rounds_but_not_what_was_trained(tmp_path):
+    (tmp_path / "config.toml").write_text(RunConfig().to_toml())
+    assert resume_config(tmp_path, ["federation.rounds=9"]).federation.rounds == 9
+    with pytest.raises(ValueError, match="on --resume only federation.rounds"):
+        resume_config(tmp_path, ["client.lr=0.1"])
+    with pytest.raises(ValueError, match="is not a run directory"):
+        resume_config(tmp_path / "nothing", [])
+
+
+def test_default_backend_is_one_actor_on_all_cores(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    backend = backend_config(RunConfig().simulation)
+    assert backend["client_resources"]["num_cpus"] == 2 and backend["init_args"]["num_cpus"] == 2
+    joined = backend_config(
+        load_config(ROOT / "simulations/configs/tiny.toml", ["simulation.ray_address=auto"]).simulation
+    )
+    assert joined["init_args"]["address"] == "auto" and "num_cpus" not in joined["init_args"]
