@@ -41,7 +41,7 @@ def context(partition_id: int = 1) -> Context:
 
 
 def settings(bundle: str, **changes) -> ClientSettings:
-    train = TrainConfig(lr=1e-3, batch_size=8, local_steps=3, max_length=64)
+    train = TrainConfig(lr=1e-3, batch_size=8, local_steps=2, max_length=64)
     values = dict(emulator_path=bundle, emulator_sha256=runtime.bundle_sha256(bundle), train=train, seed=5)
     return ClientSettings(**(values | changes))
 
@@ -79,7 +79,7 @@ def test_client_app_trains_the_adapter_and_loads_the_emulator_once(bundle):
     arrays, metrics = first.content[keys.ARRAYS], first.content[keys.METRICS]
     assert list(arrays) == list(adapter)
     assert all(a.dtype == "float32" and a.shape == adapter[k].shape for k, a in arrays.items())
-    assert math.isfinite(metrics[keys.TRAIN_LOSS]) and metrics[keys.TRAIN_STEPS] == 3
+    assert math.isfinite(metrics[keys.TRAIN_LOSS]) and metrics[keys.TRAIN_STEPS] == 2
     assert metrics[keys.NUM_EXAMPLES] > 0
     changed = [k for k in arrays if not (arrays[k].numpy() == adapter[k].numpy()).all()]
     assert changed, "training left the adapter unchanged"
@@ -120,7 +120,7 @@ def test_train_adapter_lowers_the_loss_and_proximal_term_holds_weights_back(mode
     start = adapter_state(model, positions)
     examples = load_task("synthetic").train[:16]
 
-    def run(mu: float, steps: int = 8):
+    def run(mu: float, steps: int = 4):
         from emulator.adapters import load_adapter_state_
 
         load_adapter_state_(model, positions, start)
@@ -128,7 +128,7 @@ def test_train_adapter_lowers_the_loss_and_proximal_term_holds_weights_back(mode
         return train_adapter(model, positions, batches, lr=1e-2, proximal_mu=mu, seed=0)
 
     free, held = run(0.0), run(1e4)
-    assert free.steps == 8 and math.isfinite(free.mean_loss)
+    assert free.steps == 4 and math.isfinite(free.mean_loss)
 
     def distance(result):
         return sum(float((result.state[k] - start[k]).norm()) for k in start)
