@@ -39,6 +39,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
     Result,
 )
+from flwr.supercore import log as flwr_log
 
 from strategies import keys
 from strategies.records import RoundRecord, fill_accuracies, progress_line
@@ -176,6 +177,20 @@ class OffsiteTuning:
         self._last_round = 0
         self._record: RoundRecord | None = None
         self._round_start = 0.0
+
+    def summary(self) -> None:
+        """Log the sampling settings (the base strategy's own show the placeholders the mixin gives it)."""
+        flwr_log(
+            logging.INFO,
+            "\t├──> Offsite-tuning: sample %.2f of the nodes (at least %d) by (seed %d, round); wait for %d; "
+            "emulator %s",
+            self.sample_fraction,
+            self.sample_min_nodes,
+            self.seed,
+            self.wait_for_nodes,
+            self.emulator_path,
+        )
+        super().summary()
 
     # --- Flower's loop ----------------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs: Any) -> Result:
