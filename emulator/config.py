@@ -51,7 +51,9 @@ class EmulatorConfig:
     stage1_steps: int = 200  # harmonizer gradient steps in stage 1
     batch_size: int = 4  # public-corpus blocks per stage-1 / distillation step
     seq_len: int = 128  # tokens per public-corpus block
-    harmonizer_lr: float = 1e-3  # AdamW learning rate of the harmonizers (small, fresh modules)
+    harmonizer_lr: float = (
+        3e-3  # AdamW learning rate of the harmonizers (small, fresh modules; 1e-3 was slow)
+    )
     policy_lr: float = 1.0  # η of the importance-score update
     policy_candidates: int = 3  # N_c: masks evaluated per policy step
     policy_update: PolicyUpdate = "paper"  # paper: η Σ r_j m_j σ'(s); reinforce: η Σ r_j (m_j − σ(s))

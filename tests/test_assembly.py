@@ -142,3 +142,21 @@ def test_adapters_leaving_no_middle_are_refused():
         ValueError, match="adapter layers bottom=4, top=4 must be >= 0 and leave at least one"
     ):
         build("tiny-llama", adapter_bottom=4, adapter_top=4)
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("method", ["scaleot", "uniform"])
+def test_cached_generation_matches_uncached_greedy_decoding(name, method):
+    emulator = build(name, method=method, alpha=0.5, rank_keep=0.5)
+    prompt = IDS[:1, :5]
+    emulator.model.generation_config.pad_token_id = 2
+    generated = emulator.model.generate(prompt, max_new_tokens=4, do_sample=False, use_cache=True)
+    ids = prompt
+    for _ in range(4):
+        ids = torch.cat([ids, logits_of(emulator.model, ids)[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(generated, ids)
+
+
+def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
