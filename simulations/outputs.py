@@ -154,7 +154,7 @@ def write_report(run_dir: Path, state: RunState, title: str) -> None:
         ]
     lines += [
         "",
-        "| round | train loss | plug-in (%) | emulator (%) | clients ok/sampled | MB out | MB in | s |",
+        "| round | train loss | plug-in (%) | emulator (%) | clients ok/sent | MB out | MB in | s (eval s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in state.history:
@@ -162,7 +162,8 @@ def write_report(run_dir: Path, state: RunState, title: str) -> None:
         lines.append(
             f"| {r.round} | {loss} | {_pct(r.plugin_acc, r.plugin_acc_stderr)} | "
             f"{_pct(r.emulator_acc, r.emulator_acc_stderr)} | {r.aggregated}/{r.sampled} | "
-            f"{r.bytes_sent / 1e6:.2f} | {r.bytes_received / 1e6:.2f} | {r.seconds:.1f} |"
+            f"{r.bytes_sent / 1e6:.2f} | {r.bytes_received / 1e6:.2f} | "
+            f"{r.seconds:.1f} ({r.eval_seconds:.1f}) |"
         )
     if state.bundle:
         lines += [

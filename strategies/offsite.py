@@ -257,8 +257,9 @@ class OffsiteTuning:
         # Fixed order (by partition) makes the float sums, hence the adapter, reproducible.
         valid.sort(key=lambda m: (self.partitions.get(m.metadata.src_node_id, -1), m.metadata.src_node_id))
         arrays, metrics = super().aggregate_train(server_round, valid)
-        if metrics is not None and keys.TRAIN_LOSS in metrics:
-            record.train_loss = float(metrics[keys.TRAIN_LOSS])
+        if metrics is not None:
+            record.client_metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+            record.train_loss = record.client_metrics.get(keys.TRAIN_LOSS)
         return (self._spec_or_fail().cast(arrays) if arrays is not None else None), metrics
 
     def configure_evaluate(
@@ -299,8 +300,10 @@ class OffsiteTuning:
         with_emulator = server_round == self._last_round or (
             self.emulator_eval_every > 0 and server_round % self.emulator_eval_every == 0
         )
+        start = time.monotonic()
         metrics = dict(self.evaluate_fn(server_round, arrays, with_emulator)) if self.evaluate_fn else {}
         fill_accuracies(record, metrics)
+        record.eval_seconds = time.monotonic() - start
         record.seconds = time.monotonic() - self._round_start
         self.history.append(record)
         log.info(progress_line(record, self._last_round))

@@ -29,7 +29,9 @@ class RoundRecord:
     bytes_sent: int = 0
     bytes_received: int = 0
     bytes_per_client: int = 0  # what each sampled client received
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the round: handshakes, client training, aggregation, evaluation
+    eval_seconds: float = 0.0  # of which server-side evaluation
+    client_metrics: dict[str, float] = field(default_factory=dict)  # clients' metrics, weighted by examples
     evaluation: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
