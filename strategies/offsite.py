@@ -317,9 +317,12 @@ class OffsiteTuning:
         return self._record
 
     def _await_nodes(self, grid: Grid) -> set[int]:
+        waited = 0
         while len(nodes := set(grid.get_node_ids())) < self.wait_for_nodes:
-            log.info("waiting for nodes: %d connected, %d required", len(nodes), self.wait_for_nodes)
+            if waited % 30 == 0:  # a line every 30 s, not every poll
+                log.info("waiting for nodes: %d connected, %d required", len(nodes), self.wait_for_nodes)
             time.sleep(1.0)
+            waited += 1
         return nodes
 
     def _handshake(self, grid: Grid, nodes: list[int]) -> None:
