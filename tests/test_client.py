@@ -31,6 +31,16 @@ def bundle() -> str:
 
 
 @pytest.fixture(autouse=True)
+def one_thread():
+    # With torch already imported, OMP_WAIT_POLICY can no longer be set; two spinning OpenMP threads on a
+    # busy 2-core box make the tiny model's steps ~50x slower than one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
 

@@ -180,6 +180,7 @@ def test_one_round_over_tls_with_authenticated_supernodes(tmp_path, bundle):
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",  # see simulations/runner.py
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     procs = Processes(tmp_path)
