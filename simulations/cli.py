@@ -134,7 +134,7 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
             values[name] = value
     if args.steps is not None:
         values["distill_steps" if args.method == "uniform+distill" else "stage1_steps"] = args.steps
-    values.update(_parse_set(item) for item in args.set)
+    values.update(parse_set(item) for item in args.set)
     config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
     model, tokenizer = load_model(args.model, device=args.device)
     emulator = build_emulator(model, tokenizer, config, progress=True)
@@ -144,7 +144,7 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     print(f"build time: {emulator.build_seconds:.1f} s; bundle: {directory}")
 
 
-def _parse_set(item: str) -> tuple[str, object]:
+def parse_set(item: str) -> tuple[str, object]:
     """``FIELD=VALUE`` with a TOML value; a bare word is a string (``harmonizer_loss=lm``)."""
     import tomllib
 

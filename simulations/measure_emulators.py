@@ -1,0 +1,198 @@
+"""Measure emulators: perplexity on held-out public text and zero-shot accuracy, per method and alpha.
+
+Builds each emulator from the same full model, scores it, frees it, and prints one markdown table (plus the
+full model's own row). Not a test: a rerunnable measurement. Example (about an hour on 2 busy CPU cores):
+
+    nice .venv/bin/python -m simulations.measure_emulators --model smollm2-135m --alphas 0.25 0.5 \\
+        --methods scaleot uniform uniform+distill --losses local --steps 100 --test-limit 300
+
+``--losses`` takes stage-1 variants for ``scaleot`` as ``loss[/norm]`` (``local``, ``local/token``, ``lm``,
+``lm+local``); ``--set FIELD=VALUE`` sets any other ``EmulatorConfig`` field for every emulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from emulator.assembly import build_emulator
+from emulator.config import EmulatorConfig
+from emulator.data import corpus_blocks, public_corpus
+from emulator.evaluation import MCResult, multiple_choice_accuracy, perplexity
+from emulator.models import load_model
+from emulator.surgery import count_parameters
+from emulator.tasks import load_task
+from simulations.cli import parse_set
+
+log = logging.getLogger("scaleot.measure")
+
+
+@dataclass
+class Row:
+    """One measured model."""
+
+    method: str
+    alpha: float | None
+    loss: str
+    build_seconds: float
+    num_parameters: int
+    full_num_parameters: int
+    ppl: float
+    accuracy: MCResult | None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5])
+    parser.add_argument("--methods", nargs="+", default=["scaleot", "uniform", "uniform+distill"])
+    parser.add_argument(
+        "--losses", nargs="+", default=["local"], help="scaleot stage-1 variants: loss[/norm]"
+    )
+    parser.add_argument("--rank-keep", type=float, default=0.8)
+    parser.add_argument("--steps", type=int, default=100, help="stage-1 steps of scaleot")
+    parser.add_argument(
+        "--distill-steps", type=int, default=100, help="distillation steps of uniform+distill"
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--task", default="bigbench:goal_step_wikihow/step_inference")
+    parser.add_argument("--test-limit", type=int, default=300, help="first N test examples (0: no accuracy)")
+    parser.add_argument("--ppl-seq-len", type=int, default=256, help="tokens per perplexity block")
+    parser.add_argument("--json", default=None, help="also write the rows (and curves) to this file")
+    parser.add_argument("--skip-full", action="store_true", help="do not measure the full model itself")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return parser.parse_args(argv)
+
+
+def measure(
+    model: torch.nn.Module, tokenizer, blocks: torch.Tensor, examples: list
+) -> tuple[float, MCResult | None]:
+    """Perplexity on ``blocks`` and zero-shot accuracy on ``examples`` (None when there are none)."""
+    ppl = perplexity(model, blocks, batch_size=8)
+    accuracy = multiple_choice_accuracy(model, tokenizer, examples, batch_size=16) if examples else None
+    return ppl, accuracy
+
+
+def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig]]:
+    """(loss label, config) for every emulator to build, in table order."""
+    extra = dict(parse_set(item) for item in args.set)
+    configs = []
+    for alpha in args.alphas:
+        for method in args.methods:
+            base = {**extra, "method": method, "alpha": alpha, "rank_keep": args.rank_keep}
+            if method == "scaleot":
+                for variant in args.losses:
+                    loss, _, norm = variant.partition("/")
+                    values = {**base, "stage1_steps": args.steps, "harmonizer_loss": loss}
+                    configs.append(
+                        (
+                            variant,
+                            EmulatorConfig.from_dict({**values, **({"local_norm": norm} if norm else {})}),
+                        )
+                    )
+            elif method == "uniform+distill":
+                configs.append(
+                    ("kd", EmulatorConfig.from_dict({**base, "distill_steps": args.distill_steps}))
+                )
+            else:
+                configs.append(("–", EmulatorConfig.from_dict(base)))
+    return configs
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as a markdown table."""
+    lines = [
+        "| method | α | stage-1 loss | build s | params emulator / full | ppl (pydoc val) | acc | acc_norm |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        acc = f"{r.accuracy.acc:.3f} ± {r.accuracy.acc_stderr:.3f}" if r.accuracy else "–"
+        norm = f"{r.accuracy.acc_norm:.3f} ± {r.accuracy.acc_norm_stderr:.3f}" if r.accuracy else "–"
+        alpha = "–" if r.alpha is None else f"{r.alpha:g}"
+        share = f"{r.num_parameters / 1e6:.1f}M / {r.full_num_parameters / 1e6:.1f}M"
+        cells = [r.method, alpha, r.loss, f"{r.build_seconds:.0f}", share, f"{r.ppl:,.1f}", acc, norm]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configs = emulator_configs(args)  # first: bad settings fail before anything slow
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)  # on a busy machine one thread is much faster than contended two
+    model, tokenizer = load_model(args.model)
+    blocks = corpus_blocks(tokenizer, public_corpus("validation", configs[0][1].corpus), args.ppl_seq_len)
+    examples = load_task(args.task).test[: args.test_limit] if args.test_limit > 0 else []
+    log.info("perplexity on %d x %d tokens; accuracy on %d examples", *blocks.shape, len(examples))
+    rows, curves = [], {}
+    full_params = count_parameters(model)
+    if not args.skip_full:
+        rows.append(
+            Row(
+                "full model",
+                None,
+                "–",
+                0.0,
+                full_params,
+                full_params,
+                *measure(model, tokenizer, blocks, examples),
+            )
+        )
+        log.info("\n%s", table(rows))
+    for loss, config in configs:
+        emulator = build_emulator(model, tokenizer, config, progress=True)
+        ppl, accuracy = measure(emulator.model, tokenizer, blocks, examples)
+        rows.append(
+            Row(
+                config.method,
+                config.alpha,
+                loss,
+                emulator.build_seconds,
+                emulator.num_parameters,
+                full_params,
+                ppl,
+                accuracy,
+            )
+        )
+        curves[f"{config.method}-{config.alpha}-{loss}"] = {
+            "loss": emulator.loss_curve,
+            "reward": emulator.reward_curve,
+            "scores": emulator.scores,
+            "layer_map": [e.to_dict() for e in emulator.layer_map],
+        }
+        log.info("\n%s", table(rows))
+        del emulator
+        gc.collect()
+    print(table(rows))
+    if args.json:
+        payload = {
+            "args": vars(args),
+            "rows": [_row_dict(r) for r in rows],
+            "curves": curves,
+            "time": time.time(),
+        }
+        with open(args.json, "w") as handle:
+            json.dump(payload, handle, indent=1)
+
+
+def _row_dict(row: Row) -> dict:
+    values = dict(vars(row))
+    acc = row.accuracy
+    values["accuracy"] = (
+        None
+        if acc is None
+        else {k: getattr(acc, k) for k in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n")}
+    )
+    return values
+
+
+if __name__ == "__main__":
+    main()
