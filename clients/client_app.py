@@ -44,6 +44,8 @@ def train(msg: Message, context: Context) -> Message:
             keys.TRAIN_LOSS: float(result.mean_loss),
             keys.TRAIN_STEPS: result.steps,
             keys.TRAIN_SECONDS: float(result.seconds),
+            keys.STEP_SECONDS: float(result.seconds / result.steps),
+            keys.PEAK_MEMORY: int(result.peak_memory),
         }
     )
     return Message(RecordDict({keys.ARRAYS: ArrayRecord(result.state), keys.METRICS: metrics}), reply_to=msg)

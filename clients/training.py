@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from clients.memory import PeakMemory
 from emulator.adapters import AdapterState, adapter_state
 
 
@@ -67,6 +68,7 @@ class TrainResult(NamedTuple):
     mean_loss: float  # mean task loss over the steps (without the proximal term)
     steps: int
     seconds: float
+    peak_memory: int = 0  # bytes: peak memory during training (``clients.memory.PeakMemory``)
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -98,7 +100,8 @@ def train_adapter(
         seed: seeds dropout (LoRA dropout, model dropout) for this call.
 
     Returns:
-        The trained adapter state, the mean task loss, the number of steps and the wall time.
+        The trained adapter state, the mean task loss, the number of steps, the wall time and the peak memory
+        during training (CUDA: tensors; CPU: the process's resident set, see ``clients.memory``).
 
     Raises:
         ValueError: the model has no trainable parameters, ``batches`` is empty, or the loss is not finite.
@@ -112,27 +115,29 @@ def train_adapter(
     torch.manual_seed(seed)
     model.train()
     start, losses = time.perf_counter(), []
-    try:
-        for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss  # mean cross-entropy over the scored (answer) tokens
-            if not math.isfinite(loss.item()):
-                raise ValueError(
-                    f"training loss became {loss.item()} at step {len(losses) + 1}; lower client.lr"
-                )
-            losses.append(loss.item())
-            if anchors:
-                loss = loss + proximal_mu / 2 * sum(
-                    ((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True)
-                )
-            loss.backward()
-            if max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    finally:
-        model.eval()
+    with PeakMemory(device) as memory:
+        try:
+            for batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss = model(**batch).loss  # mean cross-entropy over the scored (answer) tokens
+                if not math.isfinite(loss.item()):
+                    raise ValueError(
+                        f"training loss became {loss.item()} at step {len(losses) + 1}; lower client.lr"
+                    )
+                losses.append(loss.item())
+                if anchors:
+                    loss = loss + proximal_mu / 2 * sum(
+                        ((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True)
+                    )
+                loss.backward()
+                if max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        finally:
+            model.eval()
     if not losses:
         raise ValueError("batches is empty; nothing to train on")
     seconds = time.perf_counter() - start
-    return TrainResult(adapter_state(model, positions), sum(losses) / len(losses), len(losses), seconds)
+    mean_loss = sum(losses) / len(losses)
+    return TrainResult(adapter_state(model, positions), mean_loss, len(losses), seconds, memory.peak)

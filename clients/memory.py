@@ -1,0 +1,92 @@
+"""Peak memory of a block of work (a client's local training), as a data owner would observe it.
+
+What is measured:
+- CUDA: ``torch.cuda.max_memory_allocated`` over the block (reset at entry): the peak of memory held by
+  tensors (weights, activations, gradients, optimiser state), exact, without the caching allocator's slack.
+- CPU: the peak resident set size (RSS) of the whole process during the block: weights, activations,
+  gradients, optimiser state, plus the Python / torch runtime the process already holds (a few hundred MB),
+  which every method pays alike. A daemon thread samples RSS every ``interval`` seconds; the kernel's own
+  high-water mark (``ru_maxrss``) is exact whenever the block raises it (usually the first round in a fresh
+  process), so the larger of the two is reported. ``ru_maxrss`` alone would be useless in a long-lived Ray
+  actor: after its first round it never moves again, and tells nothing about later rounds.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+from types import TracebackType
+
+import torch
+
+_KIB = 1024
+
+
+def current_rss() -> int:
+    """Resident set size of this process, in bytes."""
+    import psutil  # a dependency of Ray (flwr[simulation]); imported lazily, only clients need it
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def max_rss() -> int:
+    """The process's lifetime peak RSS (``ru_maxrss``), in bytes (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * _KIB)
+
+
+class PeakMemory:
+    """Context manager measuring the peak memory in bytes (``.peak``) of the block it wraps.
+
+    Args:
+        device: where the work runs; CUDA devices use the allocator's statistics, anything else RSS.
+        interval: seconds between RSS samples (CPU only).
+
+    Example::
+
+        with PeakMemory(device) as memory:
+            train(...)
+        log.info("peak %.0f MB", memory.peak / 1e6)
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.005) -> None:
+        self.device = torch.device(device)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rusage_before = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._rusage_before = max_rss()
+        self.peak = current_rss()
+        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, current_rss())
+        rusage_after = max_rss()
+        if rusage_after > self._rusage_before:  # the block set a new high-water mark: that one is exact
+            self.peak = max(self.peak, rusage_after)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, current_rss())
