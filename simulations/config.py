@@ -82,6 +82,7 @@ class EvaluationConfig:
 
     test_limit: int = 0  # evaluate on the first k test examples; 0: all of them
     emulator_every: int = 1  # evaluate emulator fine-tuned every k rounds (and the last); 0: last only
+    plugin_every: int = 1  # evaluate plug-in every k rounds (and the last, and with the emulator); 0: those
     batch_size: int = 16  # examples per scoring batch
 
     def __post_init__(self) -> None:
@@ -89,6 +90,7 @@ class EvaluationConfig:
         _check(
             self.emulator_every >= 0, "evaluation.emulator_every", self.emulator_every, ">= 0 (0: last only)"
         )
+        _check(self.plugin_every >= 0, "evaluation.plugin_every", self.plugin_every, ">= 0 (0: last only)")
         _check(self.batch_size >= 1, "evaluation.batch_size", self.batch_size, ">= 1")
 
 
@@ -172,12 +174,20 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     Raises:
         ValueError: unreadable file, malformed override, unknown key or invalid value.
     """
+    return RunConfig.from_dict(apply_overrides(read_config_file(path), overrides))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a config file.
+
+    Raises:
+        ValueError: the file cannot be read or is not valid TOML.
+    """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"cannot read config {path}: {err}") from None
-    return RunConfig.from_dict(apply_overrides(data, overrides))
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

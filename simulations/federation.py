@@ -64,13 +64,22 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     positions = emulator.adapter_positions()
     test = load_task(config.task, seed=config.seed).test
     test = test[: config.evaluation.test_limit] if config.evaluation.test_limit else test
+    evaluation = config.evaluation
     evaluator = ServerEvaluator(
-        full_model, emulator.model, positions, tokenizer, test, config.adapter, config.evaluation.batch_size
+        full_model,
+        emulator.model,
+        positions,
+        tokenizer,
+        test,
+        config.adapter,
+        evaluation.batch_size,
+        emulator_is_full=config.emulator.method == "full",
+        reference_key=(config.model, config.task, config.seed, evaluation.test_limit, evaluation.batch_size),
     )
     adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
 
     if checkpoint is None:
-        state = RunState(zero_shot=evaluator.zero_shot())
+        state = RunState(zero_shot=evaluator.zero_shot(), per_example=dict(evaluator.per_example))
         arrays = ArrayRecord(adapter)
     else:
         state = checkpoint.state
@@ -99,6 +108,7 @@ def _strategy(
 
     def on_round_end(record: RoundRecord, arrays: ArrayRecord) -> None:
         state.history = list(strategy.history)
+        state.per_example |= evaluator.per_example
         save_checkpoint(run_dir, _numpy(arrays), strategy.state_arrays(), state)
         write_metrics(run_dir, state, config.to_dict(), finished=False)
 
@@ -112,6 +122,7 @@ def _strategy(
         min_available_nodes=fed.num_clients,
         evaluate_fn=evaluator,
         emulator_eval_every=config.evaluation.emulator_every,
+        plugin_eval_every=config.evaluation.plugin_every,
         on_round_end=on_round_end,
         **fed.strategy_kwargs,
     )

@@ -39,24 +39,35 @@ class RunState:
     zero_shot: dict[str, dict[str, Any]]
     history: list[RoundRecord] = field(default_factory=list)
     bundle: dict[str, str] = field(default_factory=dict)  # path and sha256 of the emulator bundle
+    # Row name -> {"correct": [1, 0, ...], "correct_norm": [...]} of its latest evaluation, in test order,
+    # so two runs on the same test examples can be compared pairwise (emulator.evaluation.paired_difference).
+    per_example: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     def rows(self) -> dict[str, dict[str, Any]]:
-        """Results table: Full-ZS, Emulator-ZS, Emulator-FT and Plug-in (those measured so far)."""
-        last = self.history[-1].evaluation if self.history else None
+        """Results table: Full-ZS, Emulator-ZS, Emulator-FT and Plug-in (those measured so far), each with
+        its per-example correctness where known."""
+        last = next((r.evaluation for r in reversed(self.history) if r.plugin_acc is not None), None)
         emulator = next((r.evaluation for r in reversed(self.history) if r.emulator_acc is not None), None)
-        return final_rows(self.zero_shot, last, emulator)
+        rows = final_rows(self.zero_shot, last, emulator)
+        return {name: row | self.per_example.get(name, {}) for name, row in rows.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "zero_shot": self.zero_shot,
             "rounds": [r.to_dict() for r in self.history],
             "bundle": self.bundle,
+            "per_example": self.per_example,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunState:
         rounds = [RoundRecord.from_dict(r) for r in data["rounds"]]
-        return cls(zero_shot=dict(data["zero_shot"]), history=rounds, bundle=dict(data.get("bundle", {})))
+        return cls(
+            zero_shot=dict(data["zero_shot"]),
+            history=rounds,
+            bundle=dict(data.get("bundle", {})),
+            per_example=dict(data.get("per_example", {})),
+        )
 
 
 @dataclass
@@ -121,15 +132,17 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
 
 
 def write_metrics(run_dir: Path, state: RunState, config: Mapping[str, Any], finished: bool) -> None:
-    """metrics.json: config, per-round records, results rows (with standard errors) and the privacy gap."""
+    """metrics.json: config, per-round records, results rows (with standard errors and per-example
+    correctness) and the privacy gap."""
     rows = state.rows()
     gap = rows[PLUG_IN]["acc"] - rows[EMULATOR_FT]["acc"] if PLUG_IN in rows and EMULATOR_FT in rows else None
+    saved = {k: v for k, v in state.to_dict().items() if k != "per_example"}  # the rows carry it
     data = {
         "status": "finished" if finished else "running",
         "rounds_done": len(state.history),
         "results": rows,
         "privacy_gap": gap,
-        **state.to_dict(),
+        **saved,
         "config": dict(config),
     }
     write_text(run_dir / "metrics.json", json.dumps(data, indent=1))
@@ -143,7 +156,7 @@ def write_report(run_dir: Path, state: RunState, title: str) -> None:
         if name in rows:
             r = rows[name]
             lines.append(
-                f"| {name} | {_pct(r['acc'], r['acc_stderr'])} | {_pct(r['acc_norm'], r['acc_norm_stderr'])} "
+                f"| {name} | {pct(r['acc'], r['acc_stderr'])} | {pct(r['acc_norm'], r['acc_norm_stderr'])} "
                 f"| {r['n']} |"
             )
     if PLUG_IN in rows and EMULATOR_FT in rows:
@@ -160,8 +173,8 @@ def write_report(run_dir: Path, state: RunState, title: str) -> None:
     for r in state.history:
         loss = "–" if r.train_loss is None else f"{r.train_loss:.4f}"
         lines.append(
-            f"| {r.round} | {loss} | {_pct(r.plugin_acc, r.plugin_acc_stderr)} | "
-            f"{_pct(r.emulator_acc, r.emulator_acc_stderr)} | {r.aggregated}/{r.sampled} | "
+            f"| {r.round} | {loss} | {pct(r.plugin_acc, r.plugin_acc_stderr)} | "
+            f"{pct(r.emulator_acc, r.emulator_acc_stderr)} | {r.aggregated}/{r.sampled} | "
             f"{r.bytes_sent / 1e6:.2f} | {r.bytes_received / 1e6:.2f} | "
             f"{r.seconds:.1f} ({r.eval_seconds:.1f}) |"
         )
@@ -207,8 +220,14 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (%)")
     ax.legend()
+    return save_figure(fig, run_dir / "accuracy.png")
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure as a PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = run_dir / "accuracy.png"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -216,7 +235,8 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
     return path
 
 
-def _pct(value: float | None, stderr: float | None) -> str:
+def pct(value: float | None, stderr: float | None) -> str:
+    """``52.0 ± 2.8``: a fraction and its standard error in percent; ``–`` when there is no value."""
     if value is None:
         return "–"
     return f"{100 * value:.1f} ± {100 * (stderr or 0.0):.1f}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
@@ -32,10 +32,19 @@ log = logging.getLogger(__name__)
 
 FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN = "Full-ZS", "Emulator-ZS", "Emulator-FT", "Plug-in"
 
+# The full model's zero-shot result by ``reference_key``: it does not depend on the emulator, so a process
+# that runs several configs on the same model and test set (``scaleot compare``) scores it once.
+_FULL_ZERO_SHOT: dict[Hashable, MCResult] = {}
+
 
 def result_row(result: MCResult) -> dict[str, Any]:
     """A results-table row (JSON-friendly) from a multiple-choice result."""
     return {m: float(getattr(result, m)) for m in keys.MEASURES} | {"n": result.n}
+
+
+def per_example(result: MCResult) -> dict[str, list[int]]:
+    """Per-example correctness (JSON-friendly), in test order, for paired comparisons."""
+    return {"correct": list(result.correct), "correct_norm": list(result.correct_norm)}
 
 
 def initial_adapter(
@@ -59,6 +68,13 @@ class ServerEvaluator:
         examples: test examples.
         adapter: full adapter blocks or LoRA.
         batch_size: scoring batch size.
+        emulator_is_full: the emulator is the full model itself (method ``full``): its rows are copies of the
+            full model's, not scored twice.
+        reference_key: identifies (full model, test examples, scoring settings); the full model's zero-shot
+            result is scored once per key in this process. None: always scored.
+
+    Attributes:
+        per_example: row name -> per-example correctness of its latest evaluation (``per_example``).
     """
 
     def __init__(
@@ -70,18 +86,26 @@ class ServerEvaluator:
         examples: list[MCExample],
         adapter: AdapterConfig,
         batch_size: int = 16,
+        emulator_is_full: bool = False,
+        reference_key: Hashable | None = None,
     ) -> None:
         self.full_model, self.emulator_model = full_model, emulator_model
         self.positions, self.tokenizer, self.examples = dict(positions), tokenizer, examples
         self.adapter, self.batch_size = adapter, batch_size
+        self.emulator_is_full, self.reference_key = emulator_is_full, reference_key
+        self.per_example: dict[str, dict[str, list[int]]] = {}
 
     def zero_shot(self) -> dict[str, dict[str, Any]]:
         """Full-ZS and Emulator-ZS rows (before any adapter is plugged in)."""
         start = time.perf_counter()
-        rows = {
-            FULL_ZS: result_row(self._score(self.full_model)),
-            EMULATOR_ZS: result_row(self._score(self.emulator_model)),
-        }
+        full = _FULL_ZERO_SHOT.get(self.reference_key) if self.reference_key is not None else None
+        if full is None:
+            full = self._score(self.full_model)
+            if self.reference_key is not None:
+                _FULL_ZERO_SHOT[self.reference_key] = full
+        emulator = full if self.emulator_is_full else self._score(self.emulator_model)
+        self.per_example |= {FULL_ZS: per_example(full), EMULATOR_ZS: per_example(emulator)}
+        rows = {FULL_ZS: result_row(full), EMULATOR_ZS: result_row(emulator)}
         log.info(
             "zero-shot on %d test examples: full %.1f %%, emulator %.1f %% (%.1f s)",
             len(self.examples),
@@ -95,12 +119,19 @@ class ServerEvaluator:
         """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.keys``."""
         state = arrays.to_torch_state_dict()
         plug_in_(self.full_model, state, sorted(self.positions), self.adapter)
-        metrics = _named(keys.PLUGIN, self._score(self.full_model))
+        plugged = self._score(self.full_model)
+        self.per_example[PLUG_IN] = per_example(plugged)
+        metrics = _named(keys.PLUGIN, plugged)
         if with_emulator:
-            prepare_adapter_(self.emulator_model, self.positions, self.adapter)
-            load_adapter_state_(self.emulator_model, self.positions, state)
-            metrics |= _named(keys.EMULATOR, self._score(self.emulator_model))
+            emulator = plugged if self.emulator_is_full else self._score_emulator(state)
+            self.per_example[EMULATOR_FT] = per_example(emulator)
+            metrics |= _named(keys.EMULATOR, emulator)
         return metrics | {keys.EVAL_N: float(len(self.examples))}
+
+    def _score_emulator(self, state: AdapterState) -> MCResult:
+        prepare_adapter_(self.emulator_model, self.positions, self.adapter)
+        load_adapter_state_(self.emulator_model, self.positions, state)
+        return self._score(self.emulator_model)
 
     def _score(self, model: nn.Module) -> MCResult:
         return multiple_choice_accuracy(model, self.tokenizer, self.examples, batch_size=self.batch_size)

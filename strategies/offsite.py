@@ -137,6 +137,8 @@ class OffsiteTuning:
         fraction_train, min_train_nodes, min_available_nodes: as in Flower's FedAvg; sampling is done here.
         evaluate_fn: server-side evaluation ``(round, adapter, with_emulator) -> metrics``; None skips it.
         emulator_eval_every: evaluate the emulator fine-tuned every k rounds and in the last (0: last only).
+        plugin_eval_every: evaluate plug-in every k rounds, in the last and with every emulator evaluation
+            (0: those only); a round evaluating nothing has no accuracies in its record.
         on_round_end: called with the finished ``RoundRecord`` and the global adapter (checkpointing).
         handshake_timeout: seconds to wait for the emulator handshake replies.
         **base_kwargs: the base strategy's own arguments (``proximal_mu``, ``eta``, ...).
@@ -153,6 +155,7 @@ class OffsiteTuning:
         min_available_nodes: int = 1,
         evaluate_fn: EvaluateFn | None = None,
         emulator_eval_every: int = 1,
+        plugin_eval_every: int = 1,
         on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None,
         handshake_timeout: float = 600.0,
         **base_kwargs: Any,
@@ -167,6 +170,7 @@ class OffsiteTuning:
         self.wait_for_nodes = min_available_nodes
         self.evaluate_fn = evaluate_fn
         self.emulator_eval_every = emulator_eval_every
+        self.plugin_eval_every = plugin_eval_every
         self.on_round_end = on_round_end
         self.handshake_timeout = handshake_timeout
         self.history: list[RoundRecord] = []
@@ -297,11 +301,12 @@ class OffsiteTuning:
             return None
         server_round += self._offset
         record = self._current_record(server_round)
-        with_emulator = server_round == self._last_round or (
-            self.emulator_eval_every > 0 and server_round % self.emulator_eval_every == 0
+        with_emulator = _due(server_round, self.emulator_eval_every, self._last_round)
+        evaluate = self.evaluate_fn is not None and (
+            with_emulator or _due(server_round, self.plugin_eval_every, self._last_round)
         )
         start = time.monotonic()
-        metrics = dict(self.evaluate_fn(server_round, arrays, with_emulator)) if self.evaluate_fn else {}
+        metrics = dict(self.evaluate_fn(server_round, arrays, with_emulator)) if evaluate else {}
         fill_accuracies(record, metrics)
         record.eval_seconds = time.monotonic() - start
         record.seconds = time.monotonic() - self._round_start
@@ -371,6 +376,11 @@ class _Nodes:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+def _due(server_round: int, every: int, last_round: int) -> bool:
+    # Every k rounds (0: never on a schedule) and always in the last round.
+    return server_round == last_round or (every > 0 and server_round % every == 0)
 
 
 def _handshake_problem(reply: Message, sha256: str) -> tuple[str | None, int]:

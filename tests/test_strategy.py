@@ -202,3 +202,19 @@ class FakeGrid:
             keys.INFO_EMULATOR_SHA256: self.sha.get(node, ""),
         }
         return Message(RecordDict({keys.INFO: ConfigRecord(info)}), reply_to=msg)
+
+
+def test_plugin_is_evaluated_on_its_schedule_and_always_in_the_last_round():
+    def client(msg):
+        return reply(msg.metadata.dst_node_id, adapter(1.0), examples=10, loss=2.0)
+
+    calls = []
+
+    def evaluate(server_round, arrays, with_emulator):
+        calls.append((server_round, with_emulator))
+        return {keys.PLUGIN_ACC: 0.5, keys.PLUGIN_ACC_STDERR: 0.1}
+
+    strategy = make(evaluate_fn=evaluate, emulator_eval_every=2, plugin_eval_every=0)
+    strategy.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=3)
+    assert calls == [(2, True), (3, True)]  # with the emulator's schedule and in the last round only
+    assert [r.plugin_acc for r in strategy.history] == [None, 0.5, 0.5]
