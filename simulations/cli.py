@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from simulations.compare import compare_arguments, run_compare
 from simulations.runner import run_simulate, simulate_arguments
 
 log = logging.getLogger("scaleot")
@@ -173,6 +174,13 @@ COMMANDS: tuple[Command, ...] = (
         "run a federated offsite-tuning experiment on Flower's Ray simulation",
         simulate_arguments,
         run_simulate,
+    ),
+    Command(
+        "compare",
+        "compare ScaleOT with full fine-tuning, uniform LayerDrop (+ distillation) and zero-shot, "
+        "each as a federated simulation of one base config",
+        compare_arguments,
+        run_compare,
     ),
 )
 

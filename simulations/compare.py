@@ -1,0 +1,337 @@
+"""``scaleot compare``: ScaleOT against the baselines, under one task, one client split and one budget.
+
+Every method is one federated simulation through ``simulations.runner.simulate`` of the same base run config
+(model, task, clients, partition, seeds, rounds, local steps, evaluation); a method changes only the
+``[emulator]`` section (design §3 Baselines):
+
+- ``zero-shot``: no training, the full model as it is. Its row is the ``full`` run's Full-ZS row (same test
+  examples), so it costs no run of its own.
+- ``full``: the clients fine-tune the same adapter blocks on the full model (``emulator.method = "full"``):
+  the utility upper bound, with no model privacy.
+- ``uniform``: Offsite-Tuning's LayerDrop at each listed α (SRC off: ``rank_keep = 1`` unless set).
+- ``uniform+distill``: the same, the kept middle blocks distilled on the public corpus.
+- ``scaleot``: each listed setting (α, β, any other emulator field), plus the cartesian product of
+  ``--sweep``.
+
+The compare file is a run config plus two tables: ``[compare]`` (``CompareConfig``: the settings of each
+method) and ``[quick]``, merged over the whole file by ``--quick`` (a tiny model and task: the same
+comparison in minutes). Each method runs in ``<out>/<slug>``. A directory that already holds a finished run
+of the same experiment is reused and one with a checkpoint is resumed, so an interrupted compare continues
+where it stopped; a directory holding another experiment is an error, never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emulator.config import EmulatorConfig
+
+if TYPE_CHECKING:  # torch and flwr load lazily (through simulations.config), so `scaleot --help` stays fast
+    from simulations.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+Setting = Mapping[str, Any]  # emulator-section values of one method, e.g. {"alpha": 0.25, "rank_keep": 0.8}
+
+# What each method kind sets in the emulator section before its own setting (which wins).
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "full": {"method": "full", "alpha": 0.0, "rank_keep": 1.0},
+    "uniform": {"method": "uniform", "rank_keep": 1.0},  # Offsite-Tuning's LayerDrop has no SRC
+    "uniform+distill": {"method": "uniform+distill", "rank_keep": 1.0},
+    "scaleot": {"method": "scaleot"},
+}
+# Config sections that do not change what a run measures: a finished run differing only there is reused.
+_BACKEND_SECTIONS = ("simulation", "output")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The ``[compare]`` table: the settings each compared method runs at (``full`` and ``zero-shot`` once).
+
+    Each entry is a table of emulator fields, e.g. ``{alpha = 0.25, rank_keep = 0.8}``; ``method`` is set by
+    the list it is in.
+    """
+
+    # (paper) ScaleOT at two compressions; the targets compare it with uniform at the same α.
+    scaleot: tuple[Setting, ...] = ({"alpha": 0.25, "rank_keep": 0.8}, {"alpha": 0.5, "rank_keep": 0.8})
+    uniform: tuple[Setting, ...] = ({"alpha": 0.25}, {"alpha": 0.5})  # Offsite-Tuning's LayerDrop
+    uniform_distill: tuple[Setting, ...] = ({"alpha": 0.25},)  # LayerDrop + distillation (costly: one α)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            settings = getattr(self, f.name)
+            if not all(isinstance(s, Mapping) for s in settings):
+                raise ValueError(
+                    f"config compare.{f.name}={list(settings)!r} must be a list of tables, "
+                    "e.g. [{alpha = 0.25, rank_keep = 0.8}]"
+                )
+            if any("method" in s for s in settings):
+                raise ValueError(f"config compare.{f.name} must not set method: the list it is in sets it")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> CompareConfig:
+        """Build from the parsed ``[compare]`` table.
+
+        Raises:
+            ValueError: an unknown key (listing the valid ones) or a value that is not a list of tables.
+        """
+        valid = [f.name for f in fields(cls)]
+        kwargs = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in valid:
+                raise ValueError(f"unknown config key 'compare.{key}'; valid keys: {', '.join(valid)}")
+            if not isinstance(value, list | tuple):
+                raise ValueError(f"config compare.{key}={value!r} must be a list of tables")
+            kwargs[name] = tuple(value)
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: its kind and the emulator values it sets on top of the kind's defaults."""
+
+    kind: str  # a key of KIND_DEFAULTS
+    setting: tuple[tuple[str, Any], ...] = ()  # (emulator field, value), sorted
+
+    @classmethod
+    def of(cls, kind: str, setting: Setting = ()) -> Method:
+        values = dict(setting)
+        return cls(kind, tuple(sorted((k.replace("-", "_"), v) for k, v in values.items())))
+
+    def emulator(self, base: EmulatorConfig) -> EmulatorConfig:
+        """The base run's emulator section with this method's kind and setting applied (validated)."""
+        return EmulatorConfig.from_dict({**base.to_dict(), **KIND_DEFAULTS[self.kind], **dict(self.setting)})
+
+    def label(self, base: EmulatorConfig) -> str:
+        """For tables and plots: ``scaleot α=0.25 β=0.8``, ``uniform α=0.5``, ``full``."""
+        return " ".join([self.kind, *(f"{k}={_text(v)}" for k, v in self._shown(base))])
+
+    def slug(self, base: EmulatorConfig) -> str:
+        """Run-directory name: ``scaleot-a0.25-b0.8``, ``uniform-distill-a0.25``, ``full``."""
+        parts = [
+            self.kind.replace("+", "-"),
+            *(f"{_ASCII.get(k, k)}{_text(v)}" for k, v in self._shown(base)),
+        ]
+        return "-".join(parts)
+
+    def _shown(self, base: EmulatorConfig) -> list[tuple[str, Any]]:
+        if self.kind == "full":
+            return []
+        config = self.emulator(base)
+        shown = [("α", config.alpha)]
+        if self.kind == "scaleot" or config.rank_keep < 1:
+            shown.append(("β", config.rank_keep))
+        return shown + [(k, v) for k, v in self.setting if k not in ("alpha", "rank_keep")]
+
+
+_ASCII = {"α": "a", "β": "b"}
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+
+def parse_sweep(items: Sequence[str]) -> list[dict[str, Any]]:
+    """``["alpha=0.25,0.5", "rank_keep=1.0,0.8"]`` -> the cartesian product as emulator settings.
+
+    Raises:
+        ValueError: an item that is not ``key=v1,v2,...``.
+    """
+    from simulations.config import parse_value
+
+    axes: list[list[tuple[str, Any]]] = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        values = [v.strip() for v in raw.split(",") if v.strip()]
+        if not sep or not key.strip() or not values:
+            raise ValueError(
+                f"--sweep {item!r} must look like key=v1,v2 (an emulator field), e.g. alpha=0.25,0.5"
+            )
+        axes.append([(key.strip().replace("-", "_"), parse_value(v)) for v in values])
+    return [dict(combination) for combination in itertools.product(*axes)] if axes else []
+
+
+def plan(
+    base: RunConfig, compare: CompareConfig, sweep: Sequence[Setting] = ()
+) -> list[tuple[Method, RunConfig]]:
+    """Every method with its run config: ``full``, the uniform, uniform+distill and scaleot settings, then the
+    sweep. Methods that come to the same emulator are run once (the first is kept).
+
+    Raises:
+        ValueError: a setting that makes an invalid emulator config.
+    """
+    methods = [Method.of("full")]
+    methods += [Method.of("uniform", s) for s in compare.uniform]
+    methods += [Method.of("uniform+distill", s) for s in compare.uniform_distill]
+    methods += [Method.of("scaleot", s) for s in (*compare.scaleot, *sweep)]
+    planned: dict[EmulatorConfig, tuple[Method, RunConfig]] = {}
+    for method in methods:
+        emulator = method.emulator(base.emulator)
+        planned.setdefault(emulator, (method, replace(base, emulator=emulator)))
+    return list(planned.values())
+
+
+def load_compare(
+    path: str | Path, quick: bool = False, overrides: Sequence[str] = ()
+) -> tuple[RunConfig, CompareConfig]:
+    """The base run config and the compare settings of a compare file.
+
+    Args:
+        path: a run config TOML with ``[compare]`` and optional ``[quick]`` tables.
+        quick: merge ``[quick]`` over the file first.
+        overrides: ``section.key=value`` changes applied last (``compare.uniform=[...]`` included).
+
+    Raises:
+        ValueError: unreadable file, ``--quick`` without a ``[quick]`` table, or any invalid key or value.
+    """
+    from simulations.config import RunConfig, apply_overrides, read_config_file
+
+    data = read_config_file(path)
+    quick_table = data.pop("quick", None)
+    if quick:
+        if not isinstance(quick_table, Mapping):
+            raise ValueError(f"--quick needs a [quick] table in {path}")
+        data = deep_merge(data, quick_table)
+    data = apply_overrides(data, overrides)
+    compare = CompareConfig.from_dict(data.pop("compare", {}))
+    return RunConfig.from_dict(data), compare
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in, tables recursively (``update`` wins)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
+    """Reuse, resume or start one method's simulation in ``run_dir``.
+
+    Returns:
+        The run's metrics.json content and what was done: ``reused``, ``resumed`` or ``ran``.
+
+    Raises:
+        ValueError: ``run_dir`` holds a run of another experiment.
+        RuntimeError: the simulation stopped before finishing.
+    """
+    from simulations.runner import simulate
+
+    saved = run_dir / "config.json"
+    if saved.is_file():
+        if _experiment(json.loads(saved.read_text())) != _experiment(config.to_dict()):
+            raise ValueError(
+                f"{run_dir} holds a run of another config; remove it or give compare another --out"
+            )
+        metrics_path = run_dir / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        if metrics.get("status") == "finished":
+            return metrics, "reused"
+    resume = run_dir if (run_dir / "checkpoint" / "latest").is_file() else None
+    return simulate(config, run_dir, resume=resume), "resumed" if resume else "ran"
+
+
+def _experiment(config: Mapping[str, Any]) -> dict[str, Any]:
+    plain = json.loads(json.dumps(config))  # tuples -> lists, as read back from JSON
+    return {k: v for k, v in plain.items() if k not in _BACKEND_SECTIONS}
+
+
+def compare(
+    base: RunConfig, settings: CompareConfig, out: Path, sweep: Sequence[Setting] = ()
+) -> list[dict[str, Any]]:
+    """Run every method (reusing finished ones), then write comparison.json, comparison.md and the plot.
+
+    Returns:
+        The comparison rows (see ``simulations.compare_report.comparison_rows``).
+
+    Raises:
+        ValueError: an invalid method setting (found before anything runs).
+        RuntimeError: some methods failed; the others' rows are written first.
+    """
+    from simulations.compare_report import write_comparison
+
+    planned = plan(base, settings, sweep)  # first: every setting is validated before anything runs
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[Method, dict[str, Any]] = {}
+    failed = []
+    for i, (method, config) in enumerate(planned, 1):
+        label, run_dir = method.label(base.emulator), out / method.slug(base.emulator)
+        log.info("[%d/%d] %s: start (%s)", i, len(planned), label, run_dir)
+        start = time.perf_counter()
+        try:
+            metrics, how = run_method(config, run_dir)
+        except RuntimeError as error:
+            log.error("[%d/%d] %s: failed after %.0f s: %s", i, len(planned), label, _elapsed(start), error)
+            failed.append(label)
+            continue
+        results[method] = metrics
+        log.info(
+            "[%d/%d] %s: %s in %.0f s; %s", i, len(planned), label, how, _elapsed(start), _summary(metrics)
+        )
+    rows = write_comparison(out, base, [m for m, _ in planned], results)
+    if failed:
+        raise RuntimeError(f"{len(failed)} method(s) failed: {', '.join(failed)}; rerun to retry them")
+    return rows
+
+
+def _elapsed(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _summary(metrics: Mapping[str, Any]) -> str:
+    rows = metrics.get("results", {})
+    return ", ".join(f"{name} {100 * row['acc']:.1f} %" for name, row in rows.items())
+
+
+# --- `scaleot compare` -------------------------------------------------------------------------------------
+
+
+def compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``scaleot compare``."""
+    parser.add_argument(
+        "--config", required=True, help="compare config TOML, e.g. simulations/configs/compare-smollm2.toml"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="merge the file's [quick] table first: a tiny model, minutes"
+    )
+    parser.add_argument(
+        "--sweep",
+        nargs="+",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="add ScaleOT at every combination, e.g. --sweep alpha=0.25,0.5 rank_keep=1.0,0.8",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value of the base run, e.g. --set federation.rounds=3 (repeatable)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default: <output.dir>/<name>); rerunning continues it"
+    )
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    """``scaleot compare``: parse everything first, then run the methods one after the other."""
+    from simulations.runner import quiet_environment
+
+    quiet_environment()  # before torch is imported: OpenMP reads its settings once
+    base, settings = load_compare(args.config, quick=args.quick, overrides=args.overrides)
+    out = args.out or Path(base.output.dir) / base.name
+    compare(base, settings, out, parse_sweep(args.sweep))
+    print((out / "comparison.md").read_text())

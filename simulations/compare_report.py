@@ -1,0 +1,267 @@
+"""What ``scaleot compare`` writes: comparison.json, comparison.md and comparison.png.
+
+One row per method, read back from each run's metrics.json and emulator bundle manifest:
+- accuracies (± standard error) of Offsite-Tuning's Table 1 rows: full zero-shot, emulator zero-shot,
+  emulator fine-tuned (emulator + adapter) and plug-in (full model + adapter);
+- the privacy gap Δ = plug-in − emulator fine-tuned (design §3; larger is more private);
+- plug-in's paired difference to ``full`` on the same test examples (``paired_difference``: the examples'
+  shared difficulty cancels, so the error is much smaller than either accuracy's);
+- the client's cost: seconds per training step and peak memory (``clients.memory``: CUDA tensor memory, or
+  the client process's resident set on CPU, runtime included), averaged over clients (weighted by examples,
+  as FedAvg aggregates metrics) and rounds; adapter bytes per client per round (down + up); the emulator's
+  parameters (and share of the full model's), bundle size and build time.
+The ``zero-shot`` row is the full model untouched: its plug-in is the full model's zero-shot accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emulator.bundle import read_manifest
+from emulator.evaluation import paired_difference
+from simulations.outputs import pct, save_figure, write_text
+from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
+from strategies import keys
+
+if TYPE_CHECKING:
+    from simulations.compare import Method
+    from simulations.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+_ACCURACY_KEYS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n")
+_COLUMNS = (
+    "| method | params (× full) | full ZS | emulator ZS | emulator FT | plug-in | Δ "
+    "| plug-in − full (paired) | step s | peak MB | KB / client / round | build s |"
+)
+
+
+def accuracy(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The accuracy fields of a metrics.json results row (None stays None)."""
+    return None if row is None else {k: row[k] for k in _ACCURACY_KEYS if k in row}
+
+
+def method_row(
+    label: str, kind: str, metrics: Mapping[str, Any], reference: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """One method's comparison row from its metrics.json; ``reference`` is ``full``'s Plug-in results row."""
+    results = metrics["results"]
+    plug_in, emulator_ft = results.get(PLUG_IN), results.get(EMULATOR_FT)
+    gap = plug_in["acc"] - emulator_ft["acc"] if plug_in and emulator_ft else None
+    return {
+        "method": label,
+        "kind": kind,
+        "alpha": metrics["config"]["emulator"]["alpha"],
+        "rank_keep": metrics["config"]["emulator"]["rank_keep"],
+        **_bundle_facts(metrics.get("bundle", {}).get("path")),
+        "full_zs": accuracy(results.get(FULL_ZS)),
+        "emulator_zs": accuracy(results.get(EMULATOR_ZS)),
+        "emulator_ft": accuracy(emulator_ft),
+        "plug_in": accuracy(plug_in),
+        "privacy_gap": gap,
+        "vs_full": _paired(plug_in, reference),
+        "step_seconds": _client_mean(metrics, keys.STEP_SECONDS),
+        "peak_memory_mb": _scaled(_client_mean(metrics, keys.PEAK_MEMORY), 1e-6),
+        **_traffic(metrics["rounds"]),
+        "rounds": metrics.get("rounds_done"),
+    }
+
+
+def zero_shot_row(full_metrics: Mapping[str, Any], reference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The untouched full model: its zero-shot accuracy is what a model owner deploys without tuning."""
+    full_zs = full_metrics["results"][FULL_ZS]
+    return {
+        "method": "zero-shot",
+        "kind": "zero-shot",
+        "alpha": None,
+        "rank_keep": None,
+        **_bundle_facts(full_metrics.get("bundle", {}).get("path")),  # the full bundle: the full model's size
+        "emulator_bytes": None,
+        "build_seconds": 0.0,
+        "full_zs": accuracy(full_zs),
+        "emulator_zs": None,
+        "emulator_ft": None,
+        "plug_in": accuracy(full_zs),
+        "privacy_gap": None,
+        "vs_full": _paired(full_zs, reference),
+        "step_seconds": None,
+        "peak_memory_mb": None,
+        "bytes_down": 0,
+        "bytes_up": 0,
+        "rounds": 0,
+    }
+
+
+def comparison_rows(methods: Sequence[Method], labels: Sequence[str], results: Mapping) -> list[dict]:
+    """Rows in method order, ``zero-shot`` first; methods without results (failed runs) are left out."""
+    full = next((results[m] for m in methods if m.kind == "full" and m in results), None)
+    reference = full["results"].get(PLUG_IN) if full else None
+    rows = [zero_shot_row(full, reference)] if full else []
+    for method, label in zip(methods, labels, strict=True):
+        if method in results:
+            rows.append(method_row(label, method.kind, results[method], reference))
+    return rows
+
+
+def write_comparison(
+    out: Path, base: RunConfig, methods: Sequence[Method], results: Mapping[Method, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Write comparison.json, comparison.md and comparison.png into ``out``; return the rows."""
+    labels = [m.label(base.emulator) for m in methods]
+    rows = comparison_rows(methods, labels, results)
+    runs = {m.label(base.emulator): m.slug(base.emulator) for m in methods if m in results}
+    data = {"base_config": json.loads(base.to_json()), "runs": runs, "rows": rows}
+    write_text(out / "comparison.json", json.dumps(data, indent=1))
+    write_text(out / "comparison.md", markdown(rows, base))
+    if rows:
+        plot_comparison(rows, out / "comparison.png")
+    log.info("comparison of %d methods written to %s", len(rows), out)
+    return rows
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], base: RunConfig) -> str:
+    """comparison.md: the setting, one table row per method (accuracies in %), how to read it, the plot."""
+    fed, client = base.federation, base.client
+    n = next((r["plug_in"]["n"] for r in rows if r.get("plug_in")), 0)
+    steps = f"{client.local_steps} steps" if client.local_steps else f"{client.local_epochs:g} epochs"
+    lines = [
+        f"# {base.model} on {base.task}: ScaleOT and baselines",
+        "",
+        f"{fed.num_clients} clients ({fed.partition}), {fed.fraction:g} sampled per round, "
+        f"{fed.rounds} rounds of {steps} at batch {client.batch_size}, lr {client.lr:g}, "
+        f"{base.adapter.mode} adapter "
+        f"({base.emulator.adapter_bottom} + {base.emulator.adapter_top} blocks), seed {base.seed}; "
+        f"{n} test examples.",
+        "",
+        _COLUMNS,
+        "|" + "---|" * (_COLUMNS.count("|") - 1),
+    ]
+    lines += [_table_line(r) for r in rows]
+    lines += [
+        "",
+        "Accuracy in % ± standard error. Δ = plug-in − emulator fine-tuned (larger: the emulator gives away "
+        "less of the model). *Paired*: plug-in minus full fine-tuning on the same test examples (mean ± "
+        "standard error of the per-example difference). Step time and peak memory are the clients' own "
+        "(CUDA: tensor memory; CPU: the client process's resident set, runtime included), averaged over "
+        "clients and rounds; KB are adapter bytes per client per round, down + up.",
+        "",
+        "![plug-in against emulator fine-tuned accuracy](comparison.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """The privacy-utility picture: plug-in (y) against emulator fine-tuned (x) accuracy, one point per
+    emulator; the diagonal (no privacy gap) and full fine-tuning / zero-shot as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    colors = {"uniform": "C1", "uniform+distill": "C2", "scaleot": "C0"}
+    points = [r for r in rows if r["kind"] in colors and r["plug_in"] and r["emulator_ft"]]
+    for kind, color in colors.items():
+        mine = [r for r in points if r["kind"] == kind]
+        if mine:
+            ax.errorbar(
+                [100 * r["emulator_ft"]["acc"] for r in mine],
+                [100 * r["plug_in"]["acc"] for r in mine],
+                xerr=[100 * r["emulator_ft"]["acc_stderr"] for r in mine],
+                yerr=[100 * r["plug_in"]["acc_stderr"] for r in mine],
+                fmt="o",
+                capsize=3,
+                color=color,
+                label=kind,
+            )
+    for r in points:
+        xy = (100 * r["emulator_ft"]["acc"], 100 * r["plug_in"]["acc"])
+        ax.annotate(r["method"], xy, textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for kind, style, name in (("full", "-", "full fine-tune"), ("zero-shot", ":", "zero-shot")):
+        level = next((r["plug_in"]["acc"] for r in rows if r["kind"] == kind and r["plug_in"]), None)
+        if level is not None:
+            ax.axhline(100 * level, linestyle=style, color="k", alpha=0.6, label=name)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    span = [min(x0, y0), max(x1, y1)]
+    ax.plot(span, span, "--", color="grey", linewidth=1, label="plug-in = emulator FT (Δ = 0)")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("emulator fine-tuned accuracy (%): what the data owners hold")
+    ax.set_ylabel("plug-in accuracy (%): what the model owner gets")
+    ax.legend(fontsize=8, loc="best")
+    return save_figure(fig, path)
+
+
+def _table_line(r: Mapping[str, Any]) -> str:
+    def acc(row: Mapping[str, Any] | None) -> str:
+        return pct(row["acc"], row["acc_stderr"]) if row else "–"
+
+    ratio = r.get("param_ratio")
+    vs = r.get("vs_full")
+    cells = [
+        r["method"],
+        "–" if r.get("emulator_params") is None else f"{r['emulator_params'] / 1e6:.1f}M ({ratio:.2f})",
+        acc(r["full_zs"]),
+        acc(r["emulator_zs"]),
+        acc(r["emulator_ft"]),
+        acc(r["plug_in"]),
+        _number(r["privacy_gap"], 100, "+.1f"),
+        "–" if vs is None else f"{100 * vs['mean']:+.1f} ± {100 * vs['stderr']:.1f}",
+        _number(r["step_seconds"], 1, ".2f"),
+        _number(r["peak_memory_mb"], 1, ".0f"),
+        _number((r["bytes_down"] or 0) + (r["bytes_up"] or 0), 1e-3, ".1f"),
+        _number(r["build_seconds"], 1, ".0f"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _number(value: float | None, scale: float, spec: str) -> str:
+    return "–" if value is None else format(value * scale, spec)
+
+
+def _scaled(value: float | None, scale: float) -> float | None:
+    return None if value is None else value * scale
+
+
+def _paired(row: Mapping[str, Any] | None, reference: Mapping[str, Any] | None) -> dict[str, float] | None:
+    if not row or not reference or "correct" not in row or "correct" not in reference:
+        return None
+    mean, stderr = paired_difference(tuple(row["correct"]), tuple(reference["correct"]))
+    return {"mean": mean, "stderr": stderr}
+
+
+def _client_mean(metrics: Mapping[str, Any], key: str) -> float | None:
+    values = [r["client_metrics"][key] for r in metrics["rounds"] if key in r.get("client_metrics", {})]
+    return sum(values) / len(values) if values else None
+
+
+def _traffic(rounds: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Mean adapter bytes per client per round: server to client (down) and back (up)."""
+    if not rounds:
+        return {"bytes_down": None, "bytes_up": None}
+    down = sum(r["bytes_per_client"] for r in rounds) / len(rounds)
+    up = sum(r["bytes_received"] / max(r["aggregated"], 1) for r in rounds) / len(rounds)
+    return {"bytes_down": down, "bytes_up": up}
+
+
+def _bundle_facts(path: str | None) -> dict[str, Any]:
+    """Parameter counts, tensor-file size and build time from the emulator bundle's manifest (if present)."""
+    facts: dict[str, Any] = dict.fromkeys(
+        ("emulator_params", "full_params", "param_ratio", "emulator_bytes", "build_seconds")
+    )
+    if not path or not (Path(path) / "manifest.json").is_file():
+        return facts
+    manifest = read_manifest(path)
+    facts.update(
+        emulator_params=manifest["num_parameters"],
+        full_params=manifest["full_num_parameters"],
+        param_ratio=manifest["num_parameters"] / manifest["full_num_parameters"],
+        emulator_bytes=(Path(path) / manifest["tensor_file"]).stat().st_size,
+        build_seconds=manifest["build_seconds"],
+    )
+    return facts

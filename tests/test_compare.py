@@ -1,0 +1,150 @@
+"""`scaleot compare`: method planning, sweeps, the compare file, reuse of finished runs, and the outputs.
+
+The end-to-end test runs `scaleot compare --quick` (four Ray simulations, ~2 minutes on 2 busy cores), then
+reruns it, which must reuse every finished method.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulations.compare import CompareConfig, load_compare, parse_sweep, plan, run_method
+from simulations.config import load_config
+
+CONFIG = "simulations/configs/compare-smollm2.toml"
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = {"zero-shot", "full", "uniform", "uniform+distill", "scaleot"}
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_compare_files_parse_and_their_base_round_trips(quick, tmp_path):
+    base, _ = load_compare(ROOT / CONFIG, quick=quick)
+    (tmp_path / "base.toml").write_text(base.to_toml())
+    assert load_config(tmp_path / "base.toml") == base
+
+
+def test_plan_sets_each_kind_and_adds_the_sweep_once():
+    base, compare = load_compare(ROOT / CONFIG)
+    sweep = parse_sweep(["alpha=0.25,0.75", "rank_keep=0.8,1"])
+    planned = plan(base, compare, sweep)
+    labels = [m.label(base.emulator) for m, _ in planned]
+    assert labels == [
+        "full",
+        "uniform α=0.25",
+        "uniform α=0.5",
+        "uniform+distill α=0.25",
+        "scaleot α=0.25 β=0.8",
+        "scaleot α=0.5 β=0.8",
+        "scaleot α=0.25 β=1",  # (0.25, 0.8) of the sweep is the configured one: run once
+        "scaleot α=0.75 β=0.8",
+        "scaleot α=0.75 β=1",
+    ]
+    by_label = dict(zip(labels, (c for _, c in planned), strict=True))
+    assert by_label["full"].emulator.method == "full" and by_label["full"].emulator.alpha == 0
+    assert by_label["uniform α=0.5"].emulator.rank_keep == 1.0  # LayerDrop without SRC
+    # Only the emulator section differs between methods.
+    for _, config in planned:
+        assert {k: v for k, v in config.to_dict().items() if k != "emulator"} == {
+            k: v for k, v in base.to_dict().items() if k != "emulator"
+        }
+    assert planned[4][0].slug(base.emulator) == "scaleot-a0.25-b0.8"
+    assert planned[3][0].slug(base.emulator) == "uniform-distill-a0.25"
+
+
+def test_bad_sweeps_and_compare_tables_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="--sweep 'alpha' must look like key=v1,v2"):
+        parse_sweep(["alpha"])
+    base, compare = load_compare(ROOT / CONFIG)
+    with pytest.raises(ValueError, match="unknown emulator config key 'alpah'"):
+        plan(base, compare, parse_sweep(["alpah=0.1"]))
+    with pytest.raises(ValueError, match="unknown config key 'compare.dense'; valid keys: scaleot, uniform"):
+        CompareConfig.from_dict({"dense": []})
+    with pytest.raises(ValueError, match="compare.uniform must not set method"):
+        CompareConfig.from_dict({"uniform": [{"method": "scaleot"}]})
+    plain = tmp_path / "plain.toml"
+    plain.write_text('model = "tiny-llama"\n')
+    with pytest.raises(ValueError, match="--quick needs a \\[quick\\] table"):
+        load_compare(plain, quick=True)
+
+
+def test_quick_merges_over_the_file_and_overrides_come_last():
+    base, compare = load_compare(ROOT / CONFIG, quick=True, overrides=["federation.rounds=1"])
+    assert (base.model, base.task, base.federation.rounds) == ("tiny-llama", "synthetic", 1)
+    assert base.client.batch_size == 8 and base.emulator.harmonizer_loss == "local"  # kept from the file
+    assert [dict(s) for s in compare.uniform] == [{"alpha": 0.5}]
+
+
+def test_a_directory_of_another_experiment_is_refused(tmp_path):
+    base, _ = load_compare(ROOT / CONFIG, quick=True)
+    other = base.to_dict() | {"seed": 7}
+    (tmp_path / "config.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="holds a run of another config"):
+        run_method(base, tmp_path)
+
+
+# --- end to end --------------------------------------------------------------------------------------------
+
+
+def scaleot(*args: str) -> subprocess.CompletedProcess:
+    scaleot_bin = Path(sys.executable).parent / "scaleot"
+    result = subprocess.run([str(scaleot_bin), *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def quick_compare(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compare")
+    scaleot("compare", "--config", CONFIG, "--quick", "--out", str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_quick_compare_writes_every_row_the_paired_column_and_the_plot(quick_compare):
+    data = json.loads((quick_compare / "comparison.json").read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    assert {r["kind"] for r in rows.values()} == KINDS
+    assert len(rows) == 5
+    full = rows["full"]
+    for row in rows.values():
+        assert row["plug_in"]["acc_stderr"] > 0 and row["full_zs"]["acc"] == full["full_zs"]["acc"]
+        assert row["vs_full"] is not None  # paired to full on the same test examples
+        if row["kind"] in ("uniform", "uniform+distill", "scaleot"):
+            gap = row["plug_in"]["acc"] - row["emulator_ft"]["acc"]
+            assert row["privacy_gap"] == pytest.approx(gap)
+            assert row["param_ratio"] < 1 and row["build_seconds"] > 0
+            assert row["step_seconds"] > 0 and row["peak_memory_mb"] > 0
+            assert row["bytes_down"] == row["bytes_up"] == full["bytes_down"] > 0  # the adapter, both ways
+    assert full["vs_full"] == {"mean": 0.0, "stderr": 0.0}
+    assert rows["zero-shot"]["plug_in"] == full["full_zs"]
+
+    table = (quick_compare / "comparison.md").read_text()
+    assert "plug-in − full (paired)" in table and all(f"| {name} |" in table for name in rows)
+    assert (quick_compare / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    # Per-example correctness is in each run's metrics.json (the paired column is computed from it).
+    metrics = json.loads((quick_compare / "full" / "metrics.json").read_text())
+    assert len(metrics["results"]["Plug-in"]["correct"]) == metrics["results"]["Plug-in"]["n"]
+
+
+@pytest.mark.slow
+def test_rerun_reuses_every_finished_method(quick_compare):
+    before = (quick_compare / "comparison.json").read_text()
+    # The sweep point is the configured ScaleOT setting: parsed, planned once, nothing new to run.
+    result = scaleot(
+        "compare",
+        "--config",
+        CONFIG,
+        "--quick",
+        "--out",
+        str(quick_compare),
+        "--sweep",
+        "alpha=0.5",
+        "rank_keep=0.8",
+    )
+    assert result.stderr.count(": reused in") == 4 and ": ran in" not in result.stderr
+    assert json.loads((quick_compare / "comparison.json").read_text())["rows"] == json.loads(before)["rows"]
