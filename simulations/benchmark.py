@@ -1,0 +1,325 @@
+"""Client efficiency benchmark (a script, not a test): what a data owner pays per step; what federation costs.
+
+In one run, on one model at one batch size and sequence length:
+
+1. **Training step time and peak memory of a client** on the ScaleOT emulator, on the uniform (LayerDrop)
+   emulator and on the full model. Each is measured in a fresh child process that holds only that model, as
+   a client does: it loads the model (emulator bundle or full model), makes the adapter blocks trainable and
+   runs ``clients.training.train_adapter`` on fixed-length batches of random tokens (every position scored),
+   ``--warmup`` steps first, then ``--steps`` timed ones. Step time is the median over the timed steps;
+   memory is ``clients.memory.PeakMemory`` (CUDA: peak tensor memory; CPU: the process's peak resident set,
+   Python and torch included, shown with the part above the loaded model).
+2. **The FLOP bound of each client model relative to the full model.** Training FLOPs per token are counted
+   from the parameters a token goes through, as ``4·P + 2·P_adapter``: ``2·P`` for the forward pass, ``2·P``
+   for the gradients with respect to activations (they flow from the loss down to the bottom adapter block,
+   through everything), ``2·P_adapter`` for the gradients of the trainable adapter weights. ``P`` counts
+   every matrix a token is multiplied by: decoder blocks (harmonizers and low-rank factors as stored), and
+   the LM head (also when it is tied to the embeddings); the input embedding is a table lookup and does not
+   count. Attention scores (∝ sequence length), norms and activations are left out. ``bound`` = FLOPs of the
+   model / FLOPs of the full model: the time ratio a client could reach if time followed FLOPs; the target
+   is a measured time ratio within 1.1 × the bound.
+3. **Emulator build time**: ScaleOT (stage 1, Dynamic LayerReplace, then assembly and SRC) against
+   uniform+distill, with the same number of steps (``--build-steps``), and plain uniform (no training).
+4. **The framework's overhead per round**: a short simulation on Flower's Ray runtime (uniform emulator,
+   2 clients, IID); per round, wall time minus server-side evaluation minus the clients' own training time
+   (clients run one after the other on one actor). Round 1 also holds the emulator handshake (actor start,
+   bundle load).
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.benchmark            # SmolLM2-135M, ~10 min
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.benchmark --quick    # tiny-llama, ~2 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger("scaleot.benchmark")
+
+TASKS = {"smollm2-135m": "bigbench:goal_step_wikihow/step_inference"}  # the simulation's task; else synthetic
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--alpha", type=float, default=0.25, help="α of the ScaleOT and uniform emulators")
+    parser.add_argument("--rank-keep", type=float, default=0.8, help="β of the ScaleOT emulator")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per client model")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    parser.add_argument("--build-steps", type=int, default=50, help="stage-1 = distillation steps")
+    parser.add_argument("--quick", action="store_true", help="tiny-llama, tiny sizes: checks that it runs")
+    parser.add_argument("--json", type=Path, help="also write the measurements to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one client model, print JSON
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.batch_size, args.seq_len = "tiny-llama", 4, 64
+        args.steps, args.warmup, args.build_steps = 4, 1, 4
+    return args
+
+
+def machine(device: str) -> str:
+    """CPU model, cores, torch version and device, in one line."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if "model name" in ln]
+        cpu = names[0] if names else cpu
+    gpu = f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}{gpu}"
+
+
+def flops_per_token(model: nn.Module) -> float:
+    """Training FLOPs per token, ``4·P + 2·P_adapter`` (module docstring); call after ``prepare_adapter_``."""
+    params = sum(p.numel() for p in model.parameters())
+    matrices = (
+        params - model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 4.0 * matrices + 2.0 * trainable
+
+
+def random_batches(vocab: int, batch_size: int, seq_len: int, count: int) -> list[dict[str, Any]]:
+    """``count`` fixed-length batches of random tokens, every position scored; the same for every model."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(vocab, (batch_size, seq_len), generator=generator)  # (B, T)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+    return batches
+
+
+def _stamped(batches: Sequence[Mapping[str, Any]], stamps: list[float]) -> Iterator[Mapping[str, Any]]:
+    # The time between two requests for a batch is one whole training step (forward, backward, update).
+    for batch in batches:
+        stamps.append(time.perf_counter())
+        yield batch
+    stamps.append(time.perf_counter())
+
+
+# --- 1 and 2: a client's step, in a child process --------------------------------------------------------
+
+
+def measure_client(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """In this (child) process: load ``spec`` (``full`` or a bundle directory), train, measure."""
+    import torch
+
+    from clients.memory import current_rss
+    from clients.training import train_adapter
+    from emulator.adapters import AdapterConfig, adapter_layers, prepare_adapter_
+    from emulator.architectures import num_layers
+    from emulator.bundle import load_emulator
+    from emulator.config import EmulatorConfig
+    from emulator.models import load_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "full":
+        model, _ = load_model(args.model, device=device)
+        sandwich = EmulatorConfig()  # the emulators' default 2 + 2 adapter blocks
+        positions = {
+            i: i for i in adapter_layers(num_layers(model), sandwich.adapter_bottom, sandwich.adapter_top)
+        }
+    else:
+        emulator, _ = load_emulator(spec, device=device)
+        model, positions = emulator.model, emulator.adapter_positions()
+    prepare_adapter_(model, positions, AdapterConfig())
+    loaded = torch.cuda.memory_allocated() if device == "cuda" else current_rss()
+    batches = random_batches(model.config.vocab_size, args.batch_size, args.seq_len, args.warmup + args.steps)
+    if args.warmup:
+        train_adapter(model, positions, batches[: args.warmup], lr=1e-4)
+    stamps: list[float] = []
+    result = train_adapter(model, positions, _stamped(batches[args.warmup :], stamps), lr=1e-4)
+    steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_token": flops_per_token(model),
+        "step_seconds": statistics.median(steps),
+        "peak_bytes": result.peak_memory,
+        "loaded_bytes": loaded,
+    }
+
+
+def client_in_child(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``measure_client`` in a fresh Python process, so its memory is that one model's alone."""
+    argv = [sys.executable, "-m", "simulations.benchmark", "--child", spec, "--model", args.model]
+    argv += ["--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+    argv += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring {spec} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- 3: emulator builds ------------------------------------------------------------------------------------
+
+
+def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict[str, Any]]:
+    """Build ScaleOT, uniform+distill and uniform emulators (timed); save ScaleOT and uniform as bundles."""
+    import gc
+
+    from emulator.assembly import build_emulator
+    from emulator.bundle import save_bundle
+    from emulator.config import EmulatorConfig
+    from emulator.models import load_model
+
+    model, tokenizer = load_model(args.model)
+    common = {"alpha": args.alpha, "stage1_steps": args.build_steps, "distill_steps": args.build_steps}
+    if args.quick:
+        common |= {"harmonizer_rank": 16, "batch_size": 2, "seq_len": 32}
+    configs = {
+        f"scaleot α={args.alpha:g} β={args.rank_keep:g}": {"method": "scaleot", "rank_keep": args.rank_keep},
+        f"uniform+distill α={args.alpha:g}": {"method": "uniform+distill", "rank_keep": 1.0},
+        f"uniform α={args.alpha:g}": {"method": "uniform", "rank_keep": 1.0},
+    }
+    built = {}
+    for label, values in configs.items():
+        config = EmulatorConfig.from_dict(common | values)
+        emulator = build_emulator(model, tokenizer, config, progress=False)
+        steps = {"scaleot": config.stage1_steps, "uniform+distill": config.distill_steps}.get(
+            config.method, 0
+        )
+        built[label] = {"seconds": emulator.build_seconds, "steps": steps, "bundle": None}
+        if config.method != "uniform+distill":  # same shape as uniform: one step measurement covers both
+            path = save_bundle(emulator, directory / config.method, args.model, tokenizer)
+            built[label]["bundle"] = str(path)
+        log.info("built %s in %.1f s", label, emulator.build_seconds)
+        del emulator
+        gc.collect()
+    return built
+
+
+# --- 4: framework overhead ---------------------------------------------------------------------------------
+
+
+def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, float]]:
+    """Per round of a short simulation: wall, evaluation and client-training seconds, and the rest."""
+    from clients.training import TrainConfig
+    from emulator.config import EmulatorConfig
+    from simulations.config import EvaluationConfig, FederationConfig, RunConfig
+    from simulations.runner import simulate
+    from strategies import keys
+
+    config = RunConfig(
+        name="benchmark",
+        model=args.model,
+        task=TASKS.get(args.model, "synthetic"),
+        emulator=EmulatorConfig(method="uniform", alpha=args.alpha, rank_keep=1.0),
+        federation=FederationConfig(num_clients=2, fraction=1.0, min_clients=2, rounds=3, partition="iid"),
+        client=TrainConfig(batch_size=args.batch_size, local_steps=2, max_length=args.seq_len),
+        evaluation=EvaluationConfig(test_limit=20, emulator_every=0, plugin_every=0),
+    )
+    metrics = simulate(config, directory / "simulation")
+    rounds = []
+    for r in metrics["rounds"]:
+        clients = r["client_metrics"].get(keys.TRAIN_SECONDS, 0.0) * r["aggregated"]  # IID: equal weights
+        overhead = r["seconds"] - r["eval_seconds"] - clients
+        rounds.append(
+            {"wall": r["seconds"], "eval": r["eval_seconds"], "clients": clients, "overhead": overhead}
+        )
+    return rounds
+
+
+# --- report ------------------------------------------------------------------------------------------------
+
+
+def client_table(clients: Mapping[str, Mapping[str, Any]]) -> str:
+    """Step time and memory per client model, with the FLOP bound; ratios are to the full model."""
+    full = clients["full model"]
+    lines = [
+        "| client model | params (M) | FLOP bound (× full) | step s | × full | × full / bound "
+        "| peak MB | above load MB | peak × full |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in clients.items():
+        bound = c["flops_per_token"] / full["flops_per_token"]
+        ratio = c["step_seconds"] / full["step_seconds"]
+        cells = [
+            name,
+            f"{c['params'] / 1e6:.1f}",
+            f"{bound:.3f}",
+            f"{c['step_seconds']:.3f}",
+            f"{ratio:.3f}",
+            f"{ratio / bound:.2f}",
+            f"{c['peak_bytes'] / 1e6:.0f}",
+            f"{(c['peak_bytes'] - c['loaded_bytes']) / 1e6:.0f}",
+            f"{c['peak_bytes'] / full['peak_bytes']:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_table(builds: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = ["| emulator build | training steps | seconds |", "|---|---|---|"]
+    lines += [f"| {name} | {b['steps']} | {b['seconds']:.1f} |" for name, b in builds.items()]
+    return "\n".join(lines)
+
+
+def overhead_table(rounds: Sequence[Mapping[str, float]]) -> str:
+    lines = ["| round | wall s | server eval s | clients' training s | overhead s |", "|---|---|---|---|---|"]
+    for i, r in enumerate(rounds, 1):
+        note = " (handshake)" if i == 1 else ""
+        lines.append(
+            f"| {i}{note} | {r['wall']:.1f} | {r['eval']:.1f} | {r['clients']:.1f} | {r['overhead']:.1f} |"
+        )
+    later = [r["overhead"] for r in rounds[1:]]
+    if later:
+        lines.append(f"| later rounds, mean | | | | {statistics.mean(later):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    from simulations.runner import quiet_environment
+
+    quiet_environment()  # before torch is imported here and in the children: idle OpenMP threads sleep
+    if args.child:
+        print(json.dumps(measure_client(args.child, args)))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    directory = Path(tempfile.mkdtemp(prefix="scaleot-benchmark-"))
+    try:
+        builds = build_emulators(args, directory)
+        clients = {"full model": client_in_child("full", args)}
+        for name, build in builds.items():
+            if build["bundle"]:
+                log.info("measuring a client step on %s", name)
+                clients[name] = client_in_child(build["bundle"], args)
+        rounds = round_overhead(args, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    header = (
+        f"{args.model}, batch {args.batch_size} × {args.seq_len} tokens, median of {args.steps} steps "
+        f"after {args.warmup}; {machine(device)}"
+    )
+    print("\n\n".join([header, client_table(clients), build_table(builds), overhead_table(rounds)]))
+    if args.json:
+        payload = {"args": vars(args) | {"json": str(args.json)}, "machine": machine(device)}
+        payload |= {"clients": clients, "builds": builds, "rounds": rounds}
+        args.json.write_text(json.dumps(payload, indent=1))
+
+
+if __name__ == "__main__":
+    main()
