@@ -131,7 +131,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], base: RunConfig) -> str:
     lines = [
         f"# {base.model} on {base.task}: ScaleOT and baselines",
         "",
-        f"{fed.num_clients} clients ({fed.partition}), {fed.fraction:g} sampled per round, "
+        f"{fed.num_clients} clients ({fed.partition}), {fed.fraction:.0%} of them sampled per round, "
         f"{fed.rounds} rounds of {steps} at batch {client.batch_size}, lr {client.lr:g}, "
         f"{base.adapter.mode} adapter "
         f"({base.emulator.adapter_bottom} + {base.emulator.adapter_top} blocks), seed {base.seed}; "
