@@ -1,0 +1,173 @@
+"""Transfer study: do adapters trained on an emulator transfer to the full model? (a benchmark, not a test)
+
+Centralised offsite-tuning with one data owner and no Flower, so emulator choices can be compared quickly and
+on the same examples: for each emulator setting, build it, fine-tune the adapter on it for a fixed budget, and
+score emulator zero-shot, emulator fine-tuned and plug-in. ``full`` (method=full) is the fine-tuning upper
+bound; every row carries its paired difference to it (same test examples), so a gain can be told from noise.
+
+    python -m simulations.transfer_study --setting method=full \
+        --setting method=uniform,alpha=0.25,rank_keep=1.0 --setting method=scaleot,alpha=0.25
+
+Results are appended to ``--out`` (JSON lines) as each setting finishes, and a markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clients.training import train_adapter
+from emulator.adapters import AdapterConfig, prepare_adapter_
+from emulator.assembly import build_emulator
+from emulator.config import EmulatorConfig
+from emulator.data import training_batches
+from emulator.evaluation import MCResult, multiple_choice_accuracy, paired_difference
+from emulator.models import load_model
+from emulator.plug_in import plug_in_
+from emulator.tasks import load_task
+
+log = logging.getLogger(__name__)
+
+
+def parse_setting(text: str) -> dict[str, Any]:
+    """``method=scaleot,alpha=0.25`` -> a dict with TOML-like typed values."""
+    values: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, _, raw = item.partition("=")
+        for cast in (int, float):
+            try:
+                values[key] = cast(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            values[key] = raw
+    return values
+
+
+def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) -> dict[str, Any]:
+    """Build, fine-tune and score one emulator setting; returns a JSON-able row."""
+    adapter = AdapterConfig(mode=setting.pop("adapter_mode", args.adapter_mode))
+    lr = float(setting.pop("lr", args.lr))
+    emu_config = (
+        EmulatorConfig.from_dict(setting) if setting.get("method") != "full" else EmulatorConfig.full()
+    )
+    model, tokenizer = load_model(args.model, device=args.device)
+    emulator = build_emulator(model, tokenizer, emu_config)
+    score = lambda m: multiple_choice_accuracy(m, tokenizer, task.test, batch_size=args.eval_batch)  # noqa: E731
+    emu_zs = score(emulator.model) if emu_config.method != "full" else None
+    positions = emulator.adapter_positions()
+    prepare_adapter_(emulator.model, positions, adapter)
+    batches = training_batches(
+        tokenizer, task.train, args.batch_size, args.max_length, seed=args.seed, epochs=args.epochs
+    )
+    trained = train_adapter(emulator.model, positions, batches, lr=lr, seed=args.seed)
+    emu_ft = score(emulator.model)
+    plug_in_(model, trained.state, sorted(positions), adapter)
+    plug = score(model)
+    return {
+        "setting": _label(emu_config, adapter, lr),
+        "emulator_params": emulator.num_parameters,
+        "full_params": emulator.full_num_parameters,
+        "build_s": emulator.build_seconds,
+        "train_s": trained.seconds,
+        "step_s": trained.seconds / trained.steps,
+        "train_loss": trained.mean_loss,
+        "emu_zs": _as_dict(emu_zs),
+        "emu_ft": _as_dict(emu_ft),
+        "plug_in": _as_dict(plug),
+    }
+
+
+def _label(config: EmulatorConfig, adapter: AdapterConfig, lr: float) -> str:
+    if config.method == "full":
+        return f"full ({adapter.mode}, lr {lr:g})"
+    extra = (
+        f", {config.harmonizer_loss}/{config.local_norm}, {config.stage1_steps} st"
+        if config.method == "scaleot"
+        else ""
+    )
+    return f"{config.method} α={config.alpha} β={config.rank_keep}{extra} ({adapter.mode}, lr {lr:g})"
+
+
+def _as_dict(result: MCResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "acc": result.acc,
+        "acc_norm": result.acc_norm,
+        "acc_stderr": result.acc_stderr,
+        "correct": list(result.correct),
+        "correct_norm": list(result.correct_norm),
+    }
+
+
+def table(rows: list[dict[str, Any]], full_zs: dict[str, Any]) -> str:
+    """Markdown table in %; Δ = plug-in − emulator FT; 'vs full' is the paired plug-in difference to full."""
+    reference = next((r for r in rows if r["setting"].startswith("full")), None)
+    lines = [
+        f"Full zero-shot: acc {100 * full_zs['acc']:.1f} ± {100 * full_zs['acc_stderr']:.1f}, "
+        f"acc_norm {100 * full_zs['acc_norm']:.1f} (n = {len(full_zs['correct'])})",
+        "",
+        "| setting | params | emu ZS | emu FT | plug-in | plug-in norm | Δ | vs full (paired) | step s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        zs = "–" if r["emu_zs"] is None else f"{100 * r['emu_zs']['acc']:.1f}"
+        plug, ft = r["plug_in"], r["emu_ft"]
+        gap = 100 * (plug["acc"] - ft["acc"])
+        if reference is not None and r is not reference:
+            d, se = paired_difference(tuple(plug["correct"]), tuple(reference["plug_in"]["correct"]))
+            vs = f"{100 * d:+.1f} ± {100 * se:.1f}"
+        else:
+            vs = "–"
+        lines.append(
+            f"| {r['setting']} | {r['emulator_params'] / r['full_params']:.2f} | {zs} | "
+            f"{100 * ft['acc']:.1f} | {100 * plug['acc']:.1f} ± {100 * plug['acc_stderr']:.1f} | "
+            f"{100 * plug['acc_norm']:.1f} | {gap:+.1f} | {vs} | {r['step_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--task", default="bigbench:goal_step_wikihow/step_inference")
+    parser.add_argument("--setting", action="append", default=[], help="comma-separated EmulatorConfig keys")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--adapter-mode", default="full", choices=["full", "lora"])
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--eval-batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("runs/transfer_study.jsonl"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    task = load_task(args.task, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    zs_path = args.out.with_suffix(".full_zs.json")
+    if not zs_path.exists():
+        model, tokenizer = load_model(args.model, device=args.device)
+        zs_path.write_text(json.dumps(_as_dict(multiple_choice_accuracy(model, tokenizer, task.test))))
+    full_zs = json.loads(zs_path.read_text())
+    for text in args.setting:
+        start = time.perf_counter()
+        row = run_setting(args, parse_setting(text), task)
+        row["wall_s"] = time.perf_counter() - start
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        log.info("%s done in %.0f s: plug-in %.3f", row["setting"], row["wall_s"], row["plug_in"]["acc"])
+    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+    print(table(rows, full_zs))
+
+
+if __name__ == "__main__":
+    main()
