@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -205,6 +206,9 @@ def _setup_logging(level: str) -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger("scaleot").setLevel(level)
+    # Progress comes as our own log lines; transformers' per-load weight bars would bury them (the user may
+    # still turn them back on). Set before transformers is imported by a subcommand, and inherited by Ray.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
