@@ -21,6 +21,26 @@ PolicyAdvantage = Literal["relative", "absolute"]
 ReplaceScope = Literal["group", "global"]
 
 
+# Stage-1 (scaleot only) and distillation (uniform+distill only) knobs; see EmulatorConfig.build_dict.
+_STAGE1_FIELDS = (
+    "harmonizer_rank",
+    "harmonizer_activation",
+    "harmonizer_loss",
+    "local_norm",
+    "local_weight",
+    "stage1_steps",
+    "harmonizer_lr",
+    "policy_lr",
+    "policy_candidates",
+    "policy_update",
+    "policy_advantage",
+    "policy_interval",
+    "replace_scope",
+    "group_size",
+)
+_DISTILL_FIELDS = ("distill_steps", "distill_lr", "distill_lm_weight")
+
+
 @dataclass(frozen=True)
 class EmulatorConfig:
     """Emulator construction settings (the triplet (N_a, α, β) plus stage-1 and baseline knobs).
@@ -138,6 +158,19 @@ class EmulatorConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain ``{field: value}`` dict (JSON / TOML friendly); ``from_dict(to_dict())`` round-trips."""
         return asdict(self)
+
+    def build_dict(self) -> dict[str, Any]:
+        """The fields that shape the emulator this config builds: ``to_dict`` without the knobs its method
+        ignores (stage 1 for the baselines, distillation for scaleot, logging for all), so that a cache keyed
+        on it reuses a bundle when only an unrelated knob changed."""
+        ignored = {"log_every"}
+        if self.method != "scaleot":
+            ignored |= set(_STAGE1_FIELDS)
+        if self.method != "uniform+distill":
+            ignored |= set(_DISTILL_FIELDS)
+        if self.method in ("uniform", "full"):
+            ignored |= {"batch_size", "seq_len", "corpus", "seed"}
+        return {k: v for k, v in asdict(self).items() if k not in ignored}
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

@@ -30,7 +30,9 @@ _FORMAT = 1  # bump when the bundle layout changes, so stale cached bundles are 
 
 def bundle_dir(model_name: str, config: EmulatorConfig) -> Path:
     """Where the bundle of ``model_name`` compressed with ``config`` lives in the cache."""
-    spec = json.dumps({"model": model_name, "emulator": config.to_dict(), "format": _FORMAT}, sort_keys=True)
+    spec = json.dumps(
+        {"model": model_name, "emulator": config.build_dict(), "format": _FORMAT}, sort_keys=True
+    )
     digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name).strip("_")[-40:]
     return cache_dir() / "bundles" / f"{safe}-{config.method}-{digest}"

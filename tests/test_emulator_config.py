@@ -74,3 +74,16 @@ def test_from_dict_rejects_unknown_keys_listing_valid_ones():
 def test_from_dict_rejects_wrong_types(key, value):
     with pytest.raises(ValueError, match=f"emulator.{key}=.* has the wrong type"):
         EmulatorConfig.from_dict({key: value})
+
+
+def test_build_dict_ignores_knobs_the_method_does_not_use():
+    # A bundle cache keyed on build_dict must not rebuild a ScaleOT emulator when only distillation changed,
+    # and must rebuild it when stage 1 changed.
+    base = EmulatorConfig(method="scaleot")
+    assert EmulatorConfig(method="scaleot", distill_steps=7, log_every=3).build_dict() == base.build_dict()
+    assert EmulatorConfig(method="scaleot", stage1_steps=7).build_dict() != base.build_dict()
+    uniform = EmulatorConfig(method="uniform")
+    assert EmulatorConfig(method="uniform", stage1_steps=7, distill_steps=7).build_dict() == uniform.build_dict()
+    assert EmulatorConfig(method="uniform", alpha=0.5).build_dict() != uniform.build_dict()
+    distill = EmulatorConfig(method="uniform+distill")
+    assert EmulatorConfig(method="uniform+distill", distill_steps=7).build_dict() != distill.build_dict()
