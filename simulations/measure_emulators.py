@@ -1,10 +1,12 @@
 """Measure emulators: perplexity on held-out public text and zero-shot accuracy, per method and alpha.
 
-Builds each emulator from the same full model, scores it, frees it, and prints one markdown table (plus the
-full model's own row). Not a test: a rerunnable measurement. Example (about an hour on 2 busy CPU cores):
+Takes each emulator from the bundle cache that simulations share (building it there when absent), scores it,
+frees it, and prints one markdown table (plus the full model's own row). Not a test: a rerunnable measurement.
+The defaults measure the emulators of ``simulations/configs/compare-smollm2.toml``, so after a compare only
+the scoring runs:
 
-    nice .venv/bin/python -m simulations.measure_emulators --model smollm2-135m --alphas 0.25 0.5 \\
-        --methods scaleot uniform uniform+distill --losses local --steps 100 --test-limit 300
+    .venv/bin/python -m simulations.measure_emulators --model smollm2-135m --alphas 0.25 0.5 \\
+        --methods scaleot uniform uniform+distill --test-limit 500
 
 ``--losses`` takes stage-1 variants for ``scaleot`` as ``loss[/norm]`` (``local``, ``local/token``, ``lm``,
 ``lm+local``); ``--set FIELD=VALUE`` sets any other ``EmulatorConfig`` field for every emulator.
@@ -22,13 +24,14 @@ from dataclasses import dataclass
 
 import torch
 
-from emulator.assembly import build_emulator
+from emulator.bundle import load_emulator
 from emulator.config import EmulatorConfig
 from emulator.data import corpus_blocks, public_corpus
 from emulator.evaluation import MCResult, multiple_choice_accuracy, perplexity
 from emulator.models import load_model
 from emulator.surgery import count_parameters
 from emulator.tasks import load_task
+from simulations.bundles import ensure_bundle
 from simulations.cli import parse_set
 
 log = logging.getLogger("scaleot.measure")
@@ -57,13 +60,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--losses", nargs="+", default=["local"], help="scaleot stage-1 variants: loss[/norm]"
     )
     parser.add_argument("--rank-keep", type=float, default=0.8)
-    parser.add_argument("--steps", type=int, default=100, help="stage-1 steps of scaleot")
+    parser.add_argument("--steps", type=int, default=120, help="stage-1 steps of scaleot")
+    parser.add_argument("--policy-interval", type=int, default=4, help="harmonizer steps per policy step")
     parser.add_argument(
-        "--distill-steps", type=int, default=100, help="distillation steps of uniform+distill"
+        "--distill-steps", type=int, default=120, help="distillation steps of uniform+distill"
     )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--task", default="bigbench:goal_step_wikihow/step_inference")
-    parser.add_argument("--test-limit", type=int, default=300, help="first N test examples (0: no accuracy)")
+    parser.add_argument("--test-limit", type=int, default=500, help="first N test examples (0: no accuracy)")
     parser.add_argument("--ppl-seq-len", type=int, default=256, help="tokens per perplexity block")
     parser.add_argument("--json", default=None, help="also write the rows (and curves) to this file")
     parser.add_argument("--skip-full", action="store_true", help="do not measure the full model itself")
@@ -90,7 +94,12 @@ def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig
             if method == "scaleot":
                 for variant in args.losses:
                     loss, _, norm = variant.partition("/")
-                    values = {**base, "stage1_steps": args.steps, "harmonizer_loss": loss}
+                    values = {
+                        **base,
+                        "stage1_steps": args.steps,
+                        "policy_interval": args.policy_interval,
+                        "harmonizer_loss": loss,
+                    }
                     configs.append(
                         (
                             variant,
@@ -148,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         log.info("\n%s", table(rows))
     for loss, config in configs:
-        emulator = build_emulator(model, tokenizer, config, progress=True)
+        emulator, _ = load_emulator(ensure_bundle(args.model, config, model, tokenizer))
         ppl, accuracy = measure(emulator.model, tokenizer, blocks, examples)
         rows.append(
             Row(
