@@ -1,12 +1,13 @@
 """Adapters: the few decoder blocks a data owner trains (Offsite-Tuning's "sandwich", kept by ScaleOT).
 
-The adapter is the bottom ``bottom`` and top ``top`` blocks of the model (paper: 2 + 2), trained either in full
-(Offsite-Tuning's default) or with LoRA on those blocks only. Adapter tensors are keyed by the block's index in
-the **original** model plus the parameter name inside the block (``"28.mlp.up_proj.weight"``), so the same key
-set describes the adapter on the emulator and on the full model, and plug-in is a strict copy by key.
+The adapter is the bottom ``bottom`` and top ``top`` blocks of the model (paper: 2 + 2), trained either in
+full (Offsite-Tuning's default) or with LoRA on those blocks only. Adapter tensors are keyed by the block's
+index in the **original** model plus the parameter name inside the block (``"28.mlp.up_proj.weight"``), so
+the same key set describes the adapter on the emulator and on the full model, and plug-in is a strict copy
+by key.
 
-Adapters are chosen structurally, by block position; LoRA is injected into those blocks alone with peft, so the
-model stays an ordinary transformers model with no wrapper class.
+Adapters are chosen structurally, by block position; LoRA is injected into those blocks alone with peft, so
+the model stays an ordinary transformers model with no wrapper class.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class AdapterConfig:
     """How the adapter blocks are trained.
 
     Attributes:
-        mode: ``full`` trains every parameter of the adapter blocks (Offsite-Tuning); ``lora`` trains LoRA factors
-            injected into their linear layers (peft), the blocks' own weights frozen.
+        mode: ``full`` trains every parameter of the adapter blocks (Offsite-Tuning); ``lora`` trains LoRA
+            factors injected into their linear layers (peft), the blocks' own weights frozen.
         lora_rank: LoRA rank r.
         lora_alpha: LoRA scaling numerator (scale = alpha / r).
         lora_dropout: dropout on the LoRA input.
@@ -104,7 +105,9 @@ def adapter_state(model: nn.Module, positions: Mapping[int, int]) -> AdapterStat
     return state
 
 
-def load_adapter_state_(model: nn.Module, positions: Mapping[int, int], state: Mapping[str, torch.Tensor]) -> None:
+def load_adapter_state_(
+    model: nn.Module, positions: Mapping[int, int], state: Mapping[str, torch.Tensor]
+) -> None:
     """Copy ``state`` into the adapter blocks of ``model``, in place.
 
     Raises:

@@ -19,7 +19,8 @@ class Architecture:
         layers: dotted path from the causal-LM module to its ``nn.ModuleList`` of decoder blocks.
         attention: dotted paths, inside one block, of the attention projections SRC may compress.
         transposed: True where projections are GPT-2 ``Conv1D`` modules storing weights as (d_in, d_out).
-        per_layer_config: config lists indexed by block position, which must follow the block list when it changes.
+        per_layer_config: config lists indexed by block position, which must follow the block list when it
+            changes.
     """
 
     layers: str
@@ -56,7 +57,8 @@ def architecture_of(model: nn.Module) -> Architecture:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in ARCHITECTURES:
         raise ValueError(
-            f"model_type={model_type!r} is not supported; supported families: {', '.join(sorted(ARCHITECTURES))}"
+            f"model_type={model_type!r} is not supported; "
+            f"supported families: {', '.join(sorted(ARCHITECTURES))}"
         )
     return ARCHITECTURES[model_type]
 

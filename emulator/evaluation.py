@@ -113,18 +113,42 @@ def _score_batch(
     model: nn.Module, sequences: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device
 ) -> list[float]:
     batch = {k: v.to(device) for k, v in pad_batch(sequences, pad_id, side="left").items()}
-    mask = batch["attention_mask"]
+    logprobs, scored = label_logprobs(model, batch)
+    return (logprobs * scored).sum(-1).tolist()
+
+
+def label_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the labelled tokens of a batch.
+
+    Logits are computed only from the first labelled column on. With left padding the labelled (answer)
+    tokens end every row, so that is the last few positions: the model gets
+    ``logits_to_keep``, which skips most of the vocabulary projection, the largest single matrix of a small
+    model (on a 30-token example with a 10-token answer, two thirds of it).
+
+    Args:
+        model: a causal LM (or emulator) of a supported family.
+        batch: ``input_ids``, ``attention_mask`` and ``labels`` (-100 where not scored), (B, T); any padding
+            side is correct, left padding is the cheapest.
+
+    Returns:
+        ``(logprobs, scored)``, (B, K) each: the log-probability of each label in the last K columns and
+        whether that column is labelled (float 1/0); zeros where not.
+    """
+    mask, labels = batch["attention_mask"], batch["labels"]
+    width = labels.shape[1]
+    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+    first = int(labelled[0]) if len(labelled) else width - 1
+    keep = min(width, width - first + 1)  # one more: position t predicts token t + 1
     # Explicit positions: left padding must not shift absolute position embeddings (GPT-2, OPT).
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    keep = max(sum(1 for t in labels if t != IGNORE_INDEX) for _, labels in sequences) + 1
     logits = model(
         input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=keep
     ).logits  # (B, keep, V): the last `keep` positions
-    # Position t predicts token t + 1: drop the last prediction, compare with the last keep - 1 tokens.
     logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, keep - 1, V)
-    labels = batch["labels"][:, -(keep - 1) :]  # (B, keep - 1)
-    picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, keep - 1)
-    return (picked * (labels != IGNORE_INDEX)).sum(-1).tolist()
+    targets = labels[:, -(keep - 1) :]  # (B, keep - 1)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    scored = (targets != IGNORE_INDEX).to(picked.dtype)
+    return picked * scored, scored
 
 
 def _stderr(values: tuple[int, ...]) -> float:

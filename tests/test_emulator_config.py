@@ -83,7 +83,9 @@ def test_build_dict_ignores_knobs_the_method_does_not_use():
     assert EmulatorConfig(method="scaleot", distill_steps=7, log_every=3).build_dict() == base.build_dict()
     assert EmulatorConfig(method="scaleot", stage1_steps=7).build_dict() != base.build_dict()
     uniform = EmulatorConfig(method="uniform")
-    assert EmulatorConfig(method="uniform", stage1_steps=7, distill_steps=7).build_dict() == uniform.build_dict()
+    assert (
+        EmulatorConfig(method="uniform", stage1_steps=7, distill_steps=7).build_dict() == uniform.build_dict()
+    )
     assert EmulatorConfig(method="uniform", alpha=0.5).build_dict() != uniform.build_dict()
     distill = EmulatorConfig(method="uniform+distill")
     assert EmulatorConfig(method="uniform+distill", distill_steps=7).build_dict() != distill.build_dict()

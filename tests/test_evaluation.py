@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import emulator.evaluation as evaluation
-from emulator.data import IGNORE_INDEX, corpus_blocks, encode_example
+from emulator.data import IGNORE_INDEX, corpus_blocks, encode_example, pad_batch, pad_token_id
 from emulator.evaluation import (
     choice_logliks,
+    label_logprobs,
     multiple_choice_accuracy,
     paired_difference,
     perplexity,
@@ -76,6 +77,27 @@ def test_batched_logliks_match_a_manual_forward_pass(name):
     for example, scores in zip(examples, got, strict=True):
         for choice, score in zip(example.choices, scores, strict=True):
             assert score == pytest.approx(_manual_loglik(model, tokenizer, example.context, choice), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-opt"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_label_logprobs_loss_equals_the_models_own_loss(name, side):
+    # Scoring computes logits only from the first answer column on; the labelled log-probabilities must
+    # give the model's own cross-entropy whichever side the padding is on.
+    model, tokenizer = load_model(name)
+    examples = synthetic_examples(4) + [MCExample("A longer context, " * 5 + "then:", (" an answer",), 0)]
+    encoded = [encode_example(tokenizer, e.context, e.choices[e.label], 64) for e in examples]
+    batch = pad_batch(encoded, pad_token_id(tokenizer), side=side)
+    with torch.no_grad():
+        logprobs, scored = label_logprobs(model, batch)
+        ours = -logprobs.sum() / scored.sum()
+        reference = sum(
+            model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+            * sum(t != IGNORE_INDEX for t in labels[1:])
+            for ids, labels in encoded
+        ) / sum(sum(t != IGNORE_INDEX for t in labels[1:]) for _, labels in encoded)
+    assert int(scored.sum()) == sum(sum(t != IGNORE_INDEX for t in labels) for _, labels in encoded)
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-4)
 
 
 def test_acc_norm_divides_by_choice_length_in_characters(monkeypatch, tiny_llama):
