@@ -70,43 +70,110 @@ def choice_logliks(
     batch_size: int = 16,
     max_length: int = 512,
     progress: bool = False,
+    shared_context: bool = True,
 ) -> list[list[float]]:
     """Log-likelihood of every choice of every example given its context.
 
-    All (context, choice) pairs are scored in batches sorted by length, left-padded so that every sequence
-    ends at the last position: the model then computes logits only for the last positions
-    (``logits_to_keep``), which skips most of the vocabulary projection, the largest single matrix of a
-    small model.
+    With ``shared_context`` (the default), an example's context runs through the model once and its KV cache
+    serves all of its choices: on a 4-choice task whose context is longer than its choices, that halves the
+    tokens scored. Otherwise (and for an example whose choices do not share one context prefix, which only
+    truncation causes) every (context, choice) pair is scored whole, left-padded so that it ends at the last
+    position and the model computes logits only there (``logits_to_keep``). Both ways give the same numbers.
+    Batches are sorted by length: little padding, and running out of memory shows at once.
 
     Args:
         model: a causal LM (or emulator) of a supported family; runs on its own device.
         tokenizer: its tokenizer.
         examples: the examples to score.
-        batch_size: sequences per forward pass.
+        batch_size: (context, choice) sequences per forward pass; a shared-context pass holds as many whole
+            examples as fit, at least one.
         max_length: token budget per sequence (see ``encode_example``).
         progress: show a progress bar on stderr.
+        shared_context: score each context once (KV cache) rather than once per choice.
 
     Returns:
         ``logliks[i][j]``: the summed log-probability of choice ``j`` of example ``i``.
     """
-    requests = [
-        (i, j, encode_example(tokenizer, ex.context, choice, max_length))
-        for i, ex in enumerate(examples)
-        for j, choice in enumerate(ex.choices)
-    ]
-    # Longest first: similar lengths share a batch (little padding), and running out of memory shows at once.
-    requests.sort(key=lambda r: -len(r[2][0]))
+    encoded = [[encode_example(tokenizer, ex.context, c, max_length) for c in ex.choices] for ex in examples]
+    shared, single = [], []
+    for i, pairs in enumerate(encoded):
+        one_context = len({tuple(ids[: labels.count(IGNORE_INDEX)]) for ids, labels in pairs}) == 1
+        if shared_context and one_context:
+            shared.append(i)
+        else:
+            single.extend((i, j) for j in range(len(pairs)))
     logliks = [[0.0] * len(ex.choices) for ex in examples]
-    batches = [requests[s : s + batch_size] for s in range(0, len(requests), batch_size)]
+    batches: list[tuple[str, list]] = []
+    # Longest first, for both kinds of batch.
+    shared.sort(key=lambda i: -max(len(ids) for ids, _ in encoded[i]))
+    group: list[int] = []
+    for i in shared:
+        if group and sum(len(encoded[k]) for k in group) + len(encoded[i]) > batch_size:
+            batches.append(("shared", group))
+            group = []
+        group.append(i)
+    if group:
+        batches.append(("shared", group))
+    single.sort(key=lambda r: -len(encoded[r[0]][r[1]][0]))
+    batches += [("single", single[s : s + batch_size]) for s in range(0, len(single), batch_size)]
     from tqdm.auto import tqdm  # lazy: only needed here
 
     device, pad_id = _device(model), pad_token_id(tokenizer)
     with _inference(model):
-        for batch in tqdm(batches, desc="scoring", disable=not progress, file=sys.stderr):
-            scores = _score_batch(model, [r[2] for r in batch], pad_id, device)
-            for (i, j, _), score in zip(batch, scores, strict=True):
-                logliks[i][j] = score
+        for kind, batch in tqdm(batches, desc="scoring", disable=not progress, file=sys.stderr):
+            if kind == "shared":
+                scores = _score_shared(model, [encoded[i] for i in batch], pad_id, device)
+                for i, example_scores in zip(batch, scores, strict=True):
+                    logliks[i] = example_scores
+            else:
+                scores = _score_batch(model, [encoded[i][j] for i, j in batch], pad_id, device)
+                for (i, j), score in zip(batch, scores, strict=True):
+                    logliks[i][j] = score
     return logliks
+
+
+def _score_shared(
+    model: nn.Module, examples: list[list[tuple[list[int], list[int]]]], pad_id: int, device: torch.device
+) -> list[list[float]]:
+    """Scores of every choice of ``examples`` (each a list of encoded pairs sharing one context prefix)."""
+    contexts = [pairs[0][0][: pairs[0][1].count(IGNORE_INDEX)] for pairs in examples]
+    batch = pad_batch([(c, [IGNORE_INDEX] * len(c)) for c in contexts], pad_id, side="left")
+    mask = batch["attention_mask"].to(device)
+    out = model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (E, V): each choice's first token
+    # One row per choice: the cache of its example's context, then the choice's tokens, right-padded.
+    owner = torch.tensor([e for e, pairs in enumerate(examples) for _ in pairs], device=device)
+    targets = [ids[labels.count(IGNORE_INDEX) :] for pairs in examples for ids, labels in pairs]
+    cache = out.cache
+    cache.batch_select_indices(owner)
+    width = max(len(t) for t in targets)
+    ids = torch.full((len(targets), width), pad_id, dtype=torch.long)
+    choice_mask = torch.zeros((len(targets), width), dtype=torch.long)
+    for row, t in enumerate(targets):
+        ids[row, : len(t)] = torch.tensor(t)
+        choice_mask[row, : len(t)] = 1
+    ids, choice_mask = ids.to(device), choice_mask.to(device)
+    positions = mask.sum(-1)[owner].unsqueeze(-1) + torch.arange(width, device=device)  # after the context
+    logits = model(
+        input_ids=ids,
+        attention_mask=torch.cat([mask[owner], choice_mask], dim=-1),
+        position_ids=positions,
+        cache=cache,
+    ).logits  # (R, width, V): position t predicts choice token t + 1
+    rest = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    head = first[owner].gather(-1, ids[:, :1]).squeeze(-1)  # (R,)
+    totals = (head + (rest * choice_mask[:, 1:]).sum(-1)).tolist()
+    scores, row = [], 0
+    for pairs in examples:
+        scores.append(totals[row : row + len(pairs)])
+        row += len(pairs)
+    return scores
 
 
 def _score_batch(

@@ -160,3 +160,19 @@ def test_cached_generation_matches_uncached_greedy_decoding(name, method):
 def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_shared_context_scoring_matches_whole_sequence_scoring_on_emulators(name):
+    # Emulator layer lists hold harmonizers (no KV cache) and low-rank projections: the context's cache must
+    # still serve every choice exactly.
+    from emulator.evaluation import choice_logliks
+    from emulator.tasks import MCExample, synthetic_examples
+
+    emulator = build(name, method="scaleot", alpha=0.5, rank_keep=0.5)
+    _, tokenizer = tiny(name)
+    examples = synthetic_examples(5) + [MCExample("A longer context, " * 4 + "then:", (" a b c", " d"), 1)]
+    shared = choice_logliks(emulator.model, tokenizer, examples, batch_size=5, shared_context=True)
+    whole = choice_logliks(emulator.model, tokenizer, examples, batch_size=5, shared_context=False)
+    flat = lambda rows: torch.tensor([s for row in rows for s in row])  # noqa: E731
+    assert torch.allclose(flat(shared), flat(whole), atol=1e-4)

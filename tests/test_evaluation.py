@@ -73,10 +73,12 @@ def test_batched_logliks_match_a_manual_forward_pass(name):
         MCExample("A much longer context, " * 6 + "so padding matters:", (" yes", " no, not at all"), 0),
         MCExample("Short:", (" a b c d e f", " g"), 1),
     ]
-    got = choice_logliks(model, tokenizer, examples, batch_size=3)  # mixed lengths share left-padded batches
-    for example, scores in zip(examples, got, strict=True):
-        for choice, score in zip(example.choices, scores, strict=True):
-            assert score == pytest.approx(_manual_loglik(model, tokenizer, example.context, choice), abs=1e-4)
+    for shared in (True, False):  # one context pass per example, or one pass per (context, choice)
+        got = choice_logliks(model, tokenizer, examples, batch_size=3, shared_context=shared)
+        for example, scores in zip(examples, got, strict=True):
+            for choice, score in zip(example.choices, scores, strict=True):
+                manual = _manual_loglik(model, tokenizer, example.context, choice)
+                assert score == pytest.approx(manual, abs=1e-4)
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-opt"])
