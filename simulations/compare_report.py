@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 _ACCURACY_KEYS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n")
 _COLUMNS = (
     "| method | params (× full) | full ZS | emulator ZS | emulator FT | plug-in | Δ "
-    "| plug-in − full (paired) | step s | peak MB | KB / client / round | build s |"
+    "| plug-in − full (paired) | plug-in − uniform, same α (paired) "
+    "| step s | peak MB | KB / client / round | build s |"
 )
 
 
@@ -97,13 +98,27 @@ def zero_shot_row(full_metrics: Mapping[str, Any], reference: Mapping[str, Any] 
 
 
 def comparison_rows(methods: Sequence[Method], labels: Sequence[str], results: Mapping) -> list[dict]:
-    """Rows in method order, ``zero-shot`` first; methods without results (failed runs) are left out."""
+    """Rows in method order, ``zero-shot`` first; methods without results (failed runs) are left out.
+
+    Every emulator row other than uniform's also carries ``vs_uniform``: its plug-in minus the plug-in of
+    uniform LayerDrop at the same α, paired (the paper's claim is that ScaleOT beats it at equal compression).
+    """
     full = next((results[m] for m in methods if m.kind == "full" and m in results), None)
     reference = full["results"].get(PLUG_IN) if full else None
+    uniform = {
+        results[m]["config"]["emulator"]["alpha"]: results[m]["results"].get(PLUG_IN)
+        for m in methods
+        if m.kind == "uniform" and m in results
+    }
     rows = [zero_shot_row(full, reference)] if full else []
     for method, label in zip(methods, labels, strict=True):
         if method in results:
-            rows.append(method_row(label, method.kind, results[method], reference))
+            row = method_row(label, method.kind, results[method], reference)
+            if method.kind not in ("uniform", "full"):
+                row["vs_uniform"] = _paired(
+                    results[method]["results"].get(PLUG_IN), uniform.get(row["alpha"])
+                )
+            rows.append(row)
     return rows
 
 
@@ -145,7 +160,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], base: RunConfig) -> str:
         "",
         "Accuracy in % ± standard error. Δ = plug-in − emulator fine-tuned (larger: the emulator gives away "
         "less of the model). *Paired*: plug-in minus full fine-tuning on the same test examples (mean ± "
-        "standard error of the per-example difference). Step time and peak memory are the clients' own "
+        "standard error of the per-example difference); the same against uniform LayerDrop at the same α. "
+        "Step time and peak memory are the clients' own "
         "(CUDA: tensor memory; CPU: the client process's resident set, runtime included), averaged over "
         "clients and rounds; KB are adapter bytes per client per round, down + up.",
         "",
@@ -202,7 +218,7 @@ def _table_line(r: Mapping[str, Any]) -> str:
         return pct(row["acc"], row["acc_stderr"]) if row else "–"
 
     ratio = r.get("param_ratio")
-    vs = r.get("vs_full")
+    vs, vs_uniform = r.get("vs_full"), r.get("vs_uniform")
     cells = [
         r["method"],
         "–" if r.get("emulator_params") is None else f"{r['emulator_params'] / 1e6:.1f}M ({ratio:.2f})",
@@ -212,6 +228,7 @@ def _table_line(r: Mapping[str, Any]) -> str:
         acc(r["plug_in"]),
         _number(r["privacy_gap"], 100, "+.1f"),
         "–" if vs is None else f"{100 * vs['mean']:+.1f} ± {100 * vs['stderr']:.1f}",
+        "–" if vs_uniform is None else f"{100 * vs_uniform['mean']:+.1f} ± {100 * vs_uniform['stderr']:.1f}",
         _number(r["step_seconds"], 1, ".2f"),
         _number(r["peak_memory_mb"], 1, ".0f"),
         _number((r["bytes_down"] or 0) + (r["bytes_up"] or 0), 1e-3, ".1f"),

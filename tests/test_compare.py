@@ -121,9 +121,17 @@ def test_quick_compare_writes_every_row_the_paired_column_and_the_plot(quick_com
             assert row["step_seconds"] > 0 and row["peak_memory_mb"] > 0
             assert row["bytes_down"] == row["bytes_up"] == full["bytes_down"] > 0  # the adapter, both ways
     assert full["vs_full"] == {"mean": 0.0, "stderr": 0.0}
+    # ScaleOT and uniform+distill are also paired with uniform LayerDrop at their α (all 0.5 in --quick).
+    uniform = next(r for r in rows.values() if r["kind"] == "uniform")
+    for row in rows.values():
+        if row["kind"] in ("uniform+distill", "scaleot"):
+            diff = row["plug_in"]["acc"] - uniform["plug_in"]["acc"]
+            assert row["vs_uniform"]["mean"] == pytest.approx(diff)
+    assert "vs_uniform" not in uniform
     assert rows["zero-shot"]["plug_in"] == full["full_zs"]
 
     table = (quick_compare / "comparison.md").read_text()
+    assert "plug-in − uniform, same α (paired)" in table
     assert "plug-in − full (paired)" in table and all(f"| {name} |" in table for name in rows)
     assert (quick_compare / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     # Per-example correctness is in each run's metrics.json (the paired column is computed from it).
