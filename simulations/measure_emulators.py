@@ -33,6 +33,7 @@ from emulator.surgery import count_parameters
 from emulator.tasks import load_task
 from simulations.bundles import ensure_bundle
 from simulations.cli import parse_set
+from simulations.compare import KIND_DEFAULTS
 
 log = logging.getLogger("scaleot.measure")
 
@@ -59,7 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--losses", nargs="+", default=["local"], help="scaleot stage-1 variants: loss[/norm]"
     )
-    parser.add_argument("--rank-keep", type=float, default=0.8)
+    parser.add_argument("--rank-keep", type=float, default=0.8, help="β of scaleot (baselines: no SRC)")
     parser.add_argument("--steps", type=int, default=120, help="stage-1 steps of scaleot")
     parser.add_argument("--policy-interval", type=int, default=4, help="harmonizer steps per policy step")
     parser.add_argument(
@@ -90,12 +91,14 @@ def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig
     configs = []
     for alpha in args.alphas:
         for method in args.methods:
-            base = {**extra, "method": method, "alpha": alpha, "rank_keep": args.rank_keep}
+            # The baselines as `scaleot compare` runs them (no SRC); --rank-keep is ScaleOT's β.
+            base = {**extra, **KIND_DEFAULTS[method], "alpha": alpha}
             if method == "scaleot":
                 for variant in args.losses:
                     loss, _, norm = variant.partition("/")
                     values = {
                         **base,
+                        "rank_keep": args.rank_keep,
                         "stage1_steps": args.steps,
                         "policy_interval": args.policy_interval,
                         "harmonizer_loss": loss,
