@@ -38,9 +38,9 @@ def test_plan_sets_each_kind_and_adds_the_sweep_once():
         "uniform α=0.25",
         "uniform α=0.5",
         "uniform+distill α=0.25",
+        "scaleot α=0.25 β=1",
         "scaleot α=0.25 β=0.8",
-        "scaleot α=0.5 β=0.8",
-        "scaleot α=0.25 β=1",  # (0.25, 0.8) of the sweep is the configured one: run once
+        "scaleot α=0.5 β=0.8",  # the sweep's (0.25, 1) and (0.25, 0.8) are configured ones: run once
         "scaleot α=0.75 β=0.8",
         "scaleot α=0.75 β=1",
     ]
@@ -52,7 +52,7 @@ def test_plan_sets_each_kind_and_adds_the_sweep_once():
         assert {k: v for k, v in config.to_dict().items() if k != "emulator"} == {
             k: v for k, v in base.to_dict().items() if k != "emulator"
         }
-    assert planned[4][0].slug(base.emulator) == "scaleot-a0.25-b0.8"
+    assert planned[5][0].slug(base.emulator) == "scaleot-a0.25-b0.8"
     assert planned[3][0].slug(base.emulator) == "uniform-distill-a0.25"
 
 
