@@ -107,11 +107,13 @@ def choice_logliks(
     # Longest first, for both kinds of batch.
     shared.sort(key=lambda i: -max(len(ids) for ids, _ in encoded[i]))
     group: list[int] = []
+    rows = 0  # choices in `group`
     for i in shared:
-        if group and sum(len(encoded[k]) for k in group) + len(encoded[i]) > batch_size:
+        if group and rows + len(encoded[i]) > batch_size:
             batches.append(("shared", group))
-            group = []
+            group, rows = [], 0
         group.append(i)
+        rows += len(encoded[i])
     if group:
         batches.append(("shared", group))
     single.sort(key=lambda r: -len(encoded[r[0]][r[1]][0]))
@@ -152,14 +154,9 @@ def _score_shared(
     targets = [ids[labels.count(IGNORE_INDEX) :] for pairs in examples for ids, labels in pairs]
     cache = out.cache
     cache.batch_select_indices(owner)
-    width = max(len(t) for t in targets)
-    ids = torch.full((len(targets), width), pad_id, dtype=torch.long)
-    choice_mask = torch.zeros((len(targets), width), dtype=torch.long)
-    for row, t in enumerate(targets):
-        ids[row, : len(t)] = torch.tensor(t)
-        choice_mask[row, : len(t)] = 1
-    ids, choice_mask = ids.to(device), choice_mask.to(device)
-    positions = mask.sum(-1)[owner].unsqueeze(-1) + torch.arange(width, device=device)  # after the context
+    choices = pad_batch([(t, t) for t in targets], pad_id, side="right")
+    ids, choice_mask = choices["input_ids"].to(device), choices["attention_mask"].to(device)
+    positions = mask.sum(-1)[owner].unsqueeze(-1) + torch.arange(ids.shape[1], device=device)  # after context
     logits = model(
         input_ids=ids,
         attention_mask=torch.cat([mask[owner], choice_mask], dim=-1),

@@ -34,27 +34,19 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TINY_COMMON = dict(
     vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True
 )
+# Llama and Qwen2 share one block layout; only the family differs.
+_LLAMA_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    **_TINY_COMMON,
+)
 TINY_CONFIGS: dict[str, dict] = {
-    "tiny-llama": dict(
-        model_type="llama",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        **_TINY_COMMON,
-    ),
-    "tiny-qwen2": dict(
-        model_type="qwen2",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        **_TINY_COMMON,
-    ),
+    "tiny-llama": dict(model_type="llama", **_LLAMA_SHAPE),
+    "tiny-qwen2": dict(model_type="qwen2", **_LLAMA_SHAPE),
     "tiny-gpt2": dict(model_type="gpt2", n_embd=64, n_layer=8, n_head=4, n_positions=512, **_TINY_COMMON),
     "tiny-opt": dict(
         model_type="opt",

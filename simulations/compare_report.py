@@ -218,7 +218,6 @@ def _table_line(r: Mapping[str, Any]) -> str:
         return pct(row["acc"], row["acc_stderr"]) if row else "–"
 
     ratio = r.get("param_ratio")
-    vs, vs_uniform = r.get("vs_full"), r.get("vs_uniform")
     cells = [
         r["method"],
         "–" if r.get("emulator_params") is None else f"{r['emulator_params'] / 1e6:.1f}M ({ratio:.2f})",
@@ -227,14 +226,19 @@ def _table_line(r: Mapping[str, Any]) -> str:
         acc(r["emulator_ft"]),
         acc(r["plug_in"]),
         _number(r["privacy_gap"], 100, "+.1f"),
-        "–" if vs is None else f"{100 * vs['mean']:+.1f} ± {100 * vs['stderr']:.1f}",
-        "–" if vs_uniform is None else f"{100 * vs_uniform['mean']:+.1f} ± {100 * vs_uniform['stderr']:.1f}",
+        _difference(r.get("vs_full")),
+        _difference(r.get("vs_uniform")),
         _number(r["step_seconds"], 1, ".2f"),
         _number(r["peak_memory_mb"], 1, ".0f"),
         _number((r["bytes_down"] or 0) + (r["bytes_up"] or 0), 1e-3, ".1f"),
         _number(r["build_seconds"], 1, ".0f"),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _difference(paired: Mapping[str, float] | None) -> str:
+    """A paired difference (fractions) as ``+1.4 ± 1.1`` points."""
+    return "–" if paired is None else f"{100 * paired['mean']:+.1f} ± {100 * paired['stderr']:.1f}"
 
 
 def _number(value: float | None, scale: float, spec: str) -> str:
