@@ -27,15 +27,10 @@ import torch
 from torch import nn
 
 from emulator.architectures import get_layers, set_layers_
+from emulator.blocks import lowest_per_group, middle_blocks, replacement_groups, round_half_up
 from emulator.config import EmulatorConfig
 from emulator.distillation import distill_middle_
-from emulator.layer_replace import (
-    dynamic_layer_replace,
-    lowest_per_group,
-    middle_blocks,
-    replacement_groups,
-    round_half_up,
-)
+from emulator.layer_replace import dynamic_layer_replace
 from emulator.rank_compression import compress_attention_
 from emulator.surgery import count_parameters, frozen_view, reindex_attention_
 

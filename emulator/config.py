@@ -20,6 +20,15 @@ PolicyUpdate = Literal["paper", "reinforce"]
 PolicyAdvantage = Literal["relative", "absolute"]
 ReplaceScope = Literal["group", "global"]
 
+# The one table of method presets: what each method sets in the emulator section before a caller's own values
+# (which win). Offsite-Tuning's LayerDrop baselines have no SRC; full compresses nothing.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"method": "full", "alpha": 0.0, "rank_keep": 1.0},
+    "uniform": {"method": "uniform", "rank_keep": 1.0},
+    "uniform+distill": {"method": "uniform+distill", "rank_keep": 1.0},
+    "scaleot": {"method": "scaleot"},
+}
+
 
 # Stage-1 (scaleot only) and distillation (uniform+distill only) knobs; see EmulatorConfig.build_dict.
 _STAGE1_FIELDS = (
@@ -136,7 +145,7 @@ class EmulatorConfig:
     @classmethod
     def full(cls, **overrides: Any) -> EmulatorConfig:
         """The no-compression config of the ``full`` fine-tuning baseline (alpha 0, rank_keep 1)."""
-        return cls(**{"method": "full", "alpha": 0.0, "rank_keep": 1.0, **overrides})
+        return cls(**{**METHOD_PRESETS["full"], **overrides})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EmulatorConfig:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from emulator.architectures import get_layers
+from emulator.blocks import normalized_mse, public_batches
 from emulator.config import EmulatorConfig
-from emulator.layer_replace import normalized_mse, public_batches
 from emulator.surgery import backbone, capture_blocks, lm_loss
 
 log = logging.getLogger(__name__)

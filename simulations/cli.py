@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from simulations.compare import compare_arguments, run_compare
 from simulations.runner import run_simulate, simulate_arguments
+from simulations.studies.compare import compare_arguments, run_compare
 
 log = logging.getLogger("scaleot")
 
@@ -125,12 +125,13 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     """Build an emulator of a model and save it as a bundle; prints the layer map, sizes and build time."""
     from emulator.assembly import build_emulator
     from emulator.bundle import save_bundle
-    from emulator.config import EmulatorConfig
+    from emulator.config import METHOD_PRESETS, EmulatorConfig
     from emulator.models import load_model
 
-    values: dict[str, object] = {"method": args.method}
-    if args.method == "full":
-        values.update(alpha=0.0, rank_keep=1.0)
+    # Only full takes its preset: build-emulator --method uniform keeps SRC at its default, as it always has.
+    values: dict[str, object] = (
+        dict(METHOD_PRESETS["full"]) if args.method == "full" else {"method": args.method}
+    )
     for name, value in (("alpha", args.alpha), ("rank_keep", args.rank_keep)):
         if value is not None:
             values[name] = value

@@ -19,8 +19,8 @@ from clients.settings import ClientSettings
 from emulator.bundle import load_emulator
 from emulator.models import load_model
 from emulator.tasks import load_task
-from simulations.bundles import ensure_bundle
 from simulations.config import RunConfig
+from simulations.emulator_cache import ensure_bundle
 from simulations.outputs import (
     RunState,
     load_checkpoint,

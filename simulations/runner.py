@@ -172,7 +172,7 @@ def run_simulate(args: argparse.Namespace) -> None:
 def prepare_bundle(config: RunConfig) -> Path:
     """Build or reuse the emulator bundle ``config`` would distribute; the ServerApp finds the same one."""
     from emulator.models import load_model
-    from simulations.bundles import ensure_bundle
+    from simulations.emulator_cache import ensure_bundle
 
     model, tokenizer = load_model(config.model)
     return ensure_bundle(config.model, config.emulator, model, tokenizer)

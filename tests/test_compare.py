@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.compare import CompareConfig, load_compare, parse_sweep, plan, run_method
 from simulations.config import load_config
+from simulations.studies.compare import CompareConfig, load_compare, parse_sweep, plan, run_method
 
 CONFIG = "simulations/configs/compare-smollm2.toml"
 ROOT = Path(__file__).resolve().parent.parent

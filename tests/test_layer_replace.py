@@ -10,16 +10,9 @@ import torch
 
 from emulator.architectures import get_layers
 from emulator.assembly import build_emulator
+from emulator.blocks import lowest_per_group, normalized_mse, replacement_groups, round_half_up
 from emulator.config import EmulatorConfig
-from emulator.layer_replace import (
-    dynamic_layer_replace,
-    lowest_per_group,
-    normalized_mse,
-    policy_update_,
-    replacement_groups,
-    round_half_up,
-    sample_mask,
-)
+from emulator.layer_replace import dynamic_layer_replace, policy_update_, sample_mask
 from emulator.models import load_model
 
 TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]

@@ -33,21 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emulator.config import EmulatorConfig
+from simulations.studies.methods import Method, Setting
 
 if TYPE_CHECKING:  # torch and flwr load lazily (through simulations.config), so `scaleot --help` stays fast
     from simulations.config import RunConfig
 
 log = logging.getLogger(__name__)
 
-Setting = Mapping[str, Any]  # emulator-section values of one method, e.g. {"alpha": 0.25, "rank_keep": 0.8}
-
-# What each method kind sets in the emulator section before its own setting (which wins).
-KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "full": {"method": "full", "alpha": 0.0, "rank_keep": 1.0},
-    "uniform": {"method": "uniform", "rank_keep": 1.0},  # Offsite-Tuning's LayerDrop has no SRC
-    "uniform+distill": {"method": "uniform+distill", "rank_keep": 1.0},
-    "scaleot": {"method": "scaleot"},
-}
 # Config sections that do not change what a run measures: a finished run differing only there is reused.
 _BACKEND_SECTIONS = ("simulation", "output")
 
@@ -93,51 +85,6 @@ class CompareConfig:
                 raise ValueError(f"config compare.{key}={value!r} must be a list of tables")
             kwargs[name] = tuple(value)
         return cls(**kwargs)
-
-
-@dataclass(frozen=True)
-class Method:
-    """One compared method: its kind and the emulator values it sets on top of the kind's defaults."""
-
-    kind: str  # a key of KIND_DEFAULTS
-    setting: tuple[tuple[str, Any], ...] = ()  # (emulator field, value), sorted
-
-    @classmethod
-    def of(cls, kind: str, setting: Setting = ()) -> Method:
-        values = dict(setting)
-        return cls(kind, tuple(sorted((k.replace("-", "_"), v) for k, v in values.items())))
-
-    def emulator(self, base: EmulatorConfig) -> EmulatorConfig:
-        """The base run's emulator section with this method's kind and setting applied (validated)."""
-        return EmulatorConfig.from_dict({**base.to_dict(), **KIND_DEFAULTS[self.kind], **dict(self.setting)})
-
-    def label(self, base: EmulatorConfig) -> str:
-        """For tables and plots: ``scaleot α=0.25 β=0.8``, ``uniform α=0.5``, ``full``."""
-        return " ".join([self.kind, *(f"{k}={_text(v)}" for k, v in self._shown(base))])
-
-    def slug(self, base: EmulatorConfig) -> str:
-        """Run-directory name: ``scaleot-a0.25-b0.8``, ``uniform-distill-a0.25``, ``full``."""
-        parts = [
-            self.kind.replace("+", "-"),
-            *(f"{_ASCII.get(k, k)}{_text(v)}" for k, v in self._shown(base)),
-        ]
-        return "-".join(parts)
-
-    def _shown(self, base: EmulatorConfig) -> list[tuple[str, Any]]:
-        if self.kind == "full":
-            return []
-        config = self.emulator(base)
-        shown = [("α", config.alpha)]
-        if self.kind == "scaleot" or config.rank_keep < 1:
-            shown.append(("β", config.rank_keep))
-        return shown + [(k, v) for k, v in self.setting if k not in ("alpha", "rank_keep")]
-
-
-_ASCII = {"α": "a", "β": "b"}
-
-
-def _text(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
 
 
 def parse_sweep(items: Sequence[str]) -> list[dict[str, Any]]:
@@ -254,13 +201,13 @@ def compare(
     """Run every method (reusing finished ones), then write comparison.json, comparison.md and the plot.
 
     Returns:
-        The comparison rows (see ``simulations.compare_report.comparison_rows``).
+        The comparison rows (see ``simulations.studies.compare_report.comparison_rows``).
 
     Raises:
         ValueError: an invalid method setting (found before anything runs).
         RuntimeError: some methods failed; the others' rows are written first.
     """
-    from simulations.compare_report import write_comparison
+    from simulations.studies.compare_report import write_comparison
 
     planned = plan(base, settings, sweep)  # first: every setting is validated before anything runs
     out.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ In one run, on one model at one batch size and sequence length:
    (clients run one after the other on one actor). Round 1 also holds the emulator handshake (actor start,
    bundle load).
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.benchmark            # SmolLM2-135M, ~10 min
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.benchmark --quick    # tiny-llama, ~2 min
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.benchmark          # SmolLM2-135M, ~10 min
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.benchmark --quick  # tiny-llama, ~2 min
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def measure_client(spec: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def client_in_child(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """``measure_client`` in a fresh Python process, so its memory is that one model's alone."""
-    argv = [sys.executable, "-m", "simulations.benchmark", "--child", spec, "--model", args.model]
+    argv = [sys.executable, "-m", "simulations.studies.benchmark", "--child", spec, "--model", args.model]
     argv += ["--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
     argv += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -179,7 +179,7 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
 
     from emulator.assembly import build_emulator
     from emulator.bundle import save_bundle
-    from emulator.config import EmulatorConfig
+    from emulator.config import METHOD_PRESETS, EmulatorConfig
     from emulator.models import load_model
 
     model, tokenizer = load_model(args.model)
@@ -187,9 +187,12 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
     if args.quick:
         common |= {"harmonizer_rank": 16, "batch_size": 2, "seq_len": 32}
     configs = {
-        f"scaleot α={args.alpha:g} β={args.rank_keep:g}": {"method": "scaleot", "rank_keep": args.rank_keep},
-        f"uniform+distill α={args.alpha:g}": {"method": "uniform+distill", "rank_keep": 1.0},
-        f"uniform α={args.alpha:g}": {"method": "uniform", "rank_keep": 1.0},
+        f"scaleot α={args.alpha:g} β={args.rank_keep:g}": {
+            **METHOD_PRESETS["scaleot"],
+            "rank_keep": args.rank_keep,
+        },
+        f"uniform+distill α={args.alpha:g}": METHOD_PRESETS["uniform+distill"],
+        f"uniform α={args.alpha:g}": METHOD_PRESETS["uniform"],
     }
     built = {}
     for label, values in configs.items():

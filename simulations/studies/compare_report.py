@@ -28,8 +28,8 @@ from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
 from strategies import keys
 
 if TYPE_CHECKING:
-    from simulations.compare import Method
     from simulations.config import RunConfig
+    from simulations.studies.methods import Method
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ on the same examples: for each emulator setting, build it, fine-tune the adapter
 score emulator zero-shot, emulator fine-tuned and plug-in. ``full`` (method=full) is the fine-tuning upper
 bound; every row carries its paired difference to it (same test examples), so a gain can be told from noise.
 
-    python -m simulations.transfer_study --setting method=full \
+    python -m simulations.studies.transfer_study --setting method=full \
         --setting method=uniform,alpha=0.25,rank_keep=1.0 --setting method=scaleot,alpha=0.25
 
 Results are appended to ``--out`` (JSON lines) as each setting finishes, and a markdown table is printed.

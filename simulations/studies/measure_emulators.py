@@ -5,7 +5,7 @@ frees it, and prints one markdown table (plus the full model's own row). Not a t
 The defaults measure the emulators of ``simulations/configs/compare-smollm2.toml``, so after a compare only
 the scoring runs:
 
-    .venv/bin/python -m simulations.measure_emulators --model smollm2-135m --alphas 0.25 0.5 \\
+    .venv/bin/python -m simulations.studies.measure_emulators --model smollm2-135m --alphas 0.25 0.5 \\
         --methods scaleot uniform uniform+distill --test-limit 500
 
 ``--losses`` takes stage-1 variants for ``scaleot`` as ``loss[/norm]`` (``local``, ``local/token``, ``lm``,
@@ -25,15 +25,14 @@ from dataclasses import dataclass
 import torch
 
 from emulator.bundle import load_emulator
-from emulator.config import EmulatorConfig
+from emulator.config import METHOD_PRESETS, EmulatorConfig
 from emulator.data import corpus_blocks, public_corpus
 from emulator.evaluation import MCResult, multiple_choice_accuracy, perplexity
 from emulator.models import load_model
 from emulator.surgery import count_parameters
 from emulator.tasks import load_task
-from simulations.bundles import ensure_bundle
 from simulations.cli import parse_set
-from simulations.compare import KIND_DEFAULTS
+from simulations.emulator_cache import ensure_bundle
 
 log = logging.getLogger("scaleot.measure")
 
@@ -92,7 +91,7 @@ def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig
     for alpha in args.alphas:
         for method in args.methods:
             # The baselines as `scaleot compare` runs them (no SRC); --rank-keep is ScaleOT's β.
-            base = {**extra, **KIND_DEFAULTS[method], "alpha": alpha}
+            base = {**extra, **METHOD_PRESETS[method], "alpha": alpha}
             if method == "scaleot":
                 for variant in args.losses:
                     loss, _, norm = variant.partition("/")
