@@ -12,8 +12,8 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
-from clients.training import TrainConfig
 from emulator.adapters import AdapterConfig
+from emulator.training import TrainConfig
 from strategies import keys
 
 

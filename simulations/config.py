@@ -2,7 +2,7 @@
 
 Sections: top-level ``model``, ``task``, ``seed``, ``name``; ``[emulator]``
 (``emulator.config.EmulatorConfig``), ``[adapter]`` (``emulator.adapters.AdapterConfig``), ``[federation]``,
-``[client]`` (``clients.training.TrainConfig``), ``[evaluation]``, ``[simulation]`` and ``[output]``.
+``[client]`` (``emulator.training.TrainConfig``), ``[evaluation]``, ``[simulation]`` and ``[output]``.
 Keys may be written with ``-`` or ``_``. Unknown keys are errors listing the valid ones; every value is
 checked before any model is loaded.
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 import tomli_w
 
-from clients.training import TrainConfig
 from emulator.adapters import AdapterConfig
 from emulator.config import EmulatorConfig
 from emulator.models import MODEL_NAMES
+from emulator.training import TrainConfig
 from strategies.offsite import strategy_parameters
 
 PARTITION_SCHEMES = ("iid", "dirichlet")

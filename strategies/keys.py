@@ -54,7 +54,7 @@ TRAIN_LOSS = "train_loss"
 TRAIN_STEPS = "train_steps"
 TRAIN_SECONDS = "train_seconds"
 STEP_SECONDS = "step_seconds"  # train_seconds / train_steps
-PEAK_MEMORY = "peak_memory_bytes"  # peak memory during local training (clients.memory: CUDA tensors or RSS)
+PEAK_MEMORY = "peak_memory_bytes"  # peak memory during local training (emulator.memory: CUDA tensors or RSS)
 INFO_PARTITION_ID = "partition-id"
 INFO_EMULATOR_SHA256 = "emulator-sha256"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.memory import PeakMemory, current_rss
+from emulator.memory import PeakMemory, current_rss
 
 
 def test_peak_memory_sees_a_transient_allocation_on_cpu():

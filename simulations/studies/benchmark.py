@@ -5,9 +5,9 @@ In one run, on one model at one batch size and sequence length:
 1. **Training step time and peak memory of a client** on the ScaleOT emulator, on the uniform (LayerDrop)
    emulator and on the full model. Each is measured in a fresh child process that holds only that model, as
    a client does: it loads the model (emulator bundle or full model), makes the adapter blocks trainable and
-   runs ``clients.training.train_adapter`` on fixed-length batches of random tokens (every position scored),
+   runs ``emulator.training.train_adapter`` on fixed-length batches of random tokens (every position scored),
    ``--warmup`` steps first, then ``--steps`` timed ones. Step time is the median over the timed steps;
-   memory is ``clients.memory.PeakMemory`` (CUDA: peak tensor memory; CPU: the process's peak resident set,
+   memory is ``emulator.memory.PeakMemory`` (CUDA: peak tensor memory; CPU: the process's peak resident set,
    Python and torch included, shown with the part above the loaded model).
 2. **The FLOP bound of each client model relative to the full model.** Training FLOPs per token are counted
    from the parameters a token goes through, as ``4·P + 2·P_adapter``: ``2·P`` for the forward pass, ``2·P``
@@ -124,13 +124,13 @@ def measure_client(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """In this (child) process: load ``spec`` (``full`` or a bundle directory), train, measure."""
     import torch
 
-    from clients.memory import current_rss
-    from clients.training import train_adapter
     from emulator.adapters import AdapterConfig, adapter_layers, prepare_adapter_
     from emulator.architectures import num_layers
     from emulator.bundle import load_emulator
     from emulator.config import EmulatorConfig
+    from emulator.memory import current_rss
     from emulator.models import load_model
+    from emulator.training import train_adapter
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "full":
@@ -216,8 +216,8 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
 
 def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, float]]:
     """Per round of a short simulation: wall, evaluation and client-training seconds, and the rest."""
-    from clients.training import TrainConfig
     from emulator.config import EmulatorConfig
+    from emulator.training import TrainConfig
     from simulations.config import EvaluationConfig, FederationConfig, RunConfig
     from simulations.runner import simulate
     from strategies import keys

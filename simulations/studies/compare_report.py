@@ -6,7 +6,7 @@ One row per method, read back from each run's metrics.json and emulator bundle m
 - the privacy gap Δ = plug-in − emulator fine-tuned (design §3; larger is more private);
 - plug-in's paired difference to ``full`` on the same test examples (``paired_difference``: the examples'
   shared difficulty cancels, so the error is much smaller than either accuracy's);
-- the client's cost: seconds per training step and peak memory (``clients.memory``: CUDA tensor memory, or
+- the client's cost: seconds per training step and peak memory (``emulator.memory``: CUDA tensor memory, or
   the client process's resident set on CPU, runtime included), averaged over clients (weighted by examples,
   as FedAvg aggregates metrics) and rounds; adapter bytes per client per round (down + up); the emulator's
   parameters (and share of the full model's), bundle size and build time.

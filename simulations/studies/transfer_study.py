@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from clients.training import train_adapter
 from emulator.adapters import AdapterConfig, prepare_adapter_
 from emulator.assembly import build_emulator
 from emulator.config import EmulatorConfig
@@ -31,6 +30,7 @@ from emulator.evaluation import MCResult, multiple_choice_accuracy, paired_diffe
 from emulator.models import load_model
 from emulator.plug_in import plug_in_
 from emulator.tasks import load_task
+from emulator.training import train_adapter
 
 log = logging.getLogger(__name__)
 

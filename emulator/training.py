@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients.memory import PeakMemory
 from emulator.adapters import AdapterState, adapter_state
+from emulator.memory import PeakMemory
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class TrainResult(NamedTuple):
     mean_loss: float  # mean task loss over the steps (without the proximal term)
     steps: int
     seconds: float
-    peak_memory: int = 0  # bytes: peak memory during training (``clients.memory.PeakMemory``)
+    peak_memory: int = 0  # bytes: peak memory during training (``emulator.memory.PeakMemory``)
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -101,7 +101,7 @@ def train_adapter(
 
     Returns:
         The trained adapter state, the mean task loss, the number of steps, the wall time and the peak memory
-        during training (CUDA: tensors; CPU: the process's resident set, see ``clients.memory``).
+        during training (CUDA: tensors; CPU: the process's resident set, see ``emulator.memory``).
 
     Raises:
         ValueError: the model has no trainable parameters, ``batches`` is empty, or the loss is not finite.
