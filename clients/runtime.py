@@ -19,8 +19,9 @@ from transformers import PreTrainedTokenizerBase
 
 from clients.partition import partition
 from clients.settings import ClientSettings, NodeSettings
-from emulator.adapters import AdapterConfig, AdapterState, load_adapter_state_, prepare_adapter_
+from emulator.adapters import AdapterState, load_adapter_state_, prepare_adapter_
 from emulator.bundle import load_emulator
+from emulator.config import AdapterConfig
 from emulator.data import training_batches
 from emulator.tasks import MCExample, TaskSplits, load_task
 from emulator.training import TrainResult, client_seed, train_adapter

@@ -12,8 +12,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
-from emulator.adapters import AdapterConfig
-from emulator.training import TrainConfig
+from emulator.config import AdapterConfig, TrainConfig
 from strategies import keys
 
 

@@ -13,44 +13,15 @@ the model stays an ordinary transformers model with no wrapper class.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from emulator.architectures import get_layers
+from emulator.config import AdapterConfig
 
 AdapterState = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    """How the adapter blocks are trained.
-
-    Attributes:
-        mode: ``full`` trains every parameter of the adapter blocks (Offsite-Tuning); ``lora`` trains LoRA
-            factors injected into their linear layers (peft), the blocks' own weights frozen.
-        lora_rank: LoRA rank r.
-        lora_alpha: LoRA scaling numerator (scale = alpha / r).
-        lora_dropout: dropout on the LoRA input.
-    """
-
-    mode: Literal["full", "lora"] = "full"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("full", "lora"):
-            raise ValueError(f"adapter.mode={self.mode!r} is not allowed; use 'full' or 'lora'")
-        if self.lora_rank < 1:
-            raise ValueError(f"adapter.lora_rank={self.lora_rank} must be >= 1")
-        if self.lora_alpha <= 0:
-            raise ValueError(f"adapter.lora_alpha={self.lora_alpha} must be > 0")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"adapter.lora_dropout={self.lora_dropout} must be in [0, 1)")
 
 
 def adapter_layers(num_layers: int, bottom: int, top: int) -> list[int]:

@@ -1,4 +1,5 @@
-"""How the model owner builds an emulator: one frozen, validated dataclass for every stage.
+"""The emulator side's configs, torch-free: how the model owner builds an emulator (``EmulatorConfig``), how
+the adapter is trained (``AdapterConfig``) and how a client trains it each round (``TrainConfig``).
 
 Fields marked (paper) follow ScaleOT (Yao et al., AAAI 2025) or Offsite-Tuning (Xiao et al., 2023); the rest
 are our reconstruction (ScaleOT released no code), each kept as a field so it can be ablated. ``from_dict`` is
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
+
+from emulator.config_parse import build_config
 
 Method = Literal["scaleot", "uniform", "uniform+distill", "full"]
 HarmonizerLoss = Literal["lm", "local", "lm+local"]
@@ -155,14 +158,7 @@ class EmulatorConfig:
             ValueError: an unknown key (the message lists the valid ones), a value of the wrong type, or any
                 validation error of the constructor.
         """
-        valid = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in valid:
-                raise ValueError(f"unknown emulator config key {key!r}; valid keys: {', '.join(valid)}")
-            kwargs[name] = _coerce(name, value, getattr(cls, name))
-        return cls(**kwargs)
+        return build_config(cls, values, "emulator.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``{field: value}`` dict (JSON / TOML friendly); ``from_dict(to_dict())`` round-trips."""
@@ -180,17 +176,6 @@ class EmulatorConfig:
         if self.method in ("uniform", "full"):
             ignored |= {"batch_size", "seq_len", "corpus", "seed"}
         return {k: v for k, v in asdict(self).items() if k not in ignored}
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    # Types follow the defaults: TOML gives ints where floats are meant (alpha = 0) and that is fine.
-    if isinstance(default, bool) or isinstance(value, bool):
-        raise ValueError(f"emulator.{name}={value!r} has the wrong type; expected {type(default).__name__}")
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if not isinstance(value, type(default)):
-        raise ValueError(f"emulator.{name}={value!r} has the wrong type; expected {type(default).__name__}")
-    return value
 
 
 def _check_choice(config: EmulatorConfig, name: str, choices: Any) -> None:
@@ -216,3 +201,70 @@ def _check_float(
     ok = ok and (value > low if open_low else value >= low) and value <= high
     if not ok:
         raise ValueError(f"emulator.{name}={value!r} is out of range; allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """How the adapter blocks are trained.
+
+    Attributes:
+        mode: ``full`` trains every parameter of the adapter blocks (Offsite-Tuning); ``lora`` trains LoRA
+            factors injected into their linear layers (peft), the blocks' own weights frozen.
+        lora_rank: LoRA rank r.
+        lora_alpha: LoRA scaling numerator (scale = alpha / r).
+        lora_dropout: dropout on the LoRA input.
+    """
+
+    mode: Literal["full", "lora"] = "full"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "lora"):
+            raise ValueError(f"adapter.mode={self.mode!r} is not allowed; use 'full' or 'lora'")
+        if self.lora_rank < 1:
+            raise ValueError(f"adapter.lora_rank={self.lora_rank} must be >= 1")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"adapter.lora_alpha={self.lora_alpha} must be > 0")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"adapter.lora_dropout={self.lora_dropout} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a client trains its adapter each round (sent by the server with every train message).
+
+    Attributes:
+        lr: AdamW learning rate (Offsite-Tuning: 1e-4 for full adapter blocks).
+        batch_size: examples per step.
+        local_epochs: passes over the client's partition per round (fractions allowed).
+        local_steps: if > 0, train this many batches per round instead of ``local_epochs``.
+        max_length: token budget per example (context + answer).
+        max_grad_norm: gradient-norm clipping threshold; 0 disables clipping.
+        weight_decay: AdamW weight decay (0: adapters start from pretrained blocks, keep them there).
+    """
+
+    lr: float = 1e-4
+    batch_size: int = 8
+    local_epochs: float = 1.0
+    local_steps: int = 0
+    max_length: int = 256
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, float | int) and 0 < self.lr < 1):
+            raise ValueError(f"client.lr={self.lr} must be in (0, 1)")
+        if self.batch_size < 1:
+            raise ValueError(f"client.batch_size={self.batch_size} must be >= 1")
+        if self.local_steps < 0:
+            raise ValueError(f"client.local_steps={self.local_steps} must be >= 0 (0: use local_epochs)")
+        if self.local_steps == 0 and not self.local_epochs > 0:
+            raise ValueError(f"client.local_epochs={self.local_epochs} must be > 0 when local_steps is 0")
+        if self.max_length < 8:
+            raise ValueError(f"client.max_length={self.max_length} must be >= 8")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"client.max_grad_norm={self.max_grad_norm} must be >= 0 (0: no clipping)")
+        if self.weight_decay < 0:
+            raise ValueError(f"client.weight_decay={self.weight_decay} must be >= 0")

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from emulator.adapters import AdapterConfig, load_adapter_state_, prepare_adapter_
+from emulator.adapters import load_adapter_state_, prepare_adapter_
+from emulator.config import AdapterConfig
 
 
 def plug_in_(

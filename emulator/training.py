@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -20,45 +19,6 @@ from torch import nn
 
 from emulator.adapters import AdapterState, adapter_state
 from emulator.memory import PeakMemory
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How a client trains its adapter each round (sent by the server with every train message).
-
-    Attributes:
-        lr: AdamW learning rate (Offsite-Tuning: 1e-4 for full adapter blocks).
-        batch_size: examples per step.
-        local_epochs: passes over the client's partition per round (fractions allowed).
-        local_steps: if > 0, train this many batches per round instead of ``local_epochs``.
-        max_length: token budget per example (context + answer).
-        max_grad_norm: gradient-norm clipping threshold; 0 disables clipping.
-        weight_decay: AdamW weight decay (0: adapters start from pretrained blocks, keep them there).
-    """
-
-    lr: float = 1e-4
-    batch_size: int = 8
-    local_epochs: float = 1.0
-    local_steps: int = 0
-    max_length: int = 256
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.lr, float | int) and 0 < self.lr < 1):
-            raise ValueError(f"client.lr={self.lr} must be in (0, 1)")
-        if self.batch_size < 1:
-            raise ValueError(f"client.batch_size={self.batch_size} must be >= 1")
-        if self.local_steps < 0:
-            raise ValueError(f"client.local_steps={self.local_steps} must be >= 0 (0: use local_epochs)")
-        if self.local_steps == 0 and not self.local_epochs > 0:
-            raise ValueError(f"client.local_epochs={self.local_epochs} must be > 0 when local_steps is 0")
-        if self.max_length < 8:
-            raise ValueError(f"client.max_length={self.max_length} must be >= 8")
-        if self.max_grad_norm < 0:
-            raise ValueError(f"client.max_grad_norm={self.max_grad_norm} must be >= 0 (0: no clipping)")
-        if self.weight_decay < 0:
-            raise ValueError(f"client.weight_decay={self.weight_decay} must be >= 0")
 
 
 class TrainResult(NamedTuple):

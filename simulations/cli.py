@@ -21,6 +21,7 @@ from simulations.studies.compare import compare_arguments, run_compare
 
 log = logging.getLogger("scaleot")
 
+SET_EXAMPLE = "FIELD=VALUE, e.g. harmonizer_loss=lm"  # --set of build-emulator and the study scripts
 EXIT_USAGE = 2  # argparse's own exit code for bad usage; bad values get the same
 
 
@@ -126,6 +127,7 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     from emulator.assembly import build_emulator
     from emulator.bundle import save_bundle
     from emulator.config import METHOD_PRESETS, EmulatorConfig
+    from emulator.config_parse import parse_assignment
     from emulator.models import load_model
 
     # Only full takes its preset: build-emulator --method uniform keeps SRC at its default, as it always has.
@@ -137,7 +139,7 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
             values[name] = value
     if args.steps is not None:
         values["distill_steps" if args.method == "uniform+distill" else "stage1_steps"] = args.steps
-    values.update(parse_set(item) for item in args.set)
+    values.update(parse_assignment(item, "--set", SET_EXAMPLE) for item in args.set)
     config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
     model, tokenizer = load_model(args.model, device=args.device)
     emulator = build_emulator(model, tokenizer, config, progress=True)
@@ -145,20 +147,6 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     print(f"emulator of {args.model} ({config.method}, alpha={config.alpha}, rank_keep={config.rank_keep})")
     print(emulator.describe())
     print(f"build time: {emulator.build_seconds:.1f} s; bundle: {directory}")
-
-
-def parse_set(item: str) -> tuple[str, object]:
-    """``FIELD=VALUE`` with a TOML value; a bare word is a string (``harmonizer_loss=lm``)."""
-    import tomllib
-
-    field, sep, raw = item.partition("=")
-    if not sep or not field.strip():
-        raise ValueError(f"--set {item!r} must look like FIELD=VALUE, e.g. harmonizer_loss=lm")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return field.strip(), value
 
 
 # ------------------------------------------------------------------------------------------------- registry

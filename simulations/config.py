@@ -1,8 +1,8 @@
 """The run config: one frozen, validated dataclass tree, parsed once from TOML plus ``key=value`` overrides.
 
 Sections: top-level ``model``, ``task``, ``seed``, ``name``; ``[emulator]``
-(``emulator.config.EmulatorConfig``), ``[adapter]`` (``emulator.adapters.AdapterConfig``), ``[federation]``,
-``[client]`` (``emulator.training.TrainConfig``), ``[evaluation]``, ``[simulation]`` and ``[output]``.
+(``emulator.config.EmulatorConfig``), ``[adapter]`` (``emulator.config.AdapterConfig``), ``[federation]``,
+``[client]`` (``emulator.config.TrainConfig``), ``[evaluation]``, ``[simulation]`` and ``[output]``.
 Keys may be written with ``-`` or ``_``. Unknown keys are errors listing the valid ones; every value is
 checked before any model is loaded.
 """
@@ -13,17 +13,14 @@ import json
 import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from emulator.adapters import AdapterConfig
-from emulator.config import EmulatorConfig
-from emulator.models import MODEL_NAMES
-from emulator.training import TrainConfig
-from strategies.offsite import strategy_parameters
+from emulator.config import AdapterConfig, EmulatorConfig, TrainConfig
+from emulator.config_parse import build_config, parse_assignment
 
 PARTITION_SCHEMES = ("iid", "dirichlet")
 
@@ -59,6 +56,8 @@ class FederationConfig:
             f"one of {', '.join(PARTITION_SCHEMES)}",
         )
         _check(self.dirichlet_alpha > 0, "federation.dirichlet_alpha", self.dirichlet_alpha, "> 0")
+        from strategies.offsite import strategy_parameters  # flwr: only when a config is built, not imported
+
         valid = strategy_parameters(self.strategy)
         unknown = sorted(set(self.strategy_kwargs) - set(valid))
         _check(
@@ -142,6 +141,8 @@ class RunConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
+        from emulator.models import MODEL_NAMES  # torch: only when a config is built, not imported
+
         known = self.model in MODEL_NAMES or "/" in self.model or Path(self.model).is_dir()
         _check(known, "model", self.model, f"one of {', '.join(MODEL_NAMES)}, a hub id or a directory")
         _check(bool(self.task), "task", self.task, "a task name")
@@ -154,7 +155,7 @@ class RunConfig:
         Raises:
             ValueError: an unknown key (listing the valid ones) or an invalid value.
         """
-        return _build(cls, values, "")
+        return build_config(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -194,10 +195,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     """``data`` with each ``a.b.c=value`` set; a value that is not valid TOML is taken as a string."""
     result = json.loads(json.dumps(data))
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        set_dotted(result, key.strip(), parse_value(raw.strip()))
+        set_dotted(result, *parse_assignment(item))
     return result
 
 
@@ -210,54 +208,6 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"override {key!r}: {part!r} is a value, not a section")
     node[leaf] = value
-
-
-def parse_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ValueError(f"config section {prefix.rstrip('.') or '(top)'} must be a table, got {values!r}")
-    if cls is EmulatorConfig:
-        return EmulatorConfig.from_dict(values)
-    valid = {f.name: f for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        name = key.replace("-", "_")
-        if name not in valid:
-            where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
-            raise ValueError(
-                f"unknown config key {prefix + key!r} in {where}; valid keys: {', '.join(valid)}"
-            )
-        kwargs[name] = _convert(valid[name], value, prefix + name)
-    return cls(**kwargs)
-
-
-def _convert(spec: Any, value: Any, name: str) -> Any:
-    default = spec.default_factory() if callable(spec.default_factory) else spec.default
-    if hasattr(default, "__dataclass_fields__"):
-        return _build(type(default), value, name + ".")
-    if isinstance(default, dict):
-        if not isinstance(value, Mapping):
-            raise ValueError(f"config {name}={value!r} must be a table")
-        return {k.replace("-", "_"): v for k, v in value.items()}
-    if isinstance(default, tuple):
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"config {name}={value!r} must be a list")
-        return tuple(value)
-    if isinstance(default, bool) or isinstance(value, bool):
-        if type(value) is not type(default):
-            raise ValueError(f"config {name}={value!r} must be a {type(default).__name__}")
-        return value
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(default, int | float | str) and not isinstance(value, type(default)):
-        raise ValueError(f"config {name}={value!r} must be a {type(default).__name__}")
-    return value
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:

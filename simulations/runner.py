@@ -13,10 +13,9 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # torch, transformers and flwr load lazily, so `scaleot --help` stays fast
-    from simulations.config import RunConfig, SimulationConfig
+from simulations.config import RunConfig, SimulationConfig, load_config
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +149,6 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_simulate(args: argparse.Namespace) -> None:
     """``scaleot simulate``: parse and validate the config, then run it on Ray."""
     quiet_environment()  # before torch is imported: OpenMP reads its settings once
-    from simulations.config import load_config
     from simulations.server_app import new_run_dir
 
     if args.resume is not None:
@@ -189,8 +187,6 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
         raise ValueError(
             f"on --resume only {', '.join(p + '*' for p in _RESUMABLE)} may change; not {', '.join(frozen)}"
         )
-    from simulations.config import load_config
-
     path = run_dir / "config.toml"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.toml)")

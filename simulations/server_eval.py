@@ -17,12 +17,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emulator.adapters import (
-    AdapterConfig,
     AdapterState,
     adapter_state,
     load_adapter_state_,
     prepare_adapter_,
 )
+from emulator.config import AdapterConfig
 from emulator.evaluation import MCResult, multiple_choice_accuracy
 from emulator.plug_in import plug_in_
 from emulator.tasks import MCExample

@@ -125,4 +125,7 @@ def test_build_emulator_command_rejects_bad_settings(tmp_path, capsys):
     from simulations.cli import main
 
     assert main(["build-emulator", "--model", "tiny-llama", "--set", "rank=2", "--out", str(tmp_path)]) == 2
-    assert "error: unknown emulator config key 'rank'; valid keys: method," in capsys.readouterr().err
+    assert (
+        "error: unknown config key 'emulator.rank' in [emulator]; valid keys: method,"
+        in capsys.readouterr().err
+    )

@@ -12,12 +12,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients import runtime
 from clients.client_app import app
 from clients.settings import ClientSettings
-from emulator.adapters import AdapterConfig, adapter_layers, adapter_state, prepare_adapter_
+from emulator.adapters import adapter_layers, adapter_state, prepare_adapter_
 from emulator.bundle import load_emulator
+from emulator.config import AdapterConfig, TrainConfig
 from emulator.data import training_batches
 from emulator.models import load_model
 from emulator.tasks import load_task
-from emulator.training import TrainConfig, train_adapter
+from emulator.training import train_adapter
 from simulations.config import load_config
 from simulations.runner import prepare_bundle
 from simulations.server_eval import initial_adapter

@@ -65,14 +65,15 @@ def test_from_dict_reads_dashes_and_ints_for_floats():
 
 def test_from_dict_rejects_unknown_keys_listing_valid_ones():
     with pytest.raises(
-        ValueError, match=r"unknown emulator config key 'rank'; valid keys: method, adapter_bottom"
+        ValueError,
+        match=r"unknown config key 'emulator.rank' in \[emulator\]; valid keys: method, adapter_bottom",
     ):
         EmulatorConfig.from_dict({"rank": 0.5})
 
 
 @pytest.mark.parametrize(("key", "value"), [("alpha", "0.5"), ("stage1_steps", True), ("method", 3)])
 def test_from_dict_rejects_wrong_types(key, value):
-    with pytest.raises(ValueError, match=f"emulator.{key}=.* has the wrong type"):
+    with pytest.raises(ValueError, match=f"config emulator.{key}=.* must be a"):
         EmulatorConfig.from_dict({key: value})
 
 

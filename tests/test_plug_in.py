@@ -8,9 +8,9 @@ import functools
 import pytest
 import torch
 
-from emulator.adapters import AdapterConfig, adapter_layers, adapter_state, prepare_adapter_
+from emulator.adapters import adapter_layers, adapter_state, prepare_adapter_
 from emulator.assembly import build_emulator
-from emulator.config import EmulatorConfig
+from emulator.config import AdapterConfig, EmulatorConfig
 from emulator.models import load_model
 from emulator.plug_in import plug_in_
 

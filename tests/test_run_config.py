@@ -50,7 +50,7 @@ def test_overrides_reach_every_section():
             "unknown config key 'federation.rouns' in [federation]; valid keys: num_clients",
         ),
         ("bogus=1", "unknown config key 'bogus' in the top level; valid keys: name, model, task"),
-        ("emulator.alpah=0.1", "unknown emulator config key 'alpah'; valid keys: method"),
+        ("emulator.alpah=0.1", "unknown config key 'emulator.alpah' in [emulator]; valid keys: method"),
         ("federation.strategy=fedfoo", "federation.strategy='fedfoo' is unknown; use one of fedavg"),
         ("federation.strategy_kwargs.eta=0.1", "it must be arguments of fedavg: (it takes none)"),
         ("federation.fraction=0", "config federation.fraction=0.0 is invalid; it must be in (0, 1]"),

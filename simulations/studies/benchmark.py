@@ -124,10 +124,10 @@ def measure_client(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """In this (child) process: load ``spec`` (``full`` or a bundle directory), train, measure."""
     import torch
 
-    from emulator.adapters import AdapterConfig, adapter_layers, prepare_adapter_
+    from emulator.adapters import adapter_layers, prepare_adapter_
     from emulator.architectures import num_layers
     from emulator.bundle import load_emulator
-    from emulator.config import EmulatorConfig
+    from emulator.config import AdapterConfig, EmulatorConfig
     from emulator.memory import current_rss
     from emulator.models import load_model
     from emulator.training import train_adapter
@@ -216,8 +216,7 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
 
 def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, float]]:
     """Per round of a short simulation: wall, evaluation and client-training seconds, and the rest."""
-    from emulator.config import EmulatorConfig
-    from emulator.training import TrainConfig
+    from emulator.config import EmulatorConfig, TrainConfig
     from simulations.config import EvaluationConfig, FederationConfig, RunConfig
     from simulations.runner import simulate
     from strategies import keys

@@ -30,13 +30,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from emulator.config import EmulatorConfig
+from emulator.config_parse import build_config, parse_value, split_assignment
+from simulations.config import RunConfig, apply_overrides, read_config_file
 from simulations.studies.methods import Method, Setting
-
-if TYPE_CHECKING:  # torch and flwr load lazily (through simulations.config), so `scaleot --help` stays fast
-    from simulations.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +74,7 @@ class CompareConfig:
         Raises:
             ValueError: an unknown key (listing the valid ones) or a value that is not a list of tables.
         """
-        valid = [f.name for f in fields(cls)]
-        kwargs = {}
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in valid:
-                raise ValueError(f"unknown config key 'compare.{key}'; valid keys: {', '.join(valid)}")
-            if not isinstance(value, list | tuple):
-                raise ValueError(f"config compare.{key}={value!r} must be a list of tables")
-            kwargs[name] = tuple(value)
-        return cls(**kwargs)
+        return build_config(cls, values, "compare.")
 
 
 def parse_sweep(items: Sequence[str]) -> list[dict[str, Any]]:
@@ -93,17 +83,14 @@ def parse_sweep(items: Sequence[str]) -> list[dict[str, Any]]:
     Raises:
         ValueError: an item that is not ``key=v1,v2,...``.
     """
-    from simulations.config import parse_value
-
+    example = "key=v1,v2 (an emulator field), e.g. alpha=0.25,0.5"
     axes: list[list[tuple[str, Any]]] = []
     for item in items:
-        key, sep, raw = item.partition("=")
+        key, raw = split_assignment(item, "--sweep", example)
         values = [v.strip() for v in raw.split(",") if v.strip()]
-        if not sep or not key.strip() or not values:
-            raise ValueError(
-                f"--sweep {item!r} must look like key=v1,v2 (an emulator field), e.g. alpha=0.25,0.5"
-            )
-        axes.append([(key.strip().replace("-", "_"), parse_value(v)) for v in values])
+        if not values:
+            raise ValueError(f"--sweep {item!r} must look like {example}")
+        axes.append([(key.replace("-", "_"), parse_value(v)) for v in values])
     return [dict(combination) for combination in itertools.product(*axes)] if axes else []
 
 
@@ -140,8 +127,6 @@ def load_compare(
     Raises:
         ValueError: unreadable file, ``--quick`` without a ``[quick]`` table, or any invalid key or value.
     """
-    from simulations.config import RunConfig, apply_overrides, read_config_file
-
     data = read_config_file(path)
     quick_table = data.pop("quick", None)
     if quick:

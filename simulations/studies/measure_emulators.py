@@ -26,12 +26,13 @@ import torch
 
 from emulator.bundle import load_emulator
 from emulator.config import METHOD_PRESETS, EmulatorConfig
+from emulator.config_parse import parse_assignment
 from emulator.data import corpus_blocks, public_corpus
 from emulator.evaluation import MCResult, multiple_choice_accuracy, perplexity
 from emulator.models import load_model
 from emulator.surgery import count_parameters
 from emulator.tasks import load_task
-from simulations.cli import parse_set
+from simulations.cli import SET_EXAMPLE
 from simulations.emulator_cache import ensure_bundle
 
 log = logging.getLogger("scaleot.measure")
@@ -86,7 +87,7 @@ def measure(
 
 def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig]]:
     """(loss label, config) for every emulator to build, in table order."""
-    extra = dict(parse_set(item) for item in args.set)
+    extra = dict(parse_assignment(item, "--set", SET_EXAMPLE) for item in args.set)
     configs = []
     for alpha in args.alphas:
         for method in args.methods:

@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from emulator.adapters import AdapterConfig, prepare_adapter_
+from emulator.adapters import prepare_adapter_
 from emulator.assembly import build_emulator
-from emulator.config import EmulatorConfig
+from emulator.config import AdapterConfig, EmulatorConfig
+from emulator.config_parse import parse_assignment
 from emulator.data import training_batches
 from emulator.evaluation import MCResult, multiple_choice_accuracy, paired_difference
 from emulator.models import load_model
@@ -36,19 +37,9 @@ log = logging.getLogger(__name__)
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """``method=scaleot,alpha=0.25`` -> a dict with TOML-like typed values."""
-    values: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
-        key, _, raw = item.partition("=")
-        for cast in (int, float):
-            try:
-                values[key] = cast(raw)
-                break
-            except ValueError:
-                continue
-        else:
-            values[key] = raw
-    return values
+    """``method=scaleot,alpha=0.25`` -> a dict with TOML-typed values (a bare word is a string)."""
+    example = "key=value,key=value, e.g. method=scaleot,alpha=0.25"
+    return dict(parse_assignment(item, "--setting", example) for item in filter(None, text.split(",")))
 
 
 def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) -> dict[str, Any]:
