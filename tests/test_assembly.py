@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
+from conftest import TINY, tiny
 
 from emulator.architectures import get_layers
 from emulator.assembly import build_emulator, uniform_choose
 from emulator.config import EmulatorConfig
-from emulator.models import load_model
 from emulator.rank_compression import LowRankLinear
 
-TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
-
-
-@functools.cache
-def tiny(name: str):
-    return load_model(name)
 
 
 def random_blocks(n: int = 24, seq_len: int = 16) -> torch.Tensor:

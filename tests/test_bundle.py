@@ -7,21 +7,15 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, tiny
 from safetensors.torch import load_file
 
 from emulator.architectures import architecture_of, get_layers
 from emulator.assembly import build_emulator
 from emulator.bundle import TENSORS, load_emulator, read_manifest, save_bundle
 from emulator.config import EmulatorConfig
-from emulator.models import load_model
 
-TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
-
-
-@functools.cache
-def tiny(name: str):
-    return load_model(name)
 
 
 @functools.cache

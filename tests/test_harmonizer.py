@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
+from conftest import TINY, tiny
 
 from emulator.architectures import get_layers, hidden_size, set_layers_
 from emulator.harmonizer import Harmonizer, make_harmonizers
-from emulator.models import load_model
 from emulator.surgery import frozen_view
-
-TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]
-
-
-@functools.cache
-def tiny(name: str):
-    return load_model(name)
 
 
 def test_starts_as_identity_and_ignores_layer_arguments():

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
+from conftest import TINY, tiny
 
 from emulator.architectures import get_layers
 from emulator.assembly import build_emulator
 from emulator.blocks import lowest_per_group, normalized_mse, replacement_groups, round_half_up
 from emulator.config import EmulatorConfig
 from emulator.layer_replace import dynamic_layer_replace, policy_update_, sample_mask
-from emulator.models import load_model
-
-TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]
-
-
-@functools.cache
-def tiny(name: str):
-    return load_model(name)
 
 
 def random_blocks(n: int = 24, seq_len: int = 16) -> torch.Tensor:

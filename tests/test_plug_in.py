@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
+from conftest import TINY, tiny
 
 from emulator.adapters import adapter_layers, adapter_state, prepare_adapter_
 from emulator.assembly import build_emulator
 from emulator.config import AdapterConfig, EmulatorConfig
-from emulator.models import load_model
 from emulator.plug_in import plug_in_
 
-TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
-
-
-@functools.cache
-def tiny(name: str):
-    return load_model(name)
 
 
 def emulator_with_adapter(name: str, mode: str):

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
+from conftest import TINY, tiny
 
 from emulator.architectures import architecture_of, attention_projections, get_layers
-from emulator.models import load_model
 from emulator.rank_compression import LowRankLinear, compress_attention_, kept_rank, projection_weight
-
-TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]
-
-
-@functools.cache
-def tiny(name: str):
-    return load_model(name)
 
 
 def test_kept_rank_is_robust_to_float_noise():
