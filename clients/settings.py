@@ -1,13 +1,14 @@
 """What a client is told: the server's train config and its own node config, parsed once into dataclasses.
 
 The server builds the train ``ConfigRecord`` with ``ClientSettings.to_record`` and the ClientApp parses it
-back with ``ClientSettings.from_record``: one definition of the wire format (keys in ``strategies.keys``).
+back with ``ClientSettings.from_record``: one definition of the wire format, its keys derived from the field
+names (``wire_key``); record, message and metric keys are in ``strategies.keys``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 from flwr.app import ConfigRecord
@@ -49,29 +50,15 @@ class ClientSettings:
     proximal_mu: float = 0.0
 
     def to_record(self) -> ConfigRecord:
-        """The train ConfigRecord (``server-round`` and ``proximal-mu`` are added by Flower's strategies)."""
-        record: dict[str, Any] = {
-            keys.EMULATOR_PATH: self.emulator_path,
-            keys.EMULATOR_SHA256: self.emulator_sha256,
-            keys.TASK: self.task,
-            keys.PARTITION_SCHEME: self.partition_scheme,
-            keys.DIRICHLET_ALPHA: float(self.dirichlet_alpha),
-            keys.ADAPTER_MODE: self.adapter.mode,
-            keys.LORA_RANK: self.adapter.lora_rank,
-            keys.LORA_ALPHA: self.adapter.lora_alpha,
-            keys.LORA_DROPOUT: float(self.adapter.lora_dropout),
-            keys.LR: float(self.train.lr),
-            keys.BATCH_SIZE: self.train.batch_size,
-            keys.LOCAL_EPOCHS: float(self.train.local_epochs),
-            keys.LOCAL_STEPS: self.train.local_steps,
-            keys.MAX_LENGTH: self.train.max_length,
-            keys.MAX_GRAD_NORM: float(self.train.max_grad_norm),
-            keys.WEIGHT_DECAY: float(self.train.weight_decay),
-            keys.SEED: self.seed,
-            keys.NUM_THREADS: self.num_threads,
-        }
-        if self.fail_partitions:
-            record[keys.FAIL_PARTITIONS] = list(self.fail_partitions)
+        """The train ConfigRecord: one entry per field (``adapter`` and ``train`` flattened, see
+        ``wire_key``); Flower's strategies add ``server-round`` and ``proximal-mu``; ``fail-partitions`` only
+        if set."""
+        record: dict[str, Any] = {}
+        for owner, spec in _wire_fields():
+            value = getattr(getattr(self, owner) if owner else self, spec.name)
+            if spec.name in _FLOWER_INJECTED or (spec.name == "fail_partitions" and not value):
+                continue
+            record[wire_key(owner, spec.name)] = _to_wire(value, spec)
         return ConfigRecord(record)
 
     @classmethod
@@ -81,38 +68,47 @@ class ClientSettings:
         Raises:
             ValueError: a required key is missing (the message names it) or a value is out of range.
         """
-        try:
-            return cls(
-                emulator_path=str(record[keys.EMULATOR_PATH]),
-                emulator_sha256=str(record.get(keys.EMULATOR_SHA256, "")),
-                task=str(record[keys.TASK]),
-                partition_scheme=str(record[keys.PARTITION_SCHEME]),
-                dirichlet_alpha=float(record[keys.DIRICHLET_ALPHA]),
-                adapter=AdapterConfig(
-                    mode=record[keys.ADAPTER_MODE],
-                    lora_rank=int(record[keys.LORA_RANK]),
-                    lora_alpha=int(record[keys.LORA_ALPHA]),
-                    lora_dropout=float(record[keys.LORA_DROPOUT]),
-                ),
-                train=TrainConfig(
-                    lr=float(record[keys.LR]),
-                    batch_size=int(record[keys.BATCH_SIZE]),
-                    local_epochs=float(record[keys.LOCAL_EPOCHS]),
-                    local_steps=int(record[keys.LOCAL_STEPS]),
-                    max_length=int(record[keys.MAX_LENGTH]),
-                    max_grad_norm=float(record[keys.MAX_GRAD_NORM]),
-                    weight_decay=float(record[keys.WEIGHT_DECAY]),
-                ),
-                seed=int(record[keys.SEED]),
-                num_threads=int(record.get(keys.NUM_THREADS, 0)),
-                fail_partitions=tuple(int(p) for p in record.get(keys.FAIL_PARTITIONS, [])),
-                server_round=int(record.get(keys.SERVER_ROUND, 0)),
-                proximal_mu=float(record.get(keys.PROXIMAL_MU, 0.0)),
-            )
-        except KeyError as missing:
-            raise ValueError(
-                f"train config lacks {missing}; is the server running the same scaleot?"
-            ) from None
+        values: dict[str, dict[str, Any]] = {"": {}, "adapter": {}, "train": {}}
+        for owner, spec in _wire_fields():
+            key = wire_key(owner, spec.name)
+            if key in record:
+                values[owner][spec.name] = _from_wire(record[key], spec)
+            elif spec.name not in _OPTIONAL:
+                raise ValueError(f"train config lacks '{key}'; is the server running the same scaleot?")
+        return cls(
+            **values[""], adapter=AdapterConfig(**values["adapter"]), train=TrainConfig(**values["train"])
+        )
+
+
+# Keys a train record may lack: Flower adds the first two, the rest have a meaning when absent.
+_FLOWER_INJECTED = ("server_round", "proximal_mu")
+_OPTIONAL = (*_FLOWER_INJECTED, "emulator_sha256", "num_threads", "fail_partitions")
+
+
+def wire_key(owner: str, name: str) -> str:
+    """The record key of a field: its name with ``-`` (Flower's style); ``adapter.mode`` is ``adapter-mode``
+    (``mode`` alone would not say of what), every other nested field keeps its own name."""
+    return ("adapter-mode" if (owner, name) == ("adapter", "mode") else name).replace("_", "-")
+
+
+def _wire_fields() -> list[tuple[str, Field]]:
+    """(owner, field) of each wire value: ClientSettings' own, then AdapterConfig's and TrainConfig's."""
+    own = [("", f) for f in fields(ClientSettings) if f.name not in ("adapter", "train")]
+    return own + [("adapter", f) for f in fields(AdapterConfig)] + [("train", f) for f in fields(TrainConfig)]
+
+
+def _to_wire(value: Any, spec: Field) -> Any:
+    # ConfigRecord keeps one type per key: floats stay floats even when written as 1, tuples become lists.
+    return list(value) if isinstance(value, tuple) else _cast(value, spec)
+
+
+def _from_wire(value: Any, spec: Field) -> Any:
+    return tuple(int(v) for v in value) if spec.name == "fail_partitions" else _cast(value, spec)
+
+
+def _cast(value: Any, spec: Field) -> Any:
+    kind = {"float": float, "int": int, "str": str}.get(str(spec.type).split("[")[0])
+    return kind(value) if kind else value
 
 
 @dataclass(frozen=True)

@@ -19,28 +19,12 @@ METRICS = "metrics"  # MetricRecord: client -> server numbers
 INFO = "info"  # ConfigRecord: client -> server facts from the emulator handshake
 
 # --- config keys (server -> client) --------------------------------------------------------------------
+# The training settings' keys are derived from ClientSettings' fields (clients.settings.wire_key); these are
+# the ones the handshake and Flower use on their own.
 SERVER_ROUND = "server-round"  # injected by Flower's FedAvg
 PROXIMAL_MU = "proximal-mu"  # injected by Flower's FedProx; the client adds (mu/2)·||w - w_global||²
 EMULATOR_PATH = "emulator-path"  # bundle directory the server wrote (simulation); node config wins
 EMULATOR_SHA256 = "emulator-sha256"  # manifest hash the client's bundle must have
-TASK = "task"
-TASK_SEED = "task-seed"
-PARTITION_SCHEME = "partition-scheme"
-DIRICHLET_ALPHA = "dirichlet-alpha"
-ADAPTER_MODE = "adapter-mode"
-LORA_RANK = "lora-rank"
-LORA_ALPHA = "lora-alpha"
-LORA_DROPOUT = "lora-dropout"
-LR = "lr"
-BATCH_SIZE = "batch-size"
-LOCAL_EPOCHS = "local-epochs"  # 0 when local-steps is used
-LOCAL_STEPS = "local-steps"  # 0 when local-epochs is used
-MAX_LENGTH = "max-length"
-MAX_GRAD_NORM = "max-grad-norm"
-WEIGHT_DECAY = "weight-decay"
-SEED = "seed"  # run seed; the client derives its own from (seed, server-round, partition-id)
-NUM_THREADS = "num-threads"  # torch threads for the client (its CPU share); 0 leaves torch's default
-FAIL_PARTITIONS = "fail-partitions"  # test hook: these partitions raise in training
 
 # --- node config keys (set by the simulation or by `flower-supernode --node-config`) -------------------
 NODE_PARTITION_ID = "partition-id"

@@ -122,6 +122,21 @@ def test_settings_round_trip_through_the_config_record(bundle):
     assert ClientSettings.from_record(original.to_record()) == original
 
 
+def test_wire_keys_are_the_field_names_and_match_the_handshake_keys(bundle):
+    # The keys are derived from the dataclass fields; this pins them, so a rename that changes the wire shows.
+    record = settings(bundle, fail_partitions=(1,)).to_record()
+    assert sorted(record) == sorted(
+        "emulator-path emulator-sha256 task partition-scheme dirichlet-alpha seed num-threads "
+        "fail-partitions adapter-mode lora-rank lora-alpha lora-dropout lr batch-size local-epochs "
+        "local-steps max-length "
+        "max-grad-norm weight-decay".split()
+    )
+    assert record[keys.EMULATOR_PATH] == bundle and isinstance(record["lr"], float)
+    del record["lr"]
+    with pytest.raises(ValueError, match="train config lacks 'lr'; is the server running the same scaleot"):
+        ClientSettings.from_record(record)
+
+
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_train_adapter_lowers_the_loss_and_proximal_term_holds_weights_back(mode, tokenizer):
     model, _ = load_model("tiny-llama")
