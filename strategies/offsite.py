@@ -23,7 +23,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     Bulyan,
@@ -42,8 +42,9 @@ from flwr.serverapp.strategy import (
 from flwr.supercore import log as flwr_log
 
 from strategies import keys
+from strategies.nodes import SampledGrid, await_nodes, choose_nodes, handshake
 from strategies.records import RoundRecord, fill_accuracies, progress_line
-from strategies.replies import AdapterSpec, last_line, majority_metric_keys, reply_problem
+from strategies.replies import AdapterSpec, majority_metric_keys, reply_problem
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +106,6 @@ def _offsite_class(base: type[FedAvg]) -> type:
     return type(f"OffsiteTuning{base.__name__}", (OffsiteTuning, base), {"__doc__": OffsiteTuning.__doc__})
 
 
-def sample_partitions(num_eligible: int, k: int, seed: int, server_round: int) -> list[int]:
-    """Indices (sorted) of the ``k`` of ``num_eligible`` clients, ordered by partition id, trained this round.
-
-    Depends only on (seed, round), so an interrupted and resumed run samples what an uninterrupted one does.
-    """
-    rng = np.random.default_rng([seed, server_round])
-    return sorted(int(i) for i in rng.choice(num_eligible, size=min(k, num_eligible), replace=False))
-
-
 class OffsiteTuning:
     """Offsite-tuning in front of a Flower ``FedAvg``-family strategy; aggregation is the base class's.
 
@@ -124,7 +116,7 @@ class OffsiteTuning:
       ``emulator-sha256`` of what it loaded. Nodes that fail or load another emulator are never sampled.
     - ``train`` (each round, sampled nodes only): ArrayRecord ``arrays`` = the global adapter (fp32, keys
       ``"{original block index}.{name in block}"``; nothing else crosses the wire), ConfigRecord ``config`` =
-      the training settings in ``strategies.keys`` plus ``server-round`` (and ``proximal-mu`` for FedProx).
+      the training settings (``clients.settings.ClientSettings``) plus ``server-round`` (and ``proximal-mu``).
       The client resets its adapter to ``arrays``, trains it on its partition with a seed derived from
       (``seed``, ``server-round``, partition id), adds ``(mu/2)·||w - w_global||²`` when ``proximal-mu`` > 0,
       and replies ArrayRecord ``arrays`` with the same keys, shapes and dtypes and MetricRecord ``metrics``
@@ -218,16 +210,16 @@ class OffsiteTuning:
         server_round += self._offset
         self._round_start = time.monotonic()
         record = self._record = RoundRecord(round=server_round)
-        connected = self._await_nodes(grid)
-        self._handshake(grid, [n for n in connected if n not in self.partitions and n not in self.refused])
-        eligible = sorted((p, n) for n, p in self.partitions.items() if n in connected)
+        connected = await_nodes(grid, self.wait_for_nodes)
+        new = [n for n in connected if n not in self.partitions and n not in self.refused]
+        handshake(grid, new, self.emulator_path, self.emulator_sha256, self.handshake_timeout, self)
         k = max(int(len(connected) * self.sample_fraction), self.sample_min_nodes)
-        chosen = [eligible[i] for i in sample_partitions(len(eligible), k, self.seed, server_round)]
+        chosen = choose_nodes(self.partitions, connected, k, self.seed, server_round)
         if not chosen:
             log.warning("round %d: no node has loaded the emulator; nothing to train", server_round)
             return []
         messages = list(
-            super().configure_train(server_round, arrays, config, _Nodes(grid, [n for _, n in chosen]))
+            super().configure_train(server_round, arrays, config, SampledGrid(grid, [n for _, n in chosen]))
         )
         record.sampled = len(messages)
         record.sampled_partitions = [p for p, _ in chosen]
@@ -321,34 +313,6 @@ class OffsiteTuning:
             self._record = RoundRecord(round=server_round)
         return self._record
 
-    def _await_nodes(self, grid: Grid) -> set[int]:
-        waited = 0
-        while len(nodes := set(grid.get_node_ids())) < self.wait_for_nodes:
-            if waited % 30 == 0:  # a line every 30 s, not every poll
-                log.info("waiting for nodes: %d connected, %d required", len(nodes), self.wait_for_nodes)
-            time.sleep(1.0)
-            waited += 1
-        return nodes
-
-    def _handshake(self, grid: Grid, nodes: list[int]) -> None:
-        if not nodes:
-            return
-        config = ConfigRecord(
-            {keys.EMULATOR_PATH: self.emulator_path, keys.EMULATOR_SHA256: self.emulator_sha256}
-        )
-        messages = [
-            Message(RecordDict({keys.CONFIG: config}), dst_node_id=n, message_type=keys.QUERY_EMULATOR_TYPE)
-            for n in nodes
-        ]
-        for reply in grid.send_and_receive(messages, timeout=self.handshake_timeout):
-            node = reply.metadata.src_node_id
-            problem, partition = _handshake_problem(reply, self.emulator_sha256)
-            if problem:
-                self.refused[node] = problem
-                log.warning("node %d refused: %s", node, problem)
-            else:
-                self.partitions[node] = partition
-
     def _reject(self, record: RoundRecord, msg: Message, problem: str) -> None:
         node = msg.metadata.src_node_id
         record.rejected += 1
@@ -365,34 +329,9 @@ class OffsiteTuning:
         self._spec = AdapterSpec.of(arrays)
 
 
-class _Nodes:
-    """A view of the grid showing only the sampled nodes to the base strategy's sampling."""
-
-    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
-        self._grid, self._node_ids = grid, node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._node_ids)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-
 def _due(server_round: int, every: int, last_round: int) -> bool:
     # Every k rounds (0: never on a schedule) and always in the last round.
     return server_round == last_round or (every > 0 and server_round % every == 0)
-
-
-def _handshake_problem(reply: Message, sha256: str) -> tuple[str | None, int]:
-    if reply.has_error():
-        return f"emulator handshake failed: {last_line(reply.error.reason)}", -1
-    info = reply.content.config_records.get(keys.INFO)
-    if info is None or not isinstance(info.get(keys.INFO_PARTITION_ID), int):
-        return "emulator handshake reply lacks an integer partition-id", -1
-    theirs = info.get(keys.INFO_EMULATOR_SHA256, "")
-    if sha256 and theirs != sha256:
-        return f"loaded emulator {str(theirs)[:12]}…, the server's is {sha256[:12]}…", -1
-    return None, int(info[keys.INFO_PARTITION_ID])
 
 
 def _array_bytes(msg: Message) -> int:

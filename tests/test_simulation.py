@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 
 from simulations.config import load_config
-from strategies.offsite import sample_partitions
+from strategies.nodes import sample_partitions
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import keys
-from strategies.offsite import offsite_strategy, sample_partitions, strategy_parameters
+from strategies.nodes import sample_partitions
+from strategies.offsite import offsite_strategy, strategy_parameters
 
 SHAPES = {"0.mlp.weight": (4, 3), "7.mlp.weight": (3, 4), "7.norm.weight": (4,)}
 

@@ -1,0 +1,103 @@
+"""Which nodes take part: the emulator handshake with new nodes and the per-round sample by partition.
+
+Sampling depends only on (seed, round) and the partitions of the eligible nodes, never on node ids or on
+arrival order, so an interrupted and resumed run samples what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from strategies import keys
+from strategies.replies import last_line
+
+log = logging.getLogger(__name__)
+
+
+class Roster(Protocol):
+    """What the handshake fills in (the offsite-tuning strategy is one)."""
+
+    partitions: dict[int, int]  # node id -> partition id
+    refused: dict[int, str]  # node id -> why it is never sampled
+
+
+def sample_partitions(num_eligible: int, k: int, seed: int, server_round: int) -> list[int]:
+    """Indices (sorted) of the ``k`` of ``num_eligible`` clients, ordered by partition id, trained this round.
+
+    Depends only on (seed, round), so an interrupted and resumed run samples what an uninterrupted one does.
+    """
+    rng = np.random.default_rng([seed, server_round])
+    return sorted(int(i) for i in rng.choice(num_eligible, size=min(k, num_eligible), replace=False))
+
+
+def choose_nodes(
+    partitions: Mapping[int, int], connected: set[int], k: int, seed: int, server_round: int
+) -> list[tuple[int, int]]:
+    """(partition id, node id) of the ``k`` nodes trained this round, among the connected handshaken ones."""
+    eligible = sorted((p, n) for n, p in partitions.items() if n in connected)
+    return [eligible[i] for i in sample_partitions(len(eligible), k, seed, server_round)]
+
+
+def await_nodes(grid: Grid, wait_for: int) -> set[int]:
+    """The connected node ids, once at least ``wait_for`` are connected (polls every second)."""
+    waited = 0
+    while len(nodes := set(grid.get_node_ids())) < wait_for:
+        if waited % 30 == 0:  # a line every 30 s, not every poll
+            log.info("waiting for nodes: %d connected, %d required", len(nodes), wait_for)
+        time.sleep(1.0)
+        waited += 1
+    return nodes
+
+
+def handshake(
+    grid: Grid, nodes: list[int], emulator_path: str, sha256: str, timeout: float, roster: Roster
+) -> None:
+    """Ask ``nodes`` to load the emulator; record each one's partition in ``roster.partitions``, or why it
+    is refused (the handshake failed, or it loaded another emulator) in ``roster.refused``."""
+    if not nodes:
+        return
+    config = ConfigRecord({keys.EMULATOR_PATH: emulator_path, keys.EMULATOR_SHA256: sha256})
+    messages = [
+        Message(RecordDict({keys.CONFIG: config}), dst_node_id=n, message_type=keys.QUERY_EMULATOR_TYPE)
+        for n in nodes
+    ]
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        problem, partition = _handshake_problem(reply, sha256)
+        if problem:
+            roster.refused[node] = problem
+            log.warning("node %d refused: %s", node, problem)
+        else:
+            roster.partitions[node] = partition
+
+
+class SampledGrid:
+    """A view of the grid showing only the sampled nodes to the base strategy's sampling."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid, self._node_ids = grid, node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def _handshake_problem(reply: Message, sha256: str) -> tuple[str | None, int]:
+    if reply.has_error():
+        return f"emulator handshake failed: {last_line(reply.error.reason)}", -1
+    info = reply.content.config_records.get(keys.INFO)
+    if info is None or not isinstance(info.get(keys.INFO_PARTITION_ID), int):
+        return "emulator handshake reply lacks an integer partition-id", -1
+    theirs = info.get(keys.INFO_EMULATOR_SHA256, "")
+    if sha256 and theirs != sha256:
+        return f"loaded emulator {str(theirs)[:12]}…, the server's is {sha256[:12]}…", -1
+    return None, int(info[keys.INFO_PARTITION_ID])
