@@ -13,7 +13,6 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,30 +20,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emulator.data import IGNORE_INDEX, encode_example, pad_batch, pad_token_id
+from emulator.results import MCResult
 from emulator.tasks import MCExample
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MCResult:
-    """Multiple-choice accuracy of one model on one list of examples.
-
-    Attributes:
-        acc: fraction of examples whose correct choice has the highest log-likelihood.
-        acc_norm: the same with log-likelihoods divided by the choice's length in characters.
-        acc_stderr, acc_norm_stderr: standard errors of the two means.
-        n: number of examples.
-        correct, correct_norm: per-example 1/0, in the order of the examples given.
-    """
-
-    acc: float
-    acc_norm: float
-    acc_stderr: float
-    acc_norm_stderr: float
-    n: int
-    correct: tuple[int, ...]
-    correct_norm: tuple[int, ...]
 
 
 @contextmanager
@@ -290,28 +269,3 @@ def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> f
             total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
             count += targets.numel()
     return math.exp(total / count)
-
-
-def paired_difference(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[float, float]:
-    """Mean of ``a - b`` over the same examples and its standard error (paired: shared difficulty cancels).
-
-    Args:
-        a, b: per-example scores (e.g. ``MCResult.correct``) of two methods on the same examples.
-
-    Returns:
-        ``(mean difference, standard error)``; the error is ``stdev(a - b) / sqrt(n)``, NaN for n < 2.
-
-    Raises:
-        ValueError: the two have different lengths or are empty.
-    """
-    if len(a) != len(b) or not a:
-        raise ValueError(
-            f"a has {len(a)} and b has {len(b)} entries; need the same non-zero number of examples"
-        )
-    diffs = [x - y for x, y in zip(a, b, strict=True)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    if n < 2:
-        return mean, float("nan")
-    variance = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-    return mean, math.sqrt(variance / n)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from emulator.results import privacy_gap
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN, final_rows
 from strategies.records import RoundRecord
 
@@ -135,13 +136,12 @@ def write_metrics(run_dir: Path, state: RunState, config: Mapping[str, Any], fin
     """metrics.json: config, per-round records, results rows (with standard errors and per-example
     correctness) and the privacy gap."""
     rows = state.rows()
-    gap = rows[PLUG_IN]["acc"] - rows[EMULATOR_FT]["acc"] if PLUG_IN in rows and EMULATOR_FT in rows else None
     saved = {k: v for k, v in state.to_dict().items() if k != "per_example"}  # the rows carry it
     data = {
         "status": "finished" if finished else "running",
         "rounds_done": len(state.history),
         "results": rows,
-        "privacy_gap": gap,
+        "privacy_gap": privacy_gap(rows.get(PLUG_IN), rows.get(EMULATOR_FT)),
         **saved,
         "config": dict(config),
     }
@@ -159,11 +159,11 @@ def write_report(run_dir: Path, state: RunState, title: str) -> None:
                 f"| {name} | {pct(r['acc'], r['acc_stderr'])} | {pct(r['acc_norm'], r['acc_norm_stderr'])} "
                 f"| {r['n']} |"
             )
-    if PLUG_IN in rows and EMULATOR_FT in rows:
-        gap = 100 * (rows[PLUG_IN]["acc"] - rows[EMULATOR_FT]["acc"])
+    if (gap := privacy_gap(rows.get(PLUG_IN), rows.get(EMULATOR_FT))) is not None:
         lines += [
             "",
-            f"Privacy gap Δ = plug-in − emulator fine-tuned = {gap:+.1f} points (larger is more private).",
+            f"Privacy gap Δ = plug-in − emulator fine-tuned = {100 * gap:+.1f} points "
+            "(larger is more private).",
         ]
     lines += [
         "",

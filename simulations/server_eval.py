@@ -23,8 +23,9 @@ from emulator.adapters import (
     prepare_adapter_,
 )
 from emulator.config import AdapterConfig
-from emulator.evaluation import MCResult, multiple_choice_accuracy
+from emulator.evaluation import multiple_choice_accuracy
 from emulator.plug_in import plug_in_
+from emulator.results import MCResult
 from emulator.tasks import MCExample
 from strategies import keys
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from emulator.results import privacy_gap
 from strategies import keys
 
 
@@ -49,8 +50,7 @@ def fill_accuracies(record: RoundRecord, metrics: Mapping[str, float]) -> None:
     record.plugin_acc_stderr = metrics.get(keys.PLUGIN_ACC_STDERR)
     record.emulator_acc = metrics.get(keys.EMULATOR_ACC)
     record.emulator_acc_stderr = metrics.get(keys.EMULATOR_ACC_STDERR)
-    if record.plugin_acc is not None and record.emulator_acc is not None:
-        record.privacy_gap = record.plugin_acc - record.emulator_acc
+    record.privacy_gap = privacy_gap(record.plugin_acc, record.emulator_acc)
 
 
 def progress_line(record: RoundRecord, last_round: int) -> str:

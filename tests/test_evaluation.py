@@ -13,10 +13,10 @@ from emulator.evaluation import (
     choice_logliks,
     label_logprobs,
     multiple_choice_accuracy,
-    paired_difference,
     perplexity,
 )
 from emulator.models import load_model
+from emulator.results import paired_difference, privacy_gap
 from emulator.tasks import MCExample, synthetic_examples
 
 
@@ -149,6 +149,12 @@ def test_smollm2_perplexity_on_plain_english_is_low(tokenizer):
     model, _ = load_model("smollm2-135m")
     ids = tokenizer(_PARAGRAPH, add_special_tokens=False)["input_ids"]
     assert perplexity(model, torch.tensor([ids])) < 30
+
+
+def test_privacy_gap_is_plug_in_minus_emulator_fine_tuned_from_rows_or_numbers():
+    assert privacy_gap({"acc": 0.5, "n": 4}, {"acc": 0.25}) == 0.25
+    assert privacy_gap(0.4, 0.5) == pytest.approx(-0.1)
+    assert privacy_gap(None, {"acc": 0.25}) is None and privacy_gap(0.5, None) is None
 
 
 def test_paired_difference():

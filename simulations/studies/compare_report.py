@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emulator.bundle import read_manifest
-from emulator.evaluation import paired_difference
+from emulator.results import paired_difference, privacy_gap
 from simulations.outputs import pct, save_figure, write_text
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
 from strategies import keys
@@ -52,7 +52,6 @@ def method_row(
     """One method's comparison row from its metrics.json; ``reference`` is ``full``'s Plug-in results row."""
     results = metrics["results"]
     plug_in, emulator_ft = results.get(PLUG_IN), results.get(EMULATOR_FT)
-    gap = plug_in["acc"] - emulator_ft["acc"] if plug_in and emulator_ft else None
     return {
         "method": label,
         "kind": kind,
@@ -63,7 +62,7 @@ def method_row(
         "emulator_zs": accuracy(results.get(EMULATOR_ZS)),
         "emulator_ft": accuracy(emulator_ft),
         "plug_in": accuracy(plug_in),
-        "privacy_gap": gap,
+        "privacy_gap": privacy_gap(plug_in, emulator_ft),
         "vs_full": _paired(plug_in, reference),
         "step_seconds": _client_mean(metrics, keys.STEP_SECONDS),
         "peak_memory_mb": _scaled(_client_mean(metrics, keys.PEAK_MEMORY), 1e-6),

@@ -28,8 +28,9 @@ from emulator.bundle import load_emulator
 from emulator.config import METHOD_PRESETS, EmulatorConfig
 from emulator.config_parse import parse_assignment
 from emulator.data import corpus_blocks, public_corpus
-from emulator.evaluation import MCResult, multiple_choice_accuracy, perplexity
+from emulator.evaluation import multiple_choice_accuracy, perplexity
 from emulator.models import load_model
+from emulator.results import MCResult
 from emulator.surgery import count_parameters
 from emulator.tasks import load_task
 from simulations.cli import SET_EXAMPLE

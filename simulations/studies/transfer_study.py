@@ -27,9 +27,10 @@ from emulator.assembly import build_emulator
 from emulator.config import AdapterConfig, EmulatorConfig
 from emulator.config_parse import parse_assignment
 from emulator.data import training_batches
-from emulator.evaluation import MCResult, multiple_choice_accuracy, paired_difference
+from emulator.evaluation import multiple_choice_accuracy
 from emulator.models import load_model
 from emulator.plug_in import plug_in_
+from emulator.results import MCResult, paired_difference, privacy_gap
 from emulator.tasks import load_task
 from emulator.training import train_adapter
 
@@ -112,7 +113,7 @@ def table(rows: list[dict[str, Any]], full_zs: dict[str, Any]) -> str:
     for r in rows:
         zs = "–" if r["emu_zs"] is None else f"{100 * r['emu_zs']['acc']:.1f}"
         plug, ft = r["plug_in"], r["emu_ft"]
-        gap = 100 * (plug["acc"] - ft["acc"])
+        gap = 100 * privacy_gap(plug, ft)
         if reference is not None and r is not reference:
             d, se = paired_difference(tuple(plug["correct"]), tuple(reference["plug_in"]["correct"]))
             vs = f"{100 * d:+.1f} ± {100 * se:.1f}"

@@ -1,0 +1,73 @@
+"""Evaluation results, torch-free: the typed row every consumer reads (round records, metrics.json,
+report.md, the comparison, the studies), the privacy gap and the paired difference of two methods."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MCResult:
+    """Multiple-choice accuracy of one model on one list of examples.
+
+    Attributes:
+        acc: fraction of examples whose correct choice has the highest log-likelihood.
+        acc_norm: the same with log-likelihoods divided by the choice's length in characters.
+        acc_stderr, acc_norm_stderr: standard errors of the two means.
+        n: number of examples.
+        correct, correct_norm: per-example 1/0, in the order of the examples given.
+    """
+
+    acc: float
+    acc_norm: float
+    acc_stderr: float
+    acc_norm_stderr: float
+    n: int
+    correct: tuple[int, ...]
+    correct_norm: tuple[int, ...]
+
+
+def privacy_gap(
+    plug_in: Mapping[str, Any] | float | None, emulator_ft: Mapping[str, Any] | float | None
+) -> float | None:
+    """Δ = plug-in accuracy − emulator fine-tuned accuracy (design §3; larger is more private), a fraction.
+
+    Args:
+        plug_in, emulator_ft: accuracies, or results rows (``MCResult`` as a dict) holding ``acc``.
+
+    Returns:
+        The difference, or None when either is missing.
+    """
+    if plug_in is None or emulator_ft is None:
+        return None
+    a = plug_in["acc"] if isinstance(plug_in, Mapping) else plug_in
+    b = emulator_ft["acc"] if isinstance(emulator_ft, Mapping) else emulator_ft
+    return a - b
+
+
+def paired_difference(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[float, float]:
+    """Mean of ``a - b`` over the same examples and its standard error (paired: shared difficulty cancels).
+
+    Args:
+        a, b: per-example scores (e.g. ``MCResult.correct``) of two methods on the same examples.
+
+    Returns:
+        ``(mean difference, standard error)``; the error is ``stdev(a - b) / sqrt(n)``, NaN for n < 2.
+
+    Raises:
+        ValueError: the two have different lengths or are empty.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(
+            f"a has {len(a)} and b has {len(b)} entries; need the same non-zero number of examples"
+        )
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n < 2:
+        return mean, float("nan")
+    variance = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return mean, math.sqrt(variance / n)
