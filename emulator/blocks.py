@@ -36,11 +36,14 @@ def replacement_groups(num_middle: int, group_size: int, scope: str) -> list[lis
     ]
 
 
-def lowest_per_group(values: torch.Tensor, groups: Sequence[Sequence[int]], alpha: float) -> list[int]:
-    """The ``round(α·|G|)`` lowest entries of ``values`` in each group (ties: lower index first), sorted."""
+def lowest_per_group(
+    values: torch.Tensor, groups: Sequence[Sequence[int]], replace_ratio: float
+) -> list[int]:
+    """The ``round(α·|G|)`` lowest entries of ``values`` in each group (ties: lower index first), sorted;
+    ``replace_ratio`` is α, ``EmulatorConfig.alpha`` (not LoRA's or Dirichlet's alpha)."""
     chosen: list[int] = []
     for group in groups:
-        count = round_half_up(alpha * len(group))
+        count = round_half_up(replace_ratio * len(group))
         order = sorted(group, key=lambda i: (float(values[i]), i))
         chosen.extend(order[:count])
     return sorted(chosen)

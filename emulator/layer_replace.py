@@ -68,7 +68,7 @@ class LayerReplaceResult:
 
 
 def sample_mask(
-    scores: torch.Tensor, groups: Sequence[Sequence[int]], alpha: float, generator: torch.Generator
+    scores: torch.Tensor, groups: Sequence[Sequence[int]], replace_ratio: float, generator: torch.Generator
 ) -> torch.Tensor:
     """Sample a keep mask: ``u_i ~ U(0, σ(s_i))``, the lowest ``round(α·|G|)`` of each group replaced.
 
@@ -80,7 +80,7 @@ def sample_mask(
     """
     u = torch.rand(scores.shape, generator=generator, dtype=torch.float64) * torch.sigmoid(scores)  # (M,)
     mask = torch.ones(scores.shape, dtype=torch.bool)
-    mask[lowest_per_group(u, groups, alpha)] = False
+    mask[lowest_per_group(u, groups, replace_ratio)] = False
     return mask
 
 
