@@ -11,11 +11,10 @@ import random
 import warnings
 from typing import Literal
 
+from emulator.config import PARTITION_SCHEMES
 from emulator.tasks import MCExample
 
 log = logging.getLogger(__name__)
-
-SCHEMES = ("iid", "dirichlet")
 
 
 def partition(
@@ -23,7 +22,7 @@ def partition(
     num_partitions: int,
     partition_id: int,
     scheme: Literal["iid", "dirichlet"] = "iid",
-    alpha: float = 0.5,
+    dirichlet_alpha: float = 0.5,
     seed: int = 0,
     min_partition_size: int | None = None,
 ) -> list[MCExample]:
@@ -34,8 +33,8 @@ def partition(
         num_partitions: number of clients.
         partition_id: this client's index, ``0 <= partition_id < num_partitions``.
         scheme: ``iid`` (shuffled equal shards) or ``dirichlet`` (label skew: for each correct-answer index,
-            the share of each client is drawn from Dirichlet(``alpha``); smaller alpha, more skew).
-        alpha: Dirichlet concentration, only for ``dirichlet``.
+            the share of each client is drawn from Dirichlet(``dirichlet_alpha``); smaller, more skew).
+        dirichlet_alpha: Dirichlet concentration, only for ``dirichlet``.
         seed: seed of the shuffle / the Dirichlet draws.
         min_partition_size: ``dirichlet`` redraws (up to 10 times) until every client has at least this many
             examples. Default: min(10, n // (2 * num_partitions)), at least 1, so small tasks still partition.
@@ -46,7 +45,7 @@ def partition(
     Raises:
         ValueError: an argument out of range, or Dirichlet draws that never meet ``min_partition_size``.
     """
-    _check(examples, num_partitions, partition_id, scheme, alpha)
+    _check(examples, num_partitions, partition_id, scheme, dirichlet_alpha)
     from datasets import Dataset  # lazy: importing datasets and flwr_datasets costs seconds
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
@@ -62,7 +61,7 @@ def partition(
         partitioner = DirichletPartitioner(
             num_partitions=num_partitions,
             partition_by="label",
-            alpha=alpha,
+            alpha=dirichlet_alpha,
             min_partition_size=min_partition_size,
             self_balancing=False,
             shuffle=True,
@@ -78,24 +77,24 @@ def partition(
             if scheme != "dirichlet":
                 raise
             raise ValueError(
-                f"dirichlet partitioning with alpha={alpha} gave a client fewer than min_partition_size="
-                f"{min_partition_size} of {len(examples)} examples in 10 draws; raise alpha or lower "
-                "min_partition_size"
+                f"dirichlet partitioning with dirichlet_alpha={dirichlet_alpha} gave a client fewer than "
+                f"min_partition_size={min_partition_size} of {len(examples)} examples in 10 draws; raise "
+                "dirichlet_alpha or lower min_partition_size"
             ) from error
     return [examples[i] for i in shard["index"]]
 
 
 def _check(
-    examples: list[MCExample], num_partitions: int, partition_id: int, scheme: str, alpha: float
+    examples: list[MCExample], num_partitions: int, partition_id: int, scheme: str, dirichlet_alpha: float
 ) -> None:
     if num_partitions < 1:
         raise ValueError(f"num_partitions={num_partitions} must be at least 1")
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition_id={partition_id} is out of range; allowed 0..{num_partitions - 1}")
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme={scheme!r} is unknown; use one of {', '.join(SCHEMES)}")
-    if alpha <= 0:
-        raise ValueError(f"alpha={alpha} must be positive")
+    if scheme not in PARTITION_SCHEMES:
+        raise ValueError(f"scheme={scheme!r} is unknown; use one of {', '.join(PARTITION_SCHEMES)}")
+    if dirichlet_alpha <= 0:
+        raise ValueError(f"dirichlet_alpha={dirichlet_alpha} must be positive")
     if len(examples) < num_partitions:
         raise ValueError(
             f"num_partitions={num_partitions} exceeds the {len(examples)} examples; "

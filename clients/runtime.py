@@ -112,7 +112,7 @@ def client_examples(settings: ClientSettings, node: NodeSettings) -> list[MCExam
         node.num_partitions,
         node.partition_id,
         scheme=settings.partition_scheme,
-        alpha=settings.dirichlet_alpha,
+        dirichlet_alpha=settings.dirichlet_alpha,
         seed=settings.seed,
     )
 

@@ -23,6 +23,9 @@ PolicyUpdate = Literal["paper", "reinforce"]
 PolicyAdvantage = Literal["relative", "absolute"]
 ReplaceScope = Literal["group", "global"]
 
+# How a task's train set is split among the clients (clients.partition): the one list, checked by the config.
+PARTITION_SCHEMES = ("iid", "dirichlet")
+
 # The one table of method presets: what each method sets in the emulator section before a caller's own values
 # (which win). Offsite-Tuning's LayerDrop baselines have no SRC; full compresses nothing.
 METHOD_PRESETS: dict[str, dict[str, Any]] = {

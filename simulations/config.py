@@ -19,10 +19,8 @@ from typing import Any
 
 import tomli_w
 
-from emulator.config import AdapterConfig, EmulatorConfig, TrainConfig
+from emulator.config import PARTITION_SCHEMES, AdapterConfig, EmulatorConfig, TrainConfig
 from emulator.config_parse import build_config, parse_assignment
-
-PARTITION_SCHEMES = ("iid", "dirichlet")
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,14 @@ def test_iid_partitions_cover_once_and_are_balanced(n: int, k: int):
 @pytest.mark.parametrize(("n", "k", "alpha"), [(2000, 8, 0.5), (200, 4, 0.5), (200, 4, 0.1)])
 def test_dirichlet_partitions_cover_once(n: int, k: int, alpha: float):
     examples = _examples(n)
-    parts = _all_partitions(examples, k, scheme="dirichlet", alpha=alpha, seed=0)
+    parts = _all_partitions(examples, k, scheme="dirichlet", dirichlet_alpha=alpha, seed=0)
     _assert_exact_cover(examples, parts)
     assert min(map(len, parts)) >= 1
 
 
 def test_dirichlet_skews_labels():
     examples = _examples(2000)
-    parts = _all_partitions(examples, 8, scheme="dirichlet", alpha=0.1, seed=0)
+    parts = _all_partitions(examples, 8, scheme="dirichlet", dirichlet_alpha=0.1, seed=0)
     shares = [sum(e.label == 0 for e in part) / len(part) for part in parts]
     assert max(shares) - min(shares) > 0.3  # IID shares would all be near 0.25
 
@@ -69,7 +69,10 @@ def test_partitions_are_seeded(scheme: str):
             dict(num_partitions=2, partition_id=0, scheme="shards"),
             r"scheme='shards' is unknown; use one of iid",
         ),
-        (dict(num_partitions=2, partition_id=0, alpha=0.0), r"alpha=0.0 must be positive"),
+        (
+            dict(num_partitions=2, partition_id=0, dirichlet_alpha=0.0),
+            r"dirichlet_alpha=0.0 must be positive",
+        ),
         (
             dict(num_partitions=20, partition_id=0),
             r"num_partitions=20 exceeds the 10 examples; use at most 10",
@@ -82,5 +85,7 @@ def test_bad_arguments_are_rejected(kwargs: dict, message: str):
 
 
 def test_impossible_dirichlet_minimum_says_what_to_change():
-    with pytest.raises(ValueError, match=r"alpha=0.01 gave a client fewer than min_partition_size=50"):
-        partition(_examples(200), 4, 0, scheme="dirichlet", alpha=0.01, min_partition_size=50)
+    with pytest.raises(
+        ValueError, match=r"dirichlet_alpha=0.01 gave a client fewer than min_partition_size=50"
+    ):
+        partition(_examples(200), 4, 0, scheme="dirichlet", dirichlet_alpha=0.01, min_partition_size=50)
