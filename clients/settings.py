@@ -68,6 +68,8 @@ class ClientSettings:
             keys.MAX_LENGTH: self.train.max_length,
             keys.MAX_GRAD_NORM: float(self.train.max_grad_norm),
             keys.WEIGHT_DECAY: float(self.train.weight_decay),
+            keys.CHECKPOINT_MIDDLE: self.train.checkpoint_middle,
+            keys.BF16: self.train.bf16,
             keys.SEED: self.seed,
             keys.NUM_THREADS: self.num_threads,
         }
@@ -103,6 +105,8 @@ class ClientSettings:
                     max_length=int(record[keys.MAX_LENGTH]),
                     max_grad_norm=float(record[keys.MAX_GRAD_NORM]),
                     weight_decay=float(record[keys.WEIGHT_DECAY]),
+                    checkpoint_middle=bool(record.get(keys.CHECKPOINT_MIDDLE, False)),
+                    bf16=bool(record.get(keys.BF16, False)),
                 ),
                 seed=int(record[keys.SEED]),
                 num_threads=int(record.get(keys.NUM_THREADS, 0)),
