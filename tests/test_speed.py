@@ -126,3 +126,28 @@ def test_checkpointing_keeps_only_the_frozen_blocks_inputs_for_backward(tokenize
 
     # 4 of 8 blocks are frozen; each keeps far more than its input (attention, MLP intermediates).
     assert saved_numel(True) < 0.75 * saved_numel(False)
+
+
+def test_memoised_zero_shot_is_reused_and_invalidated_by_model_or_split(tmp_path, tokenizer, monkeypatch):
+    import emulator.memo as memo
+
+    scored = []
+    real = memo.multiple_choice_accuracy
+    monkeypatch.setattr(memo, "multiple_choice_accuracy", lambda *a, **k: scored.append(1) or real(*a, **k))
+    model, _ = load_model("tiny-llama")
+    test, validation = synthetic_examples(12)[:6], synthetic_examples(12)[6:]
+    first = memo.memoised_accuracy(model, tokenizer, test, directory=tmp_path)
+    again = memo.memoised_accuracy(model, tokenizer, test, batch_size=3, directory=tmp_path)
+    assert again == first and len(scored) == 1  # same model and split: read back, not scored
+    memo.memoised_accuracy(model, tokenizer, validation, directory=tmp_path)
+    assert len(scored) == 2  # another split
+    other, _ = load_model("tiny-llama", seed=1)
+    memo.memoised_accuracy(other, tokenizer, test, directory=tmp_path)
+    assert len(scored) == 3  # other weights
+    with torch.no_grad():
+        model.get_output_embeddings().weight[0, 0] += 1.0  # one weight changed in place
+    memo.memoised_accuracy(model, tokenizer, test, directory=tmp_path)
+    assert len(scored) == 4 and len(list(tmp_path.glob("*.json"))) == 4
+    monkeypatch.setattr(memo, "SCORING_VERSION", memo.SCORING_VERSION + 1)
+    memo.memoised_accuracy(model, tokenizer, test, directory=tmp_path)
+    assert len(scored) == 5  # the scoring definition changed
