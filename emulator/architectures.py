@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,21 @@ class Architecture:
         transposed: True where projections are GPT-2 ``Conv1D`` modules storing weights as (d_in, d_out).
         per_layer_config: config lists indexed by block position, which must follow the block list when it
             changes.
+        backbone: dotted path of the module that maps token ids to the final hidden states, the final norm
+            included (``final_norm`` lies inside it); the LM head (``get_output_embeddings``) applies to its
+            output as it is: none of these families scales or soft-caps its logits (Gemma 2's
+            ``final_logit_softcapping`` or Cohere's ``logit_scale`` would need a field here).
+        final_norm: dotted path of the final norm inside the causal LM (documents where it lives).
+        sdpa: the family's attention runs on PyTorch's ``scaled_dot_product_attention`` in transformers.
     """
 
     layers: str
     attention: tuple[str, ...]
     transposed: bool = False
     per_layer_config: tuple[str, ...] = ()
+    backbone: str = "model"
+    final_norm: str = "model.norm"
+    sdpa: bool = True
 
 
 _LLAMA_LIKE = Architecture(
@@ -40,10 +49,17 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gpt2": Architecture(layers="transformer.h", attention=("attn.c_attn", "attn.c_proj"), transposed=True),
+    "gpt2": Architecture(
+        layers="transformer.h",
+        attention=("attn.c_attn", "attn.c_proj"),
+        transposed=True,
+        backbone="transformer",
+        final_norm="transformer.ln_f",
+    ),
     "opt": Architecture(
         layers="model.decoder.layers",
         attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
+        final_norm="model.decoder.final_layer_norm",
     ),
 }
 
@@ -66,6 +82,25 @@ def architecture_of(model: nn.Module) -> Architecture:
 def get_layers(model: nn.Module) -> nn.ModuleList:
     """The model's decoder blocks, in order."""
     return model.get_submodule(architecture_of(model).layers)
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The module returning the final (normed) hidden states, (B, T, H), before the LM head."""
+    return model.get_submodule(architecture_of(model).backbone)
+
+
+def head_logits(model: nn.Module, hidden: Tensor, keep: Tensor) -> Tensor:
+    """Logits of the LM head at the kept positions only: the head is the largest matrix of a small model.
+
+    Args:
+        model: a causal LM of a supported family.
+        hidden: (B, T, H) final hidden states from ``backbone(model)``.
+        keep: (B, T) bool, the positions whose logits are needed.
+
+    Returns:
+        (N, V) logits in ``hidden``'s dtype, N = ``keep.sum()``, in row-major order of ``keep``.
+    """
+    return model.get_output_embeddings()(hidden[keep])
 
 
 def num_layers(model: nn.Module) -> int:

@@ -104,14 +104,14 @@ def training_batches(
     epochs: float | None = None,
     steps: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Right-padded batches of (context, correct choice), reshuffled every epoch.
+    """Right-padded, length-bucketed batches of (context, correct choice), reshuffled every epoch.
 
     Args:
         tokenizer: the model's tokenizer.
         examples: training examples; the target is each example's correct choice.
-        batch_size: examples per batch; the last batch of an epoch may be smaller.
+        batch_size: examples per batch; one batch per epoch (the last of its bucket) may be smaller.
         max_length: token budget per example (see ``encode_example``).
-        seed: shuffling seed; epoch ``e`` uses a permutation derived from ``(seed, e)``.
+        seed: shuffling seed; epoch ``e``'s batches are ``bucketed_order`` with seed ``(seed, e)``.
         epochs: passes over the data (fractions allowed: 0.5 stops halfway through the first pass).
         steps: number of batches instead; cycles through further epochs as needed. Default: one epoch.
 
@@ -141,14 +141,42 @@ def _batches(
 ) -> Iterator[dict[str, torch.Tensor]]:
     epoch = 0
     while True:
-        order = list(range(len(encoded)))
-        random.Random(f"{seed}-{epoch}").shuffle(order)  # string seeds hash deterministically (sha512)
-        for start in range(0, len(order), batch_size):
-            yield pad_batch([encoded[i] for i in order[start : start + batch_size]], pad_id)
+        for rows in bucketed_order([len(ids) for ids, _ in encoded], batch_size, f"{seed}-{epoch}"):
+            yield pad_batch([encoded[i] for i in rows], pad_id)
             steps -= 1
             if steps == 0:
                 return
         epoch += 1
+
+
+BUCKET_BATCHES = 8  # batches per length bucket: enough to sort by, few enough to keep the order random
+
+
+def bucketed_order(lengths: list[int], batch_size: int, seed: str) -> list[list[int]]:
+    """One epoch of length-bucketed batches: every index of ``lengths`` exactly once, seeded.
+
+    The indices are shuffled, cut into buckets of ``BUCKET_BATCHES * batch_size``, each bucket sorted by
+    length and cut into batches, and the batches of all buckets shuffled again: each batch holds examples of
+    similar length (little padding), while which examples meet, and in which order, stays random.
+
+    Args:
+        lengths: token count of each example.
+        batch_size: examples per batch; a bucket's last batch may be smaller.
+        seed: shuffling seed (a string: Python hashes it deterministically, with sha512).
+
+    Returns:
+        The batches, as lists of indices into ``lengths``.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = BUCKET_BATCHES * batch_size
+    batches = []
+    for start in range(0, len(order), span):
+        bucket = sorted(order[start : start + span], key=lengths.__getitem__)  # stable: ties stay shuffled
+        batches += [bucket[s : s + batch_size] for s in range(0, len(bucket), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def public_corpus(

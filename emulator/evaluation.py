@@ -8,17 +8,20 @@ Per-example correctness is kept so that two methods can be compared pairwise on 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from emulator.architectures import backbone, head_logits
 from emulator.data import IGNORE_INDEX, encode_example, pad_batch, pad_token_id
 from emulator.results import MCResult
 from emulator.tasks import MCExample
@@ -50,25 +53,31 @@ def choice_logliks(
     max_length: int = 512,
     progress: bool = False,
     shared_context: bool = True,
+    trim_logits: bool = True,
+    bucketed: bool = True,
 ) -> list[list[float]]:
     """Log-likelihood of every choice of every example given its context.
 
     With ``shared_context`` (the default), an example's context runs through the model once and its KV cache
     serves all of its choices: on a 4-choice task whose context is longer than its choices, that halves the
     tokens scored. Otherwise (and for an example whose choices do not share one context prefix, which only
-    truncation causes) every (context, choice) pair is scored whole, left-padded so that it ends at the last
-    position and the model computes logits only there (``logits_to_keep``). Both ways give the same numbers.
-    Batches are sorted by length: little padding, and running out of memory shows at once.
+    truncation causes) every (context, choice) pair is scored whole, left-padded. Either way the LM head runs
+    only on the positions whose log-probability is summed. Both ways give the same numbers.
+    Batches are length-bucketed (``shared_groups``; pairs sorted by length), longest first: little padding,
+    and running out of memory shows at once.
 
     Args:
         model: a causal LM (or emulator) of a supported family; runs on its own device.
         tokenizer: its tokenizer.
         examples: the examples to score.
-        batch_size: (context, choice) sequences per forward pass; a shared-context pass holds as many whole
-            examples as fit, at least one.
+        batch_size: sequences per forward pass: contexts of a shared-context pass, choices of the passes
+            that follow it, (context, choice) pairs otherwise.
         max_length: token budget per sequence (see ``encode_example``).
         progress: show a progress bar on stderr.
         shared_context: score each context once (KV cache) rather than once per choice.
+        trim_logits: run the LM head only on the positions whose log-probability is summed; False runs it on
+            every position (the same numbers; for benchmarks).
+        bucketed: length-bucketed shared-context groups (``shared_groups``); False: the former packing.
 
     Returns:
         ``logliks[i][j]``: the summed log-probability of choice ``j`` of example ``i``.
@@ -82,20 +91,9 @@ def choice_logliks(
         else:
             single.extend((i, j) for j in range(len(pairs)))
     logliks = [[0.0] * len(ex.choices) for ex in examples]
-    batches: list[tuple[str, list]] = []
-    # Longest first, for both kinds of batch.
-    shared.sort(key=lambda i: -max(len(ids) for ids, _ in encoded[i]))
-    group: list[int] = []
-    rows = 0  # choices in `group`
-    for i in shared:
-        if group and rows + len(encoded[i]) > batch_size:
-            batches.append(("shared", group))
-            group, rows = [], 0
-        group.append(i)
-        rows += len(encoded[i])
-    if group:
-        batches.append(("shared", group))
-    single.sort(key=lambda r: -len(encoded[r[0]][r[1]][0]))
+    groups = shared_groups([encoded[i] for i in shared], shared, batch_size, bucketed)
+    batches = [("shared", group) for group in groups]
+    single.sort(key=lambda r: -len(encoded[r[0]][r[1]][0]))  # longest first: little padding
     batches += [("single", single[s : s + batch_size]) for s in range(0, len(single), batch_size)]
     from tqdm.auto import tqdm  # lazy: only needed here
 
@@ -103,20 +101,68 @@ def choice_logliks(
     with _inference(model):
         for kind, batch in tqdm(batches, desc="scoring", disable=not progress, file=sys.stderr):
             if kind == "shared":
-                scores = _score_shared(model, [encoded[i] for i in batch], pad_id, device)
+                group = [encoded[i] for i in batch]
+                rows = batch_size if bucketed else sum(len(pairs) for pairs in group)  # former: one pass
+                scores = _score_shared(model, group, pad_id, device, rows, trim_logits)
                 for i, example_scores in zip(batch, scores, strict=True):
                     logliks[i] = example_scores
             else:
-                scores = _score_batch(model, [encoded[i][j] for i, j in batch], pad_id, device)
+                scores = _score_batch(model, [encoded[i][j] for i, j in batch], pad_id, device, trim_logits)
                 for (i, j), score in zip(batch, scores, strict=True):
                     logliks[i][j] = score
     return logliks
 
 
+def shared_groups(
+    encoded: list[list[tuple[list[int], list[int]]]], names: list[int], batch_size: int, bucketed: bool = True
+) -> list[list[int]]:
+    """Groups of shared-context examples, one context pass each; deterministic.
+
+    Bucketed: examples ordered by their longest choice, then their context length (longest first, ties in
+    the given order), cut into groups of ``batch_size``, so that the length-sorted choice passes of
+    ``_score_shared`` carry little padding. Otherwise (the former packing, for benchmarks): ordered by
+    longest sequence, whole examples added while their choices fit in ``batch_size`` rows.
+
+    Args:
+        encoded: each example's encoded (context, choice) pairs, as ``encode_example`` returns them.
+        names: the examples' identifiers, parallel to ``encoded``.
+        batch_size: contexts per group (bucketed) or choices per group.
+
+    Returns:
+        The identifiers, grouped; every one exactly once.
+    """
+
+    def lengths(k: int) -> tuple[int, int]:  # (longest choice, context) of example k, in tokens
+        context = encoded[k][0][1].count(IGNORE_INDEX)
+        return max(len(ids) for ids, _ in encoded[k]) - context, context
+
+    if bucketed:
+        order = sorted(range(len(encoded)), key=lambda k: tuple(-n for n in lengths(k)))
+        return [[names[k] for k in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+    groups: list[list[int]] = []
+    rows = batch_size  # choices in the last group
+    for k in sorted(range(len(encoded)), key=lambda k: -sum(lengths(k))):
+        if rows + len(encoded[k]) > batch_size:
+            groups.append([])
+            rows = 0
+        groups[-1].append(names[k])
+        rows += len(encoded[k])
+    return groups
+
+
 def _score_shared(
-    model: nn.Module, examples: list[list[tuple[list[int], list[int]]]], pad_id: int, device: torch.device
+    model: nn.Module,
+    examples: list[list[tuple[list[int], list[int]]]],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    trim_logits: bool = True,
 ) -> list[list[float]]:
-    """Scores of every choice of ``examples`` (each a list of encoded pairs sharing one context prefix)."""
+    """Scores of every choice of ``examples`` (each a list of encoded pairs sharing one context prefix).
+
+    One pass over the contexts (logits at their last position only), then the choices, sorted by length, in
+    passes of ``batch_size`` rows, each on a copy of the cache holding its rows' contexts.
+    """
     contexts = [pairs[0][0][: pairs[0][1].count(IGNORE_INDEX)] for pairs in examples]
     batch = pad_batch([(c, [IGNORE_INDEX] * len(c)) for c in contexts], pad_id, side="left")
     mask = batch["attention_mask"].to(device)
@@ -129,22 +175,31 @@ def _score_shared(
     )
     first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (E, V): each choice's first token
     # One row per choice: the cache of its example's context, then the choice's tokens, right-padded.
-    owner = torch.tensor([e for e, pairs in enumerate(examples) for _ in pairs], device=device)
+    owners = [e for e, pairs in enumerate(examples) for _ in pairs]
     targets = [ids[labels.count(IGNORE_INDEX) :] for pairs in examples for ids, labels in pairs]
-    cache = out.cache
-    cache.batch_select_indices(owner)
-    choices = pad_batch([(t, t) for t in targets], pad_id, side="right")
-    ids, choice_mask = choices["input_ids"].to(device), choices["attention_mask"].to(device)
-    positions = mask.sum(-1)[owner].unsqueeze(-1) + torch.arange(ids.shape[1], device=device)  # after context
-    logits = model(
-        input_ids=ids,
-        attention_mask=torch.cat([mask[owner], choice_mask], dim=-1),
-        position_ids=positions,
-        cache=cache,
-    ).logits  # (R, width, V): position t predicts choice token t + 1
-    rest = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    head = first[owner].gather(-1, ids[:, :1]).squeeze(-1)  # (R,)
-    totals = (head + (rest * choice_mask[:, 1:]).sum(-1)).tolist()
+    order = sorted(range(len(targets)), key=lambda r: -len(targets[r]))
+    totals = [0.0] * len(targets)
+    for s in range(0, len(order), batch_size):
+        rows = order[s : s + batch_size]
+        owner = torch.tensor([owners[r] for r in rows], device=device)
+        cache = copy.deepcopy(out.cache)  # select_indices replaces the tensors of this copy only
+        cache.batch_select_indices(owner)
+        choices = pad_batch([(targets[r], targets[r]) for r in rows], pad_id, side="right")
+        ids, choice_mask = choices["input_ids"].to(device), choices["attention_mask"].to(device)
+        width = ids.shape[1]
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": torch.cat([mask[owner], choice_mask], dim=-1),
+            "position_ids": mask.sum(-1)[owner].unsqueeze(-1) + torch.arange(width, device=device),
+            "cache": cache,
+        }
+        # Position t predicts choice token t + 1; the last position and the padding predict nothing.
+        following = ids[:, 1:].masked_fill(choice_mask[:, 1:] == 0, IGNORE_INDEX)
+        following = F.pad(following, (0, 1), value=IGNORE_INDEX)  # (r, width)
+        rest = next_token_logprobs(model, inputs, following, trim_logits)  # (r, width)
+        head = first[owner].gather(-1, ids[:, :1]).squeeze(-1)  # (r,)
+        for r, total in zip(rows, (head + rest.sum(-1)).tolist(), strict=True):
+            totals[r] = total
     scores, row = [], 0
     for pairs in examples:
         scores.append(totals[row : row + len(pairs)])
@@ -153,45 +208,73 @@ def _score_shared(
 
 
 def _score_batch(
-    model: nn.Module, sequences: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device
+    model: nn.Module,
+    sequences: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    device: torch.device,
+    trim_logits: bool = True,
 ) -> list[float]:
     batch = {k: v.to(device) for k, v in pad_batch(sequences, pad_id, side="left").items()}
-    logprobs, scored = label_logprobs(model, batch)
+    logprobs, scored = label_logprobs(model, batch, trim_logits)
     return (logprobs * scored).sum(-1).tolist()
 
 
-def label_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of the labelled tokens of a batch.
-
-    Logits are computed only from the first labelled column on. With left padding the labelled (answer)
-    tokens end every row, so that is the last few positions: the model gets
-    ``logits_to_keep``, which skips most of the vocabulary projection, the largest single matrix of a small
-    model (on a 30-token example with a 10-token answer, two thirds of it).
+def next_token_logprobs(
+    model: nn.Module, inputs: dict[str, Any], targets: torch.Tensor, trim_logits: bool = True
+) -> torch.Tensor:
+    """Log-probability, at every position, of the token it should predict.
 
     Args:
         model: a causal LM (or emulator) of a supported family.
-        batch: ``input_ids``, ``attention_mask`` and ``labels`` (-100 where not scored), (B, T); any padding
-            side is correct, left padding is the cheapest.
+        inputs: keyword arguments of its forward pass (``input_ids`` (B, T), masks, positions, cache).
+        targets: (B, T) the token each position predicts, -100 where none.
+        trim_logits: run the LM head only where a target is (``head_logits``); False runs the whole model
+            (logits at every position: the same numbers, slower; for benchmarks).
 
     Returns:
-        ``(logprobs, scored)``, (B, K) each: the log-probability of each label in the last K columns and
-        whether that column is labelled (float 1/0); zeros where not.
+        (B, T) fp32 log-probabilities, 0 where the target is -100.
+    """
+    keep = targets != IGNORE_INDEX
+    picked = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+    if trim_logits:
+        hidden = backbone(model)(**inputs).last_hidden_state  # (B, T, H)
+        logits = head_logits(model, hidden, keep).float()  # (N, V)
+        picked[keep] = logits.log_softmax(-1).gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
+        return picked
+    logprobs = model(**inputs).logits.float().log_softmax(-1)  # (B, T, V)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * keep
+
+
+def label_logprobs(
+    model: nn.Module, batch: dict[str, torch.Tensor], trim_logits: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the labelled tokens of a batch.
+
+    The LM head runs only at the positions that predict a labelled token (``next_token_logprobs``), the
+    largest single matrix of a small model (on a 30-token example with a 10-token answer, two thirds of it).
+
+    Args:
+        model: a causal LM (or emulator) of a supported family.
+        batch: ``input_ids``, ``attention_mask`` and ``labels`` (-100 where not scored), (B, T); either
+            padding side is correct.
+        trim_logits: see ``next_token_logprobs``.
+
+    Returns:
+        ``(logprobs, scored)``, (B, T - 1) each: column t holds the log-probability of label t + 1 and
+        whether that label is scored (float 1/0); zeros where not.
     """
     mask, labels = batch["attention_mask"], batch["labels"]
-    width = labels.shape[1]
-    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
-    first = int(labelled[0]) if len(labelled) else width - 1
-    keep = min(width, width - first + 1)  # one more: position t predicts token t + 1
     # Explicit positions: left padding must not shift absolute position embeddings (GPT-2, OPT).
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=keep
-    ).logits  # (B, keep, V): the last `keep` positions
-    logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, keep - 1, V)
-    targets = labels[:, -(keep - 1) :]  # (B, keep - 1)
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    scored = (targets != IGNORE_INDEX).to(picked.dtype)
-    return picked * scored, scored
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+    }
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T): position t predicts label t + 1
+    picked = next_token_logprobs(model, inputs, targets, trim_logits)[:, :-1]
+    scored = (labels[:, 1:] != IGNORE_INDEX).to(picked.dtype)
+    return picked, scored
 
 
 def _stderr(values: tuple[int, ...]) -> float:

@@ -13,9 +13,11 @@ What is measured:
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import threading
+from pathlib import Path
 from types import TracebackType
 
 import torch
@@ -25,8 +27,10 @@ _KIB = 1024
 
 def current_rss() -> int:
     """Resident set size of this process, in bytes."""
-    import psutil  # a dependency of Ray (flwr[simulation]); imported lazily, only clients need it
-
+    try:
+        import psutil  # a dependency of Ray (flwr[simulation]); imported lazily, only clients need it
+    except ImportError:  # a machine without Ray (the benchmark alone): Linux's own account
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return int(psutil.Process().memory_info().rss)
 
 

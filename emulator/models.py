@@ -93,7 +93,8 @@ def load_model(
             f"model={name!r} is unknown; use one of {', '.join(MODEL_NAMES)}, a local directory or a hub id"
             " such as 'facebook/opt-125m'"
         )
-    architecture_of(model)
+    if architecture_of(model).sdpa:  # PyTorch's fused attention; transformers' default, made explicit
+        model.set_attn_implementation("sdpa")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = False

@@ -8,16 +8,22 @@ interrupted and resumed federation retrains exactly what an uninterrupted one wo
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from emulator.adapters import AdapterState, adapter_state
+from emulator.architectures import backbone, get_layers, head_logits
+from emulator.data import IGNORE_INDEX
 from emulator.memory import PeakMemory
 
 
@@ -45,6 +51,9 @@ def train_adapter(
     weight_decay: float = 0.0,
     proximal_mu: float = 0.0,
     seed: int = 0,
+    checkpoint_middle: bool = False,
+    bf16: bool = False,
+    trim_logits: bool = True,
 ) -> TrainResult:
     """Train the adapter of ``model`` in place on ``batches`` and return it.
 
@@ -58,6 +67,11 @@ def train_adapter(
         weight_decay: AdamW weight decay.
         proximal_mu: FedProx: adds (mu/2)·||w - w_start||² to the loss, w_start the weights at entry.
         seed: seeds dropout (LoRA dropout, model dropout) for this call.
+        checkpoint_middle: recompute the activations of the frozen blocks in the backward pass instead of
+            keeping them (``torch.utils.checkpoint``, one checkpoint per block).
+        bf16: bfloat16 autocast on CUDA; no effect on other devices.
+        trim_logits: run the LM head only where a label is (``answer_loss``); False runs it on every
+            position (the model's own loss: same value, for benchmarks).
 
     Returns:
         The trained adapter state, the mean task loss, the number of steps, the wall time and the peak memory
@@ -75,11 +89,15 @@ def train_adapter(
     torch.manual_seed(seed)
     model.train()
     start, losses = time.perf_counter(), []
-    with PeakMemory(device) as memory:
+    loss_of = answer_loss if trim_logits else lambda m, b: m(**b).loss
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+    frozen = checkpoint_frozen_blocks(model) if checkpoint_middle else contextlib.nullcontext()
+    with PeakMemory(device) as memory, frozen:
         try:
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss = model(**batch).loss  # mean cross-entropy over the scored (answer) tokens
+                with autocast:
+                    loss = loss_of(model, batch)  # mean cross-entropy over the scored (answer) tokens
                 if not math.isfinite(loss.item()):
                     raise ValueError(
                         f"training loss became {loss.item()} at step {len(losses) + 1}; lower client.lr"
@@ -101,3 +119,42 @@ def train_adapter(
     seconds = time.perf_counter() - start
     mean_loss = sum(losses) / len(losses)
     return TrainResult(adapter_state(model, positions), mean_loss, len(losses), seconds, memory.peak)
+
+
+def answer_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens, the LM head run on those positions only.
+
+    The same value as the model's own ``loss`` (transformers' causal-LM loss: labels shifted by one, -100
+    ignored, fp32 logits, mean over labelled tokens), without the (B, T, V) logits of the context positions:
+    the head is a fifth of SmolLM2's forward FLOPs and its logits the largest activation.
+
+    Args:
+        model: a causal LM (or emulator) of a supported family.
+        batch: (B, T) ``input_ids``, ``attention_mask`` and ``labels`` (-100 where not scored).
+
+    Returns:
+        A scalar tensor (NaN when no token is labelled, as transformers' loss).
+    """
+    hidden = backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    keep = targets != IGNORE_INDEX
+    logits = head_logits(model, hidden.last_hidden_state[:, :-1], keep)  # (N, V)
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+@contextlib.contextmanager
+def checkpoint_frozen_blocks(model: nn.Module) -> Iterator[None]:
+    """Activation checkpointing of every block without trainable parameters, for the duration of the block.
+
+    Such a block's activations are kept only for the gradient flowing through it to the adapters below, so
+    recomputing them in the backward pass trades one more forward of the block for its activation memory.
+    """
+    frozen = [b for b in get_layers(model) if not any(p.requires_grad for p in b.parameters())]
+    for block in frozen:
+        # An instance attribute shadows the class's forward; non-reentrant checkpointing takes keywords.
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for block in frozen:
+            del block.forward

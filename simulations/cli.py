@@ -61,7 +61,7 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit={args.limit} must be at least 1")
     import torch
 
-    from emulator.evaluation import multiple_choice_accuracy
+    from emulator.memo import memoised_accuracy
     from emulator.models import load_model
     from emulator.tasks import load_task
 
@@ -79,7 +79,7 @@ def _run_eval(args: argparse.Namespace) -> None:
         args.split,
     )
     start = time.perf_counter()
-    result = multiple_choice_accuracy(
+    result = memoised_accuracy(
         model, tokenizer, examples, batch_size=args.batch_size, max_length=args.max_length, progress=True
     )
     seconds = time.perf_counter() - start

@@ -74,7 +74,6 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         config.adapter,
         evaluation.batch_size,
         emulator_is_full=config.emulator.method == "full",
-        reference_key=(config.model, config.task, config.seed, evaluation.test_limit, evaluation.batch_size),
     )
     adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
 

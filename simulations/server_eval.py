@@ -1,4 +1,4 @@
-"""Server-side evaluation: zero-shot rows once, then plug-in (and emulator fine-tuned) after rounds.
+"""Server-side evaluation: zero-shot rows once (memoised), then plug-in (and emulator fine-tuned) by round.
 
 Offsite-Tuning's Table 1 rows (paper): full zero-shot, emulator zero-shot, emulator fine-tuned (emulator +
 adapter) and plug-in (full model + adapter). The strategy calls ``ServerEvaluator`` as its ``evaluate_fn``.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from emulator.adapters import (
 )
 from emulator.config import AdapterConfig
 from emulator.evaluation import multiple_choice_accuracy
+from emulator.memo import memoised_accuracy
 from emulator.plug_in import plug_in_
 from emulator.results import MCResult
 from emulator.tasks import MCExample
@@ -32,10 +34,6 @@ from strategies import keys
 log = logging.getLogger(__name__)
 
 FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN = "Full-ZS", "Emulator-ZS", "Emulator-FT", "Plug-in"
-
-# The full model's zero-shot result by ``reference_key``: it does not depend on the emulator, so a process
-# that runs several configs on the same model and test set (``scaleot compare``) scores it once.
-_FULL_ZERO_SHOT: dict[Hashable, MCResult] = {}
 
 
 def result_row(result: MCResult) -> dict[str, Any]:
@@ -71,8 +69,9 @@ class ServerEvaluator:
         batch_size: scoring batch size.
         emulator_is_full: the emulator is the full model itself (method ``full``): its rows are copies of the
             full model's, not scored twice.
-        reference_key: identifies (full model, test examples, scoring settings); the full model's zero-shot
-            result is scored once per key in this process. None: always scored.
+        memo_dir: where zero-shot results are memoised (``emulator.memo``); default the cache's. The full
+            model's zero-shot row does not depend on the method, so every run on the same model and test
+            set after the first reads it from there.
 
     Attributes:
         per_example: row name -> per-example correctness of its latest evaluation (``per_example``).
@@ -88,23 +87,19 @@ class ServerEvaluator:
         adapter: AdapterConfig,
         batch_size: int = 16,
         emulator_is_full: bool = False,
-        reference_key: Hashable | None = None,
+        memo_dir: Path | None = None,
     ) -> None:
         self.full_model, self.emulator_model = full_model, emulator_model
         self.positions, self.tokenizer, self.examples = dict(positions), tokenizer, examples
         self.adapter, self.batch_size = adapter, batch_size
-        self.emulator_is_full, self.reference_key = emulator_is_full, reference_key
+        self.emulator_is_full, self.memo_dir = emulator_is_full, memo_dir
         self.per_example: dict[str, dict[str, list[int]]] = {}
 
     def zero_shot(self) -> dict[str, dict[str, Any]]:
         """Full-ZS and Emulator-ZS rows (before any adapter is plugged in)."""
         start = time.perf_counter()
-        full = _FULL_ZERO_SHOT.get(self.reference_key) if self.reference_key is not None else None
-        if full is None:
-            full = self._score(self.full_model)
-            if self.reference_key is not None:
-                _FULL_ZERO_SHOT[self.reference_key] = full
-        emulator = full if self.emulator_is_full else self._score(self.emulator_model)
+        full = self._zero_shot(self.full_model)
+        emulator = full if self.emulator_is_full else self._zero_shot(self.emulator_model)
         self.per_example |= {FULL_ZS: per_example(full), EMULATOR_ZS: per_example(emulator)}
         rows = {FULL_ZS: result_row(full), EMULATOR_ZS: result_row(emulator)}
         log.info(
@@ -133,6 +128,11 @@ class ServerEvaluator:
         prepare_adapter_(self.emulator_model, self.positions, self.adapter)
         load_adapter_state_(self.emulator_model, self.positions, state)
         return self._score(self.emulator_model)
+
+    def _zero_shot(self, model: nn.Module) -> MCResult:
+        return memoised_accuracy(
+            model, self.tokenizer, self.examples, batch_size=self.batch_size, directory=self.memo_dir
+        )
 
     def _score(self, model: nn.Module) -> MCResult:
         return multiple_choice_accuracy(model, self.tokenizer, self.examples, batch_size=self.batch_size)

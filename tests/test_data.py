@@ -66,7 +66,7 @@ def _examples(n: int) -> list[MCExample]:
 def test_training_batches_mask_context_and_padding(tokenizer):
     examples = _examples(10)
     batches = list(training_batches(tokenizer, examples, batch_size=4, max_length=64, seed=0))
-    assert [b["input_ids"].shape[0] for b in batches] == [4, 4, 2]
+    assert sorted(b["input_ids"].shape[0] for b in batches) == [2, 4, 4]
     targets = Counter()
     for batch in batches:
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]

@@ -1,11 +1,18 @@
 """Client efficiency benchmark (a script, not a test): what a data owner pays per step; what federation costs.
 
-In one run, on one model at one batch size and sequence length:
+In one run, on one model at one batch size and sequence length (``--sections`` picks which parts run):
 
-1. **Training step time and peak memory of a client** on the ScaleOT emulator, on the uniform (LayerDrop)
-   emulator and on the full model. Each is measured in a fresh child process that holds only that model, as
+0. **gemm**: the machine's fp32 matmul throughput on the model's own matrix shapes
+   (``simulations.studies.throughput``); every phase below is also shown as its needed FLOPs per second, as a
+   fraction of it.
+1. **clients: training step time and peak memory of a client** on the ScaleOT emulator, on the uniform
+   (LayerDrop) emulator and on the full model, each on the new code path, with the optimisations off
+   (``old``: the LM head on every position, ``train_adapter(trim_logits=False)``) and with activation
+   checkpointing of the frozen blocks (``ckpt``), side by side in one run so that ratios are free of the
+   machine's drift. Each is measured in a fresh child process that holds only that model, as
    a client does: it loads the model (emulator bundle or full model), makes the adapter blocks trainable and
-   runs ``emulator.training.train_adapter`` on fixed-length batches of random tokens (every position scored),
+   runs ``emulator.training.train_adapter`` on fixed-length batches of random tokens whose last positions
+   carry the labels, as many as the task's answers have (the context carries no loss),
    ``--warmup`` steps first, then ``--steps`` timed ones. Step time is the median over the timed steps;
    memory is ``emulator.memory.PeakMemory`` (CUDA: peak tensor memory; CPU: the process's peak resident set,
    Python and torch included, shown with the part above the loaded model).
@@ -18,14 +25,18 @@ In one run, on one model at one batch size and sequence length:
    count. Attention scores (∝ sequence length), norms and activations are left out. ``bound`` = FLOPs of the
    model / FLOPs of the full model: the time ratio a client could reach if time followed FLOPs; the target
    is a measured time ratio within 1.1 × the bound.
-3. **Emulator build time**: ScaleOT (stage 1, Dynamic LayerReplace, then assembly and SRC) against
+2b. **scoring**: examples per second of zero-shot scoring of the full model on the first
+   ``--scoring-examples`` test examples of the task, new path against ``old`` (logits on every position,
+   the former shared-context packing: ``choice_logliks(trim_logits=False, bucketed=False)``).
+3. **builds: emulator build time**: ScaleOT (stage 1, Dynamic LayerReplace, then assembly and SRC) against
    uniform+distill, with the same number of steps (``--build-steps``), and plain uniform (no training).
-4. **The framework's overhead per round**: a short simulation on Flower's Ray runtime (uniform emulator,
-   2 clients, IID); per round, wall time minus server-side evaluation minus the clients' own training time
-   (clients run one after the other on one actor). Round 1 also holds the emulator handshake (actor start,
-   bundle load).
+4. **overhead: the framework's overhead per round** (needs flwr and Ray): a short simulation on Flower's
+   Ray runtime (uniform emulator, 2 clients, IID); per round, wall time minus server-side evaluation minus
+   the clients' own training time (clients run one after the other on one actor). Round 1 also holds the
+   emulator handshake (actor start, bundle load).
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.benchmark          # SmolLM2-135M, ~10 min
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.benchmark  # SmolLM2-135M, ~30 min
+    .venv/bin/python -m simulations.studies.benchmark --sections gemm clients scoring  # no flwr or Ray needed
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.benchmark --quick  # tiny-llama, ~2 min
 """
 
@@ -52,6 +63,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("scaleot.benchmark")
 
 TASKS = {"smollm2-135m": "bigbench:goal_step_wikihow/step_inference"}  # the simulation's task; else synthetic
+SECTIONS = ("gemm", "clients", "scoring", "builds", "overhead")
+# Client code paths: the optimisations off, on, and on with activation checkpointing of the frozen blocks.
+VARIANTS = {"old": {"trim_logits": False}, "new": {}, "ckpt": {"checkpoint_middle": True}}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -64,13 +78,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per client model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     parser.add_argument("--build-steps", type=int, default=50, help="stage-1 = distillation steps")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to run")
+    parser.add_argument("--scoring-examples", type=int, default=64, help="test examples scored per path")
+    parser.add_argument("--variant", choices=VARIANTS, default="new", help=argparse.SUPPRESS)  # child only
     parser.add_argument("--quick", action="store_true", help="tiny-llama, tiny sizes: checks that it runs")
     parser.add_argument("--json", type=Path, help="also write the measurements to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one client model, print JSON
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.batch_size, args.seq_len = "tiny-llama", 4, 64
-        args.steps, args.warmup, args.build_steps = 4, 1, 4
+        args.steps, args.warmup, args.build_steps, args.scoring_examples = 4, 1, 4, 16
     return args
 
 
@@ -97,16 +114,37 @@ def flops_per_token(model: nn.Module) -> float:
     return 4.0 * matrices + 2.0 * trainable
 
 
-def random_batches(vocab: int, batch_size: int, seq_len: int, count: int) -> list[dict[str, Any]]:
-    """``count`` fixed-length batches of random tokens, every position scored; the same for every model."""
+def random_batches(
+    vocab: int, batch_size: int, seq_len: int, count: int, answers: Sequence[int]
+) -> list[dict[str, Any]]:
+    """``count`` fixed-length batches of random tokens; the same for every model.
+
+    Row ``r`` carries labels on its last ``answers[r % len(answers)]`` positions only (the task's answer
+    lengths in tokens), as a task example's context carries no loss.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    batches = []
+    batches, row = [], 0
     for _ in range(count):
         ids = torch.randint(vocab, (batch_size, seq_len), generator=generator)  # (B, T)
-        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+        labels = torch.full_like(ids, -100)
+        for b in range(batch_size):
+            answer = min(answers[row % len(answers)], seq_len - 1)
+            labels[b, -answer:] = ids[b, -answer:]
+            row += 1
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
     return batches
+
+
+def answer_lengths(tokenizer: Any, model_name: str, seq_len: int, count: int = 256) -> list[int]:
+    """Token counts of the correct answers of the first ``count`` training examples of the model's task."""
+    from emulator.data import IGNORE_INDEX, encode_example
+    from emulator.tasks import load_task
+
+    examples = load_task(TASKS.get(model_name, "synthetic")).train[:count]
+    encoded = [encode_example(tokenizer, ex.context, ex.choices[ex.label], seq_len) for ex in examples]
+    return [len(labels) - labels.count(IGNORE_INDEX) for _, labels in encoded]
 
 
 def _stamped(batches: Sequence[Mapping[str, Any]], stamps: list[float]) -> Iterator[Mapping[str, Any]]:
@@ -131,37 +169,44 @@ def measure_client(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     from emulator.memory import current_rss
     from emulator.models import load_model
     from emulator.training import train_adapter
+    from simulations.studies.throughput import training_flops
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "full":
-        model, _ = load_model(args.model, device=device)
+        model, tokenizer = load_model(args.model, device=device)
         sandwich = EmulatorConfig()  # the emulators' default 2 + 2 adapter blocks
         positions = {
             i: i for i in adapter_layers(num_layers(model), sandwich.adapter_bottom, sandwich.adapter_top)
         }
     else:
-        emulator, _ = load_emulator(spec, device=device)
+        emulator, tokenizer = load_emulator(spec, device=device)
         model, positions = emulator.model, emulator.adapter_positions()
     prepare_adapter_(model, positions, AdapterConfig())
     loaded = torch.cuda.memory_allocated() if device == "cuda" else current_rss()
-    batches = random_batches(model.config.vocab_size, args.batch_size, args.seq_len, args.warmup + args.steps)
+    answers = answer_lengths(tokenizer, args.model, args.seq_len)
+    count = args.warmup + args.steps
+    batches = random_batches(model.config.vocab_size, args.batch_size, args.seq_len, count, answers)
+    options = VARIANTS[args.variant]
     if args.warmup:
-        train_adapter(model, positions, batches[: args.warmup], lr=1e-4)
+        train_adapter(model, positions, batches[: args.warmup], lr=1e-4, **options)
     stamps: list[float] = []
-    result = train_adapter(model, positions, _stamped(batches[args.warmup :], stamps), lr=1e-4)
+    result = train_adapter(model, positions, _stamped(batches[args.warmup :], stamps), lr=1e-4, **options)
     steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    scored = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches) / len(batches)
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "flops_per_token": flops_per_token(model),
+        "needed_flops": training_flops(model, args.batch_size * args.seq_len, round(scored)),
         "step_seconds": statistics.median(steps),
         "peak_bytes": result.peak_memory,
         "loaded_bytes": loaded,
     }
 
 
-def client_in_child(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+def client_in_child(spec: str, args: argparse.Namespace, variant: str = "new") -> dict[str, Any]:
     """``measure_client`` in a fresh Python process, so its memory is that one model's alone."""
     argv = [sys.executable, "-m", "simulations.studies.benchmark", "--child", spec, "--model", args.model]
+    argv += ["--variant", variant]
     argv += ["--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
     argv += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -241,31 +286,84 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
     return rounds
 
 
+# --- 0 and 2b: GEMM throughput and scoring, in this process ----------------------------------------------
+
+
+def measure_scoring(args: argparse.Namespace, model: nn.Module, tokenizer: Any) -> dict[str, dict[str, Any]]:
+    """Zero-shot scoring of the task's first test examples, old path then new, on the same model."""
+    from emulator.data import encode_example
+    from emulator.evaluation import choice_logliks
+    from emulator.tasks import load_task
+    from simulations.studies.throughput import scoring_flops
+
+    examples = load_task(TASKS.get(args.model, "synthetic")).test[: args.scoring_examples]
+    encoded = [[encode_example(tokenizer, ex.context, c, 512) for c in ex.choices] for ex in examples]
+    needed = scoring_flops(model, encoded)
+    choice_logliks(model, tokenizer, examples[:4])  # warm-up
+    results = {}
+    for path, options in (("old", {"trim_logits": False, "bucketed": False}), ("new", {})):
+        start = time.perf_counter()
+        choice_logliks(model, tokenizer, examples, **options)
+        seconds = time.perf_counter() - start
+        results[path] = {"examples": len(examples), "seconds": seconds, "needed_flops": needed}
+        log.info("scoring, %s path: %d examples in %.1f s", path, len(examples), seconds)
+    return results
+
+
+def scaleot_bundle(args: argparse.Namespace, model: nn.Module, tokenizer: Any) -> str:
+    """The ScaleOT emulator bundle of the benchmark's settings, from the cache (built once)."""
+    from emulator.config import EmulatorConfig
+    from simulations.bundles import ensure_bundle
+
+    values = {"method": "scaleot", "alpha": args.alpha, "rank_keep": args.rank_keep}
+    values["stage1_steps"] = args.build_steps
+    if args.quick:
+        values |= {"harmonizer_rank": 16, "batch_size": 2, "seq_len": 32}
+    return str(ensure_bundle(args.model, EmulatorConfig.from_dict(values), model, tokenizer))
+
+
 # --- report ------------------------------------------------------------------------------------------------
 
 
-def client_table(clients: Mapping[str, Mapping[str, Any]]) -> str:
-    """Step time and memory per client model, with the FLOP bound; ratios are to the full model."""
+def client_table(clients: Mapping[str, Mapping[str, Any]], gemm: float | None) -> str:
+    """Step time and memory per client model and code path; ratios to the full model's new path."""
     full = clients["full model"]
     lines = [
-        "| client model | params (M) | FLOP bound (× full) | step s | × full | × full / bound "
-        "| peak MB | above load MB | peak × full |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| client model | path | params (M) | FLOP bound (× full) | step s | × full | new / old "
+        "| needed GFLOP/s | × GEMM | peak MB | above load MB | peak × full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, c in clients.items():
-        bound = c["flops_per_token"] / full["flops_per_token"]
-        ratio = c["step_seconds"] / full["step_seconds"]
+    for label, c in clients.items():
+        name, _, path = label.partition(" · ")
+        old = clients.get(f"{name} · old")
+        rate = c["needed_flops"] / c["step_seconds"]
         cells = [
             name,
+            path or "new",
             f"{c['params'] / 1e6:.1f}",
-            f"{bound:.3f}",
+            f"{c['flops_per_token'] / full['flops_per_token']:.3f}",
             f"{c['step_seconds']:.3f}",
-            f"{ratio:.3f}",
-            f"{ratio / bound:.2f}",
+            f"{c['step_seconds'] / full['step_seconds']:.3f}",
+            f"{c['step_seconds'] / old['step_seconds']:.3f}" if old else "",
+            f"{rate / 1e9:.1f}",
+            f"{rate / gemm:.2f}" if gemm else "",
             f"{c['peak_bytes'] / 1e6:.0f}",
             f"{(c['peak_bytes'] - c['loaded_bytes']) / 1e6:.0f}",
             f"{c['peak_bytes'] / full['peak_bytes']:.2f}",
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scoring_table(scoring: Mapping[str, Mapping[str, float]], gemm: float | None) -> str:
+    """Examples per second of zero-shot scoring, new path against old."""
+    lines = ["| scoring path | examples | seconds | examples/s | new / old | needed GFLOP/s | × GEMM |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for path, r in scoring.items():
+        speedup = r["examples"] / r["seconds"] / (scoring["old"]["examples"] / scoring["old"]["seconds"])
+        rate = r["needed_flops"] / r["seconds"]
+        cells = [path, f"{r['examples']}", f"{r['seconds']:.1f}", f"{r['examples'] / r['seconds']:.2f}"]
+        cells += [f"{speedup:.2f}", f"{rate / 1e9:.1f}", f"{rate / gemm:.2f}" if gemm else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -300,27 +398,56 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import torch
 
+    from emulator.models import load_model
+    from simulations.studies.throughput import gemm_throughput
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     directory = Path(tempfile.mkdtemp(prefix="scaleot-benchmark-"))
+    sections, gemm, scoring, builds, clients, rounds = set(args.sections), None, {}, {}, {}, []
+    model, tokenizer = load_model(args.model, device=device)
     try:
-        builds = build_emulators(args, directory)
-        clients = {"full model": client_in_child("full", args)}
-        for name, build in builds.items():
-            if build["bundle"]:
-                log.info("measuring a client step on %s", name)
-                clients[name] = client_in_child(build["bundle"], args)
-        rounds = round_overhead(args, directory)
+        if "gemm" in sections:
+            gemm = gemm_throughput(model, args.batch_size * args.seq_len)
+            log.info("fp32 GEMM throughput on the model's shapes: %.1f GFLOP/s", gemm / 1e9)
+        if "scoring" in sections:
+            scoring = measure_scoring(args, model, tokenizer)
+        if "builds" in sections:
+            builds = build_emulators(args, directory)
+        if "clients" in sections:
+            bundles = {n: b["bundle"] for n, b in builds.items() if b["bundle"]}
+            if not bundles:
+                bundles = {
+                    f"scaleot α={args.alpha:g} β={args.rank_keep:g}": scaleot_bundle(args, model, tokenizer)
+                }
+            del model  # the children load their own
+            for variant in ("old", "new"):
+                clients["full model" + _path(variant)] = client_in_child("full", args, variant)
+            for name, bundle in bundles.items():
+                for variant in ("old", "new", "ckpt") if name.startswith("scaleot") else ("new",):
+                    log.info("measuring a client step on %s (%s)", name, variant)
+                    clients[name + _path(variant)] = client_in_child(bundle, args, variant)
+        if "overhead" in sections:
+            rounds = round_overhead(args, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     header = (
         f"{args.model}, batch {args.batch_size} × {args.seq_len} tokens, median of {args.steps} steps "
         f"after {args.warmup}; {machine(device)}"
     )
-    print("\n\n".join([header, client_table(clients), build_table(builds), overhead_table(rounds)]))
+    if gemm:
+        header += f"; fp32 GEMM on the model's shapes: {gemm / 1e9:.1f} GFLOP/s"
+    tables = [client_table(clients, gemm) if clients else "", scoring_table(scoring, gemm) if scoring else ""]
+    tables += [build_table(builds) if builds else "", overhead_table(rounds) if rounds else ""]
+    print("\n\n".join([header, *filter(None, tables)]))
     if args.json:
-        payload = {"args": vars(args) | {"json": str(args.json)}, "machine": machine(device)}
-        payload |= {"clients": clients, "builds": builds, "rounds": rounds}
+        payload = {"args": vars(args) | {"json": str(args.json)}, "machine": machine(device), "gemm": gemm}
+        payload |= {"clients": clients, "scoring": scoring, "builds": builds, "rounds": rounds}
         args.json.write_text(json.dumps(payload, indent=1))
+
+
+def _path(variant: str) -> str:
+    """Label suffix of a client code path; the new path has none, so that "full model" is the reference."""
+    return "" if variant == "new" else f" · {variant}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""Zero-shot accuracy memoised on disk: a model scored once on a test set serves every later run.
+
+The full model's zero-shot row is the same for every method of ``scaleot compare``, for the demo and for
+``scaleot eval``; scoring it costs minutes on a CPU. Results are stored under
+``emulator.models.cache_dir() / "zero-shot"``, one JSON file per key, and the key is a hash of everything the
+numbers depend on: the model's weights and config, the tokenizer's vocabulary, the examples themselves
+(so the task, split, limit and split seed), the token budget, and ``SCORING_VERSION``. A changed model or
+split therefore misses the memo instead of reading a stale result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from emulator.evaluation import multiple_choice_accuracy
+from emulator.models import cache_dir
+from emulator.results import MCResult
+from emulator.tasks import MCExample
+
+log = logging.getLogger(__name__)
+
+# Bump whenever the numbers ``multiple_choice_accuracy`` returns for the same model and examples change
+# (encoding of contexts and choices, BOS handling, normalisation): memoised results of older versions are
+# then ignored.
+SCORING_VERSION = 1
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's config and of every tensor of its state dict (name, dtype, shape, bytes)."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    digest.update((config.to_json_string(use_diff=False) if config is not None else "").encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def memo_key(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: list[MCExample], max_length: int
+) -> str:
+    """The memo key of scoring ``model`` on ``examples`` (see the module docstring for what it covers)."""
+    spec = {
+        "model": model_fingerprint(model),
+        "vocab": hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest(),
+        "examples": [[ex.context, list(ex.choices), ex.label] for ex in examples],
+        "max_length": max_length,
+        "scoring": SCORING_VERSION,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def memoised_accuracy(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[MCExample],
+    batch_size: int = 16,
+    max_length: int = 512,
+    progress: bool = False,
+    directory: Path | None = None,
+) -> MCResult:
+    """``multiple_choice_accuracy``, read from the memo when this model was scored on these examples before.
+
+    Args:
+        model, tokenizer, examples, batch_size, max_length, progress: as ``multiple_choice_accuracy``
+            (``batch_size`` does not enter the key: it changes the speed, not the result).
+        directory: where memo files live; default ``cache_dir() / "zero-shot"``.
+
+    Raises:
+        ValueError: no examples.
+    """
+    if not examples:
+        raise ValueError("examples is empty; accuracy needs at least one example")
+    directory = directory or cache_dir() / "zero-shot"
+    path = directory / f"{memo_key(model, tokenizer, examples, max_length)}.json"
+    if path.is_file():
+        values = json.loads(path.read_text())
+        log.info("zero-shot of %d examples: memoised in %s", len(examples), path)
+        return MCResult(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    result = multiple_choice_accuracy(model, tokenizer, examples, batch_size, max_length, progress)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(dataclasses.asdict(result)))
+    tmp.rename(path)  # atomic: a reader never sees half a file
+    return result
