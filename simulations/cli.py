@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from simulations.export import export_arguments, run_export
 from simulations.runner import run_simulate, simulate_arguments
 from simulations.studies.compare import compare_arguments, run_compare
 
@@ -171,6 +172,12 @@ COMMANDS: tuple[Command, ...] = (
         "each as a federated simulation of one base config",
         compare_arguments,
         run_compare,
+    ),
+    Command(
+        "export",
+        "write a run's plug-in model (transformers checkpoint) and LoRA adapter (peft directory)",
+        export_arguments,
+        run_export,
     ),
 )
 
