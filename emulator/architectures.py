@@ -40,6 +40,20 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,  # Gemma 3's text-only checkpoints (1B, and the text part of larger ones)
+    "qwen3": _LLAMA_LIKE,
+    "smollm3": Architecture(
+        layers=_LLAMA_LIKE.layers,
+        attention=_LLAMA_LIKE.attention,
+        per_layer_config=("layer_types", "no_rope_layers"),
+    ),
+    # Phi-3 fuses q, k and v into one projection (and gate and up in the MLP).
+    "phi3": Architecture(
+        layers="model.layers",
+        attention=("self_attn.qkv_proj", "self_attn.o_proj"),
+        per_layer_config=("layer_types",),
+    ),
     "gpt2": Architecture(layers="transformer.h", attention=("attn.c_attn", "attn.c_proj"), transposed=True),
     "opt": Architecture(
         layers="model.decoder.layers",

@@ -41,7 +41,7 @@ class Command:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a hub id or a directory"
+        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
     parser.add_argument(
         "--task", required=True, help="e.g. bigbench:goal_step_wikihow/step_inference, synthetic"
@@ -98,7 +98,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a hub id or a directory"
+        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
     parser.add_argument(
         "--method", choices=("scaleot", "uniform", "uniform+distill", "full"), default="scaleot"
