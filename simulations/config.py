@@ -143,9 +143,8 @@ class RunConfig:
 
         known = self.model in MODEL_NAMES or "/" in self.model or Path(self.model).is_dir()
         known = known or self.model.endswith(".gguf")
-        _check(
-            known, "model", self.model, f"one of {', '.join(MODEL_NAMES)}, a .gguf file, a hub id or a directory"
-        )
+        allowed = f"one of {', '.join(MODEL_NAMES)}, a .gguf file, a hub id or a directory"
+        _check(known, "model", self.model, allowed)
         _check(bool(self.task), "task", self.task, "a task name")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
 
