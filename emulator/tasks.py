@@ -9,8 +9,8 @@ Task names:
   the ``bigbench`` sdist in the cache (works offline). Prompts follow BIG-bench's own formatting
   (``task_prefix``, ``example_input_prefix``, ``example_output_prefix``), except that choices are appended to
   the input only where the task.json asks for it explicitly (see ``bigbench_examples``).
-- ``piqa``, ``arc_easy``, ``arc_challenge``, ``sciq``, ``openbookqa``: hub datasets (need network) with
-  Offsite-Tuning's prompt templates and lm-evaluation-harness's test splits.
+- ``piqa``, ``arc_easy``, ``arc_challenge``, ``sciq``, ``openbookqa``: hub datasets stored as parquet (need
+  network) with Offsite-Tuning's prompt templates and lm-evaluation-harness's test splits.
 - ``synthetic``: a copy task ("Word: apple. Repeat:" -> " apple") a tiny model learns in a few steps.
 
 Split sizes where a task has no fixed split (BIG-bench, synthetic): shuffle with ``seed``, then validation =
@@ -120,9 +120,11 @@ def _sciq(row: dict[str, Any]) -> MCExample:
     return MCExample(context, tuple(f" {a}" for a in answers), 3)
 
 
+# Hub repositories of plain parquet files, which ``datasets`` 4 loads (it no longer runs loading scripts): the
+# original ``piqa`` / ``ybisk/piqa`` is a script, ``baber/piqa`` its parquet copy (the one lm-eval loads).
 HUB_TASKS: dict[str, _HubTask] = {
     # PIQA's test split has no labels, so lm-eval scores validation and we carve validation out of train.
-    "piqa": _HubTask("piqa", None, "validation", None, _piqa),
+    "piqa": _HubTask("baber/piqa", None, "validation", None, _piqa),
     "arc_easy": _HubTask("allenai/ai2_arc", "ARC-Easy", "test", "validation", _arc),
     "arc_challenge": _HubTask("allenai/ai2_arc", "ARC-Challenge", "test", "validation", _arc),
     "sciq": _HubTask("allenai/sciq", None, "test", "validation", _sciq),

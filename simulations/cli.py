@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from simulations.export import export_arguments, run_export
 from simulations.runner import run_simulate, simulate_arguments
 from simulations.studies.compare import compare_arguments, run_compare
 
@@ -40,7 +41,7 @@ class Command:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a hub id or a directory"
+        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
     parser.add_argument(
         "--task", required=True, help="e.g. bigbench:goal_step_wikihow/step_inference, synthetic"
@@ -97,7 +98,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a hub id or a directory"
+        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
     parser.add_argument(
         "--method", choices=("scaleot", "uniform", "uniform+distill", "full"), default="scaleot"
@@ -171,6 +172,12 @@ COMMANDS: tuple[Command, ...] = (
         "each as a federated simulation of one base config",
         compare_arguments,
         run_compare,
+    ),
+    Command(
+        "export",
+        "write a run's plug-in model (transformers checkpoint) and LoRA adapter (peft directory)",
+        export_arguments,
+        run_export,
     ),
 )
 

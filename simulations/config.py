@@ -142,7 +142,9 @@ class RunConfig:
         from emulator.models import MODEL_NAMES  # torch: only when a config is built, not imported
 
         known = self.model in MODEL_NAMES or "/" in self.model or Path(self.model).is_dir()
-        _check(known, "model", self.model, f"one of {', '.join(MODEL_NAMES)}, a hub id or a directory")
+        known = known or self.model.endswith(".gguf")
+        allowed = f"one of {', '.join(MODEL_NAMES)}, a .gguf file, a hub id or a directory"
+        _check(known, "model", self.model, allowed)
         _check(bool(self.task), "task", self.task, "a task name")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
 

@@ -21,6 +21,7 @@ from emulator.models import load_model
 from emulator.tasks import load_task
 from simulations.config import RunConfig
 from simulations.emulator_cache import ensure_bundle
+from simulations.export import export_run
 from simulations.outputs import (
     RunState,
     load_checkpoint,
@@ -147,6 +148,7 @@ def _client_settings(config: RunConfig, bundle: str, sha256: str) -> ClientSetti
 
 def _finish(run_dir: Path, config: RunConfig, state: RunState, arrays: ArrayRecord) -> None:
     write_tensors(run_dir / "adapter.safetensors", _numpy(arrays))
+    export_run(run_dir)  # plug-in/ and peft-adapter/, before metrics.json says the run is finished
     write_metrics(run_dir, state, config.to_dict(), finished=True)
     plot_accuracy(run_dir, state)
     write_report(

@@ -10,6 +10,8 @@ Run directory:
     checkpoint/latest          name of the newest round directory, e.g. ``round-0003``
     checkpoint/round-NNNN/     adapter.safetensors, strategy.safetensors (server-optimiser state), state.json
     adapter.safetensors        the final global adapter
+    plug-in/                   the plug-in model as a transformers checkpoint (``simulations.export``)
+    peft-adapter/              LoRA adapters only: the adapter as a peft adapter directory
     report.md, accuracy.png    results table and accuracy per round
 """
 

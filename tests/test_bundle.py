@@ -7,14 +7,16 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, tiny
+from conftest import tiny
 from safetensors.torch import load_file
 
 from emulator.architectures import architecture_of, get_layers
 from emulator.assembly import build_emulator
 from emulator.bundle import TENSORS, load_emulator, read_manifest, save_bundle
 from emulator.config import EmulatorConfig
+from emulator.models import TINY_CONFIGS
 
+TINY = sorted(TINY_CONFIGS)  # every family: its config and layer list rebuilt from the bundle alone
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 
@@ -80,6 +81,15 @@ def test_two_rounds_with_rows_bytes_and_a_dropped_client(full_run, failing_parti
     assert (full_run / "report.md").read_text().count("±") >= 4
     assert (full_run / "accuracy.png").stat().st_size > 1000
     assert load_config(full_run / "config.toml").federation.fail_partitions == (failing_partition,)
+
+
+def test_the_run_ends_with_a_plug_in_model_transformers_loads(full_run):
+    from transformers import AutoModelForCausalLM
+
+    plugged = AutoModelForCausalLM.from_pretrained(full_run / "plug-in").state_dict()
+    adapter = load_file(str(full_run / "adapter.safetensors"))
+    assert all(torch.equal(plugged[f"model.layers.{key}"], value) for key, value in adapter.items())
+    assert not (full_run / "peft-adapter").exists()  # tiny.toml trains full adapter blocks, not LoRA
 
 
 def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, failing_partition, tmp_path):

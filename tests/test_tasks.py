@@ -222,7 +222,7 @@ def test_piqa_template_and_lm_eval_test_split():
     row = {"goal": "Open a jar", "sol1": "twist the lid", "sol2": "hit it", "label": 0}
     loader = _fake_hub({"train": [row] * 40, "validation": [dict(row, label=1)] * 6, "test": [row] * 9})
     splits = load_task("piqa", load_dataset_fn=loader)
-    assert loader.calls == [("piqa", None)]
+    assert loader.calls == [("baber/piqa", None)]
     assert splits.test[0] == MCExample("Question: Open a jar\nAnswer:", (" twist the lid", " hit it"), 1)
     assert len(splits.test) == 6  # lm-eval scores PIQA's validation split
     assert (len(splits.validation), len(splits.train)) == (2, 38)  # 5 % of train carved out
