@@ -215,28 +215,58 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ValueError(f"config {name}={value!r} is invalid; it must be {allowed}")
 
 
+# Config keys a resumed run may change: more rounds, other evaluation or backend settings.
+RESUMABLE = ("federation.rounds", "evaluation.", "simulation.", "output.")
+
+
+def resume_config(run_dir: Path, overrides: Sequence[str]) -> RunConfig:
+    """The config a run directory was started with, plus overrides of the keys that may change on resume.
+
+    Raises:
+        ValueError: no config in ``run_dir``, or an override of a key that would change what was trained.
+    """
+    frozen = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(RESUMABLE)]
+    if frozen:
+        raise ValueError(
+            f"on resume only {', '.join(p + '*' for p in RESUMABLE)} may change; not {', '.join(frozen)}"
+        )
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no config.toml)")
+    return load_config(path, overrides)
+
+
 # Keys of Flower's run config (pyproject `[tool.flwr.app.config]` + `flwr run --run-config`) that are not
-# config-file keys. Flower only accepts --run-config keys that pyproject declares, so every config-file key is
-# reachable through the one string `overrides`, e.g. --run-config "overrides='federation.rounds=1 seed=3'".
+# config-file keys. Flower accepts only --run-config keys that pyproject declares; pyproject declares the main
+# experiment keys too (value "" there: keep the config file's), and `overrides` reaches every other key.
 RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME, RUN_OVERRIDES = "config-file", "run-dir", "resume", "overrides"
+UNSET = ""  # a declared experiment key left at this value keeps the config file's value
 
 
 def from_flower_run_config(run_config: Mapping[str, Any], root: Path) -> tuple[RunConfig, str, bool]:
     """Parse Flower's flattened run config into the run config, the run directory and the resume flag.
 
     Keys: ``config-file`` (relative to ``root``), ``run-dir`` ("" for a new directory), ``resume`` (continue
-    ``run-dir``'s checkpoint), ``overrides`` (space-separated ``section.key=value``, shell-quoted); any other
-    key, e.g. ``federation.rounds = 1`` added to pyproject, is one more override.
+    ``run-dir`` from its checkpoint, with the config it was started with: ``config-file`` is then ignored and
+    only ``RESUMABLE`` keys may change), ``overrides`` (space-separated ``section.key=value``, shell-quoted).
+    Any other key is a dotted config key (``federation.rounds``): unless it is ``""`` it overrides the config
+    file, and ``overrides`` comes last.
 
     Raises:
-        ValueError: no ``config-file``, or any error of ``load_config``.
+        ValueError: no ``config-file``, ``resume`` without ``run-dir``, or any error of ``load_config``.
     """
     if RUN_CONFIG_FILE not in run_config:
         raise ValueError(f"the Flower run config needs {RUN_CONFIG_FILE!r} (see [tool.flwr.app.config])")
+    run_dir, resume = str(run_config.get(RUN_DIR, "")), bool(run_config.get(RUN_RESUME, False))
+    overrides = [
+        f"{key}={tomli_w.dumps({'v': value})[4:].strip()}"
+        for key, value in run_config.items()
+        if key not in (RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME, RUN_OVERRIDES) and value != UNSET
+    ]
+    overrides += shlex.split(str(run_config.get(RUN_OVERRIDES, "")))
+    if resume:
+        if not run_dir:
+            raise ValueError(f"run config resume=true needs {RUN_DIR!r}, the run directory to continue")
+        return resume_config(Path(run_dir), overrides), run_dir, True
     path = Path(str(run_config[RUN_CONFIG_FILE]))
-    overrides = shlex.split(str(run_config.get(RUN_OVERRIDES, "")))
-    for key, value in run_config.items():
-        if key not in (RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME, RUN_OVERRIDES):
-            overrides.append(f"{key}={tomli_w.dumps({'v': value})[4:].strip()}")
-    config = load_config(path if path.is_absolute() else root / path, overrides)
-    return config, str(run_config.get(RUN_DIR, "")), bool(run_config.get(RUN_RESUME, False))
+    return load_config(path if path.is_absolute() else root / path, overrides), run_dir, False

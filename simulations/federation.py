@@ -7,12 +7,14 @@ the ``Grid`` differs.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid  # Flower's simulation runtime's grid
 
 from clients.runtime import bundle_sha256
 from clients.settings import ClientSettings
@@ -51,6 +53,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     Returns:
         The final run state (zero-shot rows, per-round records, bundle).
     """
+    check_simulated_federation(grid, config.federation.num_clients)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
@@ -99,6 +102,34 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         arrays = result.arrays if len(result.arrays) else arrays
     _finish(run_dir, config, state, arrays)
     return state
+
+
+def check_simulated_federation(grid: Grid, num_clients: int, poll_s: float = 1.0, polls: int = 120) -> None:
+    """Fail at once when a simulated federation has fewer SuperNodes than ``federation.num_clients``.
+
+    In Flower's simulation runtime (an ``InMemoryGrid``, under ``flwr run`` and ``run_simulation``) all
+    SuperNodes register together right after the ServerApp starts and no other node can join, so the
+    strategy's wait for ``num_clients`` nodes would never end. In a deployment nodes join over time and this
+    check does nothing: the strategy waits for them, logging the count every 30 s.
+
+    Raises:
+        ValueError: the simulated federation has fewer SuperNodes than ``num_clients``.
+    """
+    if not isinstance(grid, InMemoryGrid):
+        return
+    seen, count = -1, 0
+    for _ in range(polls):  # until all have registered (the count stops changing) or none ever do
+        count = len(list(grid.get_node_ids()))
+        if count >= num_clients or 0 < count == seen:
+            break
+        seen = count
+        time.sleep(poll_s)
+    if 0 < count < num_clients:
+        raise ValueError(
+            f"config federation.num_clients={num_clients} but the simulated federation has {count} "
+            f'SuperNodes; run `flwr run` with --federation-config "num-supernodes={num_clients}" '
+            f"or set federation.num_clients={count}"
+        )
 
 
 def _strategy(

@@ -1,9 +1,11 @@
 """``scaleot simulate``: a run on Flower's simulation runtime with the Ray backend.
 
-``flwr.simulation.run_simulation`` is deprecated in Flower 1.42 but is the one entry point that runs
-in-process and takes any ``ray.init`` argument; it is wrapped here alone, so swapping it touches one function.
-``context.run_config`` is empty under it, so the ServerApp is built around the parsed config
-(``server_app_for``); the ClientApp needs no run config (the server sends its settings with each message).
+It calls ``flwr.simulation.run_simulation``, deprecated in Flower 1.42 (flwr is pinned below 1.43), because it
+runs in-process and takes any ``ray.init`` argument and fractional CPUs per client; ``flwr run .`` runs the
+same apps but passes only a few backend settings (docs/deployment.md, "Two ways to run a simulation"). It is
+wrapped here alone, so swapping it touches one function. ``context.run_config`` is empty under it, so the
+ServerApp is built around the parsed config (``server_app_for``); the ClientApp needs no run config (the
+server sends its settings with each message).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from simulations.config import RunConfig, SimulationConfig, load_config
+from simulations.config import RunConfig, SimulationConfig, load_config, resume_config
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,6 @@ _ENVIRONMENT = {
     # steps ~50x slower than 1-thread ones (measured on the 2-core box); idle machines barely notice.
     "OMP_WAIT_POLICY": "PASSIVE",
 }
-# Config keys a resumed run may change: more rounds, other evaluation or backend settings.
-_RESUMABLE = ("federation.rounds", "evaluation.", "simulation.", "output.")
 
 
 def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> dict[str, Any]:
@@ -62,6 +62,10 @@ def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> di
         config.federation.strategy,
         run_dir,
         backend,
+    )
+    log.info(
+        "running on flwr.simulation.run_simulation (deprecated in Flower 1.42; `flwr run .` is the "
+        "supported path, see docs/deployment.md)"
     )
     run_simulation(
         server_app=server_app_for(config, run_dir, resume),
@@ -116,7 +120,8 @@ def quiet_environment() -> None:
 
 
 def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:
-    # Users of `scaleot simulate` did not call run_simulation themselves; its deprecation notice is noise.
+    # Flower's multi-line notice tells the caller to change code they did not write; simulate() logs one line
+    # saying the same instead.
     return "run_simulation" not in record.getMessage()
 
 
@@ -174,20 +179,3 @@ def prepare_bundle(config: RunConfig) -> Path:
 
     model, tokenizer = load_model(config.model)
     return ensure_bundle(config.model, config.emulator, model, tokenizer)
-
-
-def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
-    """The config a run directory was started with, plus overrides of the keys that may change on resume.
-
-    Raises:
-        ValueError: no config in ``run_dir``, or an override of a key that would change what was trained.
-    """
-    frozen = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(_RESUMABLE)]
-    if frozen:
-        raise ValueError(
-            f"on --resume only {', '.join(p + '*' for p in _RESUMABLE)} may change; not {', '.join(frozen)}"
-        )
-    path = run_dir / "config.toml"
-    if not path.is_file():
-        raise ValueError(f"{run_dir} is not a run directory (no config.toml)")
-    return load_config(path, overrides)

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from simulations.config import RunConfig, from_flower_run_config
 from simulations.federation import run_federation
 
+log = logging.getLogger(__name__)
 app = ServerApp()
 _ROOT = Path(__file__).resolve().parent.parent  # the app directory (the repository, or the unpacked FAB)
 _PACKAGES = ("simulations", "strategies", "clients", "emulator")
@@ -28,7 +29,22 @@ def main(grid: Grid, context: Context) -> None:
     _ensure_logging()
     config, run_dir, resume = from_flower_run_config(context.run_config, _ROOT)
     directory = Path(run_dir) if run_dir else new_run_dir(config)
+    log.info("ServerApp from %s, run directory %s", _ROOT, directory)
+    _warn_backend_keys(config)
     run_federation(grid, config, directory, resume=directory if resume else None)
+
+
+def _warn_backend_keys(config: RunConfig) -> None:
+    # Under `flwr run` Flower's --federation-config (or the SuperLink's federation) sizes the Ray backend.
+    sim = config.simulation
+    ignored = [k for k, on in (("ray_address", sim.ray_address), ("ray_init_args", sim.ray_init_args)) if on]
+    ignored += ["client_num_gpus"] if sim.client_num_gpus >= 0 else []
+    if ignored:
+        log.warning(
+            "simulation.%s apply to `scaleot simulate` only; under `flwr run` use --federation-config "
+            "(client-resources-num-cpus, client-resources-num-gpus, init-args-num-cpus, ...)",
+            ", simulation.".join(ignored),
+        )
 
 
 def server_app_for(config: RunConfig, run_dir: Path, resume: Path | None = None) -> ServerApp:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.config import RunConfig, from_flower_run_config, load_config
-from simulations.runner import backend_config, resume_config
+from simulations.config import RunConfig, from_flower_run_config, load_config, resume_config
+from simulations.runner import backend_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run configs; compare-*.toml are compare files (a run config plus [compare] and [quick]: test_compare.py).
@@ -71,8 +71,7 @@ def test_flower_run_config_names_the_file_overrides_and_run_options():
         "config-file": "simulations/configs/tiny.toml",
         "overrides": "federation.rounds=1 federation.num_clients=2 name='x y'",
         "run-dir": "/tmp/run",
-        "resume": True,
-        "seed": 7,  # a key added to pyproject is one more override
+        "seed": 7,  # a declared experiment key is one more override
     }
     config, run_dir, resume = from_flower_run_config(run_config, ROOT)
     assert (config.federation.rounds, config.federation.num_clients, config.name, config.seed) == (
@@ -81,15 +80,66 @@ def test_flower_run_config_names_the_file_overrides_and_run_options():
         "x y",
         7,
     )
-    assert (run_dir, resume) == ("/tmp/run", True)
+    assert (run_dir, resume) == ("/tmp/run", False)
     with pytest.raises(ValueError, match="needs 'config-file'"):
         from_flower_run_config({}, ROOT)
+
+
+def flower_run_config(*run_config_args: str) -> dict:
+    """What Flower's ServerApp gets as ``context.run_config`` for ``flwr run . --run-config ARGS``."""
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+
+    return get_fused_config_from_dir(ROOT, parse_config_args(list(run_config_args)))
+
+
+def test_declared_experiment_keys_override_the_config_file_and_unset_ones_keep_it(tmp_path):
+    config, run_dir, resume = from_flower_run_config(flower_run_config(), ROOT)
+    assert config == load_config(ROOT / "simulations/configs/tiny.toml") and (run_dir, resume) == ("", False)
+    config, _, _ = from_flower_run_config(
+        flower_run_config("federation.rounds=3 client.lr=0.01 overrides='federation.rounds=4 seed=2'"), ROOT
+    )
+    assert (config.federation.rounds, config.client.lr, config.seed) == (4, 0.01, 2)  # overrides come last
+    experiment = tmp_path / "mine.toml"
+    experiment.write_text(
+        'config-file = "simulations/configs/tiny.toml"\nmodel = "tiny-qwen2"\n'
+        "[federation]\nrounds = 1\nnum_clients = 2\nmin_clients = 1\n"
+    )
+    config, _, _ = from_flower_run_config(flower_run_config(str(experiment)), ROOT)
+    assert (config.model, config.federation.rounds, config.federation.num_clients) == ("tiny-qwen2", 1, 2)
+    assert config.emulator == load_config(ROOT / "simulations/configs/tiny.toml").emulator
+    # Flower rejects an undeclared key: declare it in pyproject or use `overrides`
+    with pytest.raises(ValueError, match="'client.max_length' is not present"):
+        flower_run_config("client.max_length=32")
+    with pytest.raises(ValueError, match="federation.rounds=0 is invalid"):
+        from_flower_run_config(flower_run_config("federation.rounds=0"), ROOT)
+
+
+def test_every_declared_experiment_key_is_a_run_config_key():
+    declared = flower_run_config()
+    for key in set(declared) - {"config-file", "overrides", "run-dir", "resume"}:
+        node = RunConfig()
+        for part in key.split("."):
+            assert hasattr(node, part), f"pyproject [tool.flwr.app.config] declares unknown key {key}"
+            node = getattr(node, part)
+        assert declared[key] == "", f"{key} must default to '' (keep the config file's value)"
+
+
+def test_flower_resume_continues_with_the_run_directory_config(tmp_path):
+    (tmp_path / "config.toml").write_text(RunConfig(name="earlier", seed=5).to_toml())
+    run_config = flower_run_config(f"run-dir='{tmp_path}' resume=true federation.rounds=6")
+    config, run_dir, resume = from_flower_run_config(run_config, ROOT)
+    assert (config.name, config.seed, config.federation.rounds) == ("earlier", 5, 6)  # not tiny.toml's
+    assert (run_dir, resume) == (str(tmp_path), True)
+    with pytest.raises(ValueError, match="on resume only federation.rounds"):
+        from_flower_run_config(flower_run_config(f"run-dir='{tmp_path}' resume=true seed=1"), ROOT)
+    with pytest.raises(ValueError, match="resume=true needs 'run-dir'"):
+        from_flower_run_config(flower_run_config("resume=true"), ROOT)
 
 
 def test_resume_may_change_rounds_but_not_what_was_trained(tmp_path):
     (tmp_path / "config.toml").write_text(RunConfig().to_toml())
     assert resume_config(tmp_path, ["federation.rounds=9"]).federation.rounds == 9
-    with pytest.raises(ValueError, match="on --resume only federation.rounds"):
+    with pytest.raises(ValueError, match="on resume only federation.rounds"):
         resume_config(tmp_path, ["client.lr=0.1"])
     with pytest.raises(ValueError, match="is not a run directory"):
         resume_config(tmp_path / "nothing", [])
