@@ -21,12 +21,15 @@ class Architecture:
         transposed: True where projections are GPT-2 ``Conv1D`` modules storing weights as (d_in, d_out).
         per_layer_config: config lists indexed by block position, which must follow the block list when it
             changes.
+        positions: the config attribute holding the number of positions the model can embed (GPT-2's
+            learned position table; the trained context of rotary models): the longest sequence it takes.
     """
 
     layers: str
     attention: tuple[str, ...]
     transposed: bool = False
     per_layer_config: tuple[str, ...] = ()
+    positions: str = "max_position_embeddings"
 
 
 _LLAMA_LIKE = Architecture(
@@ -40,7 +43,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gpt2": Architecture(layers="transformer.h", attention=("attn.c_attn", "attn.c_proj"), transposed=True),
+    "gpt2": Architecture(
+        layers="transformer.h",
+        attention=("attn.c_attn", "attn.c_proj"),
+        transposed=True,
+        positions="n_positions",
+    ),
     "opt": Architecture(
         layers="model.decoder.layers",
         attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
@@ -102,3 +110,8 @@ def attention_projections(model: nn.Module, block: nn.Module) -> dict[str, nn.Mo
 def hidden_size(model: nn.Module) -> int:
     config = model.config
     return getattr(config, "hidden_size", None) or config.n_embd
+
+
+def position_limit(model: nn.Module) -> int:
+    """The longest sequence, in tokens, ``model`` can take (its ``Architecture.positions`` config value)."""
+    return int(getattr(model.config, architecture_of(model).positions))

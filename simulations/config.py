@@ -81,6 +81,7 @@ class EvaluationConfig:
     emulator_every: int = 1  # evaluate emulator fine-tuned every k rounds (and the last); 0: last only
     plugin_every: int = 1  # evaluate plug-in every k rounds (and the last, and with the emulator); 0: those
     batch_size: int = 16  # examples per scoring batch
+    max_length: int = 512  # token budget per scored (context, choice); longer contexts are cut from the left
 
     def __post_init__(self) -> None:
         _check(self.test_limit >= 0, "evaluation.test_limit", self.test_limit, ">= 0 (0: all)")
@@ -89,6 +90,7 @@ class EvaluationConfig:
         )
         _check(self.plugin_every >= 0, "evaluation.plugin_every", self.plugin_every, ">= 0 (0: last only)")
         _check(self.batch_size >= 1, "evaluation.batch_size", self.batch_size, ">= 1")
+        _check(self.max_length >= 2, "evaluation.max_length", self.max_length, ">= 2")
 
 
 @dataclass(frozen=True)

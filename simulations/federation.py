@@ -13,12 +13,15 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from clients.partition import partition
 from clients.runtime import bundle_sha256
 from clients.settings import ClientSettings
 from emulator.bundle import load_emulator
+from emulator.fit import check_fits
 from emulator.models import load_model
-from emulator.tasks import load_task
+from emulator.tasks import MCExample, load_task
 from simulations.config import RunConfig
 from simulations.emulator_cache import ensure_bundle
 from simulations.outputs import (
@@ -56,14 +59,15 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     checkpoint = load_checkpoint(resume) if resume is not None else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    # Model owner: the full model, the emulator bundle the clients load, the test set.
-    full_model, tokenizer = load_model(config.model, device=device)
+    # Model owner: the full model, the task, the emulator bundle the clients load.
+    full_model, tokenizer = load_run_model(config, device)
+    task = load_task(config.task, seed=config.seed)
+    check_partition(config, task.train)
     bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer)
     sha256 = bundle_sha256(str(bundle))
     emulator, _ = load_emulator(bundle, device=device)
     positions = emulator.adapter_positions()
-    test = load_task(config.task, seed=config.seed).test
-    test = test[: config.evaluation.test_limit] if config.evaluation.test_limit else test
+    test = task.test[: config.evaluation.test_limit] if config.evaluation.test_limit else task.test
     evaluation = config.evaluation
     evaluator = ServerEvaluator(
         full_model,
@@ -73,8 +77,16 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         test,
         config.adapter,
         evaluation.batch_size,
+        evaluation.max_length,
         emulator_is_full=config.emulator.method == "full",
-        reference_key=(config.model, config.task, config.seed, evaluation.test_limit, evaluation.batch_size),
+        reference_key=(
+            config.model,
+            config.task,
+            config.seed,
+            evaluation.test_limit,
+            evaluation.batch_size,
+            evaluation.max_length,
+        ),
     )
     adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
 
@@ -99,6 +111,38 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         arrays = result.arrays if len(result.arrays) else arrays
     _finish(run_dir, config, state, arrays)
     return state
+
+
+def load_run_model(config: RunConfig, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The run's full model and tokenizer, with every setting that must fit the model checked against it.
+
+    Raises:
+        ValueError: ``emulator.fit.check_fits``'s one line (a length, count or rank the model cannot take).
+    """
+    model, tokenizer = load_model(config.model, device=device)
+    lengths = {
+        "client.max_length": config.client.max_length,
+        "evaluation.max_length": config.evaluation.max_length,
+    }
+    check_fits(model, config.emulator, config.adapter, lengths)
+    return model, tokenizer
+
+
+def check_partition(config: RunConfig, train: list[MCExample]) -> None:
+    """Split the train set as every client will, once on the server, so that a split that cannot be made
+    (more clients than examples, Dirichlet draws leaving a client too few) fails before any round.
+
+    Raises:
+        ValueError: ``clients.partition.partition``'s message, prefixed with the federation fields.
+    """
+    fed = config.federation
+    try:
+        partition(train, fed.num_clients, 0, fed.partition, fed.dirichlet_alpha, config.seed)
+    except ValueError as error:
+        raise ValueError(
+            f"federation.num_clients={fed.num_clients}, partition={fed.partition!r} cannot split the "
+            f"{len(train)} training examples of {config.task}: {error}"
+        ) from None
 
 
 def _strategy(

@@ -69,6 +69,7 @@ class ServerEvaluator:
         examples: test examples.
         adapter: full adapter blocks or LoRA.
         batch_size: scoring batch size.
+        max_length: token budget per scored sequence (``multiple_choice_accuracy``).
         emulator_is_full: the emulator is the full model itself (method ``full``): its rows are copies of the
             full model's, not scored twice.
         reference_key: identifies (full model, test examples, scoring settings); the full model's zero-shot
@@ -87,12 +88,13 @@ class ServerEvaluator:
         examples: list[MCExample],
         adapter: AdapterConfig,
         batch_size: int = 16,
+        max_length: int = 512,
         emulator_is_full: bool = False,
         reference_key: Hashable | None = None,
     ) -> None:
         self.full_model, self.emulator_model = full_model, emulator_model
         self.positions, self.tokenizer, self.examples = dict(positions), tokenizer, examples
-        self.adapter, self.batch_size = adapter, batch_size
+        self.adapter, self.batch_size, self.max_length = adapter, batch_size, max_length
         self.emulator_is_full, self.reference_key = emulator_is_full, reference_key
         self.per_example: dict[str, dict[str, list[int]]] = {}
 
@@ -135,7 +137,9 @@ class ServerEvaluator:
         return self._score(self.emulator_model)
 
     def _score(self, model: nn.Module) -> MCResult:
-        return multiple_choice_accuracy(model, self.tokenizer, self.examples, batch_size=self.batch_size)
+        return multiple_choice_accuracy(
+            model, self.tokenizer, self.examples, batch_size=self.batch_size, max_length=self.max_length
+        )
 
 
 def final_rows(
