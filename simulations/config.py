@@ -210,6 +210,41 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
+# Config keys a resumed run may change: more rounds, other evaluation or backend settings.
+RESUMABLE = ("federation.rounds", "evaluation.", "simulation.", "output.")
+
+
+def check_resumable(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to continue ``run_dir`` under a config that changes what was trained.
+
+    Raises:
+        ValueError: ``run_dir`` has no config.json, or a key outside ``RESUMABLE`` differs (the first few are
+            named with both values).
+    """
+    saved_path = Path(run_dir) / "config.json"
+    if not saved_path.is_file():
+        raise ValueError(f"--resume {run_dir}: not a run directory (no config.json)")
+    saved, new = _flatten(json.loads(saved_path.read_text())), _flatten(json.loads(config.to_json()))
+    changed = [k for k in sorted(saved.keys() | new.keys()) if saved.get(k) != new.get(k)]
+    changed = [k for k in changed if not k.startswith(RESUMABLE)]
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
+        raise ValueError(
+            f"--resume {run_dir} was started with another config ({shown}); only "
+            f"{', '.join(p + '*' for p in RESUMABLE)} may change on resume"
+        )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and key != "strategy_kwargs":
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ValueError(f"config {name}={value!r} is invalid; it must be {allowed}")

@@ -20,9 +20,9 @@ from clients.runtime import bundle_sha256
 from clients.settings import ClientSettings
 from emulator.bundle import load_emulator
 from emulator.fit import check_fits
-from emulator.models import load_model
+from emulator.models import load_model, model_fingerprint
 from emulator.tasks import MCExample, load_task
-from simulations.config import RunConfig
+from simulations.config import RunConfig, check_resumable
 from simulations.emulator_cache import ensure_bundle
 from simulations.outputs import (
     RunState,
@@ -53,6 +53,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     Returns:
         The final run state (zero-shot rows, per-round records, bundle).
     """
+    if resume is not None:
+        check_resumable(resume, config)  # before config.toml is overwritten with the new one
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
@@ -63,7 +65,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     full_model, tokenizer = load_run_model(config, device)
     task = load_task(config.task, seed=config.seed)
     check_partition(config, task.train)
-    bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer)
+    model_sha256 = model_fingerprint(full_model)
+    bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer, model_sha256)
     sha256 = bundle_sha256(str(bundle))
     emulator, _ = load_emulator(bundle, device=device)
     positions = emulator.adapter_positions()
@@ -80,7 +83,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         evaluation.max_length,
         emulator_is_full=config.emulator.method == "full",
         reference_key=(
-            config.model,
+            model_sha256,
             config.task,
             config.seed,
             evaluation.test_limit,
@@ -97,9 +100,13 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         state = checkpoint.state
         arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.adapter.items()})
         if state.bundle.get("sha256") not in (None, sha256):
-            log.warning("the emulator bundle differs from the one the checkpoint was trained with")
+            raise ValueError(
+                f"--resume {resume}: its adapter was trained on emulator sha256 "
+                f"{state.bundle['sha256'][:12]}…, this run's is {sha256[:12]}… (the model, corpus or "
+                "emulator changed); start a new run"
+            )
         log.info("resuming %s after round %d", resume, len(state.history))
-    state.bundle = {"path": str(bundle), "sha256": sha256}
+    state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
 
     strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state)
     if checkpoint is not None:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from simulations.config import RunConfig, SimulationConfig, load_config
+from simulations.config import RESUMABLE, RunConfig, SimulationConfig, load_config
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,6 @@ _ENVIRONMENT = {
     # steps ~50x slower than 1-thread ones (measured on the 2-core box); idle machines barely notice.
     "OMP_WAIT_POLICY": "PASSIVE",
 }
-# Config keys a resumed run may change: more rounds, other evaluation or backend settings.
-_RESUMABLE = ("federation.rounds", "evaluation.", "simulation.", "output.")
 
 
 def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> dict[str, Any]:
@@ -182,10 +180,10 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
     Raises:
         ValueError: no config in ``run_dir``, or an override of a key that would change what was trained.
     """
-    frozen = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(_RESUMABLE)]
+    frozen = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(RESUMABLE)]
     if frozen:
         raise ValueError(
-            f"on --resume only {', '.join(p + '*' for p in _RESUMABLE)} may change; not {', '.join(frozen)}"
+            f"on --resume only {', '.join(p + '*' for p in RESUMABLE)} may change; not {', '.join(frozen)}"
         )
     path = run_dir / "config.toml"
     if not path.is_file():
