@@ -33,7 +33,9 @@ class FederationConfig:
     rounds: int = 2  # federated rounds
     strategy: str = "fedavg"  # Flower aggregation: strategies.offsite.STRATEGIES
     strategy_kwargs: dict[str, Any] = field(default_factory=dict)  # its own arguments, e.g. proximal_mu, eta
-    partition: str = "iid"  # split of the task's train set: iid or dirichlet (label skew)
+    partition: str = (
+        "iid"  # split of the train set: iid, dirichlet (answer-position skew) or dirichlet-length
+    )
     dirichlet_alpha: float = 0.5  # Dirichlet concentration; smaller is more skewed
     fail_partitions: tuple[int, ...] = ()  # test hook: these partitions raise in training every round
 

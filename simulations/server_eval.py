@@ -25,7 +25,7 @@ from emulator.adapters import (
 from emulator.config import AdapterConfig
 from emulator.evaluation import multiple_choice_accuracy
 from emulator.plug_in import plug_in_
-from emulator.results import MCResult
+from emulator.results import MCResult, choice_spread, one_answer_note
 from emulator.tasks import MCExample
 from strategies import keys
 
@@ -44,8 +44,13 @@ def result_row(result: MCResult) -> dict[str, Any]:
 
 
 def per_example(result: MCResult) -> dict[str, list[int]]:
-    """Per-example correctness (JSON-friendly), in test order, for paired comparisons."""
-    return {"correct": list(result.correct), "correct_norm": list(result.correct_norm)}
+    """Per-example correctness (JSON-friendly), in test order, for paired comparisons, and the choice picked
+    for each example (for ``emulator.results.choice_spread``)."""
+    return {
+        "correct": list(result.correct),
+        "correct_norm": list(result.correct_norm),
+        "predicted": list(result.predicted),
+    }
 
 
 def initial_adapter(
@@ -103,10 +108,10 @@ class ServerEvaluator:
         start = time.perf_counter()
         full = _FULL_ZERO_SHOT.get(self.reference_key) if self.reference_key is not None else None
         if full is None:
-            full = self._score(self.full_model)
+            full = self._score(self.full_model, FULL_ZS)
             if self.reference_key is not None:
                 _FULL_ZERO_SHOT[self.reference_key] = full
-        emulator = full if self.emulator_is_full else self._score(self.emulator_model)
+        emulator = full if self.emulator_is_full else self._score(self.emulator_model, EMULATOR_ZS)
         self.per_example |= {FULL_ZS: per_example(full), EMULATOR_ZS: per_example(emulator)}
         rows = {FULL_ZS: result_row(full), EMULATOR_ZS: result_row(emulator)}
         log.info(
@@ -122,24 +127,28 @@ class ServerEvaluator:
         """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.keys``."""
         state = arrays.to_torch_state_dict()
         plug_in_(self.full_model, state, sorted(self.positions), self.adapter)
-        plugged = self._score(self.full_model)
+        plugged = self._score(self.full_model, f"{PLUG_IN} (round {server_round})")
         self.per_example[PLUG_IN] = per_example(plugged)
         metrics = _named(keys.PLUGIN, plugged)
         if with_emulator:
-            emulator = plugged if self.emulator_is_full else self._score_emulator(state)
+            name = f"{EMULATOR_FT} (round {server_round})"
+            emulator = plugged if self.emulator_is_full else self._score_emulator(state, name)
             self.per_example[EMULATOR_FT] = per_example(emulator)
             metrics |= _named(keys.EMULATOR, emulator)
         return metrics | {keys.EVAL_N: float(len(self.examples))}
 
-    def _score_emulator(self, state: AdapterState) -> MCResult:
+    def _score_emulator(self, state: AdapterState, name: str) -> MCResult:
         prepare_adapter_(self.emulator_model, self.positions, self.adapter)
         load_adapter_state_(self.emulator_model, self.positions, state)
-        return self._score(self.emulator_model)
+        return self._score(self.emulator_model, name)
 
-    def _score(self, model: nn.Module) -> MCResult:
-        return multiple_choice_accuracy(
+    def _score(self, model: nn.Module, name: str) -> MCResult:
+        result = multiple_choice_accuracy(
             model, self.tokenizer, self.examples, batch_size=self.batch_size, max_length=self.max_length
         )
+        if note := one_answer_note(name, choice_spread(result.predicted)):
+            log.warning("%s", note)
+        return result
 
 
 def final_rows(
