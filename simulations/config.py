@@ -33,9 +33,7 @@ class FederationConfig:
     rounds: int = 2  # federated rounds
     strategy: str = "fedavg"  # Flower aggregation: strategies.offsite.STRATEGIES
     strategy_kwargs: dict[str, Any] = field(default_factory=dict)  # its own arguments, e.g. proximal_mu, eta
-    partition: str = (
-        "iid"  # split of the train set: iid, dirichlet (answer-position skew) or dirichlet-length
-    )
+    partition: str = "iid"  # train-set split: emulator.config.PARTITION_SCHEMES says what each skews
     dirichlet_alpha: float = 0.5  # Dirichlet concentration; smaller is more skewed
     fail_partitions: tuple[int, ...] = ()  # test hook: these partitions raise in training every round
 
