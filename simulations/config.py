@@ -210,8 +210,21 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-# Config keys a resumed run may change: more rounds, other evaluation or backend settings.
-RESUMABLE = ("federation.rounds", "evaluation.", "simulation.", "output.")
+# Config keys a resumed run may change: more rounds, how often to evaluate, backend settings. Not the test set
+# (test_limit) or the scoring budget (max_length): the checkpoint's zero-shot rows were scored with them.
+RESUMABLE = (
+    "federation.rounds",
+    "evaluation.emulator_every",
+    "evaluation.plugin_every",
+    "evaluation.batch_size",
+    "simulation.",
+    "output.",
+)
+
+
+def resumable_keys() -> str:
+    """``RESUMABLE`` for messages: ``federation.rounds, ..., simulation.*, output.*``."""
+    return ", ".join(p + "*" if p.endswith(".") else p for p in RESUMABLE)
 
 
 def check_resumable(run_dir: Path, config: RunConfig) -> None:
@@ -231,7 +244,7 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
         raise ValueError(
             f"--resume {run_dir} was started with another config ({shown}); only "
-            f"{', '.join(p + '*' for p in RESUMABLE)} may change on resume"
+            f"{resumable_keys()} may change on resume"
         )
 
 

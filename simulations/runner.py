@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from simulations.config import RESUMABLE, RunConfig, SimulationConfig, load_config
+from simulations.config import RESUMABLE, RunConfig, SimulationConfig, load_config, resumable_keys
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
     """
     frozen = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(RESUMABLE)]
     if frozen:
-        raise ValueError(
-            f"on --resume only {', '.join(p + '*' for p in RESUMABLE)} may change; not {', '.join(frozen)}"
-        )
+        raise ValueError(f"on --resume only {resumable_keys()} may change; not {', '.join(frozen)}")
     path = run_dir / "config.toml"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.toml)")

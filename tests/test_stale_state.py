@@ -91,6 +91,9 @@ def test_resume_under_a_config_that_changes_training_is_refused(tmp_path):
     other = load_config(ROOT / "simulations/configs/tiny.toml", ["emulator.alpha=0.25"])
     with pytest.raises(ValueError, match=r"another config \(emulator.alpha: 0.5 -> 0.25\)"):
         check_resumable(tmp_path, other)
+    test_set = load_config(ROOT / "simulations/configs/tiny.toml", ["evaluation.test_limit=80"])
+    with pytest.raises(ValueError, match=r"evaluation.test_limit: 40 -> 80"):
+        check_resumable(tmp_path, test_set)  # the checkpoint's zero-shot rows were scored on 40 examples
     with pytest.raises(ValueError, match="not a run directory"):
         check_resumable(tmp_path / "missing", config)
 
