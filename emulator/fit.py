@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from emulator.architectures import hidden_size, num_layers, position_limit
 from emulator.blocks import lowest_per_group, replacement_groups
@@ -24,6 +25,7 @@ def check_fits(
     emulator: EmulatorConfig | None = None,
     adapter: AdapterConfig | None = None,
     lengths: Mapping[str, int] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> None:
     """Raise if a setting does not fit ``model``.
 
@@ -35,6 +37,7 @@ def check_fits(
         adapter: the adapter settings (checked: ``lora_rank`` vs width in LoRA mode).
         lengths: further token budgets by field name, e.g. ``{"client.max_length": 256}``, each checked
             against the position limit.
+        tokenizer: the tokenizer that comes with the model (checked: its ids fit the embedding table).
 
     Raises:
         ValueError: the first setting that does not fit; the message names the field, its value and the
@@ -48,6 +51,11 @@ def check_fits(
     if adapter is not None and adapter.mode == "lora":
         _require(
             adapter.lora_rank <= width, "adapter.lora_rank", adapter.lora_rank, f"<= {width}, the hidden size"
+        )
+    if tokenizer is not None:
+        rows = model.get_input_embeddings().num_embeddings
+        _require(
+            len(tokenizer) <= rows, "model's tokenizer size", len(tokenizer), f"<= {rows} embedding rows"
         )
     if emulator is not None:
         _check_emulator(emulator, num_layers(model), width)

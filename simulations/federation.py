@@ -131,7 +131,7 @@ def load_run_model(config: RunConfig, device: str = "cpu") -> tuple[PreTrainedMo
         "client.max_length": config.client.max_length,
         "evaluation.max_length": config.evaluation.max_length,
     }
-    check_fits(model, config.emulator, config.adapter, lengths)
+    check_fits(model, config.emulator, config.adapter, lengths, tokenizer)
     return model, tokenizer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,9 @@ from conftest import TINY, tiny
 
 from emulator.architectures import position_limit
 from emulator.fit import check_fits
+from emulator.tasks import load_task
 from simulations.config import load_config
-from simulations.federation import run_federation
+from simulations.federation import check_partition, run_federation
 
 TINY_TOML = Path(__file__).resolve().parent.parent / "simulations" / "configs" / "tiny.toml"
 
@@ -70,3 +72,25 @@ def test_the_alpha_check_allows_src_only_and_global_scope():
     check_fits(
         model, load_config(TINY_TOML, ["emulator.group_size=8", "emulator.replace_scope='global'"]).emulator
     )
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tokenizer):
+    grown = copy.deepcopy(tokenizer)
+    grown.add_tokens(["<extra-token>"])
+    with pytest.raises(ValueError, match=r"model's tokenizer size=49153 .* <= 49152 embedding rows"):
+        check_fits(tiny("tiny-gpt2")[0], tokenizer=grown)
+    check_fits(tiny("tiny-gpt2")[0], tokenizer=tokenizer)
+
+
+def test_a_split_the_clients_cannot_hold_fails_before_any_round():
+    config = load_config(TINY_TOML, ["federation.num_clients=64", "federation.min_clients=1"])
+    train = load_task(config.task, seed=config.seed).train
+    check_partition(config, train)  # 64 iid shards of the synthetic task are fine
+    with pytest.raises(ValueError, match=r"federation.num_clients=64, partition='iid' cannot split the 10 "):
+        check_partition(config, train[:10])
+    dirichlet = load_config(
+        TINY_TOML,
+        ["federation.partition='dirichlet'", "federation.dirichlet_alpha=0.01", "federation.num_clients=8"],
+    )
+    with pytest.raises(ValueError, match=r"gave a client fewer than min_partition_size"):
+        check_partition(dirichlet, train[:40])
