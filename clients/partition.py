@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import random
 import warnings
-from typing import Literal
 
 from emulator.config import PARTITION_SCHEMES
 from emulator.tasks import MCExample
@@ -21,7 +20,7 @@ def partition(
     examples: list[MCExample],
     num_partitions: int,
     partition_id: int,
-    scheme: Literal["iid", "dirichlet"] = "iid",
+    scheme: str = "iid",
     dirichlet_alpha: float = 0.5,
     seed: int = 0,
     min_partition_size: int | None = None,
@@ -32,9 +31,11 @@ def partition(
         examples: the task's training split.
         num_partitions: number of clients.
         partition_id: this client's index, ``0 <= partition_id < num_partitions``.
-        scheme: ``iid`` (shuffled equal shards) or ``dirichlet`` (label skew: for each correct-answer index,
-            the share of each client is drawn from Dirichlet(``dirichlet_alpha``); smaller, more skew).
-        dirichlet_alpha: Dirichlet concentration, only for ``dirichlet``.
+        scheme: ``iid`` (shuffled equal shards), ``dirichlet`` (label skew: for each correct-answer index,
+            the share of each client is drawn from Dirichlet(``dirichlet_alpha``); smaller, more skew) or
+            ``dirichlet-length`` (feature skew: the same per quartile of context length in characters, so
+            clients differ in their inputs while each keeps whatever answer positions those inputs have).
+        dirichlet_alpha: Dirichlet concentration, only for the ``dirichlet`` schemes.
         seed: seed of the shuffle / the Dirichlet draws.
         min_partition_size: ``dirichlet`` redraws (up to 10 times) until every client has at least this many
             examples. Default: min(10, n // (2 * num_partitions)), at least 1, so small tasks still partition.
@@ -52,7 +53,13 @@ def partition(
     order = list(range(len(examples)))
     # IidPartitioner takes contiguous shards without shuffling, so shuffle first (harmless for Dirichlet).
     random.Random(seed).shuffle(order)
-    dataset = Dataset.from_dict({"index": order, "label": [examples[i].label for i in order]})
+    dataset = Dataset.from_dict(
+        {
+            "index": order,
+            "label": [examples[i].label for i in order],
+            "length": _length_quartiles(examples, order),
+        }
+    )
     if scheme == "iid":
         partitioner = IidPartitioner(num_partitions=num_partitions)
     else:
@@ -60,7 +67,7 @@ def partition(
             min_partition_size = max(1, min(10, len(examples) // (2 * num_partitions)))
         partitioner = DirichletPartitioner(
             num_partitions=num_partitions,
-            partition_by="label",
+            partition_by="label" if scheme == "dirichlet" else "length",
             alpha=dirichlet_alpha,
             min_partition_size=min_partition_size,
             self_balancing=False,
@@ -74,14 +81,21 @@ def partition(
         try:
             shard = partitioner.load_partition(partition_id)
         except ValueError as error:
-            if scheme != "dirichlet":
+            if scheme == "iid":
                 raise
             raise ValueError(
-                f"dirichlet partitioning with dirichlet_alpha={dirichlet_alpha} gave a client fewer than "
+                f"{scheme} partitioning with dirichlet_alpha={dirichlet_alpha} gave a client fewer than "
                 f"min_partition_size={min_partition_size} of {len(examples)} examples in 10 draws; raise "
                 "dirichlet_alpha or lower min_partition_size"
             ) from error
     return [examples[i] for i in shard["index"]]
+
+
+def _length_quartiles(examples: list[MCExample], order: list[int]) -> list[int]:
+    """The quartile (0-3) of each example's context length in characters, in ``order``; ties by index."""
+    ranked = sorted(range(len(examples)), key=lambda i: (len(examples[i].context), i))
+    quartile = {i: 4 * rank // len(examples) for rank, i in enumerate(ranked)}
+    return [quartile[i] for i in order]
 
 
 def _check(

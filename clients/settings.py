@@ -25,7 +25,7 @@ class ClientSettings:
         emulator_path: the bundle the server wrote (used when the node config names none).
         emulator_sha256: manifest hash of that bundle; a client holding another emulator refuses to train.
         task: task name (``emulator.tasks.load_task``); the client trains on its partition of the train split.
-        partition_scheme: ``iid`` or ``dirichlet`` (label skew).
+        partition_scheme: one of ``emulator.config.PARTITION_SCHEMES`` (what each skews is said there).
         dirichlet_alpha: concentration of the Dirichlet split (smaller: more skewed).
         adapter: full adapter blocks or LoRA on them.
         train: the local training hyper-parameters.

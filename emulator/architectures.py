@@ -29,6 +29,8 @@ class Architecture:
         sdpa: the family's attention runs on PyTorch's ``scaled_dot_product_attention`` in transformers.
         logit_softcap: name of the config attribute holding the final-logit soft-cap (Gemma 2's
             ``final_logit_softcapping``); "" for families whose logits are the head's output as it is.
+        positions: the config attribute holding the number of positions the model can embed (GPT-2's
+            learned position table; the trained context of rotary models): the longest sequence it takes.
     """
 
     layers: str
@@ -39,6 +41,7 @@ class Architecture:
     final_norm: str = "model.norm"
     sdpa: bool = True
     logit_softcap: str = ""
+    positions: str = "max_position_embeddings"
 
 
 _LLAMA_LIKE = Architecture(
@@ -74,6 +77,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         transposed=True,
         backbone="transformer",
         final_norm="transformer.ln_f",
+        positions="n_positions",
     ),
     "opt": Architecture(
         layers="model.decoder.layers",
@@ -159,3 +163,8 @@ def attention_projections(model: nn.Module, block: nn.Module) -> dict[str, nn.Mo
 def hidden_size(model: nn.Module) -> int:
     config = model.config
     return getattr(config, "hidden_size", None) or config.n_embd
+
+
+def position_limit(model: nn.Module) -> int:
+    """The longest sequence, in tokens, ``model`` can take (its ``Architecture.positions`` config value)."""
+    return int(getattr(model.config, architecture_of(model).positions))

@@ -32,7 +32,13 @@ MANIFEST = "manifest.json"
 TENSORS = "emulator.safetensors"
 
 
-def save_bundle(emulator: Emulator, directory: str | Path, source_model: str, tokenizer: Any) -> Path:
+def save_bundle(
+    emulator: Emulator,
+    directory: str | Path,
+    source_model: str,
+    tokenizer: Any,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
     """Write ``emulator`` as a bundle into ``directory`` (created if needed) and return the directory.
 
     Args:
@@ -40,6 +46,8 @@ def save_bundle(emulator: Emulator, directory: str | Path, source_model: str, to
         directory: where to write; existing bundle files are overwritten.
         source_model: name of the full model it was built from (``smollm2-135m``, a hub id, ...).
         tokenizer: the tokenizer data owners must use.
+        provenance: what the emulator was derived from (e.g. the source model's and the corpus's content
+            hashes), stored as the manifest's ``provenance`` so a cache can check a bundle before reusing it.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -65,6 +73,7 @@ def save_bundle(emulator: Emulator, directory: str | Path, source_model: str, to
         "tensor_file": TENSORS,
         "sha256": file_sha256(directory / TENSORS),
         "tied": tied,
+        "provenance": dict(provenance or {}),
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return directory

@@ -24,7 +24,11 @@ PolicyAdvantage = Literal["relative", "absolute"]
 ReplaceScope = Literal["group", "global"]
 
 # How a task's train set is split among the clients (clients.partition): the one list, checked by the config.
-PARTITION_SCHEMES = ("iid", "dirichlet")
+# What each skews: iid nothing (shuffled equal shards); dirichlet the answer position (label skew: per correct
+# choice index, client shares ~ Dirichlet(dirichlet_alpha); on a task whose choices come in a fixed order it
+# is a split by class, and clients may learn to give one answer to everything); dirichlet-length the input
+# (feature skew: the same Dirichlet draw per quartile of context length, answer positions left as they come).
+PARTITION_SCHEMES = ("iid", "dirichlet", "dirichlet-length")
 
 # The one table of method presets: what each method sets in the emulator section before a caller's own values
 # (which win). Offsite-Tuning's LayerDrop baselines have no SRC; full compresses nothing.

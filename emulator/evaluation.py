@@ -304,7 +304,8 @@ def multiple_choice_accuracy(
         progress: show a progress bar on stderr.
 
     Returns:
-        Accuracy, length-normalised accuracy, their standard errors and per-example correctness.
+        Accuracy, length-normalised accuracy, their standard errors, per-example correctness and the
+        choice ``acc`` picked for each example.
 
     Raises:
         ValueError: no examples.
@@ -312,11 +313,12 @@ def multiple_choice_accuracy(
     if not examples:
         raise ValueError("examples is empty; accuracy needs at least one example")
     logliks = choice_logliks(model, tokenizer, examples, batch_size, max_length, progress)
-    correct, correct_norm = [], []
+    correct, correct_norm, predicted = [], [], []
     for ex, scores in zip(examples, logliks, strict=True):
         normalised = [s / len(c) for s, c in zip(scores, ex.choices, strict=True)]
         # max() over indices keeps the first of tied choices, as numpy's argmax in lm-eval does.
-        correct.append(int(max(range(len(scores)), key=scores.__getitem__) == ex.label))
+        predicted.append(max(range(len(scores)), key=scores.__getitem__))
+        correct.append(int(predicted[-1] == ex.label))
         correct_norm.append(int(max(range(len(normalised)), key=normalised.__getitem__) == ex.label))
     n = len(examples)
     return MCResult(
@@ -327,6 +329,7 @@ def multiple_choice_accuracy(
         n=n,
         correct=tuple(correct),
         correct_norm=tuple(correct_norm),
+        predicted=tuple(predicted),
     )
 
 

@@ -17,12 +17,11 @@ import logging
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emulator.evaluation import multiple_choice_accuracy
-from emulator.models import cache_dir
+from emulator.models import cache_dir, model_fingerprint
 from emulator.results import MCResult
 from emulator.tasks import MCExample
 
@@ -31,18 +30,7 @@ log = logging.getLogger(__name__)
 # Bump whenever the numbers ``multiple_choice_accuracy`` returns for the same model and examples change
 # (encoding of contexts and choices, BOS handling, normalisation): memoised results of older versions are
 # then ignored.
-SCORING_VERSION = 1
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's config and of every tensor of its state dict (name, dtype, shape, bytes)."""
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    digest.update((config.to_json_string(use_diff=False) if config is not None else "").encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+SCORING_VERSION = 2  # 2: results carry the predicted choice per example
 
 
 def memo_key(

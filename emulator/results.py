@@ -4,7 +4,7 @@ report.md, the comparison, the studies), the privacy gap and the paired differen
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ class MCResult:
         acc_stderr, acc_norm_stderr: standard errors of the two means.
         n: number of examples.
         correct, correct_norm: per-example 1/0, in the order of the examples given.
+        predicted: per-example index of the choice ``acc`` picked (see ``choice_spread``).
     """
 
     acc: float
@@ -28,6 +29,49 @@ class MCResult:
     n: int
     correct: tuple[int, ...]
     correct_norm: tuple[int, ...]
+    predicted: tuple[int, ...] = ()
+
+
+# A row in which one choice position takes more than this share of the predictions is flagged: a model giving
+# one answer to everything (e.g. after training on clients each holding one answer position) is not a model
+# that learned the task, whatever its accuracy.
+ONE_ANSWER_SHARE = 0.9
+
+
+def choice_spread(predicted: Sequence[int]) -> dict[str, Any]:
+    """How predictions spread over choice positions, and whether one position takes nearly all of them.
+
+    Args:
+        predicted: per-example index of the picked choice (``MCResult.predicted``).
+
+    Returns:
+        ``choice_spread`` (share of predictions at positions 0, 1, ..., up to the highest picked),
+        ``top_choice`` (the most picked position), ``top_choice_share`` (its share) and ``one_answer``
+        (``top_choice_share > ONE_ANSWER_SHARE``); empty when there are no predictions.
+    """
+    if not predicted:
+        return {}
+    counts = [0] * (max(predicted) + 1)
+    for index in predicted:
+        counts[index] += 1
+    spread = [c / len(predicted) for c in counts]
+    top = max(range(len(spread)), key=spread.__getitem__)
+    return {
+        "choice_spread": spread,
+        "top_choice": top,
+        "top_choice_share": spread[top],
+        "one_answer": spread[top] > ONE_ANSWER_SHARE,
+    }
+
+
+def one_answer_note(name: str, row: Mapping[str, Any]) -> str | None:
+    """The one-line flag of a row whose predictions collapse onto one position (None if they do not)."""
+    if not row.get("one_answer"):
+        return None
+    return (
+        f"{name} picks choice {row['top_choice']} for {100 * row['top_choice_share']:.0f} % of the test "
+        "examples: one answer to everything, not a learned task"
+    )
 
 
 def privacy_gap(

@@ -286,8 +286,17 @@ def _read_bigbench_task(task: str) -> dict[str, Any]:
     if not re.fullmatch(r"\w+(/\w+)?", task):
         raise ValueError(f"task='bigbench:{task}' is malformed; use bigbench:<task>[/<subtask>]")
     extracted = cache_dir() / "bigbench" / "tasks" / task / "task.json"
-    if not extracted.exists():
+    # An extracted copy is only as current as the archive it came from: it records the archive's size and
+    # modification time (ns); one without them or from another archive is extracted again. With the archive
+    # gone (removed after extraction) the copy is all there is, and is used.
+    stamp = extracted.with_name("source.json")
+    archive = bigbench_archive()
+    stat = archive.stat() if archive.exists() else None
+    source = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns} if stat else None
+    stale = source is not None and (not stamp.exists() or json.loads(stamp.read_text()) != source)
+    if not extracted.exists() or stale:
         _extract_task_json(task, extracted)
+        stamp.write_text(json.dumps(source))
     return json.loads(extracted.read_text(encoding="utf-8"))
 
 

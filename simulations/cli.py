@@ -62,6 +62,7 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit={args.limit} must be at least 1")
     import torch
 
+    from emulator.fit import check_fits
     from emulator.memo import memoised_accuracy
     from emulator.models import load_model
     from emulator.tasks import load_task
@@ -72,6 +73,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     examples = getattr(splits, args.split)[: args.limit]
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device)
+    check_fits(model, lengths={"--max-length": args.max_length})
     log.info(
         "loaded %s in %.1f s; scoring %d %s examples",
         args.model,
@@ -129,6 +131,7 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     from emulator.bundle import save_bundle
     from emulator.config import METHOD_PRESETS, EmulatorConfig
     from emulator.config_parse import parse_assignment
+    from emulator.fit import check_fits
     from emulator.models import load_model
 
     # Only full takes its preset: build-emulator --method uniform keeps SRC at its default, as it always has.
@@ -143,6 +146,7 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     values.update(parse_assignment(item, "--set", SET_EXAMPLE) for item in args.set)
     config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
     model, tokenizer = load_model(args.model, device=args.device)
+    check_fits(model, config)
     emulator = build_emulator(model, tokenizer, config, progress=True)
     directory = save_bundle(emulator, args.out, args.model, tokenizer)
     print(f"emulator of {args.model} ({config.method}, alpha={config.alpha}, rank_keep={config.rank_keep})")

@@ -33,7 +33,7 @@ class FederationConfig:
     rounds: int = 2  # federated rounds
     strategy: str = "fedavg"  # Flower aggregation: strategies.offsite.STRATEGIES
     strategy_kwargs: dict[str, Any] = field(default_factory=dict)  # its own arguments, e.g. proximal_mu, eta
-    partition: str = "iid"  # split of the task's train set: iid or dirichlet (label skew)
+    partition: str = "iid"  # train-set split: emulator.config.PARTITION_SCHEMES says what each skews
     dirichlet_alpha: float = 0.5  # Dirichlet concentration; smaller is more skewed
     fail_partitions: tuple[int, ...] = ()  # test hook: these partitions raise in training every round
 
@@ -81,6 +81,7 @@ class EvaluationConfig:
     emulator_every: int = 1  # evaluate emulator fine-tuned every k rounds (and the last); 0: last only
     plugin_every: int = 1  # evaluate plug-in every k rounds (and the last, and with the emulator); 0: those
     batch_size: int = 16  # examples per scoring batch
+    max_length: int = 512  # token budget per scored (context, choice); longer contexts are cut from the left
 
     def __post_init__(self) -> None:
         _check(self.test_limit >= 0, "evaluation.test_limit", self.test_limit, ">= 0 (0: all)")
@@ -89,6 +90,7 @@ class EvaluationConfig:
         )
         _check(self.plugin_every >= 0, "evaluation.plugin_every", self.plugin_every, ">= 0 (0: last only)")
         _check(self.batch_size >= 1, "evaluation.batch_size", self.batch_size, ">= 1")
+        _check(self.max_length >= 2, "evaluation.max_length", self.max_length, ">= 2")
 
 
 @dataclass(frozen=True)
@@ -210,13 +212,57 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
+# Config keys a resumed run may change: more rounds, how often to evaluate, backend settings. Not the test set
+# (test_limit) or the scoring budget (max_length): the checkpoint's zero-shot rows were scored with them.
+RESUMABLE = (
+    "federation.rounds",
+    "evaluation.emulator_every",
+    "evaluation.plugin_every",
+    "evaluation.batch_size",
+    "simulation.",
+    "output.",
+)
+
+
+def resumable_keys() -> str:
+    """``RESUMABLE`` for messages: ``federation.rounds, ..., simulation.*, output.*``."""
+    return ", ".join(p + "*" if p.endswith(".") else p for p in RESUMABLE)
+
+
+def check_resumable(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to continue ``run_dir`` under a config that changes what was trained.
+
+    Raises:
+        ValueError: ``run_dir`` has no config.json, or a key outside ``RESUMABLE`` differs (the first few are
+            named with both values).
+    """
+    saved_path = Path(run_dir) / "config.json"
+    if not saved_path.is_file():
+        raise ValueError(f"--resume {run_dir}: not a run directory (no config.json)")
+    saved, new = _flatten(json.loads(saved_path.read_text())), _flatten(json.loads(config.to_json()))
+    changed = [k for k in sorted(saved.keys() | new.keys()) if saved.get(k) != new.get(k)]
+    changed = [k for k in changed if not k.startswith(RESUMABLE)]
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
+        raise ValueError(
+            f"--resume {run_dir} was started with another config ({shown}); only "
+            f"{resumable_keys()} may change on resume"
+        )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and key != "strategy_kwargs":
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ValueError(f"config {name}={value!r} is invalid; it must be {allowed}")
-
-
-# Config keys a resumed run may change: more rounds, other evaluation or backend settings.
-RESUMABLE = ("federation.rounds", "evaluation.", "simulation.", "output.")
 
 
 def resume_config(run_dir: Path, overrides: Sequence[str]) -> RunConfig:
@@ -227,9 +273,7 @@ def resume_config(run_dir: Path, overrides: Sequence[str]) -> RunConfig:
     """
     frozen = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(RESUMABLE)]
     if frozen:
-        raise ValueError(
-            f"on resume only {', '.join(p + '*' for p in RESUMABLE)} may change; not {', '.join(frozen)}"
-        )
+        raise ValueError(f"on resume only {resumable_keys()} may change; not {', '.join(frozen)}")
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.toml)")

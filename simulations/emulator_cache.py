@@ -1,8 +1,13 @@
-"""The emulator bundle a run distributes: built once per (source model, emulator config), then reused.
+"""The emulator bundle a run distributes: built once per (source model content, corpus, emulator config), then
+reused.
 
-Bundles live under ``emulator.models.cache_dir() / "bundles"``, one directory per hash of the model name and
-the emulator config. A bundle is written to a temporary directory and renamed into place, so a half-written
-one is never taken for complete (and two runs building the same one at once both end with a valid bundle).
+Bundles live under ``emulator.models.cache_dir() / "bundles"``, one directory per hash of what the emulator is
+derived from: the source model's content (``model_fingerprint``: config and weights, not its name or path, so
+two checkpoints saved at the same path never share an emulator), the public corpus's text where the method
+reads it, and the emulator config. The same provenance is stored in the manifest and checked before reuse: a
+bundle whose manifest disagrees is rebuilt, never taken as current. A bundle is written to a temporary
+directory and renamed into place, so a half-written one is never taken for complete (and two runs building
+the same one at once both end with a valid bundle).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -21,39 +27,61 @@ from transformers import PreTrainedTokenizerBase
 from emulator.assembly import build_emulator
 from emulator.bundle import save_bundle
 from emulator.config import EmulatorConfig
-from emulator.models import cache_dir
+from emulator.models import cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 1  # bump when the bundle layout changes, so stale cached bundles are not reused
+_FORMAT = 2  # bump when the bundle layout or key changes, so stale cached bundles are not reused
 
 
-def bundle_dir(model_name: str, config: EmulatorConfig) -> Path:
-    """Where the bundle of ``model_name`` compressed with ``config`` lives in the cache."""
-    spec = json.dumps(
-        {"model": model_name, "emulator": config.build_dict(), "format": _FORMAT}, sort_keys=True
-    )
-    digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
+def provenance(model_sha256: str, config: EmulatorConfig) -> dict[str, Any]:
+    """What a bundle of ``config`` is derived from: the model's content hash, the emulator settings that shape
+    it and, for the methods that read the public corpus, the sha256 of the corpus's text."""
+    spec: dict[str, Any] = {"model": model_sha256, "emulator": config.build_dict(), "format": _FORMAT}
+    if config.method in ("scaleot", "uniform+distill"):
+        from emulator.data import public_corpus
+
+        spec["corpus"] = hashlib.sha256(public_corpus("train", config.corpus).encode()).hexdigest()
+    return spec
+
+
+def bundle_dir(model_name: str, spec: dict[str, Any]) -> Path:
+    """Where the bundle of provenance ``spec`` lives in the cache (``model_name`` names it for people)."""
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name).strip("_")[-40:]
-    return cache_dir() / "bundles" / f"{safe}-{config.method}-{digest}"
+    return cache_dir() / "bundles" / f"{safe}-{spec['emulator']['method']}-{digest}"
 
 
 def ensure_bundle(
-    model_name: str, config: EmulatorConfig, full_model: nn.Module, tokenizer: PreTrainedTokenizerBase
+    model_name: str,
+    config: EmulatorConfig,
+    full_model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    model_sha256: str | None = None,
 ) -> Path:
-    """The cached bundle for (``model_name``, ``config``), building it from ``full_model`` if absent.
+    """The cached bundle of ``full_model`` compressed with ``config``, building it if absent or stale.
 
-    ``full_model`` is not modified.
+    Args:
+        model_name: the model's name, for the directory name and the manifest.
+        config: the emulator settings.
+        full_model: the source model (not modified).
+        tokenizer: its tokenizer.
+        model_sha256: ``model_fingerprint(full_model)`` if the caller has it (else computed here).
     """
-    directory = bundle_dir(model_name, config)
-    if (directory / "manifest.json").is_file():
-        log.info("emulator: reusing %s", directory)
-        return directory
+    spec = provenance(model_sha256 or model_fingerprint(full_model), config)
+    directory = bundle_dir(model_name, spec)
+    manifest = directory / "manifest.json"
+    if manifest.is_file():
+        if json.loads(manifest.read_text()).get("provenance") == json.loads(json.dumps(spec)):
+            log.info("emulator: reusing %s", directory)
+            return directory
+        log.warning("emulator: %s was built from other inputs than its key says; rebuilding it", directory)
+        shutil.rmtree(directory, ignore_errors=True)
     log.info("emulator: building %s (%s) into %s", config.method, model_name, directory)
     emulator = build_emulator(full_model, tokenizer, config, progress=True)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_bundle(emulator, tmp, model_name, tokenizer)
+    save_bundle(emulator, tmp, model_name, tokenizer, provenance=spec)
     try:
         tmp.rename(directory)
     except OSError:  # another process finished the same bundle first

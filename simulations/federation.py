@@ -15,13 +15,16 @@ import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid  # Flower's simulation runtime's grid
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from clients.partition import partition
 from clients.runtime import bundle_sha256
 from clients.settings import ClientSettings
 from emulator.bundle import load_emulator
-from emulator.models import load_model
-from emulator.tasks import load_task
-from simulations.config import RunConfig
+from emulator.fit import check_fits
+from emulator.models import load_model, model_fingerprint
+from emulator.tasks import MCExample, load_task
+from simulations.config import RunConfig, check_resumable
 from simulations.emulator_cache import ensure_bundle
 from simulations.export import export_run
 from simulations.outputs import (
@@ -54,20 +57,24 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         The final run state (zero-shot rows, per-round records, bundle).
     """
     check_simulated_federation(grid, config.federation.num_clients)
+    if resume is not None:
+        check_resumable(resume, config)  # before config.toml is overwritten with the new one
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
     checkpoint = load_checkpoint(resume) if resume is not None else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    # Model owner: the full model, the emulator bundle the clients load, the test set.
-    full_model, tokenizer = load_model(config.model, device=device)
-    bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer)
+    # Model owner: the full model, the task, the emulator bundle the clients load.
+    full_model, tokenizer = load_run_model(config, device)
+    task = load_task(config.task, seed=config.seed)
+    check_partition(config, task.train)
+    model_sha256 = model_fingerprint(full_model)
+    bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer, model_sha256)
     sha256 = bundle_sha256(str(bundle))
     emulator, _ = load_emulator(bundle, device=device)
     positions = emulator.adapter_positions()
-    test = load_task(config.task, seed=config.seed).test
-    test = test[: config.evaluation.test_limit] if config.evaluation.test_limit else test
+    test = task.test[: config.evaluation.test_limit] if config.evaluation.test_limit else task.test
     evaluation = config.evaluation
     evaluator = ServerEvaluator(
         full_model,
@@ -77,6 +84,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         test,
         config.adapter,
         evaluation.batch_size,
+        evaluation.max_length,
         emulator_is_full=config.emulator.method == "full",
     )
     adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
@@ -88,9 +96,13 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         state = checkpoint.state
         arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.adapter.items()})
         if state.bundle.get("sha256") not in (None, sha256):
-            log.warning("the emulator bundle differs from the one the checkpoint was trained with")
+            raise ValueError(
+                f"--resume {resume}: its adapter was trained on emulator sha256 "
+                f"{state.bundle['sha256'][:12]}…, this run's is {sha256[:12]}… (the model, corpus or "
+                "emulator changed); start a new run"
+            )
         log.info("resuming %s after round %d", resume, len(state.history))
-    state.bundle = {"path": str(bundle), "sha256": sha256}
+    state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
 
     strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state)
     if checkpoint is not None:
@@ -130,6 +142,38 @@ def check_simulated_federation(grid: Grid, num_clients: int, poll_s: float = 1.0
             f'SuperNodes; run `flwr run` with --federation-config "num-supernodes={num_clients}" '
             f"or set federation.num_clients={count}"
         )
+
+
+def load_run_model(config: RunConfig, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The run's full model and tokenizer, with every setting that must fit the model checked against it.
+
+    Raises:
+        ValueError: ``emulator.fit.check_fits``'s one line (a length, count or rank the model cannot take).
+    """
+    model, tokenizer = load_model(config.model, device=device)
+    lengths = {
+        "client.max_length": config.client.max_length,
+        "evaluation.max_length": config.evaluation.max_length,
+    }
+    check_fits(model, config.emulator, config.adapter, lengths, tokenizer)
+    return model, tokenizer
+
+
+def check_partition(config: RunConfig, train: list[MCExample]) -> None:
+    """Split the train set as every client will, once on the server, so that a split that cannot be made
+    (more clients than examples, Dirichlet draws leaving a client too few) fails before any round.
+
+    Raises:
+        ValueError: ``clients.partition.partition``'s message, prefixed with the federation fields.
+    """
+    fed = config.federation
+    try:
+        partition(train, fed.num_clients, 0, fed.partition, fed.dirichlet_alpha, config.seed)
+    except ValueError as error:
+        raise ValueError(
+            f"federation.num_clients={fed.num_clients}, partition={fed.partition!r} cannot split the "
+            f"{len(train)} training examples of {config.task}: {error}"
+        ) from None
 
 
 def _strategy(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from emulator.results import privacy_gap
+from emulator.results import choice_spread, one_answer_note, privacy_gap
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN, final_rows
 from strategies.records import RoundRecord
 
@@ -52,7 +52,7 @@ class RunState:
         last = next((r.evaluation for r in reversed(self.history) if r.plugin_acc is not None), None)
         emulator = next((r.evaluation for r in reversed(self.history) if r.emulator_acc is not None), None)
         rows = final_rows(self.zero_shot, last, emulator)
-        return {name: row | self.per_example.get(name, {}) for name, row in rows.items()}
+        return {name: _with_spread(row | self.per_example.get(name, {})) for name, row in rows.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +71,11 @@ class RunState:
             bundle=dict(data.get("bundle", {})),
             per_example=dict(data.get("per_example", {})),
         )
+
+
+def _with_spread(row: dict[str, Any]) -> dict[str, Any]:
+    # How the row's predictions spread over choice positions, where its per-example picks are known.
+    return row | choice_spread(row.get("predicted", ()))
 
 
 @dataclass
@@ -153,14 +158,25 @@ def write_metrics(run_dir: Path, state: RunState, config: Mapping[str, Any], fin
 def write_report(run_dir: Path, state: RunState, title: str) -> None:
     """report.md: results table (accuracy ± stderr, %), privacy gap, per-round table, and the plot."""
     rows = state.rows()
-    lines = [f"# {title}", "", "| row | acc (%) | acc_norm (%) | n |", "|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        "| row | acc (%) | acc_norm (%) | n | most picked choice (% of examples) |",
+        "|---|---|---|---|---|",
+    ]
+    notes = []
     for name in (FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN):
         if name in rows:
             r = rows[name]
+            top = "–" if "top_choice" not in r else f"{r['top_choice']} ({100 * r['top_choice_share']:.0f})"
+            flag = " ⚠ one answer" if r.get("one_answer") else ""
             lines.append(
                 f"| {name} | {pct(r['acc'], r['acc_stderr'])} | {pct(r['acc_norm'], r['acc_norm_stderr'])} "
-                f"| {r['n']} |"
+                f"| {r['n']} | {top}{flag} |"
             )
+            notes += [note] if (note := one_answer_note(name, r)) else []
+    if notes:
+        lines += ["", *(f"⚠ {note}." for note in notes)]
     if (gap := privacy_gap(rows.get(PLUG_IN), rows.get(EMULATOR_FT))) is not None:
         lines += [
             "",

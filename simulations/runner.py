@@ -174,8 +174,8 @@ def run_simulate(args: argparse.Namespace) -> None:
 
 def prepare_bundle(config: RunConfig) -> Path:
     """Build or reuse the emulator bundle ``config`` would distribute; the ServerApp finds the same one."""
-    from emulator.models import load_model
     from simulations.emulator_cache import ensure_bundle
+    from simulations.federation import load_run_model
 
-    model, tokenizer = load_model(config.model)
+    model, tokenizer = load_run_model(config)
     return ensure_bundle(config.model, config.emulator, model, tokenizer)

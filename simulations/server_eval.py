@@ -27,7 +27,7 @@ from emulator.config import AdapterConfig
 from emulator.evaluation import multiple_choice_accuracy
 from emulator.memo import memoised_accuracy
 from emulator.plug_in import plug_in_
-from emulator.results import MCResult
+from emulator.results import MCResult, choice_spread, one_answer_note
 from emulator.tasks import MCExample
 from strategies import keys
 
@@ -42,8 +42,13 @@ def result_row(result: MCResult) -> dict[str, Any]:
 
 
 def per_example(result: MCResult) -> dict[str, list[int]]:
-    """Per-example correctness (JSON-friendly), in test order, for paired comparisons."""
-    return {"correct": list(result.correct), "correct_norm": list(result.correct_norm)}
+    """Per-example correctness (JSON-friendly), in test order, for paired comparisons, and the choice picked
+    for each example (for ``emulator.results.choice_spread``)."""
+    return {
+        "correct": list(result.correct),
+        "correct_norm": list(result.correct_norm),
+        "predicted": list(result.predicted),
+    }
 
 
 def initial_adapter(
@@ -67,6 +72,7 @@ class ServerEvaluator:
         examples: test examples.
         adapter: full adapter blocks or LoRA.
         batch_size: scoring batch size.
+        max_length: token budget per scored sequence (``multiple_choice_accuracy``).
         emulator_is_full: the emulator is the full model itself (method ``full``): its rows are copies of the
             full model's, not scored twice.
         memo_dir: where zero-shot results are memoised (``emulator.memo``); default the cache's. The full
@@ -86,20 +92,21 @@ class ServerEvaluator:
         examples: list[MCExample],
         adapter: AdapterConfig,
         batch_size: int = 16,
+        max_length: int = 512,
         emulator_is_full: bool = False,
         memo_dir: Path | None = None,
     ) -> None:
         self.full_model, self.emulator_model = full_model, emulator_model
         self.positions, self.tokenizer, self.examples = dict(positions), tokenizer, examples
-        self.adapter, self.batch_size = adapter, batch_size
+        self.adapter, self.batch_size, self.max_length = adapter, batch_size, max_length
         self.emulator_is_full, self.memo_dir = emulator_is_full, memo_dir
         self.per_example: dict[str, dict[str, list[int]]] = {}
 
     def zero_shot(self) -> dict[str, dict[str, Any]]:
         """Full-ZS and Emulator-ZS rows (before any adapter is plugged in)."""
         start = time.perf_counter()
-        full = self._zero_shot(self.full_model)
-        emulator = full if self.emulator_is_full else self._zero_shot(self.emulator_model)
+        full = self._zero_shot(self.full_model, FULL_ZS)
+        emulator = full if self.emulator_is_full else self._zero_shot(self.emulator_model, EMULATOR_ZS)
         self.per_example |= {FULL_ZS: per_example(full), EMULATOR_ZS: per_example(emulator)}
         rows = {FULL_ZS: result_row(full), EMULATOR_ZS: result_row(emulator)}
         log.info(
@@ -115,27 +122,43 @@ class ServerEvaluator:
         """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.keys``."""
         state = arrays.to_torch_state_dict()
         plug_in_(self.full_model, state, sorted(self.positions), self.adapter)
-        plugged = self._score(self.full_model)
+        plugged = self._score(self.full_model, f"{PLUG_IN} (round {server_round})")
         self.per_example[PLUG_IN] = per_example(plugged)
         metrics = _named(keys.PLUGIN, plugged)
         if with_emulator:
-            emulator = plugged if self.emulator_is_full else self._score_emulator(state)
+            name = f"{EMULATOR_FT} (round {server_round})"
+            emulator = plugged if self.emulator_is_full else self._score_emulator(state, name)
             self.per_example[EMULATOR_FT] = per_example(emulator)
             metrics |= _named(keys.EMULATOR, emulator)
         return metrics | {keys.EVAL_N: float(len(self.examples))}
 
-    def _score_emulator(self, state: AdapterState) -> MCResult:
+    def _score_emulator(self, state: AdapterState, name: str) -> MCResult:
         prepare_adapter_(self.emulator_model, self.positions, self.adapter)
         load_adapter_state_(self.emulator_model, self.positions, state)
-        return self._score(self.emulator_model)
+        return self._score(self.emulator_model, name)
 
-    def _zero_shot(self, model: nn.Module) -> MCResult:
-        return memoised_accuracy(
-            model, self.tokenizer, self.examples, batch_size=self.batch_size, directory=self.memo_dir
+    def _zero_shot(self, model: nn.Module, name: str) -> MCResult:
+        result = memoised_accuracy(
+            model,
+            self.tokenizer,
+            self.examples,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            directory=self.memo_dir,
         )
+        return _flag_one_answer(name, result)
 
-    def _score(self, model: nn.Module) -> MCResult:
-        return multiple_choice_accuracy(model, self.tokenizer, self.examples, batch_size=self.batch_size)
+    def _score(self, model: nn.Module, name: str) -> MCResult:
+        result = multiple_choice_accuracy(
+            model, self.tokenizer, self.examples, batch_size=self.batch_size, max_length=self.max_length
+        )
+        return _flag_one_answer(name, result)
+
+
+def _flag_one_answer(name: str, result: MCResult) -> MCResult:
+    if note := one_answer_note(name, choice_spread(result.predicted)):
+        log.warning("%s", note)
+    return result
 
 
 def final_rows(

@@ -23,6 +23,7 @@ where it stopped; a directory holding another experiment is an error, never over
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
@@ -170,9 +171,22 @@ def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
         metrics_path = run_dir / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         if metrics.get("status") == "finished":
+            if metrics.get("bundle", {}).get("model_sha256") != _model_sha256(config.model):
+                raise ValueError(
+                    f"{run_dir} holds a run of model={config.model!r} with other weights (or of unknown "
+                    "ones); remove it or give compare another --out"
+                )
             return metrics, "reused"
     resume = run_dir if (run_dir / "checkpoint" / "latest").is_file() else None
     return simulate(config, run_dir, resume=resume), "resumed" if resume else "ran"
+
+
+@functools.cache
+def _model_sha256(name: str) -> str:
+    # Once per model name and process: a finished run is reused only for the same weights.
+    from emulator.models import load_model, model_fingerprint
+
+    return model_fingerprint(load_model(name)[0])
 
 
 def _experiment(config: Mapping[str, Any]) -> dict[str, Any]:

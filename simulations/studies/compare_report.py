@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emulator.bundle import read_manifest
-from emulator.results import paired_difference, privacy_gap
+from emulator.results import ONE_ANSWER_SHARE, paired_difference, privacy_gap
 from simulations.outputs import pct, save_figure, write_text
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
 from strategies import keys
@@ -33,7 +33,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ACCURACY_KEYS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n")
+_ACCURACY_KEYS = (
+    "acc",
+    "acc_stderr",
+    "acc_norm",
+    "acc_norm_stderr",
+    "n",
+    "top_choice",
+    "top_choice_share",
+    "one_answer",
+)
 _COLUMNS = (
     "| method | params (× full) | full ZS | emulator ZS | emulator FT | plug-in | Δ "
     "| plug-in − full (paired) | plug-in − uniform, same α (paired) "
@@ -160,6 +169,9 @@ def markdown(rows: Sequence[Mapping[str, Any]], base: RunConfig) -> str:
         "Accuracy in % ± standard error. Δ = plug-in − emulator fine-tuned (larger: the emulator gives away "
         "less of the model). *Paired*: plug-in minus full fine-tuning on the same test examples (mean ± "
         "standard error of the per-example difference); the same against uniform LayerDrop at the same α. "
+        f"⚠: one choice position takes more than {ONE_ANSWER_SHARE:.0%} of the predictions (one answer to "
+        "everything, e.g. after a split that gives each client one answer position; see metrics.json's "
+        "choice_spread). "
         "Step time and peak memory are the clients' own "
         "(CUDA: tensor memory; CPU: the client process's resident set, runtime included), averaged over "
         "clients and rounds; KB are adapter bytes per client per round, down + up.",
@@ -214,7 +226,9 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 def _table_line(r: Mapping[str, Any]) -> str:
     def acc(row: Mapping[str, Any] | None) -> str:
-        return pct(row["acc"], row["acc_stderr"]) if row else "–"
+        if not row:
+            return "–"
+        return pct(row["acc"], row["acc_stderr"]) + (" ⚠" if row.get("one_answer") else "")
 
     ratio = r.get("param_ratio")
     cells = [

@@ -28,7 +28,7 @@ from emulator.config import AdapterConfig, EmulatorConfig
 from emulator.config_parse import parse_assignment
 from emulator.data import training_batches
 from emulator.evaluation import multiple_choice_accuracy
-from emulator.models import load_model
+from emulator.models import load_model, model_fingerprint
 from emulator.plug_in import plug_in_
 from emulator.results import MCResult, paired_difference, privacy_gap
 from emulator.tasks import load_task
@@ -146,10 +146,15 @@ def main(argv: list[str] | None = None) -> None:
     task = load_task(args.task, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     zs_path = args.out.with_suffix(".full_zs.json")
-    if not zs_path.exists():
-        model, tokenizer = load_model(args.model, device=args.device)
-        zs_path.write_text(json.dumps(_as_dict(multiple_choice_accuracy(model, tokenizer, task.test))))
-    full_zs = json.loads(zs_path.read_text())
+    model, tokenizer = load_model(args.model, device=args.device)
+    # Reused only for the same model content, task and seed; anything else is scored again.
+    key = {"model": model_fingerprint(model), "task": args.task, "seed": args.seed}
+    saved = json.loads(zs_path.read_text()) if zs_path.exists() else {}
+    if saved.get("key") != key:
+        saved = {"key": key, "result": _as_dict(multiple_choice_accuracy(model, tokenizer, task.test))}
+        zs_path.write_text(json.dumps(saved))
+    full_zs = saved["result"]
+    del model
     for text in args.setting:
         start = time.perf_counter()
         row = run_setting(args, parse_setting(text), task)
