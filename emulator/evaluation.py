@@ -1,8 +1,10 @@
 """Zero-shot evaluation: multiple-choice accuracy by log-likelihood, and perplexity.
 
 Scoring follows lm-evaluation-harness (and so Offsite-Tuning's Table 1): every choice is scored by the sum of
-the log-probabilities of its tokens given the context; ``acc`` picks the highest sum, ``acc_norm`` the highest
-sum divided by the choice's length in characters. Standard errors are lm-eval's ``sqrt(p(1 - p) / (n - 1))``.
+the log-probabilities of its tokens given the context, encoded as lm-eval encodes them (``data.encode_pair``);
+``acc`` picks the highest sum, ``acc_norm`` the highest sum divided by the choice's length in characters
+without its delimiter (``choice_length``). Standard errors are lm-eval's ``sqrt(p(1 - p) / (n - 1))``.
+``tests/test_lm_eval_conformance.py`` checks both against lm-eval's own ``HFLM`` on the same examples.
 Per-example correctness is kept so that two methods can be compared pairwise on the same examples.
 """
 
@@ -32,7 +34,7 @@ class MCResult:
 
     Attributes:
         acc: fraction of examples whose correct choice has the highest log-likelihood.
-        acc_norm: the same with log-likelihoods divided by the choice's length in characters.
+        acc_norm: the same with log-likelihoods divided by ``choice_length`` of each choice.
         acc_stderr, acc_norm_stderr: standard errors of the two means.
         n: number of examples.
         correct, correct_norm: per-example 1/0, in the order of the examples given.
@@ -215,6 +217,17 @@ def label_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     return picked * scored, scored
 
 
+def choice_length(choice: str) -> int:
+    """Characters of a choice without its delimiter, the ``acc_norm`` denominator.
+
+    An ``MCExample`` choice starts with its delimiter (the whitespace between context and answer, e.g. " ");
+    lm-eval keeps the delimiter apart (``target_delimiter``) and divides by the length of the choice alone
+    (``ConfigurableTask.process_results``), so leading whitespace does not count. At least 1: a choice that is
+    only whitespace would otherwise divide by zero.
+    """
+    return max(len(choice.lstrip()), 1)
+
+
 def _stderr(values: tuple[int, ...]) -> float:
     n = len(values)
     if n < 2:
@@ -252,7 +265,7 @@ def multiple_choice_accuracy(
     logliks = choice_logliks(model, tokenizer, examples, batch_size, max_length, progress)
     correct, correct_norm = [], []
     for ex, scores in zip(examples, logliks, strict=True):
-        normalised = [s / len(c) for s, c in zip(scores, ex.choices, strict=True)]
+        normalised = [s / choice_length(c) for s, c in zip(scores, ex.choices, strict=True)]
         # max() over indices keeps the first of tied choices, as numpy's argmax in lm-eval does.
         correct.append(int(max(range(len(scores)), key=scores.__getitem__) == ex.label))
         correct_norm.append(int(max(range(len(normalised)), key=normalised.__getitem__) == ex.label))
