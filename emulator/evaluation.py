@@ -90,7 +90,7 @@ def choice_logliks(
         batch_size: (context, choice) sequences per forward pass; a shared-context pass holds as many whole
             examples as fit, at least one.
         max_length: token budget per sequence (see ``encode_example``).
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr when it is a terminal.
         shared_context: score each context once (KV cache) rather than once per choice.
 
     Returns:
@@ -124,7 +124,7 @@ def choice_logliks(
 
     device, pad_id = _device(model), pad_token_id(tokenizer)
     with _inference(model):
-        for kind, batch in tqdm(batches, desc="scoring", disable=not progress, file=sys.stderr):
+        for kind, batch in tqdm(batches, desc="scoring", disable=None if progress else True, file=sys.stderr):
             if kind == "shared":
                 scores = _score_shared(model, [encoded[i] for i in batch], pad_id, device)
                 for i, example_scores in zip(batch, scores, strict=True):
@@ -252,7 +252,7 @@ def multiple_choice_accuracy(
         examples: the examples to score.
         batch_size: (context, choice) sequences per forward pass.
         max_length: token budget per sequence; longer contexts are cut from the left.
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr when it is a terminal.
 
     Returns:
         Accuracy, length-normalised accuracy, their standard errors and per-example correctness.

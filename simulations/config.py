@@ -84,6 +84,7 @@ class EvaluationConfig:
     emulator_every: int = 1  # evaluate emulator fine-tuned every k rounds (and the last); 0: last only
     plugin_every: int = 1  # evaluate plug-in every k rounds (and the last, and with the emulator); 0: those
     batch_size: int = 16  # examples per scoring batch
+    progress: bool = True  # a tqdm bar while scoring; shown only when stderr is a terminal
 
     def __post_init__(self) -> None:
         _check(self.test_limit >= 0, "evaluation.test_limit", self.test_limit, ">= 0 (0: all)")
@@ -92,6 +93,7 @@ class EvaluationConfig:
         )
         _check(self.plugin_every >= 0, "evaluation.plugin_every", self.plugin_every, ">= 0 (0: last only)")
         _check(self.batch_size >= 1, "evaluation.batch_size", self.batch_size, ">= 1")
+        _check(isinstance(self.progress, bool), "evaluation.progress", self.progress, "true or false")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,11 @@ class SimulationConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # run directories are created under this one (relative to the working directory)
+    # Each round's metrics as TensorBoard scalars in <run>/tensorboard (pip install -e '.[tracking]').
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.tensorboard, bool), "output.tensorboard", self.tensorboard, "true or false")
 
 
 @dataclass(frozen=True)

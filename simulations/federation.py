@@ -32,6 +32,7 @@ from simulations.outputs import (
     write_text,
 )
 from simulations.server_eval import ServerEvaluator, initial_adapter
+from simulations.tracking import TensorBoardLog
 from strategies.offsite import OffsiteTuning, offsite_strategy
 from strategies.records import RoundRecord
 
@@ -54,6 +55,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
     checkpoint = load_checkpoint(resume) if resume is not None else None
+    tracker = TensorBoardLog(run_dir / "tensorboard") if config.output.tensorboard else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     # Model owner: the full model, the emulator bundle the clients load, the test set.
@@ -75,6 +77,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         evaluation.batch_size,
         emulator_is_full=config.emulator.method == "full",
         reference_key=(config.model, config.task, config.seed, evaluation.test_limit, evaluation.batch_size),
+        progress=evaluation.progress,
     )
     adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
 
@@ -89,7 +92,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         log.info("resuming %s after round %d", resume, len(state.history))
     state.bundle = {"path": str(bundle), "sha256": sha256}
 
-    strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state)
+    strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state, tracker)
     if checkpoint is not None:
         strategy.restore_(state.history, checkpoint.strategy)
     remaining = config.federation.rounds - len(state.history)
@@ -98,11 +101,19 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         result = strategy.start(grid, arrays, num_rounds=remaining, train_config=settings.to_record())
         arrays = result.arrays if len(result.arrays) else arrays
     _finish(run_dir, config, state, arrays)
+    if tracker is not None:
+        tracker.close()
     return state
 
 
 def _strategy(
-    config: RunConfig, bundle: str, sha256: str, evaluator: ServerEvaluator, run_dir: Path, state: RunState
+    config: RunConfig,
+    bundle: str,
+    sha256: str,
+    evaluator: ServerEvaluator,
+    run_dir: Path,
+    state: RunState,
+    tracker: TensorBoardLog | None,
 ) -> OffsiteTuning:
     fed = config.federation
 
@@ -111,6 +122,8 @@ def _strategy(
         state.per_example |= evaluator.per_example
         save_checkpoint(run_dir, _numpy(arrays), strategy.state_arrays(), state)
         write_metrics(run_dir, state, config.to_dict(), finished=False)
+        if tracker is not None:
+            tracker.round(record)
 
     strategy = offsite_strategy(
         fed.strategy,

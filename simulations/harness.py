@@ -12,6 +12,7 @@ scores a JSON file next to it, offline).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
+
+from emulator.tasks import MCExample
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +57,56 @@ def _yaml_task(path: Path) -> dict[str, Any]:
     return config
 
 
+def write_task(examples: list[MCExample], directory: Path, name: str) -> Path:
+    """Write examples of ours as an lm-eval multiple-choice task: ``<name>.jsonl`` and ``<name>.yaml``.
+
+    Each choice's delimiter (its leading whitespace, the same for all) becomes lm-eval's ``target_delimiter``
+    and the choices are stored without it, as lm-eval's own tasks store them; scored by lm-eval, the task
+    gives the acc and acc_norm our scorer gives on the same model (``tests/test_lm_eval_conformance.py``).
+
+    Returns:
+        The YAML path, for ``harness_tasks``.
+
+    Raises:
+        ValueError: no examples, or choices whose delimiters differ.
+    """
+    delimiters = {c[: len(c) - len(c.lstrip())] for ex in examples for c in ex.choices}
+    if len(delimiters) != 1:
+        raise ValueError(
+            f"the choices have {len(delimiters)} different delimiters {sorted(delimiters)}; need one"
+        )
+    (delimiter,) = delimiters
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"context": ex.context, "choices": [c[len(delimiter) :] for c in ex.choices], "label": ex.label}
+        for ex in examples
+    ]
+    (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": f"{name}.jsonl"}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "context",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        "target_delimiter": delimiter,
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in METRICS],
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(json.dumps(task, indent=2) + "\n")  # JSON is YAML; no PyYAML needed to write it
+    return path
+
+
 def harness_scores(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     tasks: list[str | dict[str, Any]],
     limit: int | None = None,
     batch_size: int = 16,
-) -> dict[str, dict[str, float]]:
+    log_samples: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Score an in-memory model with lm-eval's ``HFLM`` and ``simple_evaluate``, zero-shot.
 
     Args:
@@ -69,6 +115,7 @@ def harness_scores(
         tasks: as ``harness_tasks`` returns them.
         limit: score only the first N documents of each task.
         batch_size: lm-eval's batch size.
+        log_samples: also return lm-eval's per-document records, under ``"samples"``, in document order.
 
     Returns:
         Task name -> lm-eval's metrics for it, e.g. ``{"acc": 0.5, "acc_stderr": 0.05, "acc_norm": ...}``.
@@ -83,11 +130,14 @@ def harness_scores(
         raise ValueError("--harness needs lm-evaluation-harness: pip install -e '.[lmeval]'") from error
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     with torch.no_grad():
-        out = simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=0, log_samples=False)
-    return {
+        out = simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=0, log_samples=log_samples)
+    scores: dict[str, dict[str, Any]] = {
         task: {name.split(",")[0]: value for name, value in metrics.items() if isinstance(value, float)}
         for task, metrics in out["results"].items()
     }
+    for task, records in out.get("samples", {}).items() if log_samples else ():
+        scores[task]["samples"] = sorted(records, key=lambda r: r["doc_id"])
+    return scores
 
 
 def run_model(run_dir: Path, row: str, device: str = "cpu") -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -104,8 +154,6 @@ def run_model(run_dir: Path, row: str, device: str = "cpu") -> tuple[nn.Module, 
     """
     if row not in ROWS:
         raise ValueError(f"--row={row!r} is unknown; use one of {', '.join(ROWS)}")
-    import json
-
     from safetensors.torch import load_file
 
     from emulator.adapters import load_adapter_state_, prepare_adapter_

@@ -70,6 +70,7 @@ class ServerEvaluator:
         batch_size: scoring batch size.
         emulator_is_full: the emulator is the full model itself (method ``full``): its rows are copies of the
             full model's, not scored twice.
+        progress: show a progress bar while scoring (on a terminal).
         reference_key: identifies (full model, test examples, scoring settings); the full model's zero-shot
             result is scored once per key in this process. None: always scored.
 
@@ -88,11 +89,12 @@ class ServerEvaluator:
         batch_size: int = 16,
         emulator_is_full: bool = False,
         reference_key: Hashable | None = None,
+        progress: bool = False,
     ) -> None:
         self.full_model, self.emulator_model = full_model, emulator_model
         self.positions, self.tokenizer, self.examples = dict(positions), tokenizer, examples
         self.adapter, self.batch_size = adapter, batch_size
-        self.emulator_is_full, self.reference_key = emulator_is_full, reference_key
+        self.emulator_is_full, self.reference_key, self.progress = emulator_is_full, reference_key, progress
         self.per_example: dict[str, dict[str, list[int]]] = {}
 
     def zero_shot(self) -> dict[str, dict[str, Any]]:
@@ -134,7 +136,9 @@ class ServerEvaluator:
         return self._score(self.emulator_model)
 
     def _score(self, model: nn.Module) -> MCResult:
-        return multiple_choice_accuracy(model, self.tokenizer, self.examples, batch_size=self.batch_size)
+        return multiple_choice_accuracy(
+            model, self.tokenizer, self.examples, batch_size=self.batch_size, progress=self.progress
+        )
 
 
 def final_rows(

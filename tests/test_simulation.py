@@ -50,6 +50,8 @@ def full_run(tmp_path_factory, failing_partition) -> Path:
         str(run_dir),
         "--set",
         f"federation.fail_partitions=[{failing_partition}]",
+        "--set",
+        "output.tensorboard=true",
     )
     (run_dir / "stderr.log").write_text(result.stderr)
     return run_dir
@@ -80,6 +82,16 @@ def test_two_rounds_with_rows_bytes_and_a_dropped_client(full_run, failing_parti
     assert (full_run / "report.md").read_text().count("±") >= 4
     assert (full_run / "accuracy.png").stat().st_size > 1000
     assert load_config(full_run / "config.toml").federation.fail_partitions == (failing_partition,)
+
+
+def test_a_run_with_tensorboard_on_writes_each_rounds_metrics(full_run):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed; pip install -e '.[dev]'")
+    from simulations.tracking import read_scalars
+
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    scalars = read_scalars(full_run / "tensorboard")
+    assert scalars["train/loss"] == pytest.approx({r["round"]: r["train_loss"] for r in metrics["rounds"]})
+    assert set(scalars["eval/plugin_acc"]) == {1, 2}
 
 
 def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, failing_partition, tmp_path):
