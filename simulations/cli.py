@@ -52,7 +52,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="score with lm-evaluation-harness instead (pip install -e '.[lmeval]'): comma-separated lm-eval "
         "task names or task YAML paths, e.g. hellaswag or simulations/harness/local_mc.yaml",
     )
-    parser.add_argument("--run", default=None, help="score a model of this run directory, not --model")
+    parser.add_argument("--run", dest="run_dir", default=None, help="score a model of this run directory, not --model")
     parser.add_argument(
         "--row", choices=("full", "emulator", "plug-in"), default="plug-in", help="with --run"
     )
@@ -83,9 +83,9 @@ def _run_eval(args: argparse.Namespace) -> None:
     # Tasks first: their errors are cheap to find, models are not.
     tasks = harness_tasks(args.harness) if args.harness else _our_examples(args)
     start = time.perf_counter()
-    if args.run is not None:
-        label = f"{args.run} ({args.row})"
-        model, tokenizer = run_model(Path(args.run), args.row, device=args.device)
+    if args.run_dir is not None:  # not `args.run`: that is the subcommand's function
+        label = f"{args.run_dir} ({args.row})"
+        model, tokenizer = run_model(Path(args.run_dir), args.row, device=args.device)
     else:
         from emulator.models import load_model
 
