@@ -50,9 +50,11 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="TASKS",
         help="score with lm-evaluation-harness instead (pip install -e '.[lmeval]'): comma-separated lm-eval "
-        "task names or task YAML paths, e.g. hellaswag or simulations/harness/local_mc.yaml",
+        "task names or task YAML paths, e.g. hellaswag or docs/lm-eval/scaleot_synthetic.yaml",
     )
-    parser.add_argument("--run", dest="run_dir", default=None, help="score a model of this run directory, not --model")
+    parser.add_argument(
+        "--run", dest="run_dir", default=None, help="score a model of this run directory, not --model"
+    )
     parser.add_argument(
         "--row", choices=("full", "emulator", "plug-in"), default="plug-in", help="with --run"
     )

@@ -6,7 +6,7 @@ that users can report on any task of the harness, or check our numbers against i
 ``pip install -e .[lmeval]``.
 
 Tasks are lm-eval task names (the hub datasets they name must be reachable) or paths of task YAML files; in a
-YAML file, ``dataset_kwargs.data_files`` may be relative to the file (``simulations/harness/local_mc.yaml``
+YAML file, ``dataset_kwargs.data_files`` may be relative to the file (``docs/lm-eval/scaleot_synthetic.yaml``
 scores a JSON file next to it, offline).
 """
 

@@ -86,3 +86,11 @@ def test_scores_equal_lm_evals_on_smollm2(tmp_path):
 def test_write_task_rejects_mixed_delimiters(tmp_path):
     with pytest.raises(ValueError, match=r"2 different delimiters"):
         write_task([MCExample("c", (" a", "\nb"), 0)], tmp_path, "mixed")
+
+
+def test_eval_harness_scores_the_shipped_local_task(capsys):
+    from simulations.cli import main
+
+    assert main(["eval", "--model", "tiny-llama", "--harness", "docs/lm-eval/scaleot_synthetic.yaml"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-llama |")]
+    assert len(rows) == 1 and rows[0].startswith("| tiny-llama | scaleot_synthetic | ") and " ± " in rows[0]

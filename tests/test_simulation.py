@@ -123,3 +123,19 @@ def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, fai
     assert final.keys() == reference.keys()
     for key in reference:
         assert final[key].equal(reference[key]), key
+
+
+def test_eval_run_rows_rebuild_the_runs_plug_in_and_emulator(full_run):
+    # `scaleot eval --run` rebuilds the plug-in and emulator fine-tuned models from the run directory alone;
+    # scored again on the run's test examples they give the run's own final rows.
+    from emulator.evaluation import multiple_choice_accuracy
+    from emulator.tasks import load_task
+    from simulations.harness import run_model
+
+    config = load_config(full_run / "config.toml")
+    test = load_task(config.task, seed=config.seed).test[: config.evaluation.test_limit]
+    results = json.loads((full_run / "metrics.json").read_text())["results"]
+    for row, name in (("plug-in", "Plug-in"), ("emulator", "Emulator-FT"), ("full", "Full-ZS")):
+        model, tokenizer = run_model(full_run, row)
+        result = multiple_choice_accuracy(model, tokenizer, test, batch_size=config.evaluation.batch_size)
+        assert list(result.correct) == results[name]["correct"], row
