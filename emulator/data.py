@@ -1,9 +1,9 @@
 """Tokenisation and batching for adapter training, emulator building and evaluation.
 
-Task examples are encoded as Offsite-Tuning does (``offsite_tuning/data.py``):
-``ids = tok(context) + tok(target)`` with the loss only on the target. Context and target are tokenized
-separately, without special tokens, as lm-evaluation-harness does for causal LMs, so that training and
-log-likelihood scoring see the same token ids.
+Task examples are encoded as lm-evaluation-harness encodes a (context, continuation) request for a causal LM
+(``encode_pair``), with the loss only on the target, as Offsite-Tuning trains (``offsite_tuning/data.py``):
+training and log-likelihood scoring see the same token ids, including the BOS token of tokenizers that add
+one.
 
 The public corpus (stage 1 of ScaleOT: harmonizers and layer importance) is plain text cut into blocks of
 consecutive tokens. Offline default: the English text of Python's ``pydoc_data`` topics; online: WikiText-2.
@@ -29,20 +29,48 @@ IGNORE_INDEX = -100  # label value that torch's cross-entropy (and HF's loss) sk
 CORPORA = ("pydoc", "wikitext")
 
 
-def context_ids(tokenizer: PreTrainedTokenizerBase, context: str) -> list[int]:
-    """Token ids of a context; an empty context becomes the EOS (or BOS) token so the first target token has a
-    position to be predicted from, as in lm-evaluation-harness."""
-    ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-    if not ids:
-        fallback = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-        ids = [fallback]
-    return ids
+def _lm_eval_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of ``text`` with the tokenizer's own special-token settings (a BOS where they add one), as
+    lm-evaluation-harness's ``HFLM.tok_encode``; a text that already starts with the start token gets none."""
+    if text.startswith(tokenizer.decode([start_token_id(tokenizer)])):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(text)["input_ids"]
+
+
+def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token an empty context is replaced with: BOS, or EOS where there is none (lm-eval's
+    ``prefix_token_id``)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, target: str) -> tuple[list[int], list[int]]:
+    """Context and target token ids, split as lm-evaluation-harness splits them for a causal LM.
+
+    Trailing whitespace of the context moves to the front of the target; then the whole string
+    ``context + target`` is encoded and the target is what follows the context's own encoding
+    (``LM._encode_pair``). Both encodings keep the tokenizer's special tokens, so the context starts with BOS
+    where the tokenizer adds one (Llama, Gemma, Mistral) and with nothing where it does not (GPT-2, SmolLM2).
+    An empty context becomes ``[start_token_id]`` and the target is encoded alone, without special tokens.
+
+    Returns:
+        ``(context_ids, target_ids)``; ``context_ids`` depends on the context alone, so every choice of a
+        multiple-choice example shares it.
+    """
+    stripped = context.rstrip()
+    target = context[len(stripped) :] + target
+    if not stripped:
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+        start = start_token_id(tokenizer)
+        # lm-eval: a target that begins with the start token supplies it as its own context.
+        return (target_ids[:1], target_ids[1:]) if target_ids[:1] == [start] else ([start], target_ids)
+    context_ids = _lm_eval_encode(tokenizer, stripped)
+    return context_ids, _lm_eval_encode(tokenizer, stripped + target)[len(context_ids) :]
 
 
 def encode_example(
     tokenizer: PreTrainedTokenizerBase, context: str, target: str, max_length: int
 ) -> tuple[list[int], list[int]]:
-    """Encode one (context, target) pair for a causal LM.
+    """Encode one (context, target) pair for a causal LM, as ``encode_pair`` splits it.
 
     Args:
         tokenizer: the model's tokenizer.
@@ -59,10 +87,11 @@ def encode_example(
     """
     if max_length < 2:
         raise ValueError(f"max_length={max_length} must be at least 2 (one context and one target token)")
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"][: max_length - 1]
+    context_ids, target_ids = encode_pair(tokenizer, context, target)
+    target_ids = target_ids[: max_length - 1]
     if not target_ids:
         raise ValueError(f"target={target!r} tokenizes to no tokens; every choice needs at least one")
-    prefix = context_ids(tokenizer, context)[-(max_length - len(target_ids)) :]
+    prefix = context_ids[-(max_length - len(target_ids)) :]
     return prefix + target_ids, [IGNORE_INDEX] * len(prefix) + target_ids
 
 

@@ -1,8 +1,10 @@
 """Zero-shot evaluation: multiple-choice accuracy by log-likelihood, and perplexity.
 
 Scoring follows lm-evaluation-harness (and so Offsite-Tuning's Table 1): every choice is scored by the sum of
-the log-probabilities of its tokens given the context; ``acc`` picks the highest sum, ``acc_norm`` the highest
-sum divided by the choice's length in characters. Standard errors are lm-eval's ``sqrt(p(1 - p) / (n - 1))``.
+the log-probabilities of its tokens given the context, encoded as lm-eval encodes them (``data.encode_pair``);
+``acc`` picks the highest sum, ``acc_norm`` the highest sum divided by the choice's length in characters
+without its delimiter (``choice_length``). Standard errors are lm-eval's ``sqrt(p(1 - p) / (n - 1))``.
+``tests/test_lm_eval_conformance.py`` checks both against lm-eval's own ``HFLM`` on the same examples.
 Per-example correctness is kept so that two methods can be compared pairwise on the same examples.
 """
 
@@ -73,7 +75,7 @@ def choice_logliks(
         batch_size: sequences per forward pass: contexts of a shared-context pass, choices of the passes
             that follow it, (context, choice) pairs otherwise.
         max_length: token budget per sequence (see ``encode_example``).
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr when it is a terminal.
         shared_context: score each context once (KV cache) rather than once per choice.
         trim_logits: run the LM head only on the positions whose log-probability is summed; False runs it on
             every position (the same numbers; for benchmarks).
@@ -99,7 +101,7 @@ def choice_logliks(
 
     device, pad_id = _device(model), pad_token_id(tokenizer)
     with _inference(model):
-        for kind, batch in tqdm(batches, desc="scoring", disable=not progress, file=sys.stderr):
+        for kind, batch in tqdm(batches, desc="scoring", disable=None if progress else True, file=sys.stderr):
             if kind == "shared":
                 group = [encoded[i] for i in batch]
                 rows = batch_size if bucketed else sum(len(pairs) for pairs in group)  # former: one pass
@@ -277,6 +279,17 @@ def label_logprobs(
     return picked, scored
 
 
+def choice_length(choice: str) -> int:
+    """Characters of a choice without its delimiter, the ``acc_norm`` denominator.
+
+    An ``MCExample`` choice starts with its delimiter (the whitespace between context and answer, e.g. " ");
+    lm-eval keeps the delimiter apart (``target_delimiter``) and divides by the length of the choice alone
+    (``ConfigurableTask.process_results``), so leading whitespace does not count. At least 1: a choice that is
+    only whitespace would otherwise divide by zero.
+    """
+    return max(len(choice.lstrip()), 1)
+
+
 def _stderr(values: tuple[int, ...]) -> float:
     n = len(values)
     if n < 2:
@@ -301,7 +314,7 @@ def multiple_choice_accuracy(
         examples: the examples to score.
         batch_size: (context, choice) sequences per forward pass.
         max_length: token budget per sequence; longer contexts are cut from the left.
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr when it is a terminal.
 
     Returns:
         Accuracy, length-normalised accuracy, their standard errors, per-example correctness and the
@@ -315,7 +328,7 @@ def multiple_choice_accuracy(
     logliks = choice_logliks(model, tokenizer, examples, batch_size, max_length, progress)
     correct, correct_norm, predicted = [], [], []
     for ex, scores in zip(examples, logliks, strict=True):
-        normalised = [s / len(c) for s, c in zip(scores, ex.choices, strict=True)]
+        normalised = [s / choice_length(c) for s, c in zip(scores, ex.choices, strict=True)]
         # max() over indices keeps the first of tied choices, as numpy's argmax in lm-eval does.
         predicted.append(max(range(len(scores)), key=scores.__getitem__))
         correct.append(int(predicted[-1] == ex.label))

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # Bump whenever the numbers ``multiple_choice_accuracy`` returns for the same model and examples change
 # (encoding of contexts and choices, BOS handling, normalisation): memoised results of older versions are
 # then ignored.
-SCORING_VERSION = 2  # 2: results carry the predicted choice per example
+SCORING_VERSION = 3  # 2: the predicted choice per example; 3: lm-eval encoding and acc_norm
 
 
 def memo_key(

@@ -63,7 +63,8 @@ class MCExample:
 
     Attributes:
         context: prompt text; ends where the answer starts (no trailing whitespace, e.g. ``"...\\nAnswer:"``).
-        choices: continuation strings, each starting with a space where the text needs one.
+        choices: continuation strings, each starting with its delimiter (the whitespace between context and
+            answer, usually one space), which ``acc_norm`` does not count, as lm-evaluation-harness.
         label: index of the correct choice.
     """
 

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from simulations.export import export_arguments, run_export
 from simulations.runner import run_simulate, simulate_arguments
@@ -44,7 +45,20 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
     parser.add_argument(
-        "--task", required=True, help="e.g. bigbench:goal_step_wikihow/step_inference, synthetic"
+        "--task", default=None, help="e.g. bigbench:goal_step_wikihow/step_inference, synthetic"
+    )
+    parser.add_argument(
+        "--harness",
+        default=None,
+        metavar="TASKS",
+        help="score with lm-evaluation-harness instead (pip install -e '.[lmeval]'): comma-separated lm-eval "
+        "task names or task YAML paths, e.g. hellaswag or docs/lm-eval/scaleot_synthetic.yaml",
+    )
+    parser.add_argument(
+        "--run", dest="run_dir", default=None, help="score a model of this run directory, not --model"
+    )
+    parser.add_argument(
+        "--row", choices=("full", "emulator", "plug-in"), default="plug-in", help="with --run"
     )
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument(
@@ -57,42 +71,63 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    """Zero-shot multiple-choice accuracy of one model on one task, printed as a markdown table."""
+    """Zero-shot accuracy of one model (``--model``, or a row of ``--run``), printed as a markdown table: on a
+    task of ours with our scorer, or on lm-eval tasks through lm-evaluation-harness (``--harness``)."""
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit={args.limit} must be at least 1")
+    if (args.task is None) == (args.harness is None):
+        raise ValueError("give one of --task (our scorer) and --harness (lm-evaluation-harness)")
     import torch
 
     from emulator.fit import check_fits
     from emulator.memo import memoised_accuracy
-    from emulator.models import load_model
-    from emulator.tasks import load_task
+    from simulations.harness import harness_scores, harness_tasks, run_model
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA device; use --device cpu")
-    splits = load_task(args.task, seed=args.seed)  # first: task errors are cheap to find, models are not
-    examples = getattr(splits, args.split)[: args.limit]
+    # Tasks first: their errors are cheap to find, models are not.
+    tasks = harness_tasks(args.harness) if args.harness else _our_examples(args)
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, device=args.device)
+    if args.run_dir is not None:  # not `args.run`: that is the subcommand's function
+        label = f"{args.run_dir} ({args.row})"
+        model, tokenizer = run_model(Path(args.run_dir), args.row, device=args.device)
+    else:
+        from emulator.models import load_model
+
+        label, (model, tokenizer) = args.model, load_model(args.model, device=args.device)
     check_fits(model, lengths={"--max-length": args.max_length})
-    log.info(
-        "loaded %s in %.1f s; scoring %d %s examples",
-        args.model,
-        time.perf_counter() - start,
-        len(examples),
-        args.split,
-    )
+    log.info("loaded %s in %.1f s", label, time.perf_counter() - start)
     start = time.perf_counter()
+    if args.harness:
+        _print_harness(label, harness_scores(model, tokenizer, tasks, args.limit, args.batch_size))
+        return
     result = memoised_accuracy(
-        model, tokenizer, examples, batch_size=args.batch_size, max_length=args.max_length, progress=True
+        model, tokenizer, tasks, batch_size=args.batch_size, max_length=args.max_length, progress=True
     )
     seconds = time.perf_counter() - start
     print("| model | task | split | n | acc | acc_norm | eval time |")
     print("|---|---|---|---|---|---|---|")
     print(
-        f"| {args.model} | {args.task} | {args.split} | {result.n} "
+        f"| {label} | {args.task} | {args.split} | {result.n} "
         f"| {result.acc:.3f} ± {result.acc_stderr:.3f} "
         f"| {result.acc_norm:.3f} ± {result.acc_norm_stderr:.3f} | {seconds:.1f} s |"
     )
+
+
+def _print_harness(label: str, scores: dict[str, dict[str, float]]) -> None:
+    from simulations.harness import METRICS
+
+    print("| model | lm-eval task | acc | acc_norm |")
+    print("|---|---|---|---|")
+    for task, m in scores.items():
+        cells = [f"{m[k]:.3f} ± {m.get(k + '_stderr', float('nan')):.3f}" if k in m else "-" for k in METRICS]
+        print(f"| {label} | {task} | {' | '.join(cells)} |")
+
+
+def _our_examples(args: argparse.Namespace) -> list:
+    from emulator.tasks import load_task
+
+    return getattr(load_task(args.task, seed=args.seed), args.split)[: args.limit]
 
 
 # ------------------------------------------------------------------------------------------- build-emulator

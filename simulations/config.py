@@ -82,6 +82,7 @@ class EvaluationConfig:
     plugin_every: int = 1  # evaluate plug-in every k rounds (and the last, and with the emulator); 0: those
     batch_size: int = 16  # examples per scoring batch
     max_length: int = 512  # token budget per scored (context, choice); longer contexts are cut from the left
+    progress: bool = True  # a tqdm bar while scoring; shown only when stderr is a terminal
 
     def __post_init__(self) -> None:
         _check(self.test_limit >= 0, "evaluation.test_limit", self.test_limit, ">= 0 (0: all)")
@@ -91,6 +92,7 @@ class EvaluationConfig:
         _check(self.plugin_every >= 0, "evaluation.plugin_every", self.plugin_every, ">= 0 (0: last only)")
         _check(self.batch_size >= 1, "evaluation.batch_size", self.batch_size, ">= 1")
         _check(self.max_length >= 2, "evaluation.max_length", self.max_length, ">= 2")
+        _check(isinstance(self.progress, bool), "evaluation.progress", self.progress, "true or false")
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,11 @@ class SimulationConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # run directories are created under this one (relative to the working directory)
+    # Each round's metrics as TensorBoard scalars in <run>/tensorboard (pip install -e '.[tracking]').
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.tensorboard, bool), "output.tensorboard", self.tensorboard, "true or false")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from simulations.outputs import (
     write_text,
 )
 from simulations.server_eval import ServerEvaluator, initial_adapter
+from simulations.tracking import TensorBoardLog
 from strategies.offsite import OffsiteTuning, offsite_strategy
 from strategies.records import RoundRecord
 
@@ -63,6 +64,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
     checkpoint = load_checkpoint(resume) if resume is not None else None
+    tracker = TensorBoardLog(run_dir / "tensorboard") if config.output.tensorboard else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     # Model owner: the full model, the task, the emulator bundle the clients load.
@@ -86,6 +88,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         evaluation.batch_size,
         evaluation.max_length,
         emulator_is_full=config.emulator.method == "full",
+        progress=evaluation.progress,
     )
     adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
 
@@ -104,7 +107,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         log.info("resuming %s after round %d", resume, len(state.history))
     state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
 
-    strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state)
+    strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state, tracker)
     if checkpoint is not None:
         strategy.restore_(state.history, checkpoint.strategy)
     remaining = config.federation.rounds - len(state.history)
@@ -113,6 +116,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         result = strategy.start(grid, arrays, num_rounds=remaining, train_config=settings.to_record())
         arrays = result.arrays if len(result.arrays) else arrays
     _finish(run_dir, config, state, arrays)
+    if tracker is not None:
+        tracker.close()
     return state
 
 
@@ -177,7 +182,13 @@ def check_partition(config: RunConfig, train: list[MCExample]) -> None:
 
 
 def _strategy(
-    config: RunConfig, bundle: str, sha256: str, evaluator: ServerEvaluator, run_dir: Path, state: RunState
+    config: RunConfig,
+    bundle: str,
+    sha256: str,
+    evaluator: ServerEvaluator,
+    run_dir: Path,
+    state: RunState,
+    tracker: TensorBoardLog | None,
 ) -> OffsiteTuning:
     fed = config.federation
 
@@ -186,6 +197,8 @@ def _strategy(
         state.per_example |= evaluator.per_example
         save_checkpoint(run_dir, _numpy(arrays), strategy.state_arrays(), state)
         write_metrics(run_dir, state, config.to_dict(), finished=False)
+        if tracker is not None:
+            tracker.round(record)
 
     strategy = offsite_strategy(
         fed.strategy,

@@ -78,6 +78,7 @@ class ServerEvaluator:
         memo_dir: where zero-shot results are memoised (``emulator.memo``); default the cache's. The full
             model's zero-shot row does not depend on the method, so every run on the same model and test
             set after the first reads it from there.
+        progress: show a progress bar while scoring (on a terminal).
 
     Attributes:
         per_example: row name -> per-example correctness of its latest evaluation (``per_example``).
@@ -95,11 +96,12 @@ class ServerEvaluator:
         max_length: int = 512,
         emulator_is_full: bool = False,
         memo_dir: Path | None = None,
+        progress: bool = False,
     ) -> None:
         self.full_model, self.emulator_model = full_model, emulator_model
         self.positions, self.tokenizer, self.examples = dict(positions), tokenizer, examples
         self.adapter, self.batch_size, self.max_length = adapter, batch_size, max_length
-        self.emulator_is_full, self.memo_dir = emulator_is_full, memo_dir
+        self.emulator_is_full, self.memo_dir, self.progress = emulator_is_full, memo_dir, progress
         self.per_example: dict[str, dict[str, list[int]]] = {}
 
     def zero_shot(self) -> dict[str, dict[str, Any]]:
@@ -144,13 +146,19 @@ class ServerEvaluator:
             self.examples,
             batch_size=self.batch_size,
             max_length=self.max_length,
+            progress=self.progress,
             directory=self.memo_dir,
         )
         return _flag_one_answer(name, result)
 
     def _score(self, model: nn.Module, name: str) -> MCResult:
         result = multiple_choice_accuracy(
-            model, self.tokenizer, self.examples, batch_size=self.batch_size, max_length=self.max_length
+            model,
+            self.tokenizer,
+            self.examples,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=self.progress,
         )
         return _flag_one_answer(name, result)
 

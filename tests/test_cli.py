@@ -61,3 +61,12 @@ def test_console_entry_exits_2_and_stays_light():
     # `scaleot --help` must not pay for torch / transformers imports.
     code = "import sys, simulations.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
+
+
+def test_eval_needs_exactly_one_of_task_and_harness(capsys):
+    assert main(["eval", "--model", "tiny-llama"]) == 2
+    assert "give one of --task" in _one_error_line(capsys)
+    assert main(["eval", "--task", "synthetic", "--harness", "hellaswag"]) == 2
+    assert "give one of --task" in _one_error_line(capsys)
+    assert main(["eval", "--harness", "missing.yaml"]) == 2
+    assert "task file missing.yaml does not exist" in _one_error_line(capsys)

@@ -7,12 +7,15 @@ from collections import Counter
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from transformers import AutoTokenizer
 
 from emulator.data import (
     IGNORE_INDEX,
     corpus_blocks,
     encode_example,
+    encode_pair,
     public_corpus,
+    start_token_id,
     training_batches,
 )
 from emulator.tasks import MCExample, synthetic_examples
@@ -49,7 +52,37 @@ def test_encode_example_keeps_one_context_token_when_the_target_is_too_long(toke
 
 def test_encode_example_empty_context_uses_a_start_token(tokenizer):
     ids, labels = encode_example(tokenizer, "", " hello", max_length=8)
-    assert ids[0] == tokenizer.eos_token_id and labels[0] == IGNORE_INDEX
+    assert ids[0] == start_token_id(tokenizer) == tokenizer.bos_token_id and labels[0] == IGNORE_INDEX
+    assert ids[1:] == _ids(tokenizer, " hello")
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tokenizer):
+    """SmolLM2's tokenizer set to add BOS, as Llama's, Gemma's and Mistral's tokenizers do."""
+    return AutoTokenizer.from_pretrained(tokenizer.name_or_path, add_bos_token=True)
+
+
+def test_encode_pair_splits_the_whole_string_as_lm_eval_does(tokenizer, bos_tokenizer):
+    # lm-eval: trailing context whitespace moves into the continuation; the continuation is what follows the
+    # context's own encoding inside the encoding of the whole string (special tokens as the tokenizer adds).
+    context, target = "Question: What is red?\nAnswer: ", "a colour"
+    for tok, start in ((tokenizer, []), (bos_tokenizer, [bos_tokenizer.bos_token_id])):
+        context_ids, target_ids = encode_pair(tok, context, target)
+        assert context_ids == start + _ids(tok, context.rstrip())
+        whole = start + _ids(tok, context.rstrip() + " " + target)
+        assert context_ids + target_ids == whole and target_ids == _ids(tok, " a colour")
+    ids, labels = encode_example(bos_tokenizer, context, target, max_length=64)
+    assert ids[0] == bos_tokenizer.bos_token_id and labels[0] == IGNORE_INDEX
+
+
+def test_encode_pair_takes_the_continuation_from_the_whole_string_where_tokens_merge(tokenizer):
+    # "The c" + "at sat on it" tokenizes as "The| cat| sat| on| it": the continuation is the whole string's
+    # tail after as many tokens as the context alone has ("The| c"), not "at sat on it" tokenized alone.
+    context, target = "The c", "at sat on it"
+    whole = _ids(tokenizer, context + target)
+    context_ids, target_ids = encode_pair(tokenizer, context, target)
+    assert context_ids == _ids(tokenizer, context) and target_ids == whole[len(context_ids) :]
+    assert target_ids != _ids(tokenizer, target)
 
 
 def test_encode_example_rejects_bad_arguments(tokenizer):

@@ -10,6 +10,7 @@ import torch
 import emulator.evaluation as evaluation
 from emulator.data import IGNORE_INDEX, corpus_blocks, encode_example, pad_batch, pad_token_id
 from emulator.evaluation import (
+    choice_length,
     choice_logliks,
     label_logprobs,
     multiple_choice_accuracy,
@@ -102,11 +103,13 @@ def test_label_logprobs_loss_equals_the_models_own_loss(name, side):
     assert ours.item() == pytest.approx(reference.item(), rel=1e-4)
 
 
-def test_acc_norm_divides_by_choice_length_in_characters(monkeypatch, tiny_llama):
+def test_acc_norm_divides_by_choice_length_without_the_delimiter(monkeypatch, tiny_llama):
     model, tokenizer = tiny_llama
-    examples = [MCExample("c", (" a", " bbbbbb"), 1), MCExample("c", (" a", " bbbbbb"), 0)]
-    # -3/2 < -6/7: the short choice wins on the raw sum, the long one per character.
-    monkeypatch.setattr(evaluation, "choice_logliks", lambda *a, **k: [[-3.0, -6.0], [-3.0, -6.0]])
+    assert [choice_length(c) for c in (" a", "\n bbb", "cc", " ")] == [1, 3, 2, 1]
+    examples = [MCExample("c", (" a", " bbb"), 1), MCExample("c", (" a", " bbb"), 0)]
+    # Raw sums: " a" wins. Per character without the delimiter (lm-eval): -2/1 < -5/3, " bbb" wins; counting
+    # the delimiter it would not (-2/2 > -5/4).
+    monkeypatch.setattr(evaluation, "choice_logliks", lambda *a, **k: [[-2.0, -5.0], [-2.0, -5.0]])
     result = multiple_choice_accuracy(model, tokenizer, examples)
     assert result.correct == (0, 1) and result.correct_norm == (1, 0)
     assert result.acc == result.acc_norm == 0.5

@@ -51,6 +51,8 @@ def full_run(tmp_path_factory, failing_partition) -> Path:
         str(run_dir),
         "--set",
         f"federation.fail_partitions=[{failing_partition}]",
+        "--set",
+        "output.tensorboard=true",
     )
     (run_dir / "stderr.log").write_text(result.stderr)
     return run_dir
@@ -92,6 +94,16 @@ def test_the_run_ends_with_a_plug_in_model_transformers_loads(full_run):
     assert not (full_run / "peft-adapter").exists()  # tiny.toml trains full adapter blocks, not LoRA
 
 
+def test_a_run_with_tensorboard_on_writes_each_rounds_metrics(full_run):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed; pip install -e '.[dev]'")
+    from simulations.tracking import read_scalars
+
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    scalars = read_scalars(full_run / "tensorboard")
+    assert scalars["train/loss"] == pytest.approx({r["round"]: r["train_loss"] for r in metrics["rounds"]})
+    assert set(scalars["eval/plugin_acc"]) == {1, 2}
+
+
 def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, failing_partition, tmp_path):
     run_dir = tmp_path / "stopped"
     scaleot(
@@ -121,3 +133,19 @@ def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, fai
     assert final.keys() == reference.keys()
     for key in reference:
         assert final[key].equal(reference[key]), key
+
+
+def test_eval_run_rows_rebuild_the_runs_plug_in_and_emulator(full_run):
+    # `scaleot eval --run` rebuilds the plug-in and emulator fine-tuned models from the run directory alone;
+    # scored again on the run's test examples they give the run's own final rows.
+    from emulator.evaluation import multiple_choice_accuracy
+    from emulator.tasks import load_task
+    from simulations.harness import run_model
+
+    config = load_config(full_run / "config.toml")
+    test = load_task(config.task, seed=config.seed).test[: config.evaluation.test_limit]
+    results = json.loads((full_run / "metrics.json").read_text())["results"]
+    for row, name in (("plug-in", "Plug-in"), ("emulator", "Emulator-FT"), ("full", "Full-ZS")):
+        model, tokenizer = run_model(full_run, row)
+        result = multiple_choice_accuracy(model, tokenizer, test, batch_size=config.evaluation.batch_size)
+        assert list(result.correct) == results[name]["correct"], row
