@@ -286,28 +286,7 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
     return rounds
 
 
-# --- 0 and 2b: GEMM throughput and scoring, in this process ----------------------------------------------
-
-
-def measure_scoring(args: argparse.Namespace, model: nn.Module, tokenizer: Any) -> dict[str, dict[str, Any]]:
-    """Zero-shot scoring of the task's first test examples, old path then new, on the same model."""
-    from emulator.data import encode_example
-    from emulator.evaluation import choice_logliks
-    from emulator.tasks import load_task
-    from simulations.studies.throughput import scoring_flops
-
-    examples = load_task(TASKS.get(args.model, "synthetic")).test[: args.scoring_examples]
-    encoded = [[encode_example(tokenizer, ex.context, c, 512) for c in ex.choices] for ex in examples]
-    needed = scoring_flops(model, encoded)
-    choice_logliks(model, tokenizer, examples[:4])  # warm-up
-    results = {}
-    for path, options in (("old", {"trim_logits": False, "bucketed": False}), ("new", {})):
-        start = time.perf_counter()
-        choice_logliks(model, tokenizer, examples, **options)
-        seconds = time.perf_counter() - start
-        results[path] = {"examples": len(examples), "seconds": seconds, "needed_flops": needed}
-        log.info("scoring, %s path: %d examples in %.1f s", path, len(examples), seconds)
-    return results
+# --- the ScaleOT bundle when builds are not run -----------------------------------------------------------
 
 
 def scaleot_bundle(args: argparse.Namespace, model: nn.Module, tokenizer: Any) -> str:
@@ -355,19 +334,6 @@ def client_table(clients: Mapping[str, Mapping[str, Any]], gemm: float | None) -
     return "\n".join(lines)
 
 
-def scoring_table(scoring: Mapping[str, Mapping[str, float]], gemm: float | None) -> str:
-    """Examples per second of zero-shot scoring, new path against old."""
-    lines = ["| scoring path | examples | seconds | examples/s | new / old | needed GFLOP/s | × GEMM |"]
-    lines.append("|---|---|---|---|---|---|---|")
-    for path, r in scoring.items():
-        speedup = r["examples"] / r["seconds"] / (scoring["old"]["examples"] / scoring["old"]["seconds"])
-        rate = r["needed_flops"] / r["seconds"]
-        cells = [path, f"{r['examples']}", f"{r['seconds']:.1f}", f"{r['examples'] / r['seconds']:.2f}"]
-        cells += [f"{speedup:.2f}", f"{rate / 1e9:.1f}", f"{rate / gemm:.2f}" if gemm else ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def build_table(builds: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["| emulator build | training steps | seconds |", "|---|---|---|"]
     lines += [f"| {name} | {b['steps']} | {b['seconds']:.1f} |" for name, b in builds.items()]
@@ -399,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     from emulator.models import load_model
-    from simulations.studies.throughput import gemm_throughput
+    from simulations.studies.throughput import gemm_throughput, measure_scoring, scoring_table
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     directory = Path(tempfile.mkdtemp(prefix="scaleot-benchmark-"))
@@ -410,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             gemm = gemm_throughput(model, args.batch_size * args.seq_len)
             log.info("fp32 GEMM throughput on the model's shapes: %.1f GFLOP/s", gemm / 1e9)
         if "scoring" in sections:
-            scoring = measure_scoring(args, model, tokenizer)
+            task = TASKS.get(args.model, "synthetic")
+            scoring = measure_scoring(model, tokenizer, task, args.scoring_examples)
         if "builds" in sections:
             builds = build_emulators(args, directory)
         if "clients" in sections:

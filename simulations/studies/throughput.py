@@ -1,4 +1,4 @@
-"""The machine's matmul throughput and the FLOPs each phase needs, for ``simulations.studies.benchmark``.
+"""Matmul throughput, the FLOPs each phase needs, scoring throughput (``simulations.studies.benchmark``).
 
 A phase's *needed* FLOPs count only the work whose result is used: every decoder-block matrix a token
 passes through (``2·P_body`` per token forward, as many again backward for the gradient flowing down to the
@@ -12,14 +12,21 @@ No flwr or Ray import: the benchmark runs on a machine with torch and transforme
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-from emulator.data import IGNORE_INDEX
+from emulator.data import IGNORE_INDEX, encode_example
+from emulator.evaluation import choice_logliks
+from emulator.tasks import load_task
+
+log = logging.getLogger("scaleot.benchmark")
 
 
 def matrix_params(model: nn.Module) -> tuple[int, int]:
@@ -74,6 +81,41 @@ def scoring_flops(model: nn.Module, encoded: Sequence[Sequence[tuple[list[int], 
         choices = [len(ids) - labels.count(IGNORE_INDEX) for ids, labels in pairs]
         total += 2.0 * body * (context + sum(choices)) + 2.0 * head * (1 + sum(c - 1 for c in choices))
     return total
+
+
+def measure_scoring(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: str, count: int
+) -> dict[str, dict[str, Any]]:
+    """Zero-shot scoring of the task's first ``count`` test examples, old path then new, on one model.
+
+    ``old``: ``choice_logliks(trim_logits=False, bucketed=False)``, the LM head on every position and the
+    former shared-context packing; ``new``: the defaults. Returns examples, seconds and needed FLOPs of each.
+    """
+    examples = load_task(task).test[:count]
+    encoded = [[encode_example(tokenizer, ex.context, c, 512) for c in ex.choices] for ex in examples]
+    needed = scoring_flops(model, encoded)
+    choice_logliks(model, tokenizer, examples[:4])  # warm-up
+    results = {}
+    for path, options in (("old", {"trim_logits": False, "bucketed": False}), ("new", {})):
+        start = time.perf_counter()
+        choice_logliks(model, tokenizer, examples, **options)
+        seconds = time.perf_counter() - start
+        results[path] = {"examples": len(examples), "seconds": seconds, "needed_flops": needed}
+        log.info("scoring, %s path: %d examples in %.1f s", path, len(examples), seconds)
+    return results
+
+
+def scoring_table(scoring: Mapping[str, Mapping[str, float]], gemm: float | None) -> str:
+    """Examples per second of zero-shot scoring, new path against old."""
+    lines = ["| scoring path | examples | seconds | examples/s | new / old | needed GFLOP/s | × GEMM |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for path, r in scoring.items():
+        speedup = r["examples"] / r["seconds"] / (scoring["old"]["examples"] / scoring["old"]["seconds"])
+        rate = r["needed_flops"] / r["seconds"]
+        cells = [path, f"{r['examples']}", f"{r['seconds']:.1f}", f"{r['examples'] / r['seconds']:.2f}"]
+        cells += [f"{speedup:.2f}", f"{rate / 1e9:.1f}", f"{rate / gemm:.2f}" if gemm else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _sync(device: torch.device) -> None:
