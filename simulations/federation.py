@@ -7,6 +7,7 @@ the ``Grid`` differs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,18 @@ from simulations.outputs import (
 )
 from simulations.server_eval import ServerEvaluator, initial_adapter
 from strategies.offsite import OffsiteTuning, offsite_strategy
-from strategies.records import RoundRecord
+from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason
 
 log = logging.getLogger(__name__)
 
 
-def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | None = None) -> RunState:
+def run_federation(
+    grid: Grid,
+    config: RunConfig,
+    run_dir: Path,
+    resume: Path | None = None,
+    check: Callable[[], None] | None = None,
+) -> RunState:
     """Run (or continue) the federation described by ``config``, writing everything into ``run_dir``.
 
     Args:
@@ -46,10 +53,17 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         config: the validated run config.
         run_dir: output directory (created if needed).
         resume: a run directory whose newest checkpoint to continue from (usually ``run_dir`` itself).
+        check: raises when the run must end at once (the simulation backend died); called between the
+            model owner's steps, before every round and while waiting for nodes.
 
     Returns:
         The final run state (zero-shot rows, per-round records, bundle).
+
+    Raises:
+        RunFailedError: no round aggregated a client reply (metrics.json says ``failed`` with the reason),
+            or fewer nodes than needed connected within ``federation.node_timeout``.
     """
+    check = check or (lambda: None)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
@@ -57,8 +71,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     # Model owner: the full model, the emulator bundle the clients load, the test set.
+    check()
     full_model, tokenizer = load_model(config.model, device=device)
+    check()
     bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer)
+    check()
     sha256 = bundle_sha256(str(bundle))
     emulator, _ = load_emulator(bundle, device=device)
     positions = emulator.adapter_positions()
@@ -78,6 +95,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     )
     adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
 
+    check()
     if checkpoint is None:
         state = RunState(zero_shot=evaluator.zero_shot(), per_example=dict(evaluator.per_example))
         arrays = ArrayRecord(adapter)
@@ -89,7 +107,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         log.info("resuming %s after round %d", resume, len(state.history))
     state.bundle = {"path": str(bundle), "sha256": sha256}
 
-    strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state)
+    check()
+    strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state, check)
     if checkpoint is not None:
         strategy.restore_(state.history, checkpoint.strategy)
     remaining = config.federation.rounds - len(state.history)
@@ -102,7 +121,13 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
 
 
 def _strategy(
-    config: RunConfig, bundle: str, sha256: str, evaluator: ServerEvaluator, run_dir: Path, state: RunState
+    config: RunConfig,
+    bundle: str,
+    sha256: str,
+    evaluator: ServerEvaluator,
+    run_dir: Path,
+    state: RunState,
+    check: Callable[[], None],
 ) -> OffsiteTuning:
     fed = config.federation
 
@@ -124,6 +149,11 @@ def _strategy(
         emulator_eval_every=config.evaluation.emulator_every,
         plugin_eval_every=config.evaluation.plugin_every,
         on_round_end=on_round_end,
+        node_timeout=fed.node_timeout,
+        proceed_without_nodes=fed.on_missing_nodes == "proceed",
+        handshake_timeout=fed.handshake_timeout,
+        round_timeout=fed.round_timeout,
+        check=check,
         **fed.strategy_kwargs,
     )
     return strategy
@@ -143,21 +173,35 @@ def _client_settings(config: RunConfig, bundle: str, sha256: str) -> ClientSetti
         # The client's CPU share; 0 ("all cores") leaves torch's default, which is all cores.
         num_threads=max(1, int(cpus)) if cpus > 0 else 0,
         fail_partitions=config.federation.fail_partitions,
+        crash_partitions=config.federation.crash_partitions,
+        slow_partitions=config.federation.slow_partitions,
+        slow_seconds=config.federation.slow_seconds,
     )
 
 
 def _finish(run_dir: Path, config: RunConfig, state: RunState, arrays: ArrayRecord) -> None:
+    """Write the results; a run in which nothing was trained writes no adapter and raises.
+
+    Raises:
+        RunFailedError: no round aggregated a client reply (the reason names the most common failure).
+    """
+    title = f"{config.name}: {config.emulator.method} on {config.model}, {config.task}"
+    if state.trained_rounds == 0:
+        reason = nothing_trained_reason(state.history)
+        write_metrics(run_dir, state, config.to_dict(), finished=True, failure=reason)
+        write_report(run_dir, state, title=title, failure=reason)
+        raise RunFailedError(reason)
     write_tensors(run_dir / "adapter.safetensors", _numpy(arrays))
     write_metrics(run_dir, state, config.to_dict(), finished=True)
     plot_accuracy(run_dir, state)
-    write_report(
-        run_dir, state, title=f"{config.name}: {config.emulator.method} on {config.model}, {config.task}"
-    )
+    write_report(run_dir, state, title=title)
     rows = state.rows()
     summary = ", ".join(
         f"{name} {100 * row['acc']:.1f} ± {100 * row['acc_stderr']:.1f}" for name, row in rows.items()
     )
-    log.info("done: %s → %s", summary, run_dir)
+    empty = len(state.history) - state.trained_rounds
+    note = f" ({empty} of {len(state.history)} rounds aggregated nothing)" if empty else ""
+    log.info("done: %s%s → %s", summary, note, run_dir)
 
 
 def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
