@@ -93,22 +93,14 @@ def test_a_run_in_which_every_client_fails_exits_non_zero_without_fine_tuned_row
 
 
 def test_a_run_in_which_every_client_fails_for_a_data_reason_exits_non_zero(tmp_path):
-    # Every partition (~90 examples) is too small to give one batch at 0.001 epochs: a data-side failure.
-    run_dir = tmp_path / "no-batch"
-    rc, log = simulate(
-        run_dir,
-        "--config",
-        CONFIG,
-        "--set",
-        "client.local_steps=0",
-        "--set",
-        "client.local_epochs=0.001",
-        "--set",
-        "federation.rounds=1",
-    )
+    # A label skew so extreme (Dirichlet alpha 1e-4) that no draw gives every client an example: each client
+    # fails to build its partition, a data-side failure.
+    run_dir = tmp_path / "no-partition"
+    overrides = ["federation.partition=dirichlet", "federation.dirichlet_alpha=0.0001", "federation.rounds=1"]
+    rc, log = simulate(run_dir, "--config", CONFIG, *[a for o in overrides for a in ("--set", o)])
     assert rc == 1, log[-3000:]
     last = log.strip().splitlines()[-1]
-    assert "most common client failure (2 of 2)" in last and "must give at least one batch" in last, last
+    assert "most common client failure (2 of 2)" in last and "dirichlet partitioning" in last, last
     assert set(metrics(run_dir)["results"]) == {"Full-ZS", "Emulator-ZS"}
 
 
@@ -116,10 +108,16 @@ def test_a_run_in_which_every_client_fails_for_a_data_reason_exits_non_zero(tmp_
 def faulty_run(tmp_path_factory) -> tuple[Path, dict, str]:
     """Three rounds, two actors: a partition whose process dies in round 1, one slower than the round
     timeout in round 2 (its reply would arrive during round 3)."""
-    base = ["simulation.client_num_cpus=1"]  # two actors on two cores: a sleeping one does not block all
-    first, second = sampled(base, 1), sampled(base, 2)
-    crash = first[0]
-    slow = next(p for p in second if p != crash)
+    # A seed whose sampling (2 of 4 per round) has a partition only in round 1 and another only in round 2.
+    for seed in range(100):
+        # Two actors (one CPU each): a sleeping one blocks only itself.
+        base = ["simulation.client_num_cpus=1", f"seed={seed}"]
+        first, second, third = (set(sampled(base, r)) for r in (1, 2, 3))
+        crashes = sorted(first - second - third)
+        slows = sorted(second - third - set(crashes[:1]))
+        if crashes and slows:
+            crash, slow = crashes[0], slows[0]
+            break
     overrides = [
         *base,
         "federation.rounds=3",
