@@ -246,7 +246,7 @@ class OffsiteTuning:
             super().configure_train(server_round, arrays, config, SampledGrid(grid, [n for _, n in chosen]))
         )
         for msg in messages:
-            msg.metadata.group_id = str(flower_round)
+            msg.metadata.group_id = str(server_round)
         self._sampled = [m.metadata.dst_node_id for m in messages]
         record.sampled = len(messages)
         record.sampled_partitions = [p for p, _ in chosen]
@@ -262,7 +262,7 @@ class OffsiteTuning:
         A sampled node that did not reply (it died, or is slower than the round timeout) is recorded as
         missing; a reply to another round's message is dropped.
         """
-        flower_round, server_round = server_round, server_round + self._offset
+        server_round += self._offset
         replies = list(replies)
         record = self._current_record(server_round)
         record.replied = len(replies)
@@ -274,7 +274,7 @@ class OffsiteTuning:
         valid = []
         for msg in replies:
             problem = reply_problem(msg, self._spec_or_fail(), self.arrayrecord_key, self.weighted_by_key)
-            if msg.metadata.group_id not in ("", str(flower_round)):  # "": not sent by configure_train
+            if msg.metadata.group_id not in ("", str(server_round)):  # "": not sent by configure_train
                 problem = f"a reply to round {msg.metadata.group_id or '?'}'s message, not this round's"
             if problem:
                 self._reject(record, msg, problem)
