@@ -234,3 +234,16 @@ def _raise(message: str):
         raise RunFailedError(message)
 
     return check
+
+
+def test_a_client_process_that_died_is_named_as_such_in_the_reason():
+    from strategies.replies import AdapterSpec, reply_problem
+
+    train = Message(RecordDict({keys.ARRAYS: adapter()}), dst_node_id=4, message_type="train")
+    ray_error = (
+        "<class 'ray.exceptions.ActorUnavailableError'>:<'The actor 1f is unavailable: Socket closed'>"
+    )
+    problem = reply_problem(Message(Error(0, ray_error), reply_to=train), AdapterSpec.of(adapter()))
+    assert problem.startswith("client process died (ActorUnavailableError): ")
+    raised = reply_problem(Message(Error(2, "ValueError: bad"), reply_to=train), AdapterSpec.of(adapter()))
+    assert raised == "client error (code 2): ValueError: bad"
