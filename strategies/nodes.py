@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -114,6 +114,39 @@ def handshake(
         log.warning(
             "node %d: no emulator handshake reply within %g s (federation.handshake_timeout)", node, timeout
         )
+
+
+class CheckedGrid:
+    """The grid, with a ``send_and_receive`` that calls ``check`` while it waits for replies.
+
+    Flower's own waits out its whole timeout (up to an hour for a round) even when the simulation backend that
+    would answer has died; this one polls with Flower's ``push_messages`` / ``pull_messages`` and stops as
+    soon as ``check`` raises.
+    """
+
+    def __init__(self, grid: Grid, check: Callable[[], None], poll: float = 0.5) -> None:
+        self._grid, self._check, self._poll = grid, check, poll
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Push ``messages``; return the replies that arrive within ``timeout`` seconds (None: no limit).
+
+        Raises:
+            Whatever ``check`` raises, at the poll after it starts raising.
+        """
+        pending = set(self._grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending and (end is None or time.monotonic() < end):
+            self._check()
+            arrived = list(self._grid.pull_messages(pending))
+            replies += arrived
+            pending -= {m.metadata.reply_to_message_id for m in arrived}
+            if pending:
+                time.sleep(self._poll)
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
 
 
 class SampledGrid:

@@ -42,7 +42,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore import log as flwr_log
 
 from strategies import keys
-from strategies.nodes import SampledGrid, await_nodes, choose_nodes, handshake
+from strategies.nodes import CheckedGrid, SampledGrid, await_nodes, choose_nodes, handshake
 from strategies.records import RoundRecord, fill_accuracies, progress_line
 from strategies.replies import AdapterSpec, majority_metric_keys, reply_problem
 
@@ -216,6 +216,8 @@ class OffsiteTuning:
         self._offset = len(self.history)
         self._last_round = self._offset + num_rounds
         kwargs.setdefault("timeout", self.round_timeout)
+        if self.check is not None:  # every wait for replies (handshakes, rounds) also watches the backend
+            grid = CheckedGrid(grid, self.check)
         return super().start(
             grid, initial_arrays, num_rounds=num_rounds, evaluate_fn=self._end_round, **kwargs
         )

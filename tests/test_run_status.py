@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -247,3 +248,38 @@ def test_a_client_process_that_died_is_named_as_such_in_the_reason():
     assert problem.startswith("client process died (ActorUnavailableError): ")
     raised = reply_problem(Message(Error(2, "ValueError: bad"), reply_to=train), AdapterSpec.of(adapter()))
     assert raised == "client error (code 2): ValueError: bad"
+
+
+def test_waiting_for_replies_stops_when_the_backend_dies_and_ends_at_the_timeout():
+    from strategies.nodes import CheckedGrid
+
+    class Silent(Grid):
+        """Pushes and never answers node 2 (a dead backend, or a client slower than the timeout)."""
+
+        def push_messages(self, messages):
+            self.sent = list(messages)
+            return [str(m.metadata.dst_node_id) for m in self.sent]
+
+        def pull_messages(self, message_ids):
+            answer = [
+                m
+                for m in self.sent
+                if str(m.metadata.dst_node_id) in message_ids and m.metadata.dst_node_id == 1
+            ]
+            replies = [trained(m) for m in answer]
+            for reply in replies:
+                reply.metadata.__dict__["_reply_to_message_id"] = "1"
+            return replies
+
+    messages = [Message(RecordDict({}), dst_node_id=n, message_type="train") for n in (1, 2)]
+    began = time.monotonic()
+    replies = CheckedGrid(Silent({}, None), check=lambda: None, poll=0.05).send_and_receive(
+        messages, timeout=0.5
+    )
+    assert [r.metadata.src_node_id for r in replies] == [1] and 0.5 <= time.monotonic() - began < 5
+    dead = BackendWatch()
+    dead.reason = "ValueError: Ray did not start"
+    began = time.monotonic()
+    with pytest.raises(RunFailedError, match="Ray did not start"):
+        CheckedGrid(Silent({}, None), check=dead.check, poll=0.05).send_and_receive(messages, timeout=3600)
+    assert time.monotonic() - began < 5
