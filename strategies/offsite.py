@@ -269,7 +269,10 @@ class OffsiteTuning:
         record = self._current_record(server_round)
         record.replied = len(replies)
         record.bytes_received = sum(_array_bytes(m) for m in replies if m.has_content())
-        for node in sorted(set(self._sampled) - {m.metadata.src_node_id for m in replies}):
+        # A SuperLink answers for a node that went offline with an error reply from another source id, so
+        # only as many sampled nodes as there are unanswered messages count as missing.
+        unanswered = sorted(set(self._sampled) - {m.metadata.src_node_id for m in replies})
+        for node in unanswered[: max(0, len(self._sampled) - len(replies))]:
             record.missing += 1
             record.rejections.append(f"node {node}: no reply within {self.round_timeout:g} s")
             log.warning("round %d: no reply from node %d within the round timeout", server_round, node)

@@ -301,3 +301,5 @@ def test_a_supernode_killed_after_round_one_does_not_stall_later_rounds(tmp_path
         rounds = metrics["rounds"]
         assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[0]["aggregated"] == 3
         assert all(r["aggregated"] >= 2 for r in rounds[1:])  # the two live nodes train in every round
+        # The dead node is accounted for once: an error reply from the SuperLink, or a missing reply.
+        assert all(r["sampled"] - r["aggregated"] == r["missing"] + r["rejected"] for r in rounds)
