@@ -287,7 +287,9 @@ def test_a_supernode_killed_after_round_one_does_not_stall_later_rounds(tmp_path
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 900
-        while not (run_dir / "checkpoint" / "round-0001").is_dir():
+        while (
+            not (run_dir / "checkpoint" / "round-0001").is_dir() or not (run_dir / "metrics.json").is_file()
+        ):
             assert time.monotonic() < deadline, f"round 1 did not finish\n{procs.tail()}"
             time.sleep(1)
         _, node2, _ = next(p for p in procs.started if p[0] == "supernode2")
