@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +119,22 @@ def client_examples(settings: ClientSettings, node: NodeSettings) -> list[MCExam
     )
 
 
+def inject_faults(settings: ClientSettings, partition_id: int) -> None:
+    """The test hooks of ``federation.*_partitions``: raise, kill this process, or be slow.
+
+    Raises:
+        RuntimeError: ``partition_id`` is in ``fail_partitions``.
+    """
+    if partition_id in settings.fail_partitions:
+        raise RuntimeError(f"partition {partition_id} fails on purpose (federation.fail_partitions)")
+    if partition_id in settings.crash_partitions:
+        # The process dies as if killed: no exception, no reply, no cleanup (Ray reports the actor died).
+        log.warning("partition %d: exiting the client process (federation.crash_partitions)", partition_id)
+        os._exit(17)
+    if partition_id in settings.slow_partitions:
+        time.sleep(settings.slow_seconds)
+
+
 def local_update(
     settings: ClientSettings, node: NodeSettings, global_adapter: AdapterState
 ) -> tuple[TrainResult, int]:
@@ -126,8 +144,7 @@ def local_update(
         RuntimeError: the node's partition is listed in ``fail_partitions`` (a test hook).
         ValueError: the bundle, the adapter keys or the training settings do not fit.
     """
-    if node.partition_id in settings.fail_partitions:
-        raise RuntimeError(f"partition {node.partition_id} fails on purpose (federation.fail_partitions)")
+    inject_faults(settings, node.partition_id)
     threads = node.num_threads or settings.num_threads
     if threads > 0:
         torch.set_num_threads(threads)

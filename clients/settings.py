@@ -32,6 +32,9 @@ class ClientSettings:
         seed: run seed (task split, partitioning, per-round client seeds).
         num_threads: torch threads for the client (its CPU share); 0 leaves torch's default.
         fail_partitions: test hook: these partitions raise instead of training.
+        crash_partitions: test hook: these partitions' client process exits (``os._exit``) mid-round.
+        slow_partitions: test hook: these partitions sleep ``slow_seconds`` before training.
+        slow_seconds: how long the slow partitions sleep.
         server_round: injected by Flower's FedAvg.
         proximal_mu: injected by Flower's FedProx (0 otherwise).
     """
@@ -46,17 +49,20 @@ class ClientSettings:
     seed: int = 0
     num_threads: int = 0
     fail_partitions: tuple[int, ...] = ()
+    crash_partitions: tuple[int, ...] = ()
+    slow_partitions: tuple[int, ...] = ()
+    slow_seconds: float = 0.0
     server_round: int = 0
     proximal_mu: float = 0.0
 
     def to_record(self) -> ConfigRecord:
         """The train ConfigRecord: one entry per field (``adapter`` and ``train`` flattened, see
-        ``wire_key``); Flower's strategies add ``server-round`` and ``proximal-mu``; ``fail-partitions`` only
-        if set."""
+        ``wire_key``); Flower's strategies add ``server-round`` and ``proximal-mu``; the test hooks
+        (``fail-partitions`` etc.) only if set."""
         record: dict[str, Any] = {}
         for owner, spec in _wire_fields():
             value = getattr(getattr(self, owner) if owner else self, spec.name)
-            if spec.name in _FLOWER_INJECTED or (spec.name == "fail_partitions" and not value):
+            if spec.name in _FLOWER_INJECTED or (spec.name in _TEST_HOOKS and not value):
                 continue
             record[wire_key(owner, spec.name)] = _to_wire(value, spec)
         return ConfigRecord(record)
@@ -82,7 +88,8 @@ class ClientSettings:
 
 # Keys a train record may lack: Flower adds the first two, the rest have a meaning when absent.
 _FLOWER_INJECTED = ("server_round", "proximal_mu")
-_OPTIONAL = (*_FLOWER_INJECTED, "emulator_sha256", "num_threads", "fail_partitions")
+_TEST_HOOKS = ("fail_partitions", "crash_partitions", "slow_partitions", "slow_seconds")
+_OPTIONAL = (*_FLOWER_INJECTED, "emulator_sha256", "num_threads", *_TEST_HOOKS)
 
 
 def wire_key(owner: str, name: str) -> str:
@@ -103,7 +110,7 @@ def _to_wire(value: Any, spec: Field) -> Any:
 
 
 def _from_wire(value: Any, spec: Field) -> Any:
-    return tuple(int(v) for v in value) if spec.name == "fail_partitions" else _cast(value, spec)
+    return tuple(int(v) for v in value) if spec.name.endswith("_partitions") else _cast(value, spec)
 
 
 def _cast(value: Any, spec: Field) -> Any:

@@ -20,11 +20,13 @@ from pathlib import Path
 from simulations.export import export_arguments, run_export
 from simulations.runner import run_simulate, simulate_arguments
 from simulations.studies.compare import compare_arguments, run_compare
+from strategies.records import RunFailedError
 
 log = logging.getLogger("scaleot")
 
 SET_EXAMPLE = "FIELD=VALUE, e.g. harmonizer_loss=lm"  # --set of build-emulator and the study scripts
 EXIT_USAGE = 2  # argparse's own exit code for bad usage; bad values get the same
+EXIT_RUN_FAILED = 1  # a run that ended without a result (nothing trained, nodes missing, backend crashed)
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name; ``sys.argv[1:]`` by default.
 
     Returns:
-        The exit status: 0 on success, 2 on bad input (one ``error:`` line on stderr, no traceback).
+        The exit status: 0 on success, 2 on bad input, 1 for a run that ended without a result (one
+        ``error:`` line on stderr, no traceback).
     """
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
@@ -263,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(error).split())  # one line, whatever the exception text holds
         sys.stderr.write(f"error: {message}\n")
         return EXIT_USAGE
+    except RunFailedError as error:
+        sys.stderr.write(f"error: {' '.join(str(error).split())}\n")
+        return EXIT_RUN_FAILED
     return 0
 
 

@@ -22,6 +22,8 @@ import tomli_w
 from emulator.config import PARTITION_SCHEMES, AdapterConfig, EmulatorConfig, TrainConfig
 from emulator.config_parse import build_config, parse_assignment
 
+MISSING_NODES = ("fail", "proceed")  # what happens when fewer nodes than needed connect in time
+
 
 @dataclass(frozen=True)
 class FederationConfig:
@@ -35,7 +37,15 @@ class FederationConfig:
     strategy_kwargs: dict[str, Any] = field(default_factory=dict)  # its own arguments, e.g. proximal_mu, eta
     partition: str = "iid"  # train-set split: emulator.config.PARTITION_SCHEMES says what each skews
     dirichlet_alpha: float = 0.5  # Dirichlet concentration; smaller is more skewed
+    node_timeout: float = 600.0  # seconds to wait for nodes before a round (num_clients before round 1,
+    # min_clients later); then on_missing_nodes decides
+    on_missing_nodes: str = "fail"  # fail: stop the run with an error; proceed: train on the nodes present
+    handshake_timeout: float = 600.0  # seconds to wait for the emulator handshake replies of new nodes
+    round_timeout: float = 3600.0  # seconds to wait for train replies; a reply arriving later is dropped
     fail_partitions: tuple[int, ...] = ()  # test hook: these partitions raise in training every round
+    crash_partitions: tuple[int, ...] = ()  # test hook: these partitions' client process exits mid-round
+    slow_partitions: tuple[int, ...] = ()  # test hook: these partitions sleep slow_seconds before training
+    slow_seconds: float = 0.0  # how long the slow_partitions sleep
 
     def __post_init__(self) -> None:
         _check(self.num_clients >= 1, "federation.num_clients", self.num_clients, ">= 1")
@@ -64,13 +74,19 @@ class FederationConfig:
             unknown,
             f"arguments of {self.strategy}: {', '.join(valid) or '(it takes none)'}",
         )
-        bad = [p for p in self.fail_partitions if not 0 <= p < self.num_clients]
+        for name in ("node_timeout", "handshake_timeout", "round_timeout"):
+            _check(getattr(self, name) > 0, f"federation.{name}", getattr(self, name), "> 0 seconds")
         _check(
-            not bad,
-            "federation.fail_partitions",
-            list(self.fail_partitions),
-            f"partition ids in [0, {self.num_clients})",
+            self.on_missing_nodes in MISSING_NODES,
+            "federation.on_missing_nodes",
+            self.on_missing_nodes,
+            f"one of {', '.join(MISSING_NODES)}",
         )
+        for name in ("fail_partitions", "crash_partitions", "slow_partitions"):
+            ids = getattr(self, name)
+            bad = [p for p in ids if not 0 <= p < self.num_clients]
+            _check(not bad, f"federation.{name}", list(ids), f"partition ids in [0, {self.num_clients})")
+        _check(self.slow_seconds >= 0, "federation.slow_seconds", self.slow_seconds, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -168,7 +184,8 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["federation"]["fail_partitions"] = list(self.federation.fail_partitions)
+        for name in ("fail_partitions", "crash_partitions", "slow_partitions"):
+            data["federation"][name] = list(getattr(self.federation, name))
         return data
 
     def to_toml(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,18 @@ from simulations.outputs import (
 from simulations.server_eval import ServerEvaluator, initial_adapter
 from simulations.tracking import TensorBoardLog
 from strategies.offsite import OffsiteTuning, offsite_strategy
-from strategies.records import RoundRecord
+from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason
 
 log = logging.getLogger(__name__)
 
 
-def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | None = None) -> RunState:
+def run_federation(
+    grid: Grid,
+    config: RunConfig,
+    run_dir: Path,
+    resume: Path | None = None,
+    check: Callable[[], None] | None = None,
+) -> RunState:
     """Run (or continue) the federation described by ``config``, writing everything into ``run_dir``.
 
     Args:
@@ -53,13 +60,20 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         config: the validated run config.
         run_dir: output directory (created if needed).
         resume: a run directory whose newest checkpoint to continue from (usually ``run_dir`` itself).
+        check: raises when the run must end at once (the simulation backend died); called between the
+            model owner's steps, before every round and while waiting for nodes.
 
     Returns:
         The final run state (zero-shot rows, per-round records, bundle).
+
+    Raises:
+        RunFailedError: no round aggregated a client reply (metrics.json says ``failed`` with the reason),
+            or fewer nodes than needed connected within ``federation.node_timeout``.
     """
     check_simulated_federation(grid, config.federation.num_clients)
     if resume is not None:
         check_resumable(resume, config)  # before config.toml is overwritten with the new one
+    check = check or (lambda: None)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
@@ -68,11 +82,14 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     # Model owner: the full model, the task, the emulator bundle the clients load.
+    check()
     full_model, tokenizer = load_run_model(config, device)
     task = load_task(config.task, seed=config.seed)
     check_partition(config, task.train)
     model_sha256 = model_fingerprint(full_model)
+    check()
     bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer, model_sha256)
+    check()
     sha256 = bundle_sha256(str(bundle))
     emulator, _ = load_emulator(bundle, device=device)
     positions = emulator.adapter_positions()
@@ -92,6 +109,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
     )
     adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
 
+    check()
     if checkpoint is None:
         state = RunState(zero_shot=evaluator.zero_shot(), per_example=dict(evaluator.per_example))
         arrays = ArrayRecord(adapter)
@@ -107,7 +125,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, resume: Path | 
         log.info("resuming %s after round %d", resume, len(state.history))
     state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
 
-    strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state, tracker)
+    check()
+    strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state, tracker, check)
     if checkpoint is not None:
         strategy.restore_(state.history, checkpoint.strategy)
     remaining = config.federation.rounds - len(state.history)
@@ -189,6 +208,7 @@ def _strategy(
     run_dir: Path,
     state: RunState,
     tracker: TensorBoardLog | None,
+    check: Callable[[], None],
 ) -> OffsiteTuning:
     fed = config.federation
 
@@ -212,6 +232,11 @@ def _strategy(
         emulator_eval_every=config.evaluation.emulator_every,
         plugin_eval_every=config.evaluation.plugin_every,
         on_round_end=on_round_end,
+        node_timeout=fed.node_timeout,
+        proceed_without_nodes=fed.on_missing_nodes == "proceed",
+        handshake_timeout=fed.handshake_timeout,
+        round_timeout=fed.round_timeout,
+        check=check,
         **fed.strategy_kwargs,
     )
     return strategy
@@ -231,22 +256,36 @@ def _client_settings(config: RunConfig, bundle: str, sha256: str) -> ClientSetti
         # The client's CPU share; 0 ("all cores") leaves torch's default, which is all cores.
         num_threads=max(1, int(cpus)) if cpus > 0 else 0,
         fail_partitions=config.federation.fail_partitions,
+        crash_partitions=config.federation.crash_partitions,
+        slow_partitions=config.federation.slow_partitions,
+        slow_seconds=config.federation.slow_seconds,
     )
 
 
 def _finish(run_dir: Path, config: RunConfig, state: RunState, arrays: ArrayRecord) -> None:
+    """Write the results; a run in which nothing was trained writes no adapter and raises.
+
+    Raises:
+        RunFailedError: no round aggregated a client reply (the reason names the most common failure).
+    """
+    title = f"{config.name}: {config.emulator.method} on {config.model}, {config.task}"
+    if state.trained_rounds == 0:
+        reason = nothing_trained_reason(state.history)
+        write_metrics(run_dir, state, config.to_dict(), finished=True, failure=reason)
+        write_report(run_dir, state, title=title, failure=reason)
+        raise RunFailedError(reason)
     write_tensors(run_dir / "adapter.safetensors", _numpy(arrays))
     export_run(run_dir)  # plug-in/ and peft-adapter/, before metrics.json says the run is finished
     write_metrics(run_dir, state, config.to_dict(), finished=True)
     plot_accuracy(run_dir, state)
-    write_report(
-        run_dir, state, title=f"{config.name}: {config.emulator.method} on {config.model}, {config.task}"
-    )
+    write_report(run_dir, state, title=title)
     rows = state.rows()
     summary = ", ".join(
         f"{name} {100 * row['acc']:.1f} ± {100 * row['acc_stderr']:.1f}" for name, row in rows.items()
     )
-    log.info("done: %s → %s", summary, run_dir)
+    empty = len(state.history) - state.trained_rounds
+    note = f" ({empty} of {len(state.history)} rounds aggregated nothing)" if empty else ""
+    log.info("done: %s%s → %s", summary, note, run_dir)
 
 
 def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:

@@ -2,13 +2,17 @@
 
 Every file is written to a temporary name and renamed into place, and each round's checkpoint is a directory
 of its own, renamed into place before ``checkpoint/latest`` points to it: a run killed at any moment leaves
-the previous round's checkpoint and metrics intact.
+the previous round's checkpoint and metrics intact. The newest two round checkpoints are kept, each with the
+sha256 of its files; a resume takes the newest one whose files match their hashes and refuses (and keeps,
+renamed ``refused-round-NNNN``) a truncated or tampered one.
 
 Run directory:
     config.toml, config.json   the resolved run config
-    metrics.json               per-round records, zero-shot rows, final rows (rewritten after every round)
+    metrics.json               per-round records, zero-shot rows, final rows (rewritten after every round);
+                               ``status`` running, finished or failed (with ``reason``)
     checkpoint/latest          name of the newest round directory, e.g. ``round-0003``
-    checkpoint/round-NNNN/     adapter.safetensors, strategy.safetensors (server-optimiser state), state.json
+    checkpoint/round-NNNN/     adapter.safetensors, strategy.safetensors (server-optimiser state), state.json,
+                               hashes.json (sha256 of the other three, written last)
     adapter.safetensors        the final global adapter
     plug-in/                   the plug-in model as a transformers checkpoint (``simulations.export``)
     peft-adapter/              LoRA adapters only: the adapter as a peft adapter directory
@@ -17,7 +21,9 @@ Run directory:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -33,6 +39,11 @@ from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN, 
 from strategies.records import RoundRecord
 
 _CHECKPOINT = "checkpoint"
+_GENERATIONS = 2  # round checkpoints kept: a damaged newest one still leaves one to resume from
+_HASHES = "hashes.json"
+_CHECKPOINT_FILES = ("adapter.safetensors", "strategy.safetensors", "state.json")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,9 +57,16 @@ class RunState:
     # so two runs on the same test examples can be compared pairwise (emulator.evaluation.paired_difference).
     per_example: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
+    @property
+    def trained_rounds(self) -> int:
+        """Rounds that aggregated at least one client reply."""
+        return sum(not r.empty for r in self.history)
+
     def rows(self) -> dict[str, dict[str, Any]]:
         """Results table: Full-ZS, Emulator-ZS, Emulator-FT and Plug-in (those measured so far), each with
-        its per-example correctness where known."""
+        its per-example correctness where known. No fine-tuned rows while no round has trained anything."""
+        if self.history and not self.trained_rounds:
+            return {k: v | self.per_example.get(k, {}) for k, v in self.zero_shot.items()}
         last = next((r.evaluation for r in reversed(self.history) if r.plugin_acc is not None), None)
         emulator = next((r.evaluation for r in reversed(self.history) if r.emulator_acc is not None), None)
         rows = final_rows(self.zero_shot, last, emulator)
@@ -102,7 +120,8 @@ def write_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
 def save_checkpoint(
     run_dir: Path, adapter: Mapping[str, np.ndarray], strategy: Mapping[str, np.ndarray], state: RunState
 ) -> Path:
-    """Save the state after round ``len(state.history)``; older round checkpoints are removed after."""
+    """Save the state after round ``len(state.history)`` with the hashes of its files; only the newest
+    ``_GENERATIONS`` round checkpoints are kept."""
     root = run_dir / _CHECKPOINT
     root.mkdir(parents=True, exist_ok=True)
     name = f"round-{len(state.history):04d}"
@@ -112,25 +131,53 @@ def save_checkpoint(
     write_tensors(tmp / "adapter.safetensors", adapter)
     write_tensors(tmp / "strategy.safetensors", strategy)
     write_text(tmp / "state.json", json.dumps(state.to_dict(), indent=1))
+    hashes = {f: _sha256(tmp / f) for f in _CHECKPOINT_FILES}
+    write_text(tmp / _HASHES, json.dumps(hashes, indent=1))
     shutil.rmtree(root / name, ignore_errors=True)
     os.replace(tmp, root / name)
     write_text(root / "latest", name)
-    for old in root.glob("round-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+    for old in _generations(root)[_GENERATIONS:]:
+        shutil.rmtree(old, ignore_errors=True)
     return root / name
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """The newest checkpoint of ``run_dir``.
+    """The newest intact checkpoint of ``run_dir``.
+
+    A round checkpoint whose files are missing, unreadable or differ from their recorded sha256 is refused
+    with a warning naming the file and the reason, renamed ``refused-round-NNNN`` (kept for inspection, never
+    overwritten), and the previous generation is used.
 
     Raises:
-        ValueError: ``run_dir`` has no checkpoint.
+        ValueError: ``run_dir`` has no intact checkpoint (the reasons of every refusal are listed).
     """
-    latest = run_dir / _CHECKPOINT / "latest"
-    if not latest.is_file():
-        raise ValueError(f"{run_dir} has no checkpoint to resume from (missing {latest})")
-    directory = run_dir / _CHECKPOINT / latest.read_text().strip()
+    root = run_dir / _CHECKPOINT
+    refusals = []
+    for directory in _generations(root):
+        try:
+            return _read_checkpoint(directory)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            refusals.append(f"{directory.name}: {error}")
+            log.warning("refusing checkpoint %s: %s; trying the previous one", directory, error)
+            _set_aside(directory)
+    why = f": {'; '.join(refusals)}" if refusals else f" (no {root}/round-* directory)"
+    raise ValueError(f"{run_dir} has no intact checkpoint to resume from{why}")
+
+
+def _read_checkpoint(directory: Path) -> Checkpoint:
+    hashes_path = directory / _HASHES
+    hashes = json.loads(hashes_path.read_text()) if hashes_path.is_file() else None
+    if hashes is None:  # written before checkpoints carried hashes: loaded unverified
+        log.warning("checkpoint %s has no %s; its files cannot be verified", directory, _HASHES)
+    for name in _CHECKPOINT_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing")
+        if hashes is not None and (actual := _sha256(path)) != hashes.get(name):
+            raise ValueError(
+                f"{path} has sha256 {actual[:12]}…, recorded {str(hashes.get(name))[:12]}… "
+                "(truncated or modified after it was written)"
+            )
     state = RunState.from_dict(json.loads((directory / "state.json").read_text()))
     return Checkpoint(
         adapter=load_file(str(directory / "adapter.safetensors")),
@@ -139,14 +186,41 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     )
 
 
-def write_metrics(run_dir: Path, state: RunState, config: Mapping[str, Any], finished: bool) -> None:
-    """metrics.json: config, per-round records, results rows (with standard errors and per-example
-    correctness) and the privacy gap."""
+def _generations(root: Path) -> list[Path]:
+    """Round checkpoint directories, newest first."""
+    found = [p for p in root.glob("round-*") if p.is_dir() and p.name[6:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[6:]), reverse=True)
+
+
+def _set_aside(directory: Path) -> None:
+    target, n = directory.with_name(f"refused-{directory.name}"), 1
+    while target.exists():
+        target, n = directory.with_name(f"refused-{directory.name}-{n}"), n + 1
+    os.replace(directory, target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_metrics(
+    run_dir: Path, state: RunState, config: Mapping[str, Any], finished: bool, failure: str = ""
+) -> None:
+    """metrics.json: status (``running``, ``finished``, or ``failed`` with its ``reason``), config,
+    per-round records, how many rounds aggregated nothing, results rows (with standard errors and
+    per-example correctness) and the privacy gap."""
     rows = state.rows()
     saved = {k: v for k, v in state.to_dict().items() if k != "per_example"}  # the rows carry it
+    status = "failed" if failure else "finished" if finished else "running"
     data = {
-        "status": "finished" if finished else "running",
+        "status": status,
+        **({"reason": failure} if failure else {}),
         "rounds_done": len(state.history),
+        "empty_rounds": len(state.history) - state.trained_rounds,
         "results": rows,
         "privacy_gap": privacy_gap(rows.get(PLUG_IN), rows.get(EMULATOR_FT)),
         **saved,
@@ -155,12 +229,20 @@ def write_metrics(run_dir: Path, state: RunState, config: Mapping[str, Any], fin
     write_text(run_dir / "metrics.json", json.dumps(data, indent=1))
 
 
-def write_report(run_dir: Path, state: RunState, title: str) -> None:
-    """report.md: results table (accuracy ± stderr, %), privacy gap, per-round table, and the plot."""
+def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") -> None:
+    """report.md: results table (accuracy ± stderr, %), privacy gap, per-round table, and the plot; a failed
+    run (``failure``) says why first and has no fine-tuned rows."""
     rows = state.rows()
-    lines = [
-        f"# {title}",
-        "",
+    lines = [f"# {title}", ""]
+    if failure:
+        lines += [f"**Run failed:** {failure}.", ""]
+    elif empty := len(state.history) - state.trained_rounds:
+        lines += [
+            f"**{empty} of {len(state.history)} rounds aggregated no client reply** "
+            "(the adapter did not change in them; see the rounds table).",
+            "",
+        ]
+    lines += [
         "| row | acc (%) | acc_norm (%) | n | most picked choice (% of examples) |",
         "|---|---|---|---|---|",
     ]
@@ -189,7 +271,7 @@ def write_report(run_dir: Path, state: RunState, title: str) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in state.history:
-        loss = "–" if r.train_loss is None else f"{r.train_loss:.4f}"
+        loss = "nothing aggregated" if r.empty else "–" if r.train_loss is None else f"{r.train_loss:.4f}"
         lines.append(
             f"| {r.round} | {loss} | {pct(r.plugin_acc, r.plugin_acc_stderr)} | "
             f"{pct(r.emulator_acc, r.emulator_acc_stderr)} | {r.aggregated}/{r.sampled} | "
@@ -201,7 +283,7 @@ def write_report(run_dir: Path, state: RunState, title: str) -> None:
             "",
             f"Emulator bundle: `{state.bundle.get('path')}` (sha256 {state.bundle.get('sha256', '')[:16]}…).",
         ]
-    lines += ["", "![accuracy per round](accuracy.png)", ""]
+    lines += ["", "![accuracy per round](accuracy.png)", ""] if not failure else [""]
     write_text(run_dir / "report.md", "\n".join(lines))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.config import RunConfig, SimulationConfig, load_config, resume_config
+from strategies.records import RunFailedError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> di
         resume: a run directory whose newest checkpoint to continue (usually ``run_dir``).
 
     Raises:
+        RunFailedError: nothing was trained, nodes were missing, or the Ray backend failed (the reason says
+            which); metrics.json then has ``status`` ``failed`` or is not finished.
         RuntimeError: the run ended without finishing (the ServerApp's own exceptions propagate as they are).
     """
     quiet_environment()
@@ -54,6 +57,7 @@ def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> di
     from simulations.server_app import server_app_for
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    watch = BackendWatch()
     backend = backend_config(config.simulation)
     log.info(
         "simulating %d clients × %d rounds (%s) into %s; Ray: %s",
@@ -67,19 +71,61 @@ def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> di
         "running on flwr.simulation.run_simulation (deprecated in Flower 1.42; `flwr run .` is the "
         "supported path, see docs/deployment.md)"
     )
-    run_simulation(
-        server_app=server_app_for(config, run_dir, resume),
-        client_app=client_app,
-        num_supernodes=config.federation.num_clients,
-        backend_name="ray",
-        backend_config=backend,
-        verbose_logging=False,
-    )
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    try:
+        run_simulation(
+            server_app=server_app_for(config, run_dir, resume, check=watch.check),
+            client_app=client_app,
+            num_supernodes=config.federation.num_clients,
+            backend_name="ray",
+            backend_config=backend,
+            verbose_logging=False,
+        )
+    except RunFailedError:
+        raise
+    except RuntimeError as error:
+        # Flower raises a backend crash in this thread, wrapped in RuntimeErrors whose root names the cause,
+        # while the ServerApp's own exceptions come as they are (and are not the backend's to report).
+        if error.__cause__ is None:
+            raise
+        watch.fail(error)  # the ServerApp thread ends at its next step instead of waiting for clients
+        raise RunFailedError(f"the simulation backend failed: {watch.reason}") from error
+    metrics = _status(run_dir)
+    if metrics.get("status") == "failed":
+        raise RunFailedError(metrics.get("reason", f"the run failed; see {run_dir}"))
     if metrics.get("status") != "finished":
         raise RuntimeError(f"the simulation stopped before finishing; see {run_dir} and the log above")
     return metrics
+
+
+class BackendWatch:
+    """Tells the ServerApp thread that the simulation backend died, so it stops instead of waiting.
+
+    ``run_simulation`` runs the ServerApp in a thread of its own and raises in the main thread when Ray fails
+    (to start, or later); without this the ServerApp would go on loading, scoring and waiting for clients.
+    """
+
+    def __init__(self) -> None:
+        self.reason = ""
+
+    def fail(self, error: BaseException) -> None:
+        root = error
+        while root.__cause__ is not None:
+            root = root.__cause__
+        self.reason = " ".join(f"{type(root).__name__}: {root}".split())[:500]
+
+    def check(self) -> None:
+        """Raise if the backend has failed.
+
+        Raises:
+            RunFailedError: the simulation backend failed (its reason in the message).
+        """
+        if self.reason:
+            raise RunFailedError(f"the simulation backend failed: {self.reason}")
+
+
+def _status(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def backend_config(sim: SimulationConfig) -> dict[str, Any]:
@@ -105,7 +151,9 @@ def backend_config(sim: SimulationConfig) -> dict[str, Any]:
             init_args["num_gpus"] = torch.cuda.device_count()
     init_args.update(sim.ray_init_args)
     return {
-        "client_resources": {"num_cpus": sim.client_num_cpus or cores, "num_gpus": gpus},
+        # max_restarts: Ray replaces an actor whose process died (its message gets an error reply), so one
+        # crashed client does not take every later message down with it.
+        "client_resources": {"num_cpus": sim.client_num_cpus or cores, "num_gpus": gpus, "max_restarts": -1},
         "init_args": init_args,
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context
@@ -47,13 +48,16 @@ def _warn_backend_keys(config: RunConfig) -> None:
         )
 
 
-def server_app_for(config: RunConfig, run_dir: Path, resume: Path | None = None) -> ServerApp:
-    """A ServerApp that runs ``config`` into ``run_dir`` (continuing ``resume``'s checkpoint if given)."""
+def server_app_for(
+    config: RunConfig, run_dir: Path, resume: Path | None = None, check: Callable[[], None] | None = None
+) -> ServerApp:
+    """A ServerApp that runs ``config`` into ``run_dir`` (continuing ``resume``'s checkpoint if given);
+    ``check`` raises when the run must stop (see ``run_federation``)."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, config, run_dir, resume=resume)
+        run_federation(grid, config, run_dir, resume=resume, check=check)
 
     return server_app
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from strategies import keys
+from strategies.records import RunFailedError
 from strategies.replies import last_line
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,45 @@ def choose_nodes(
     return [eligible[i] for i in sample_partitions(len(eligible), k, seed, server_round)]
 
 
-def await_nodes(grid: Grid, wait_for: int) -> set[int]:
-    """The connected node ids, once at least ``wait_for`` are connected (polls every second)."""
-    waited = 0
+def await_nodes(
+    grid: Grid,
+    wait_for: int,
+    timeout: float,
+    proceed: bool = False,
+    check: Callable[[], None] | None = None,
+) -> set[int]:
+    """The connected node ids, once at least ``wait_for`` are connected (polled every second).
+
+    Args:
+        timeout: seconds to wait (``federation.node_timeout``).
+        proceed: after ``timeout``, return the nodes connected (if any) instead of raising
+            (``federation.on_missing_nodes = "proceed"``).
+        check: called at every poll; raises to abandon the wait (e.g. the simulation backend died).
+
+    Raises:
+        RunFailedError: fewer than ``wait_for`` nodes after ``timeout`` s (and not ``proceed``, or none).
+    """
+    start = time.monotonic()
+    next_line = 0.0
     while len(nodes := set(grid.get_node_ids())) < wait_for:
-        if waited % 30 == 0:  # a line every 30 s, not every poll
+        if check is not None:
+            check()
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            if proceed and nodes:
+                log.warning(
+                    "%d of %d nodes connected after %.0f s; going on with them", len(nodes), wait_for, waited
+                )
+                return nodes
+            raise RunFailedError(
+                f"only {len(nodes)} of {wait_for} nodes connected after waiting {timeout:g} s "
+                "(federation.node_timeout); start the missing SuperNodes, lower federation.num_clients, "
+                'or set federation.on_missing_nodes="proceed"'
+            )
+        if waited >= next_line:  # a line every 30 s, not every poll
             log.info("waiting for nodes: %d connected, %d required", len(nodes), wait_for)
-        time.sleep(1.0)
-        waited += 1
+            next_line += 30.0
+        time.sleep(min(1.0, timeout - waited))
     return nodes
 
 
@@ -68,14 +100,53 @@ def handshake(
         Message(RecordDict({keys.CONFIG: config}), dst_node_id=n, message_type=keys.QUERY_EMULATOR_TYPE)
         for n in nodes
     ]
+    answered = set()
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
+        answered.add(node)
         problem, partition = _handshake_problem(reply, sha256)
         if problem:
             roster.refused[node] = problem
             log.warning("node %d refused: %s", node, problem)
         else:
             roster.partitions[node] = partition
+    for node in sorted(set(nodes) - answered):  # asked again before the next round
+        log.warning(
+            "node %d: no emulator handshake reply within %g s (federation.handshake_timeout)", node, timeout
+        )
+
+
+class CheckedGrid:
+    """The grid, with a ``send_and_receive`` that calls ``check`` while it waits for replies.
+
+    Flower's own waits out its whole timeout (up to an hour for a round) even when the simulation backend that
+    would answer has died; this one polls with Flower's ``push_messages`` / ``pull_messages`` and stops as
+    soon as ``check`` raises.
+    """
+
+    def __init__(self, grid: Grid, check: Callable[[], None], poll: float = 0.5) -> None:
+        self._grid, self._check, self._poll = grid, check, poll
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Push ``messages``; return the replies that arrive within ``timeout`` seconds (None: no limit).
+
+        Raises:
+            Whatever ``check`` raises, at the poll after it starts raising.
+        """
+        pending = set(self._grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending and (end is None or time.monotonic() < end):
+            self._check()
+            arrived = list(self._grid.pull_messages(pending))
+            replies += arrived
+            pending -= {m.metadata.reply_to_message_id for m in arrived}
+            if pending:
+                time.sleep(self._poll)
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
 
 
 class SampledGrid:

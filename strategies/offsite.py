@@ -42,7 +42,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore import log as flwr_log
 
 from strategies import keys
-from strategies.nodes import SampledGrid, await_nodes, choose_nodes, handshake
+from strategies.nodes import CheckedGrid, SampledGrid, await_nodes, choose_nodes, handshake
 from strategies.records import RoundRecord, fill_accuracies, progress_line
 from strategies.replies import AdapterSpec, majority_metric_keys, reply_problem
 
@@ -133,6 +133,13 @@ class OffsiteTuning:
             (0: those only); a round evaluating nothing has no accuracies in its record.
         on_round_end: called with the finished ``RoundRecord`` and the global adapter (checkpointing).
         handshake_timeout: seconds to wait for the emulator handshake replies.
+        node_timeout: seconds to wait before a round for the nodes it needs: ``min_available_nodes`` before
+            the first round of ``start``, ``min_train_nodes`` later (a dead node does not stall the run).
+        proceed_without_nodes: after ``node_timeout``, train on the nodes connected instead of raising.
+        round_timeout: seconds to wait for train replies; replies not in by then are recorded as missing,
+            and a reply to an earlier round's message is never aggregated.
+        check: called before each round and while waiting for nodes; raises to end the run (the
+            simulation backend died).
         **base_kwargs: the base strategy's own arguments (``proximal_mu``, ``eta``, ...).
     """
 
@@ -150,6 +157,10 @@ class OffsiteTuning:
         plugin_eval_every: int = 1,
         on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None,
         handshake_timeout: float = 600.0,
+        node_timeout: float = 600.0,
+        proceed_without_nodes: bool = False,
+        round_timeout: float = 3600.0,
+        check: Callable[[], None] | None = None,
         **base_kwargs: Any,
     ) -> None:
         # The base strategy sends to every node it is shown; the mixin shows it only the sampled ones.
@@ -165,6 +176,10 @@ class OffsiteTuning:
         self.plugin_eval_every = plugin_eval_every
         self.on_round_end = on_round_end
         self.handshake_timeout = handshake_timeout
+        self.node_timeout = node_timeout
+        self.proceed_without_nodes = proceed_without_nodes
+        self.round_timeout = round_timeout
+        self.check = check
         self.history: list[RoundRecord] = []
         self.partitions: dict[int, int] = {}  # node id -> partition id, from the handshake
         self.refused: dict[int, str] = {}  # node id -> why it is never sampled
@@ -173,6 +188,7 @@ class OffsiteTuning:
         self._last_round = 0
         self._record: RoundRecord | None = None
         self._round_start = 0.0
+        self._sampled: list[int] = []  # node ids sent a train message this round
 
     def summary(self) -> None:
         """Log the sampling settings (the base strategy's own show the placeholders the mixin gives it)."""
@@ -199,6 +215,9 @@ class OffsiteTuning:
         self._spec = AdapterSpec.of(initial_arrays)
         self._offset = len(self.history)
         self._last_round = self._offset + num_rounds
+        kwargs.setdefault("timeout", self.round_timeout)
+        if self.check is not None:  # every wait for replies (handshakes, rounds) also watches the backend
+            grid = CheckedGrid(grid, self.check)
         return super().start(
             grid, initial_arrays, num_rounds=num_rounds, evaluate_fn=self._end_round, **kwargs
         )
@@ -206,13 +225,20 @@ class OffsiteTuning:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Handshake new nodes, sample by partition, let the base strategy build the messages."""
-        server_round += self._offset
+        """Wait for nodes (with a limit), handshake new ones, sample by partition, let the base strategy
+        build the messages (tagged with the round, so a late reply is never taken for a later round's)."""
+        flower_round, server_round = server_round, server_round + self._offset
         self._round_start = time.monotonic()
         record = self._record = RoundRecord(round=server_round)
-        connected = await_nodes(grid, self.wait_for_nodes)
+        self._sampled = []
+        if self.check is not None:
+            self.check()
+        # All nodes before the first round; later, enough to sample (a node that died is not waited for).
+        wait_for = self.wait_for_nodes if flower_round == 1 else self.sample_min_nodes
+        connected = await_nodes(grid, wait_for, self.node_timeout, self.proceed_without_nodes, self.check)
         new = [n for n in connected if n not in self.partitions and n not in self.refused]
         handshake(grid, new, self.emulator_path, self.emulator_sha256, self.handshake_timeout, self)
+        record.rejections += [f"node {n}: {self.refused[n]}" for n in new if n in self.refused]
         k = max(int(len(connected) * self.sample_fraction), self.sample_min_nodes)
         chosen = choose_nodes(self.partitions, connected, k, self.seed, server_round)
         if not chosen:
@@ -221,6 +247,9 @@ class OffsiteTuning:
         messages = list(
             super().configure_train(server_round, arrays, config, SampledGrid(grid, [n for _, n in chosen]))
         )
+        for msg in messages:
+            msg.metadata.group_id = str(server_round)
+        self._sampled = [m.metadata.dst_node_id for m in messages]
         record.sampled = len(messages)
         record.sampled_partitions = [p for p, _ in chosen]
         record.bytes_sent = sum(_array_bytes(m) for m in messages)
@@ -230,15 +259,28 @@ class OffsiteTuning:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Drop bad replies (logged with node id and reason), aggregate the rest with the base strategy."""
+        """Drop bad replies (logged with node id and reason), aggregate the rest with the base strategy.
+
+        A sampled node that did not reply (it died, or is slower than the round timeout) is recorded as
+        missing; a reply to another round's message is dropped.
+        """
         server_round += self._offset
         replies = list(replies)
         record = self._current_record(server_round)
         record.replied = len(replies)
         record.bytes_received = sum(_array_bytes(m) for m in replies if m.has_content())
+        # A SuperLink answers for a node that went offline with an error reply from another source id, so
+        # only as many sampled nodes as there are unanswered messages count as missing.
+        unanswered = sorted(set(self._sampled) - {m.metadata.src_node_id for m in replies})
+        for node in unanswered[: max(0, len(self._sampled) - len(replies))]:
+            record.missing += 1
+            record.rejections.append(f"node {node}: no reply within {self.round_timeout:g} s")
+            log.warning("round %d: no reply from node %d within the round timeout", server_round, node)
         valid = []
         for msg in replies:
             problem = reply_problem(msg, self._spec_or_fail(), self.arrayrecord_key, self.weighted_by_key)
+            if msg.metadata.group_id not in ("", str(server_round)):  # "": not sent by configure_train
+                problem = f"a reply to round {msg.metadata.group_id or '?'}'s message, not this round's"
             if problem:
                 self._reject(record, msg, problem)
             else:
@@ -247,6 +289,7 @@ class OffsiteTuning:
         for msg in odd:
             self._reject(record, msg, "metric keys differ from the other replies'")
         record.aggregated = len(valid)
+        record.empty = not valid
         if not valid:
             log.warning("round %d: no valid replies; the global adapter is unchanged", server_round)
             return None, None
@@ -294,8 +337,12 @@ class OffsiteTuning:
         server_round += self._offset
         record = self._current_record(server_round)
         with_emulator = _due(server_round, self.emulator_eval_every, self._last_round)
-        evaluate = self.evaluate_fn is not None and (
-            with_emulator or _due(server_round, self.plugin_eval_every, self._last_round)
+        # An adapter no round has changed is the initial one: scoring it would report untrained numbers.
+        trained = not record.empty or any(not r.empty for r in self.history)
+        evaluate = (
+            self.evaluate_fn is not None
+            and trained
+            and (with_emulator or _due(server_round, self.plugin_eval_every, self._last_round))
         )
         start = time.monotonic()
         metrics = dict(self.evaluate_fn(server_round, arrays, with_emulator)) if evaluate else {}

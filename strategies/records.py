@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,9 +26,11 @@ class RoundRecord:
     sampled: int = 0
     replied: int = 0
     rejected: int = 0
+    missing: int = 0  # sampled nodes whose reply did not come within the round timeout
     aggregated: int = 0
+    empty: bool = False  # no reply was aggregated: the global adapter did not change in this round
     sampled_partitions: list[int] = field(default_factory=list)
-    rejections: list[str] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)  # "node N: why", for dropped, missing, refused
     bytes_sent: int = 0
     bytes_received: int = 0
     bytes_per_client: int = 0  # what each sampled client received
@@ -41,6 +45,35 @@ class RoundRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoundRecord:
         return cls(**data)
+
+
+class RunFailedError(RuntimeError):
+    """A run that ended without a result it may report (nothing trained, nodes missing, backend crashed)."""
+
+
+def most_common_failure(records: Sequence[RoundRecord]) -> tuple[str, int, int] | None:
+    """The clients' most common failure over ``records``: (an example reason, its count, all failures).
+
+    Reasons are counted with their numbers (node and partition ids, seconds) masked, so "partition 0 fails"
+    and "partition 3 fails" are one failure; None when no client failed.
+    """
+    reasons = [r.split(": ", 1)[-1] for record in records for r in record.rejections]
+    if not reasons:
+        return None
+    counts = Counter(re.sub(r"\d+", "N", r) for r in reasons)
+    masked, count = counts.most_common(1)[0]
+    example = next(r for r in reasons if re.sub(r"\d+", "N", r) == masked)
+    return example, count, len(reasons)
+
+
+def nothing_trained_reason(records: Sequence[RoundRecord]) -> str:
+    """One line saying that no round aggregated a reply, and the clients' most common failure."""
+    head = f"no client reply was aggregated in any of the {len(records)} round(s), so nothing was trained"
+    failure = most_common_failure(records)
+    if failure is None:
+        return f"{head}; no client was sampled (did any node connect and load the emulator?)"
+    example, count, total = failure
+    return f"{head}; most common client failure ({count} of {total}): {example}"
 
 
 def fill_accuracies(record: RoundRecord, metrics: Mapping[str, float]) -> None:
@@ -60,8 +93,16 @@ def progress_line(record: RoundRecord, last_round: int) -> str:
         return "  –  " if x is None else f"{100 * x:5.1f}"
 
     loss = "–" if record.train_loss is None else f"{record.train_loss:.4f}"
+    if record.empty:
+        failure = most_common_failure([record])
+        why = f": {failure[0]}" if failure else ""
+        return (
+            f"round {record.round}/{last_round}: NOTHING AGGREGATED, adapter unchanged; clients 0/"
+            f"{record.sampled} ({record.rejected} dropped, {record.missing} no reply){why}, "
+            f"{record.seconds:.1f} s"
+        )
     return (
         f"round {record.round}/{last_round}: loss {loss}, plug-in acc {pct(record.plugin_acc)}, "
         f"emulator acc {pct(record.emulator_acc)}, clients {record.aggregated}/{record.sampled} "
-        f"({record.rejected} dropped), {record.seconds:.1f} s"
+        f"({record.rejected} dropped, {record.missing} no reply), {record.seconds:.1f} s"
     )

@@ -18,6 +18,9 @@ from flwr.app import Array, ArrayRecord, Message
 from strategies import keys
 
 _REASON_LIMIT = 300
+# Ray's errors for a ClientApp process that exited or was killed mid-message (simulation); the reason text
+# alone would say "unavailable" or "socket closed".
+_PROCESS_DIED = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "WorkerCrashedError")
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,10 @@ def reply_problem(
     finite scalar and whose other values are finite.
     """
     if msg.has_error():
-        return f"client error (code {msg.error.code}): {last_line(msg.error.reason)}"
+        reason = msg.error.reason or ""
+        died = next((name for name in _PROCESS_DIED if name in reason), None)
+        what = f"client process died ({died})" if died else f"client error (code {msg.error.code})"
+        return f"{what}: {last_line(reason)}"
     content = msg.content
     if list(content.array_records) != [arrayrecord_key]:
         return f"expected one ArrayRecord {arrayrecord_key!r}, got {sorted(content.array_records)}"

@@ -118,7 +118,14 @@ def test_missing_partition_id_names_the_node_config_flag(bundle):
 
 
 def test_settings_round_trip_through_the_config_record(bundle):
-    original = settings(bundle, adapter=AdapterConfig(mode="lora", lora_rank=4), fail_partitions=(2,))
+    original = settings(
+        bundle,
+        adapter=AdapterConfig(mode="lora", lora_rank=4),
+        fail_partitions=(2,),
+        crash_partitions=(1,),
+        slow_partitions=(0, 3),
+        slow_seconds=2.5,
+    )
     assert ClientSettings.from_record(original.to_record()) == original
 
 

@@ -158,3 +158,24 @@ def test_rerun_reuses_every_finished_method(quick_compare):
     )
     assert result.stderr.count(": reused in") == 4 and ": ran in" not in result.stderr
     assert json.loads((quick_compare / "comparison.json").read_text())["rows"] == json.loads(before)["rows"]
+
+
+def test_a_method_whose_run_failed_is_marked_failed_not_tabulated(tmp_path, monkeypatch):
+    from simulations.studies import compare as compare_module
+    from strategies.records import RunFailedError
+
+    base, settings = load_compare(ROOT / CONFIG, quick=True)
+
+    def untrained(config, run_dir):
+        raise RunFailedError(
+            "no client reply was aggregated in any of the 1 round(s), so nothing was trained"
+        )
+
+    monkeypatch.setattr(compare_module, "run_method", untrained)
+    with pytest.raises(RuntimeError, match=r"4 method\(s\) failed"):
+        compare_module.compare(base, settings, tmp_path)
+    data = json.loads((tmp_path / "comparison.json").read_text())
+    assert data["rows"] == [] and len(data["failed"]) == 4
+    assert all("nothing was trained" in why for why in data["failed"].values())
+    table = (tmp_path / "comparison.md").read_text()
+    assert all(f"**{label}: FAILED**, no results: no client reply" in table for label in data["failed"])

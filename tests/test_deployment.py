@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -160,13 +162,11 @@ def bundle() -> Path:
     return prepare_bundle(load_config(CONFIG))
 
 
-def test_one_round_over_tls_with_authenticated_supernodes(tmp_path, bundle):
-    certs, keys, home, run_dir = (
-        tmp_path / "certs",
-        tmp_path / "keys",
-        tmp_path / "flwr-home",
-        tmp_path / "run",
-    )
+@contextmanager
+def deployment(tmp_path: Path, bundle: Path, num_nodes: int) -> Iterator[tuple[dict, Processes]]:
+    """A SuperLink with TLS and SuperNode authentication, and ``num_nodes`` SuperNodes (partition i of
+    num_nodes, the bundle from the node config); yields the environment for ``flwr`` and the processes."""
+    certs, keys, home = tmp_path / "certs", tmp_path / "keys", tmp_path / "flwr-home"
     make_certificates(certs)
     keys.mkdir()
     home.mkdir()
@@ -207,7 +207,7 @@ def test_one_round_over_tls_with_authenticated_supernodes(tmp_path, bundle):
             env,
         )
         wait_for_port(port, procs)
-        for i in range(2):
+        for i in range(num_nodes):
             key = keys / f"node{i}"
             subprocess.run(
                 ["ssh-keygen", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(key), "-C", ""],
@@ -215,7 +215,9 @@ def test_one_round_over_tls_with_authenticated_supernodes(tmp_path, bundle):
                 capture_output=True,
             )
             run([BIN / "flwr", "supernode", "register", f"{key}.pub", "deploy"], env)
-            node_config = f"partition-id={i} num-partitions=2 emulator-path='{bundle}' num-threads=1"
+            node_config = (
+                f"partition-id={i} num-partitions={num_nodes} emulator-path='{bundle}' num-threads=1"
+            )
             procs.start(
                 f"supernode{i}",
                 [
@@ -233,7 +235,14 @@ def test_one_round_over_tls_with_authenticated_supernodes(tmp_path, bundle):
                 ],
                 env,
             )
+        yield env, procs
+    finally:
+        procs.stop()
 
+
+def test_one_round_over_tls_with_authenticated_supernodes(tmp_path, bundle):
+    run_dir = tmp_path / "run"
+    with deployment(tmp_path, bundle, num_nodes=2) as (env, procs):
         overrides = (
             "federation.num_clients=2 federation.min_clients=2 federation.fraction=1.0 federation.rounds=1"
         )
@@ -258,5 +267,45 @@ def test_one_round_over_tls_with_authenticated_supernodes(tmp_path, bundle):
         assert "Plug-in" in metrics["results"]
         statuses = [r.get("status") for r in runs.get("runs", [])]
         assert statuses == ["finished:completed"], runs
-    finally:
-        procs.stop()
+
+
+def test_a_supernode_killed_after_round_one_does_not_stall_later_rounds(tmp_path, bundle):
+    # Issue 14 §4: three SuperNodes, min_clients=2; one is killed once round 1 is checkpointed. Later rounds
+    # wait for min_clients only, a missing reply ends at round_timeout, and the run finishes.
+    run_dir = tmp_path / "run"
+    with deployment(tmp_path, bundle, num_nodes=3) as (env, procs):
+        overrides = (
+            "federation.num_clients=3 federation.min_clients=2 federation.fraction=1.0 federation.rounds=3 "
+            "federation.round_timeout=240 federation.node_timeout=120 evaluation.emulator_every=0"
+        )
+        run_config = f"run-dir='{run_dir}' overrides='{overrides}'"
+        submitted = subprocess.Popen(
+            [str(BIN / "flwr"), "run", ".", "deploy", "--stream", "--run-config", run_config],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 900
+            while (
+                not (run_dir / "checkpoint" / "round-0001").is_dir()
+                or not (run_dir / "metrics.json").is_file()
+            ):
+                assert time.monotonic() < deadline, f"round 1 did not finish\n{procs.tail()}"
+                time.sleep(1)
+            _, node2, _ = next(p for p in procs.started if p[0] == "supernode2")
+            _signal_group(node2, signal.SIGKILL)
+            while json.loads((run_dir / "metrics.json").read_text())["status"] == "running":
+                assert time.monotonic() < deadline, f"the run hangs after a SuperNode died\n{procs.tail()}"
+                time.sleep(2)
+            submitted.wait(timeout=120)
+        finally:
+            submitted.kill()  # the CLI only streams logs; the run itself lives in the SuperLink
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "finished", procs.tail()
+        rounds = metrics["rounds"]
+        assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[0]["aggregated"] == 3
+        assert all(r["aggregated"] >= 2 for r in rounds[1:])  # the two live nodes train in every round
+        # The dead node is accounted for once: an error reply from the SuperLink, or a missing reply.
+        assert all(r["sampled"] - r["aggregated"] == r["missing"] + r["rejected"] for r in rounds)

@@ -211,7 +211,7 @@ def compare(
     planned = plan(base, settings, sweep)  # first: every setting is validated before anything runs
     out.mkdir(parents=True, exist_ok=True)
     results: dict[Method, dict[str, Any]] = {}
-    failed = []
+    failed: dict[str, str] = {}
     for i, (method, config) in enumerate(planned, 1):
         label, run_dir = method.label(base.emulator), out / method.slug(base.emulator)
         log.info("[%d/%d] %s: start (%s)", i, len(planned), label, run_dir)
@@ -220,13 +220,13 @@ def compare(
             metrics, how = run_method(config, run_dir)
         except RuntimeError as error:
             log.error("[%d/%d] %s: failed after %.0f s: %s", i, len(planned), label, _elapsed(start), error)
-            failed.append(label)
+            failed[label] = " ".join(str(error).split())
             continue
         results[method] = metrics
         log.info(
             "[%d/%d] %s: %s in %.0f s; %s", i, len(planned), label, how, _elapsed(start), _summary(metrics)
         )
-    rows = write_comparison(out, base, [m for m, _ in planned], results)
+    rows = write_comparison(out, base, [m for m, _ in planned], results, failed)
     if failed:
         raise RuntimeError(f"{len(failed)} method(s) failed: {', '.join(failed)}; rerun to retry them")
     return rows

@@ -131,23 +131,35 @@ def comparison_rows(methods: Sequence[Method], labels: Sequence[str], results: M
 
 
 def write_comparison(
-    out: Path, base: RunConfig, methods: Sequence[Method], results: Mapping[Method, Mapping[str, Any]]
+    out: Path,
+    base: RunConfig,
+    methods: Sequence[Method],
+    results: Mapping[Method, Mapping[str, Any]],
+    failed: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write comparison.json, comparison.md and comparison.png into ``out``; return the rows."""
+    """Write comparison.json, comparison.md and comparison.png into ``out``; return the rows.
+
+    ``failed`` (method label -> reason) lists the methods whose run failed: they get no row, only a line
+    saying so, in comparison.md and under ``failed`` in comparison.json.
+    """
+    failed = dict(failed or {})
     labels = [m.label(base.emulator) for m in methods]
     rows = comparison_rows(methods, labels, results)
     runs = {m.label(base.emulator): m.slug(base.emulator) for m in methods if m in results}
-    data = {"base_config": json.loads(base.to_json()), "runs": runs, "rows": rows}
+    data = {"base_config": json.loads(base.to_json()), "runs": runs, "rows": rows, "failed": failed}
     write_text(out / "comparison.json", json.dumps(data, indent=1))
-    write_text(out / "comparison.md", markdown(rows, base))
+    write_text(out / "comparison.md", markdown(rows, base, failed))
     if rows:
         plot_comparison(rows, out / "comparison.png")
     log.info("comparison of %d methods written to %s", len(rows), out)
     return rows
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], base: RunConfig) -> str:
-    """comparison.md: the setting, one table row per method (accuracies in %), how to read it, the plot."""
+def markdown(
+    rows: Sequence[Mapping[str, Any]], base: RunConfig, failed: Mapping[str, str] | None = None
+) -> str:
+    """comparison.md: the setting, one table row per method (accuracies in %), the methods that failed
+    (no row: nothing of theirs may be read as a result), how to read it, the plot."""
     fed, client = base.federation, base.client
     n = next((r["plug_in"]["n"] for r in rows if r.get("plug_in")), 0)
     steps = f"{client.local_steps} steps" if client.local_steps else f"{client.local_epochs:g} epochs"
@@ -164,6 +176,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], base: RunConfig) -> str:
         "|" + "---|" * (_COLUMNS.count("|") - 1),
     ]
     lines += [_table_line(r) for r in rows]
+    if failed:
+        lines += ["", *(f"**{label}: FAILED**, no results: {why}" for label, why in failed.items())]
     lines += [
         "",
         "Accuracy in % ± standard error. Δ = plug-in − emulator fine-tuned (larger: the emulator gives away "
