@@ -2,7 +2,8 @@
 
 Sections: top-level ``model``, ``task``, ``seed``, ``name``; ``[emulator]``
 (``emulator.config.EmulatorConfig``), ``[adapter]`` (``emulator.adapters.AdapterConfig``), ``[federation]``,
-``[client]`` (``clients.training.TrainConfig``), ``[evaluation]``, ``[simulation]`` and ``[output]``.
+``[client]`` (``clients.training.TrainConfig``), ``[evaluation]``, ``[simulation]``, ``[output]`` and
+``[privacy]`` (``strategies.privacy.DPConfig``).
 Keys may be written with ``-`` or ``_``. Unknown keys are errors listing the valid ones; every value is
 checked before any model is loaded.
 """
@@ -24,6 +25,7 @@ from emulator.adapters import AdapterConfig
 from emulator.config import EmulatorConfig
 from emulator.models import MODEL_NAMES
 from strategies.offsite import strategy_parameters
+from strategies.privacy import DPConfig
 
 PARTITION_SCHEMES = ("iid", "dirichlet")
 
@@ -140,12 +142,17 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    # Central differential privacy on the aggregated adapter (strategies.privacy.DPConfig); off by default.
+    privacy: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
         known = self.model in MODEL_NAMES or "/" in self.model or Path(self.model).is_dir()
         _check(known, "model", self.model, f"one of {', '.join(MODEL_NAMES)}, a hub id or a directory")
         _check(bool(self.task), "task", self.task, "a task name")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        # DP's noise assumes an unweighted average; clients are weighted by their steps, so fix the steps.
+        dp_ok = not self.privacy.enabled or self.client.local_steps > 0
+        _check(dp_ok, "client.local_steps", self.client.local_steps, "> 0 when [privacy] is on")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:

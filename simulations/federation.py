@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,9 @@ from simulations.outputs import (
     write_text,
 )
 from simulations.server_eval import ServerEvaluator, initial_adapter
+from strategies import keys
 from strategies.offsite import OffsiteTuning, offsite_strategy
+from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord
 
 log = logging.getLogger(__name__)
@@ -124,9 +127,22 @@ def _strategy(
         emulator_eval_every=config.evaluation.emulator_every,
         plugin_eval_every=config.evaluation.plugin_every,
         on_round_end=on_round_end,
+        **_privacy_kwargs(config),
         **fed.strategy_kwargs,
     )
     return strategy
+
+
+def _privacy_kwargs(config: RunConfig) -> dict[str, Any]:
+    if not config.privacy.enabled:
+        return {}
+    fed = config.federation
+    sampled = min(max(int(fed.num_clients * fed.fraction), fed.min_clients), fed.num_clients)
+    # Uniform average (DP's sensitivity C / m): every client runs client.local_steps steps, weighted by them.
+    return {
+        "privacy": DifferentialPrivacy(config.privacy, sampled, fed.num_clients),
+        "weighted_by_key": keys.TRAIN_STEPS,
+    }
 
 
 def _client_settings(config: RunConfig, bundle: str, sha256: str) -> ClientSettings:

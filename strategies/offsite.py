@@ -42,6 +42,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore import log as flwr_log
 
 from strategies import keys
+from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, fill_accuracies, progress_line
 from strategies.replies import AdapterSpec, last_line, majority_metric_keys, reply_problem
 
@@ -141,6 +142,9 @@ class OffsiteTuning:
             (0: those only); a round evaluating nothing has no accuracies in its record.
         on_round_end: called with the finished ``RoundRecord`` and the global adapter (checkpointing).
         handshake_timeout: seconds to wait for the emulator handshake replies.
+        privacy: central DP (``strategies.privacy``): the rounds run through its Flower wrapper, which clips
+            the replies before and noises the aggregate after this strategy's aggregation; each release's
+            (ε, δ) goes into the round record. None: no DP.
         **base_kwargs: the base strategy's own arguments (``proximal_mu``, ``eta``, ...).
     """
 
@@ -158,6 +162,7 @@ class OffsiteTuning:
         plugin_eval_every: int = 1,
         on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None,
         handshake_timeout: float = 600.0,
+        privacy: DifferentialPrivacy | None = None,
         **base_kwargs: Any,
     ) -> None:
         # The base strategy sends to every node it is shown; the mixin shows it only the sampled ones.
@@ -173,6 +178,7 @@ class OffsiteTuning:
         self.plugin_eval_every = plugin_eval_every
         self.on_round_end = on_round_end
         self.handshake_timeout = handshake_timeout
+        self.privacy = privacy
         self.history: list[RoundRecord] = []
         self.partitions: dict[int, int] = {}  # node id -> partition id, from the handshake
         self.refused: dict[int, str] = {}  # node id -> why it is never sampled
@@ -207,9 +213,8 @@ class OffsiteTuning:
         self._spec = AdapterSpec.of(initial_arrays)
         self._offset = len(self.history)
         self._last_round = self._offset + num_rounds
-        return super().start(
-            grid, initial_arrays, num_rounds=num_rounds, evaluate_fn=self._end_round, **kwargs
-        )
+        loop = super() if self.privacy is None else self.privacy.wrap(self)
+        return loop.start(grid, initial_arrays, num_rounds=num_rounds, evaluate_fn=self._end_round, **kwargs)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -264,6 +269,8 @@ class OffsiteTuning:
         if metrics is not None:
             record.client_metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
             record.train_loss = record.client_metrics.get(keys.TRAIN_LOSS)
+        if arrays is not None and self.privacy is not None:
+            record.privacy = self.privacy.release()  # the DP wrapper noises what this returns
         return (self._spec_or_fail().cast(arrays) if arrays is not None else None), metrics
 
     def configure_evaluate(
@@ -285,6 +292,8 @@ class OffsiteTuning:
     def restore_(self, history: Sequence[RoundRecord], state: Mapping[str, np.ndarray]) -> None:
         """Continue after the rounds in ``history`` with the server-optimiser ``state`` saved with them."""
         self.history = list(history)
+        if self.privacy is not None:
+            self.privacy.restore_([r.privacy for r in self.history if r.privacy])
         for attr in _STATE_ATTRS:
             entries = {k.split("/", 1)[1]: v for k, v in state.items() if k.split("/", 1)[0] == attr}
             if not entries or not hasattr(self, attr):

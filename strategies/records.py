@@ -33,6 +33,9 @@ class RoundRecord:
     eval_seconds: float = 0.0  # of which server-side evaluation
     client_metrics: dict[str, float] = field(default_factory=dict)  # clients' metrics, weighted by examples
     evaluation: dict[str, float] = field(default_factory=dict)
+    # Differential privacy (strategies.privacy), empty without it: cumulative epsilon at delta after this
+    # round's release, the clipping norm and the noise std (per adapter coordinate) of that release.
+    privacy: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,8 +63,10 @@ def progress_line(record: RoundRecord, last_round: int) -> str:
         return "  –  " if x is None else f"{100 * x:5.1f}"
 
     loss = "–" if record.train_loss is None else f"{record.train_loss:.4f}"
+    epsilon = record.privacy.get("epsilon", "–")
+    dp = f", ε {epsilon:.2f}" if isinstance(epsilon, float) else ""
     return (
         f"round {record.round}/{last_round}: loss {loss}, plug-in acc {pct(record.plugin_acc)}, "
         f"emulator acc {pct(record.emulator_acc)}, clients {record.aggregated}/{record.sampled} "
-        f"({record.rejected} dropped), {record.seconds:.1f} s"
+        f"({record.rejected} dropped){dp}, {record.seconds:.1f} s"
     )
