@@ -117,9 +117,8 @@ def _run_child(args: argparse.Namespace) -> None:
     sampler = _RoundSampler()
     logging.getLogger("strategies.offsite").addHandler(sampler)
     metrics = simulate(config, args.child)
-    seconds = {r["round"]: r["seconds"] for r in metrics["rounds"]}
-    evals = {r["round"]: r["eval_seconds"] for r in metrics["rounds"]}
-    rows = [row | {"seconds": seconds[row["round"]], "eval_seconds": evals[row["round"]]} for row in sampler.rows]
+    timing = {r["round"]: {k: r[k] for k in ("seconds", "eval_seconds")} for r in metrics["rounds"]}
+    rows = [row | timing[row["round"]] for row in sampler.rows]
     result = {"num_clients": config.federation.num_clients, "rows": rows}
     (args.child / "scale.json").write_text(json.dumps(result, indent=2))
 
@@ -143,8 +142,8 @@ def report(results: dict[int, dict[str, Any]]) -> str:
     """Markdown tables: rounds per N, then the summary and the slope of round time against N."""
     lines = []
     for n, result in results.items():
-        lines += [f"\n### {n} clients\n", "| round | wall s | of which eval s | server RSS MB | actor RSS MB |"]
-        lines.append("|---:|---:|---:|---:|---|")
+        header = "| round | wall s | of which eval s | server RSS MB | actor RSS MB |"
+        lines += [f"\n### {n} clients\n", header, "|---:|---:|---:|---:|---|"]
         for row in result["rows"]:
             actors = ", ".join(f"{v / _MB:.0f}" for v in row["actor_rss"].values())
             lines.append(
