@@ -260,6 +260,7 @@ class OffsiteTuning:
         for msg in odd:
             self._reject(record, msg, "metric keys differ from the other replies'")
         record.aggregated = len(valid)
+        record.workers = sorted({w for m in valid if (w := _worker(m))})
         if not valid:
             log.warning("round %d: no valid replies; the global adapter is unchanged", server_round)
             return None, None
@@ -402,6 +403,11 @@ def _handshake_problem(reply: Message, sha256: str) -> tuple[str | None, int]:
     if sha256 and theirs != sha256:
         return f"loaded emulator {str(theirs)[:12]}…, the server's is {sha256[:12]}…", -1
     return None, int(info[keys.INFO_PARTITION_ID])
+
+
+def _worker(reply: Message) -> str:
+    info = reply.content.config_records.get(keys.INFO)
+    return str(info.get(keys.INFO_WORKER, "")) if info is not None else ""
 
 
 def _array_bytes(msg: Message) -> int:

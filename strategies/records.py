@@ -36,6 +36,7 @@ class RoundRecord:
     # Differential privacy (strategies.privacy), empty without it: cumulative epsilon at delta after this
     # round's release, the clipping norm and the noise std (per adapter coordinate) of that release.
     privacy: dict[str, float | None] = field(default_factory=dict)
+    workers: list[str] = field(default_factory=list)  # Ray nodes (or hosts) the aggregated clients ran on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
