@@ -45,6 +45,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=10,
         help="rounds of every N but the largest (which runs the config's rounds); 0: the config's",
     )
+    parser.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        nargs="+",
+        help="instead of varying N: run N = the first --clients once per simulation.client_num_cpus value "
+        "(e.g. 0 1: one actor with every core against one actor per core)",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, help="keep the runs and the JSON here (default: a temp dir)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: run one N, write JSON
@@ -59,22 +66,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     out = args.out or Path(tempfile.mkdtemp(prefix="scaleot-scale-"))
     results = {}
-    for n in args.clients:
-        overrides = [
-            f"federation.num_clients={n}",
-            f"federation.fraction={args.sampled / n}",
-            f"federation.min_clients={args.sampled}",
-        ]
-        if n != max(args.clients) and args.short_rounds:
-            overrides.append(f"federation.rounds={args.short_rounds}")
+    for label, overrides in _runs(args):
         sets = [x for o in [*overrides, *args.overrides] for x in ("--set", o)]
         child = [sys.executable, "-m", "simulations.scale_benchmark", "--config", args.config, *sets]
-        log.info("N = %d: %s", n, " ".join(overrides + args.overrides))
-        subprocess.run([*child, "--child", str(out / f"clients-{n}")], check=True)
-        results[n] = json.loads((out / f"clients-{n}" / "scale.json").read_text())
+        log.info("%s: %s", label, " ".join(overrides + args.overrides))
+        run_dir = out / label.replace(" ", "-").replace("/", "-per-")
+        subprocess.run([*child, "--child", str(run_dir)], check=True)
+        results[label] = json.loads((run_dir / "scale.json").read_text())
     (out / "scale.json").write_text(json.dumps(results, indent=2))
     print(report(results))
     log.info("runs and JSON in %s", out)
+
+
+def _runs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(label, overrides) of each child run: one per N, or one per CPU share of an actor."""
+
+    def clients(n: int) -> list[str]:
+        sampled = min(args.sampled, n)
+        return [
+            f"federation.num_clients={n}",
+            f"federation.fraction={sampled / n}",
+            f"federation.min_clients={sampled}",
+        ]
+
+    if args.cpus_per_actor:
+        n = args.clients[0]
+        return [
+            (f"{c:g} CPU/actor", [*clients(n), f"simulation.client_num_cpus={c}"])
+            for c in args.cpus_per_actor
+        ]
+    runs = []
+    for n in args.clients:
+        short = (
+            [f"federation.rounds={args.short_rounds}"] if n != max(args.clients) and args.short_rounds else []
+        )
+        runs.append((f"{n} clients", clients(n) + short))
+    return runs
 
 
 # --- child: one run, sampled after every round --------------------------------------------------------------
@@ -119,7 +146,11 @@ def _run_child(args: argparse.Namespace) -> None:
     metrics = simulate(config, args.child)
     timing = {r["round"]: {k: r[k] for k in ("seconds", "eval_seconds")} for r in metrics["rounds"]}
     rows = [row | timing[row["round"]] for row in sampler.rows]
-    result = {"num_clients": config.federation.num_clients, "rows": rows}
+    result = {
+        "num_clients": config.federation.num_clients,
+        "client_num_cpus": config.simulation.client_num_cpus,
+        "rows": rows,
+    }
     (args.child / "scale.json").write_text(json.dumps(result, indent=2))
 
 
@@ -138,12 +169,12 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-def report(results: dict[int, dict[str, Any]]) -> str:
-    """Markdown tables: rounds per N, then the summary and the slope of round time against N."""
+def report(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown tables: rounds per run, then the summary and the slope of round time against N."""
     lines = []
-    for n, result in results.items():
+    for label, result in results.items():
         header = "| round | wall s | of which eval s | server RSS MB | actor RSS MB |"
-        lines += [f"\n### {n} clients\n", header, "|---:|---:|---:|---:|---|"]
+        lines += [f"\n### {label}\n", header, "|---:|---:|---:|---:|---|"]
         for row in result["rows"]:
             actors = ", ".join(f"{v / _MB:.0f}" for v in row["actor_rss"].values())
             lines.append(
@@ -152,21 +183,22 @@ def report(results: dict[int, dict[str, Any]]) -> str:
             )
     lines += [
         "\n### Summary (RSS variation over rounds 3..last: (max - min) / min)\n",
-        "| clients | rounds | round 1 s | median round s (2..last) | median training s (2..last) | "
+        "| run | clients | rounds | round 1 s | median round s (2..last) | median training s (2..last) | "
         "server RSS MB (r3 → last) | server var % | actors | actor RSS MB (r3 → last) | actor var % |",
-        "|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
     ]
-    medians = {}
-    for n, result in results.items():
+    medians: dict[int, float] = {}
+    for label, result in results.items():
         rows = result["rows"]
         later = [r for r in rows if r["round"] >= 3]
         train = [r["seconds"] - r["eval_seconds"] for r in rows if r["round"] >= 2]
-        medians[n] = statistics.median(train)
+        medians[result["num_clients"]] = statistics.median(train)
         server = [r["server_rss"] for r in later]
         actor_sum = [sum(r["actor_rss"].values()) for r in later]
         lines.append(
-            f"| {n} | {len(rows)} | {rows[0]['seconds']:.1f} | "
-            f"{statistics.median(r['seconds'] for r in rows if r['round'] >= 2):.1f} | {medians[n]:.2f} | "
+            f"| {label} | {result['num_clients']} | {len(rows)} | {rows[0]['seconds']:.1f} | "
+            f"{statistics.median(r['seconds'] for r in rows if r['round'] >= 2):.1f} | "
+            f"{statistics.median(train):.2f} | "
             f"{server[0] / _MB:.0f} → {server[-1] / _MB:.0f} | {variation(server):.1f} | "
             f"{len(later[-1]['actor_rss'])} | {actor_sum[0] / _MB:.0f} → {actor_sum[-1] / _MB:.0f} | "
             f"{variation(actor_sum):.1f} |"

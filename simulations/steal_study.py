@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("%s: emulator ZS %.3f -> stolen %.3f", rows[-1]["method"], before.acc, stolen.acc)
         del emulator
     out.mkdir(parents=True, exist_ok=True)
+    rows = _merged(out / STEAL_FILE, rows, probe, len(test))
     data = {"config": args.config, "probe": vars(probe), "test_examples": len(test), "rows": rows}
     write_text(out / STEAL_FILE, json.dumps(data, indent=1))
     write_text(out / "steal.md", markdown(data))
@@ -126,6 +127,17 @@ def markdown(data: Mapping[str, Any]) -> str:
             f"{r['trained_parameters'] / 1e6:.1f}M | {r['seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _merged(path: Path, rows: list[dict[str, Any]], probe: ProbeConfig, n: int) -> list[dict[str, Any]]:
+    # Rows of other methods from an earlier run of the same probe on the same test examples are kept.
+    if not path.is_file():
+        return rows
+    old = json.loads(path.read_text())
+    if old.get("probe") != vars(probe) or old.get("test_examples") != n:
+        return rows
+    new = {r["method"] for r in rows}
+    return [r for r in old["rows"] if r["method"] not in new] + rows
 
 
 def stolen_accuracies(out: Path) -> dict[str, list[float]]:
