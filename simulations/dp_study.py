@@ -27,6 +27,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default="simulations/configs/smollm2-wikihow.toml")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 1.2], help="noise multipliers")
     parser.add_argument("--clipping-norm", type=float, default=0.01, help="C (L2, whole adapter update)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the run without DP")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=Path("runs/dp-study"))
     return parser.parse_args(argv)
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from simulations.runner import simulate
 
     runs: dict[str, Any] = {}
-    settings = [("no DP", [])] + [
+    settings = ([] if args.no_baseline else [("no DP", [])]) + [
         (
             f"z={z:g}",
             [
@@ -82,8 +83,9 @@ def markdown(runs: Mapping[str, Mapping[str, Any]], clipping_norm: float) -> str
         epsilon = last.get("privacy", {}).get("epsilon")
         mean, stderr = paired_difference(tuple(plug_in["correct"]), tuple(full["correct"]))
         noise = last.get("privacy", {}).get("noise_std")
+        spent = "–" if not last.get("privacy") else ("∞" if epsilon is None else f"{epsilon:.2f}")
         lines.append(
-            f"| {label} | {'–' if not last.get('privacy') else ('∞' if epsilon is None else f'{epsilon:.2f}')} "
+            f"| {label} | {spent} "
             f"| {'–' if noise is None else f'{noise:.2g}'} | {pct(plug_in['acc'], plug_in['acc_stderr'])} "
             f"| {pct(results['Emulator-FT']['acc'], results['Emulator-FT']['acc_stderr'])} "
             f"| {pct(full['acc'], full['acc_stderr'])} | {100 * mean:+.1f} ± {100 * stderr:.1f} |"
