@@ -92,7 +92,7 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     if args.cpus_per_actor:
         n = args.clients[0]
         return [
-            (f"{c:g} CPU/actor", [*clients(n), f"simulation.client_num_cpus={c}"])
+            (f"{c:g} CPU/actor", [*clients(n), f"simulation.client_num_cpus={c:g}"])
             for c in args.cpus_per_actor
         ]
     runs = []
