@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     full_model, tokenizer = load_model(base.model)
     full = multiple_choice_accuracy(full_model, tokenizer, test, batch)
     log.info("full zero-shot %s on %d examples", pct(full.acc, full.acc_stderr), len(test))
-    rows = []
+    rows: list[dict[str, Any]] = []
+    data = {"probe": vars(probe), "test_examples": len(test), "rows": rows}
     for method, config in plan(base, compare):
         if method.kind not in args.kinds:
             continue
@@ -85,12 +86,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append(steal_row(method.label(base.emulator), full, before, stolen) | vars(result))
         log.info("%s: emulator ZS %.3f -> stolen %.3f", rows[-1]["method"], before.acc, stolen.acc)
         del emulator
+        data = _write(out, args.config, probe, len(test), rows)  # after each method: a long study may stop
+    print(markdown(data))
+
+
+def _write(out: Path, config: str, probe: ProbeConfig, n: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    rows = _merged(out / STEAL_FILE, rows, probe, len(test))
-    data = {"config": args.config, "probe": vars(probe), "test_examples": len(test), "rows": rows}
+    data = {
+        "config": config,
+        "probe": vars(probe),
+        "test_examples": n,
+        "rows": _merged(out / STEAL_FILE, rows, probe, n),
+    }
     write_text(out / STEAL_FILE, json.dumps(data, indent=1))
     write_text(out / "steal.md", markdown(data))
-    print(markdown(data))
+    return data
 
 
 def steal_row(label: str, full: MCResult, before: MCResult, stolen: MCResult) -> dict[str, Any]:
