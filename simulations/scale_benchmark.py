@@ -122,18 +122,22 @@ class _RoundSampler(logging.Handler):
 
 
 def rss_snapshot() -> tuple[int, dict[int, int]]:
-    """RSS in bytes of this process and of each Ray ClientApp actor process (by pid)."""
+    """RSS in bytes of this process and of each of its Ray ClientApp actors (by pid).
+
+    The actors are found among this process's descendants (the Ray instance ``run_simulation`` starts), so
+    other simulations on the machine are not counted.
+    """
     import psutil
 
+    me = psutil.Process()
     actors = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if cmdline.startswith("ray::ClientAppActor"):
-            try:
-                actors[proc.info["pid"]] = int(proc.memory_info().rss)
-            except psutil.NoSuchProcess:
-                continue
-    return int(psutil.Process().memory_info().rss), actors
+    for proc in me.children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith("ray::ClientAppActor"):
+                actors[proc.pid] = int(proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            continue
+    return int(me.memory_info().rss), actors
 
 
 def _run_child(args: argparse.Namespace) -> None:
