@@ -110,15 +110,17 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 class _RoundSampler(logging.Handler):
     """Samples RSS when the strategy logs ``round k/K: ...`` (the end of round k, after its evaluation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__(level=logging.INFO)
         self.rows: list[dict[str, Any]] = []
+        self.path = path  # rewritten every round, so a run stopped early still leaves its samples
 
     def emit(self, record: logging.LogRecord) -> None:
         match = _ROUND_LINE.match(record.getMessage())
         if match:
             server, actors = rss_snapshot()
             self.rows.append({"round": int(match.group(1)), "server_rss": server, "actor_rss": actors})
+            self.path.write_text(json.dumps(self.rows))
 
 
 def rss_snapshot() -> tuple[int, dict[int, int]]:
@@ -145,7 +147,8 @@ def _run_child(args: argparse.Namespace) -> None:
     from simulations.runner import simulate
 
     config = load_config(args.config, args.overrides)
-    sampler = _RoundSampler()
+    args.child.mkdir(parents=True, exist_ok=True)
+    sampler = _RoundSampler(args.child / "rss.json")
     logging.getLogger("strategies.offsite").addHandler(sampler)
     metrics = simulate(config, args.child)
     timing = {r["round"]: {k: r[k] for k in ("seconds", "eval_seconds")} for r in metrics["rounds"]}
