@@ -8,7 +8,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.runtime import cached_emulator, local_update
+from clients.runtime import cached_emulator, local_update, worker_id
 from clients.settings import ClientSettings, NodeSettings
 from strategies import keys
 
@@ -48,4 +48,6 @@ def train(msg: Message, context: Context) -> Message:
             keys.PEAK_MEMORY: int(result.peak_memory),
         }
     )
-    return Message(RecordDict({keys.ARRAYS: ArrayRecord(result.state), keys.METRICS: metrics}), reply_to=msg)
+    info = ConfigRecord({keys.INFO_WORKER: worker_id()})  # placement, shown in the round record
+    content = RecordDict({keys.ARRAYS: ArrayRecord(result.state), keys.METRICS: metrics, keys.INFO: info})
+    return Message(content, reply_to=msg)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,14 @@ _TASKS: dict[tuple[str, int], TaskSplits] = {}
 def emulator_loads() -> int:
     """How many times this process has read an emulator bundle from disk (the cache's misses)."""
     return _LOADS
+
+
+def worker_id() -> str:
+    """Where this client runs: the Ray node id in a Ray simulation (one per cluster node), else the host."""
+    ray = sys.modules.get("ray")  # imported only where Flower's Ray backend runs this client
+    if ray is not None and ray.is_initialized():
+        return str(ray.get_runtime_context().get_node_id())
+    return socket.gethostname()
 
 
 def bundle_sha256(path: str) -> str:

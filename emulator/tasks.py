@@ -145,7 +145,8 @@ def load_task(
     """Load a multiple-choice task and split it deterministically.
 
     Args:
-        name: ``synthetic``, a hub task (``piqa``, ``arc_easy``, ...), or ``bigbench:<task>[/<subtask>]``.
+        name: ``synthetic`` (400 examples; ``synthetic:<n>`` for n of them, e.g. to split among many
+            clients), a hub task (``piqa``, ``arc_easy``, ...), or ``bigbench:<task>[/<subtask>]``.
         seed: shuffling seed of the splits.
         test_size: number of test examples; default min(500, n // 4), or the whole hub test split.
         load_dataset_fn: loader for hub tasks, ``datasets.load_dataset`` by default (tests pass a local one).
@@ -159,8 +160,8 @@ def load_task(
     """
     if test_size is not None and test_size < 1:
         raise ValueError(f"test_size={test_size} must be at least 1")
-    if name == SYNTHETIC:
-        return _split(name, synthetic_examples(), seed, test_size)
+    if name == SYNTHETIC or name.startswith(SYNTHETIC + ":"):
+        return _split(name, synthetic_examples(_synthetic_size(name)), seed, test_size)
     if name.startswith(BIGBENCH_PREFIX):
         task = name[len(BIGBENCH_PREFIX) :]
         return _split(name, bigbench_examples(_read_bigbench_task(task), task), seed, test_size)
@@ -188,6 +189,14 @@ def _split(name: str, examples: list[MCExample], seed: int, test_size: int | Non
 
 
 # ----------------------------------------------------------------------------------------------- synthetic
+
+
+def _synthetic_size(name: str) -> int:
+    size = name.partition(":")[2] or "400"
+    if not size.isdigit() or int(size) < 10:
+        raise ValueError(f"task={name!r}: synthetic:<n> needs an integer n >= 10, got {size!r}")
+    return int(size)
+
 
 _WORDS = (
     "apple pear house river stone cloud green music paper window garden table bread summer horse light "

@@ -2,7 +2,8 @@
 
 Sections: top-level ``model``, ``task``, ``seed``, ``name``; ``[emulator]``
 (``emulator.config.EmulatorConfig``), ``[adapter]`` (``emulator.config.AdapterConfig``), ``[federation]``,
-``[client]`` (``emulator.config.TrainConfig``), ``[evaluation]``, ``[simulation]`` and ``[output]``.
+``[client]`` (``emulator.config.TrainConfig``), ``[evaluation]``, ``[simulation]``, ``[output]`` and
+``[privacy]`` (``strategies.privacy_config.DPConfig``).
 Keys may be written with ``-`` or ``_``. Unknown keys are errors listing the valid ones; every value is
 checked before any model is loaded.
 """
@@ -21,6 +22,7 @@ import tomli_w
 
 from emulator.config import PARTITION_SCHEMES, AdapterConfig, EmulatorConfig, TrainConfig
 from emulator.config_parse import build_config, parse_assignment
+from strategies.privacy_config import DPConfig
 
 MISSING_NODES = ("fail", "proceed")  # what happens when fewer nodes than needed connect in time
 
@@ -162,6 +164,8 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    # Central differential privacy on the aggregated adapter (strategies.privacy.DPConfig); off by default.
+    privacy: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
         from emulator.models import MODEL_NAMES  # torch: only when a config is built, not imported
@@ -172,6 +176,9 @@ class RunConfig:
         _check(known, "model", self.model, allowed)
         _check(bool(self.task), "task", self.task, "a task name")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        # DP's noise assumes an unweighted average; clients are weighted by their steps, so fix the steps.
+        dp_ok = not self.privacy.enabled or self.client.local_steps > 0
+        _check(dp_ok, "client.local_steps", self.client.local_steps, "> 0 when [privacy] is on")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:

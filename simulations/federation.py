@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,9 @@ from simulations.outputs import (
 )
 from simulations.server_eval import ServerEvaluator, initial_adapter
 from simulations.tracking import TensorBoardLog
+from strategies import keys
 from strategies.offsite import OffsiteTuning, offsite_strategy
+from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason
 
 log = logging.getLogger(__name__)
@@ -237,9 +240,22 @@ def _strategy(
         handshake_timeout=fed.handshake_timeout,
         round_timeout=fed.round_timeout,
         check=check,
+        **_privacy_kwargs(config),
         **fed.strategy_kwargs,
     )
     return strategy
+
+
+def _privacy_kwargs(config: RunConfig) -> dict[str, Any]:
+    if not config.privacy.enabled:
+        return {}
+    fed = config.federation
+    sampled = min(max(int(fed.num_clients * fed.fraction), fed.min_clients), fed.num_clients)
+    # Uniform average (DP's sensitivity C / m): every client runs client.local_steps steps, weighted by them.
+    return {
+        "privacy": DifferentialPrivacy(config.privacy, sampled, fed.num_clients),
+        "weighted_by_key": keys.TRAIN_STEPS,
+    }
 
 
 def _client_settings(config: RunConfig, bundle: str, sha256: str) -> ClientSettings:

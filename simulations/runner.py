@@ -34,6 +34,9 @@ _ENVIRONMENT = {
     # Idle OpenMP threads sleep instead of spinning: on a busy or shared CPU, spinning made 2-thread torch
     # steps ~50x slower than 1-thread ones (measured on the 2-core box); idle machines barely notice.
     "OMP_WAIT_POLICY": "PASSIVE",
+    # Ray starts its workers, hence the ClientApp actors that do all the training, at niceness 15: on a busy
+    # machine they then got ~4 % of a core and rounds ran ~10x slower (measured). Ray's own jobs use 0.
+    "RAY_worker_niceness": "0",
 }
 
 

@@ -41,6 +41,7 @@ STEP_SECONDS = "step_seconds"  # train_seconds / train_steps
 PEAK_MEMORY = "peak_memory_bytes"  # peak memory during local training (emulator.memory: CUDA tensors or RSS)
 INFO_PARTITION_ID = "partition-id"
 INFO_EMULATOR_SHA256 = "emulator-sha256"
+INFO_WORKER = "worker"  # train reply: where the client ran (Ray node id in a simulation, else host name)
 
 # --- server-side evaluation results (evaluate_fn -> strategy): "{prefix}_{measure}" ----------------------
 PLUGIN = "plugin"  # full model + global adapter

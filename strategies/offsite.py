@@ -43,6 +43,7 @@ from flwr.supercore import log as flwr_log
 
 from strategies import keys
 from strategies.nodes import CheckedGrid, SampledGrid, await_nodes, choose_nodes, handshake
+from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, fill_accuracies, progress_line
 from strategies.replies import AdapterSpec, majority_metric_keys, reply_problem
 
@@ -140,6 +141,9 @@ class OffsiteTuning:
             and a reply to an earlier round's message is never aggregated.
         check: called before each round and while waiting for nodes; raises to end the run (the
             simulation backend died).
+        privacy: central DP (``strategies.privacy``): the rounds run through its Flower wrapper, which clips
+            the replies before and noises the aggregate after this strategy's aggregation; each release's
+            (ε, δ) goes into the round record. None: no DP.
         **base_kwargs: the base strategy's own arguments (``proximal_mu``, ``eta``, ...).
     """
 
@@ -161,6 +165,7 @@ class OffsiteTuning:
         proceed_without_nodes: bool = False,
         round_timeout: float = 3600.0,
         check: Callable[[], None] | None = None,
+        privacy: DifferentialPrivacy | None = None,
         **base_kwargs: Any,
     ) -> None:
         # The base strategy sends to every node it is shown; the mixin shows it only the sampled ones.
@@ -180,6 +185,7 @@ class OffsiteTuning:
         self.proceed_without_nodes = proceed_without_nodes
         self.round_timeout = round_timeout
         self.check = check
+        self.privacy = privacy
         self.history: list[RoundRecord] = []
         self.partitions: dict[int, int] = {}  # node id -> partition id, from the handshake
         self.refused: dict[int, str] = {}  # node id -> why it is never sampled
@@ -218,9 +224,8 @@ class OffsiteTuning:
         kwargs.setdefault("timeout", self.round_timeout)
         if self.check is not None:  # every wait for replies (handshakes, rounds) also watches the backend
             grid = CheckedGrid(grid, self.check)
-        return super().start(
-            grid, initial_arrays, num_rounds=num_rounds, evaluate_fn=self._end_round, **kwargs
-        )
+        loop = super() if self.privacy is None else self.privacy.wrap(self)
+        return loop.start(grid, initial_arrays, num_rounds=num_rounds, evaluate_fn=self._end_round, **kwargs)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -290,6 +295,7 @@ class OffsiteTuning:
             self._reject(record, msg, "metric keys differ from the other replies'")
         record.aggregated = len(valid)
         record.empty = not valid
+        record.workers = sorted({w for m in valid if (w := _worker(m))})
         if not valid:
             log.warning("round %d: no valid replies; the global adapter is unchanged", server_round)
             return None, None
@@ -299,6 +305,8 @@ class OffsiteTuning:
         if metrics is not None:
             record.client_metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
             record.train_loss = record.client_metrics.get(keys.TRAIN_LOSS)
+        if arrays is not None and self.privacy is not None:
+            record.privacy = self.privacy.release()  # the DP wrapper noises what this returns
         return (self._spec_or_fail().cast(arrays) if arrays is not None else None), metrics
 
     def configure_evaluate(
@@ -320,6 +328,8 @@ class OffsiteTuning:
     def restore_(self, history: Sequence[RoundRecord], state: Mapping[str, np.ndarray]) -> None:
         """Continue after the rounds in ``history`` with the server-optimiser ``state`` saved with them."""
         self.history = list(history)
+        if self.privacy is not None:
+            self.privacy.restore_([r.privacy for r in self.history if r.privacy])
         for attr in _STATE_ATTRS:
             entries = {k.split("/", 1)[1]: v for k, v in state.items() if k.split("/", 1)[0] == attr}
             if not entries or not hasattr(self, attr):
@@ -379,6 +389,11 @@ class OffsiteTuning:
 def _due(server_round: int, every: int, last_round: int) -> bool:
     # Every k rounds (0: never on a schedule) and always in the last round.
     return server_round == last_round or (every > 0 and server_round % every == 0)
+
+
+def _worker(reply: Message) -> str:
+    info = reply.content.config_records.get(keys.INFO)
+    return str(info.get(keys.INFO_WORKER, "")) if info is not None else ""
 
 
 def _array_bytes(msg: Message) -> int:

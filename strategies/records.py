@@ -38,6 +38,10 @@ class RoundRecord:
     eval_seconds: float = 0.0  # of which server-side evaluation
     client_metrics: dict[str, float] = field(default_factory=dict)  # clients' metrics, weighted by examples
     evaluation: dict[str, float] = field(default_factory=dict)
+    # Differential privacy (strategies.privacy), empty without it: cumulative epsilon at delta after this
+    # round's release, the clipping norm and the noise std (per adapter coordinate) of that release.
+    privacy: dict[str, float | None] = field(default_factory=dict)
+    workers: list[str] = field(default_factory=list)  # Ray nodes (or hosts) the aggregated clients ran on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,8 +105,10 @@ def progress_line(record: RoundRecord, last_round: int) -> str:
             f"{record.sampled} ({record.rejected} dropped, {record.missing} no reply){why}, "
             f"{record.seconds:.1f} s"
         )
+    epsilon = record.privacy.get("epsilon", "–")
+    dp = f", ε {epsilon:.2f}" if isinstance(epsilon, float) else ""
     return (
         f"round {record.round}/{last_round}: loss {loss}, plug-in acc {pct(record.plugin_acc)}, "
         f"emulator acc {pct(record.emulator_acc)}, clients {record.aggregated}/{record.sampled} "
-        f"({record.rejected} dropped, {record.missing} no reply), {record.seconds:.1f} s"
+        f"({record.rejected} dropped, {record.missing} no reply){dp}, {record.seconds:.1f} s"
     )

@@ -271,3 +271,11 @@ def test_unreachable_hub_dataset_is_one_line_error():
     ) as info:
         load_task("sciq", load_dataset_fn=offline)
     assert "\n" not in str(info.value)
+
+
+def test_synthetic_size_is_selectable_for_many_clients():
+    splits = load_task("synthetic:2400")
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 2400
+    assert load_task("synthetic:400").train == load_task("synthetic").train
+    with pytest.raises(ValueError, match="synthetic:<n>"):
+        load_task("synthetic:many")

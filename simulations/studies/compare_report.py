@@ -142,9 +142,15 @@ def write_comparison(
     ``failed`` (method label -> reason) lists the methods whose run failed: they get no row, only a line
     saying so, in comparison.md and under ``failed`` in comparison.json.
     """
+    from simulations.studies.steal_study import stolen_accuracies  # the model-stealing study's, when it ran
+
     failed = dict(failed or {})
     labels = [m.label(base.emulator) for m in methods]
     rows = comparison_rows(methods, labels, results)
+    stolen = stolen_accuracies(out)
+    for row in rows:
+        if row["method"] in stolen:
+            row["stolen_zs"] = dict(zip(("acc", "acc_stderr"), stolen[row["method"]], strict=True))
     runs = {m.label(base.emulator): m.slug(base.emulator) for m in methods if m in results}
     data = {"base_config": json.loads(base.to_json()), "runs": runs, "rows": rows, "failed": failed}
     write_text(out / "comparison.json", json.dumps(data, indent=1))
@@ -172,10 +178,12 @@ def markdown(
         f"({base.emulator.adapter_bottom} + {base.emulator.adapter_top} blocks), seed {base.seed}; "
         f"{n} test examples.",
         "",
-        _COLUMNS,
-        "|" + "---|" * (_COLUMNS.count("|") - 1),
     ]
-    lines += [_table_line(r) for r in rows]
+    # The model-stealing probe's column (simulations.studies.steal_study) only when the study has run.
+    stolen = any("stolen_zs" in r for r in rows)
+    columns = _COLUMNS + (" stolen ZS (probe) |" if stolen else "")
+    lines += [columns, "|" + "---|" * (columns.count("|") - 1)]
+    lines += [_table_line(r) + (f" {_stolen(r)} |" if stolen else "") for r in rows]
     if failed:
         lines += ["", *(f"**{label}: FAILED**, no results: {why}" for label, why in failed.items())]
     lines += [
@@ -188,7 +196,10 @@ def markdown(
         "choice_spread). "
         "Step time and peak memory are the clients' own "
         "(CUDA: tensor memory; CPU: the client process's resident set, runtime included), averaged over "
-        "clients and rounds; KB are adapter bytes per client per round, down + up.",
+        "clients and rounds; KB are adapter bytes per client per round, down + up."
+        + (
+            " Stolen ZS: the emulator after the model-stealing probe (steal.md), zero-shot." if stolen else ""
+        ),
         "",
         "![plug-in against emulator fine-tuned accuracy](comparison.png)",
         "",
@@ -261,6 +272,11 @@ def _table_line(r: Mapping[str, Any]) -> str:
         _number(r["build_seconds"], 1, ".0f"),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _stolen(r: Mapping[str, Any]) -> str:
+    row = r.get("stolen_zs")
+    return pct(row["acc"], row["acc_stderr"]) if row else "–"
 
 
 def _difference(paired: Mapping[str, float] | None) -> str:

@@ -1,0 +1,163 @@
+"""Model-stealing study (a benchmark, not a test): per emulator, how near the probe gets to the full model.
+
+For each uniform and ScaleOT setting of a compare file (``[compare]``; the same emulator bundles as
+``scaleot compare``, built with ``simulations.bundles.ensure_bundle`` when missing), a data owner holding the
+emulator runs ``emulator.probe.steal_`` (every emulator parameter but the embedding, fine-tuned on public text
+for a fixed budget), and the stolen model is scored zero-shot on the task's test examples, next to the
+emulator's own zero-shot and the full model's. ``recovered`` = (stolen − emulator ZS) / (full ZS − emulator
+ZS): the share of the compression's damage the attack undoes (1: the full model's zero-shot is reached).
+``stolen − full`` is paired on the same test examples.
+
+Writes ``steal.json`` and ``steal.md`` into ``--out`` (default: the compare directory,
+``<output.dir>/<name>``, where ``scaleot compare`` then shows the stolen model's accuracy as a column).
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.steal_study \\
+        --config simulations/configs/compare-smollm2.toml --test-limit 300
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.steal_study \\
+        --config simulations/configs/compare-smollm2.toml --quick             # tiny llama, a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from emulator.bundle import load_emulator
+from emulator.evaluation import multiple_choice_accuracy
+from emulator.models import load_model
+from emulator.probe import ProbeConfig, steal_
+from emulator.results import MCResult, paired_difference
+from emulator.tasks import load_task
+from simulations.emulator_cache import ensure_bundle
+from simulations.outputs import pct, write_text
+from simulations.studies.compare import load_compare, plan
+
+log = logging.getLogger("scaleot.steal_study")
+
+STEAL_FILE = "steal.json"
+KINDS = ("uniform", "uniform+distill", "scaleot")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="simulations/configs/compare-smollm2.toml")
+    parser.add_argument("--quick", action="store_true", help="merge the file's [quick] table first")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--kinds", nargs="+", default=["uniform", "scaleot"], choices=KINDS)
+    parser.add_argument("--steps", type=int, default=ProbeConfig.steps, help="probe steps (the budget)")
+    parser.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size)
+    parser.add_argument("--seq-len", type=int, default=ProbeConfig.seq_len)
+    parser.add_argument("--lr", type=float, default=ProbeConfig.lr)
+    parser.add_argument("--test-limit", type=int, default=0, help="first k test examples (0: the config's)")
+    parser.add_argument("--out", type=Path, help="default: <output.dir>/<name> of the compare file")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from simulations.runner import quiet_environment
+
+    quiet_environment()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    base, compare = load_compare(args.config, quick=args.quick, overrides=args.overrides)
+    probe = ProbeConfig(args.steps, args.batch_size, args.seq_len, args.lr, base.emulator.corpus, base.seed)
+    out = args.out or Path(base.output.dir) / base.name
+    limit = args.test_limit or base.evaluation.test_limit
+    test = load_task(base.task, seed=base.seed).test
+    test = test[:limit] if limit else test
+    batch = base.evaluation.batch_size
+
+    full_model, tokenizer = load_model(base.model)
+    full = multiple_choice_accuracy(full_model, tokenizer, test, batch)
+    log.info("full zero-shot %s on %d examples", pct(full.acc, full.acc_stderr), len(test))
+    rows: list[dict[str, Any]] = []
+    data = {"probe": vars(probe), "test_examples": len(test), "rows": rows}
+    for method, config in plan(base, compare):
+        if method.kind not in args.kinds:
+            continue
+        bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer)
+        emulator, emulator_tokenizer = load_emulator(bundle)
+        before = multiple_choice_accuracy(emulator.model, emulator_tokenizer, test, batch)
+        result = steal_(emulator.model, emulator_tokenizer, probe)
+        stolen = multiple_choice_accuracy(emulator.model, emulator_tokenizer, test, batch)
+        rows.append(steal_row(method.label(base.emulator), full, before, stolen) | vars(result))
+        log.info("%s: emulator ZS %.3f -> stolen %.3f", rows[-1]["method"], before.acc, stolen.acc)
+        del emulator
+        data = _write(out, args.config, probe, len(test), rows)  # after each method: a long study may stop
+    print(markdown(data))
+
+
+def _write(out: Path, config: str, probe: ProbeConfig, n: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    data = {
+        "config": config,
+        "probe": vars(probe),
+        "test_examples": n,
+        "rows": _merged(out / STEAL_FILE, rows, probe, n),
+    }
+    write_text(out / STEAL_FILE, json.dumps(data, indent=1))
+    write_text(out / "steal.md", markdown(data))
+    return data
+
+
+def steal_row(label: str, full: MCResult, before: MCResult, stolen: MCResult) -> dict[str, Any]:
+    """One method's result (accuracies as fractions); ``recovered``: None unless emulator < full."""
+    gap = full.acc - before.acc
+    mean, stderr = paired_difference(stolen.correct, full.correct)
+    return {
+        "method": label,
+        "full_zs": [full.acc, full.acc_stderr],
+        "emulator_zs": [before.acc, before.acc_stderr],
+        "stolen_zs": [stolen.acc, stolen.acc_stderr],
+        "stolen_minus_full": [mean, stderr],
+        "recovered": (stolen.acc - before.acc) / gap if gap > 0 else None,
+    }
+
+
+def markdown(data: Mapping[str, Any]) -> str:
+    """The study's table (accuracies in % ± standard error)."""
+    probe = data["probe"]
+    lines = [
+        f"Model-stealing probe: {probe['steps']} AdamW steps × {probe['batch_size']} × {probe['seq_len']} "
+        f"tokens of public text ({probe['corpus']}), lr {probe['lr']:g}, on every emulator parameter but the "
+        f"embedding; {data['test_examples']} test examples.",
+        "",
+        "| method | full ZS | emulator ZS | stolen ZS | stolen − full (paired) | recovered | trained | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        recovered = "–" if r["recovered"] is None else f"{100 * r['recovered']:.0f} %"
+        diff = r["stolen_minus_full"]
+        lines.append(
+            f"| {r['method']} | {pct(*r['full_zs'])} | {pct(*r['emulator_zs'])} | {pct(*r['stolen_zs'])} | "
+            f"{100 * diff[0]:+.1f} ± {100 * diff[1]:.1f} | {recovered} | "
+            f"{r['trained_parameters'] / 1e6:.1f}M | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _merged(path: Path, rows: list[dict[str, Any]], probe: ProbeConfig, n: int) -> list[dict[str, Any]]:
+    # Rows of other methods from an earlier run of the same probe on the same test examples are kept.
+    if not path.is_file():
+        return rows
+    old = json.loads(path.read_text())
+    if old.get("probe") != vars(probe) or old.get("test_examples") != n:
+        return rows
+    new = {r["method"] for r in rows}
+    return [r for r in old["rows"] if r["method"] not in new] + rows
+
+
+def stolen_accuracies(out: Path) -> dict[str, list[float]]:
+    """Method label -> [stolen zero-shot acc, stderr] from ``out/steal.json``; {} if the study has not run."""
+    path = out / STEAL_FILE
+    if not path.is_file():
+        return {}
+    return {r["method"]: r["stolen_zs"] for r in json.loads(path.read_text())["rows"]}
+
+
+if __name__ == "__main__":
+    main()
