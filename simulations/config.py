@@ -13,7 +13,7 @@ import json
 import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,20 @@ class RunConfig:
         _check(known, "model", self.model, f"one of {', '.join(MODEL_NAMES)}, a hub id or a directory")
         _check(bool(self.task), "task", self.task, "a task name")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        self._exclude_task_from_corpus()
+
+    def _exclude_task_from_corpus(self) -> None:
+        # Stage 1 must never see the evaluated task: the BIG-bench corpus leaves this run's task out.
+        task = self.task.removeprefix("bigbench:")
+        if self.emulator.corpus != "bigbench" or task == self.task or self.emulator.corpus_exclude == task:
+            return
+        _check(
+            not self.emulator.corpus_exclude,
+            "emulator.corpus_exclude",
+            self.emulator.corpus_exclude,
+            f"empty or the run's task {task!r}",
+        )
+        object.__setattr__(self, "emulator", replace(self.emulator, corpus_exclude=task))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
