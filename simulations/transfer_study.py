@@ -58,9 +58,11 @@ def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) ->
     """Build, fine-tune and score one emulator setting; returns a JSON-able row."""
     adapter = AdapterConfig(mode=setting.pop("adapter_mode", args.adapter_mode))
     lr = float(setting.pop("lr", args.lr))
-    emu_config = (
-        EmulatorConfig.from_dict(setting) if setting.get("method") != "full" else EmulatorConfig.full()
-    )
+    if setting.get("method") == "full":
+        emu_config = EmulatorConfig.full()
+    else:  # stage 1 must never see the evaluated task (see emulator.english_corpus)
+        exclude = args.task.removeprefix("bigbench:") if args.task.startswith("bigbench:") else ""
+        emu_config = EmulatorConfig.from_dict({"corpus_exclude": exclude, **setting})
     model, tokenizer = load_model(args.model, device=args.device)
     emulator, _ = load_emulator(ensure_bundle(args.model, emu_config, model, tokenizer), device=args.device)
     score = lambda m: multiple_choice_accuracy(m, tokenizer, task.test, batch_size=args.eval_batch)  # noqa: E731
