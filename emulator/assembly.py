@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -222,6 +222,68 @@ def build_emulator(
         level, "emulator %s built in %.1f s: %s", config.method, emulator.build_seconds, emulator.summary()
     )
     return emulator
+
+
+def stage1_twin(config: EmulatorConfig) -> EmulatorConfig | None:
+    """The ScaleOT config without SRC whose stage 1 ``config`` shares, or None (no stage 1, or itself).
+
+    Stage 1 is the costly part of a build; ``importance-drop`` and SRC settings only change what happens
+    after it, so ``derive_emulator`` makes them from the twin's emulator instead of repeating stage 1.
+    """
+    if config.method not in ("scaleot", "importance-drop") or config.alpha == 0:
+        return None
+    twin = replace(config, method="scaleot", rank_keep=1.0)
+    return None if twin.build_dict() == config.build_dict() else twin
+
+
+def derive_emulator(base: Emulator, config: EmulatorConfig) -> Emulator:
+    """The emulator ``config`` builds, made from ``base``, the emulator of ``stage1_twin(config)``.
+
+    Equal to ``build_emulator(model, tokenizer, config)`` (same stage 1, then the replaced blocks dropped for
+    ``importance-drop`` and SRC on the kept middle blocks); ``base`` is not modified.
+
+    Raises:
+        ValueError: ``base`` was not built with ``stage1_twin(config)``.
+    """
+    twin = stage1_twin(config)
+    if twin is None or base.config.build_dict() != twin.build_dict():
+        raise ValueError(
+            f"emulator of method={base.config.method!r} rank_keep={base.config.rank_keep} is not the stage-1 "
+            f"twin of method={config.method!r} rank_keep={config.rank_keep}; build it with build_emulator"
+        )
+    start = time.perf_counter()
+    model, layer_map = copy.deepcopy(base.model), list(base.layer_map)
+    if config.method == "importance-drop":
+        layer_map = _drop_harmonizers_(model, layer_map)
+    layer_map = _compress_(model, layer_map, config, base.scores)
+    return Emulator(
+        model=model,
+        config=config,
+        layer_map=layer_map,
+        scores=dict(base.scores),
+        loss_curve=list(base.loss_curve),
+        reward_curve=list(base.reward_curve),
+        build_seconds=base.build_seconds + time.perf_counter() - start,
+        num_parameters=count_parameters(model),
+        full_num_parameters=base.full_num_parameters,
+        source_config=dict(base.source_config),
+    )
+
+
+def _drop_harmonizers_(model: nn.Module, layer_map: list[LayerEntry]) -> list[LayerEntry]:
+    layers = get_layers(model)
+    kept = [e for e in layer_map if e.position is not None and e.kind != "harmonizer"]
+    # Per-layer config entries are indexed by the current positions, not the original indices.
+    set_layers_(model, [layers[e.position] for e in kept], [e.position for e in kept])
+    new_position = {e.original: k for k, e in enumerate(kept)}
+    for position, block in enumerate(get_layers(model)):
+        reindex_attention_(block, position)
+    return [
+        LayerEntry(e.original, "dropped", None)
+        if e.original not in new_position
+        else replace(e, position=new_position[e.original])
+        for e in layer_map
+    ]
 
 
 def _split_blocks(

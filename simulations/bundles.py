@@ -3,6 +3,8 @@
 Bundles live under ``emulator.models.cache_dir() / "bundles"``, one directory per hash of the model name and
 the emulator config. A bundle is written to a temporary directory and renamed into place, so a half-written
 one is never taken for complete (and two runs building the same one at once both end with a valid bundle).
+SRC settings and ``importance-drop`` are derived from the bundle of ScaleOT without SRC with the same stage 1
+(built first if absent), so a sweep over β pays for stage 1 once.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from emulator.assembly import build_emulator
-from emulator.bundle import save_bundle
+from emulator.assembly import build_emulator, derive_emulator, stage1_twin
+from emulator.bundle import load_emulator, save_bundle
 from emulator.config import EmulatorConfig
 from emulator.models import cache_dir
 
@@ -49,8 +51,16 @@ def ensure_bundle(
     if (directory / "manifest.json").is_file():
         log.info("emulator: reusing %s", directory)
         return directory
-    log.info("emulator: building %s (%s) into %s", config.method, model_name, directory)
-    emulator = build_emulator(full_model, tokenizer, config, progress=True)
+    twin = stage1_twin(config)
+    if twin is not None:  # SRC settings and importance-drop share the stage 1 of ScaleOT without SRC
+        base, _ = load_emulator(ensure_bundle(model_name, twin, full_model, tokenizer))
+        log.info(
+            "emulator: deriving %s (%s) from the stage-1 twin into %s", config.method, model_name, directory
+        )
+        emulator = derive_emulator(base, config)
+    else:
+        log.info("emulator: building %s (%s) into %s", config.method, model_name, directory)
+        emulator = build_emulator(full_model, tokenizer, config, progress=True)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_bundle(emulator, tmp, model_name, tokenizer)
