@@ -13,9 +13,11 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from emulator.config import Method
 from simulations.compare import compare_arguments, run_compare
 from simulations.runner import run_simulate, simulate_arguments
 
@@ -98,9 +100,7 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a hub id or a directory"
     )
-    parser.add_argument(
-        "--method", choices=("scaleot", "uniform", "uniform+distill", "full"), default="scaleot"
-    )
+    parser.add_argument("--method", choices=typing.get_args(Method), default="scaleot")
     parser.add_argument(
         "--alpha", type=float, default=None, help="fraction of middle blocks replaced / dropped"
     )
