@@ -45,6 +45,17 @@ _STAGE1_FIELDS = (
     "kl_weight",
 )
 _DISTILL_FIELDS = ("distill_steps", "distill_lr", "distill_lm_weight")
+_ISSUE9_FIELDS = (
+    "corpus_exclude",
+    "train_replace_ratio",
+    "hidden_weight",
+    "kl_weight",
+    "src_rank",
+    "src_projections",
+    "src_layers",
+    "src_share",
+    "src_only_smaller",
+)
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,11 @@ class EmulatorConfig:
             ignored |= {"src_rank", "src_projections", "src_layers", "src_share", "src_only_smaller"}
         if self.corpus != "bigbench":
             ignored |= {"corpus_exclude"}
+        # Issue-9 fields at their defaults reproduce the earlier builds: leave them out so that bundles cached
+        # before the fields existed keep their key.
+        ignored |= {
+            f.name for f in fields(self) if f.name in _ISSUE9_FIELDS and getattr(self, f.name) == f.default
+        }
         return {k: v for k, v in asdict(self).items() if k not in ignored}
 
 

@@ -132,7 +132,7 @@ def test_build_leaves_the_full_model_untouched_and_shares_no_storage(name):
 
 def test_default_public_corpus_is_used_when_no_blocks_are_given():
     model, tokenizer = tiny("tiny-llama")
-    config = EmulatorConfig(alpha=0.5, stage1_steps=1, seq_len=32, batch_size=2)
+    config = EmulatorConfig(alpha=0.5, stage1_steps=1, seq_len=32, batch_size=2, corpus="pydoc")
     emulator = build_emulator(model, tokenizer, config, progress=False)
     assert len(emulator.loss_curve) == 1 and len(emulator.reward_curve) == 1
 
