@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
-Method = Literal["scaleot", "importance-drop", "uniform", "uniform+distill", "full"]
+Method = Literal["scaleot", "uniform", "uniform+distill", "full", "importance-drop"]
 # harmonizer_loss is one term or a "+"-joined mix of these (e.g. "hidden+kl"): see emulator.layer_replace.
 HARMONIZER_LOSS_TERMS = ("lm", "local", "hidden", "kl")
 SrcRank = Literal["fraction", "energy"]

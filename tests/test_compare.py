@@ -160,7 +160,7 @@ def test_rerun_reuses_every_finished_method(quick_compare):
 
 # --- several tasks and seeds (issue 9) ---------------------------------------------------------------
 
-EVIDENCE = "simulations/configs/evidence-3tasks.toml"
+EVIDENCE = "simulations/configs/compare-evidence.toml"
 
 
 def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():

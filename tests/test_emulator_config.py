@@ -28,7 +28,7 @@ def test_defaults_are_valid_and_round_trip():
         ({"stage1_steps": 2.5}, "emulator.stage1_steps=2.5 must be an integer >= 0"),
         ({"corpus": ""}, "emulator.corpus='' must be a non-empty corpus name"),
         ({"harmonizer_loss": "kl+kl"}, "emulator.harmonizer_loss='kl\\+kl' is not allowed"),
-        ({"train_replace_ratio": 1.5}, r"emulator.train_replace_ratio=1.5 is out of range; allowed: \[0, 1\]"),
+        ({"train_replace_ratio": 1.5}, r"emulator.train_replace_ratio=1.5 is out of range; allowed: \[0, 1"),
         ({"src_projections": "qx"}, "emulator.src_projections='qx' must be a non-empty subset of 'qkvo'"),
         ({"src_rank": "spectral"}, "emulator.src_rank='spectral' is not allowed"),
         ({"src_share": 0.0}, r"emulator.src_share=0.0 is out of range; allowed: \(0, 1\]"),
