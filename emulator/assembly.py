@@ -4,8 +4,10 @@ ScaleOT (paper): the ``round(α·M)`` least important middle blocks are replaced
 middle blocks get Selective Rank Compression; adapters (bottom and top blocks), embeddings, final norm and LM
 head stay as they are. Baselines (Offsite-Tuning): ``uniform`` keeps ``k = M − round(α·M)`` middle blocks at
 ``round(i·(M−1)/(k−1))`` and drops the rest; ``uniform+distill`` distils those kept blocks on the public
-corpus; ``full`` is the full model itself (the ``full`` fine-tuning baseline). SRC applies to kept middle
-blocks of every method when ``rank_keep < 1``.
+corpus; ``full`` is the full model itself (the ``full`` fine-tuning baseline). ``importance-drop`` (ours,
+issue 9) runs ScaleOT's stage 1 and drops the blocks ScaleOT would replace, without harmonizers, so a gain
+over LayerDrop can be split between the ranking and the harmonizers. SRC applies to kept middle blocks of
+every method when ``rank_keep < 1`` (``src_layers='least-important'``: the lowest-scored ``src_share``).
 
 Ours: the emulator owns every tensor it holds (embeddings and LM head included, copied): it is an independent
 artefact that gets shipped, moved, fine-tuned and saved, and an alias into the model owner's full model would
@@ -19,8 +21,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -174,18 +177,19 @@ def build_emulator(
     replaced: list[int] = []
     scores: dict[int, float] = {}
     curves: tuple[list[float], list[float]] = ([], [])
-    needs_data = (config.method == "scaleot" and config.alpha > 0) or config.method == "uniform+distill"
+    staged = config.method in ("scaleot", "importance-drop") and config.alpha > 0
+    needs_data = staged or config.method == "uniform+distill"
     train, heldout = _split_blocks(public_blocks, tokenizer, config) if needs_data else (None, None)
-    if config.method == "scaleot" and config.alpha > 0:
+    harmonizers = {}
+    if staged:
         stage1 = dynamic_layer_replace(model, train, heldout, config, progress)
         scores, curves = stage1.scores, (stage1.loss_curve, stage1.reward_curve)
         groups = replacement_groups(len(middle), config.group_size, config.replace_scope)
         values = torch.tensor([scores[i] for i in middle])
         replaced = [middle[k] for k in lowest_per_group(values, groups, config.alpha)]
-        harmonizers = {i: stage1.harmonizers[i] for i in replaced}
-    else:
-        harmonizers = {}
-    kept = _kept_middle(config, middle)
+        if config.method == "scaleot":
+            harmonizers = {i: stage1.harmonizers[i] for i in replaced}
+    kept = _kept_middle(config, middle, replaced)
     emulator_model, layer_map = _assemble(model, config, middle, kept, harmonizers)
     if config.method == "uniform+distill":
         positions = [e.position for e in layer_map if e.kind == "original"]
@@ -195,7 +199,7 @@ def build_emulator(
             ),
             [],
         )
-    layer_map = _compress_(emulator_model, layer_map, config.rank_keep)
+    layer_map = _compress_(emulator_model, layer_map, config, scores)
     emulator = Emulator(
         model=emulator_model,
         config=config,
@@ -215,23 +219,88 @@ def build_emulator(
     return emulator
 
 
+def stage1_twin(config: EmulatorConfig) -> EmulatorConfig | None:
+    """The ScaleOT config without SRC whose stage 1 ``config`` shares, or None (no stage 1, or itself).
+
+    Stage 1 is the costly part of a build; ``importance-drop`` and SRC settings only change what happens
+    after it, so ``derive_emulator`` makes them from the twin's emulator instead of repeating stage 1.
+    """
+    if config.method not in ("scaleot", "importance-drop") or config.alpha == 0:
+        return None
+    twin = replace(config, method="scaleot", rank_keep=1.0)
+    return None if twin.build_dict() == config.build_dict() else twin
+
+
+def derive_emulator(base: Emulator, config: EmulatorConfig) -> Emulator:
+    """The emulator ``config`` builds, made from ``base``, the emulator of ``stage1_twin(config)``.
+
+    Equal to ``build_emulator(model, tokenizer, config)`` (same stage 1, then the replaced blocks dropped for
+    ``importance-drop`` and SRC on the kept middle blocks); ``base`` is not modified.
+
+    Raises:
+        ValueError: ``base`` was not built with ``stage1_twin(config)``.
+    """
+    twin = stage1_twin(config)
+    if twin is None or base.config.build_dict() != twin.build_dict():
+        raise ValueError(
+            f"emulator of method={base.config.method!r} rank_keep={base.config.rank_keep} is not the stage-1 "
+            f"twin of method={config.method!r} rank_keep={config.rank_keep}; build it with build_emulator"
+        )
+    start = time.perf_counter()
+    model, layer_map = copy.deepcopy(base.model), list(base.layer_map)
+    if config.method == "importance-drop":
+        layer_map = _drop_harmonizers_(model, layer_map)
+    layer_map = _compress_(model, layer_map, config, base.scores)
+    return Emulator(
+        model=model,
+        config=config,
+        layer_map=layer_map,
+        scores=dict(base.scores),
+        loss_curve=list(base.loss_curve),
+        reward_curve=list(base.reward_curve),
+        build_seconds=base.build_seconds + time.perf_counter() - start,
+        num_parameters=count_parameters(model),
+        full_num_parameters=base.full_num_parameters,
+        source_config=dict(base.source_config),
+    )
+
+
+def _drop_harmonizers_(model: nn.Module, layer_map: list[LayerEntry]) -> list[LayerEntry]:
+    layers = get_layers(model)
+    kept = [e for e in layer_map if e.position is not None and e.kind != "harmonizer"]
+    # Per-layer config entries are indexed by the current positions, not the original indices.
+    set_layers_(model, [layers[e.position] for e in kept], [e.position for e in kept])
+    new_position = {e.original: k for k, e in enumerate(kept)}
+    for position, block in enumerate(get_layers(model)):
+        reindex_attention_(block, position)
+    return [
+        LayerEntry(e.original, "dropped", None)
+        if e.original not in new_position
+        else replace(e, position=new_position[e.original])
+        for e in layer_map
+    ]
+
+
 def _split_blocks(
     blocks: torch.Tensor | None, tokenizer: Any, config: EmulatorConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if blocks is None:
         from emulator.data import corpus_blocks, public_corpus
 
-        blocks = corpus_blocks(tokenizer, public_corpus("train", config.corpus), config.seq_len)
+        text = public_corpus("train", config.corpus, exclude=config.corpus_exclude)
+        blocks = corpus_blocks(tokenizer, text, config.seq_len)
     held = max(config.batch_size, len(blocks) // 10)
     if len(blocks) < 2 * held:
         return blocks, blocks  # too little text to hold any out; the policy then scores on training blocks
     return blocks[:-held], blocks[-held:]
 
 
-def _kept_middle(config: EmulatorConfig, middle: list[int]) -> list[int]:
+def _kept_middle(config: EmulatorConfig, middle: list[int], replaced: list[int]) -> list[int]:
     if config.method in ("uniform", "uniform+distill"):
         keep = len(middle) - round_half_up(config.alpha * len(middle))
         return [middle[k] for k in uniform_choose(len(middle), keep)]
+    if config.method == "importance-drop":
+        return [i for i in middle if i not in replaced]
     return list(middle)  # scaleot: every middle block has a place (original or harmonizer)
 
 
@@ -268,15 +337,28 @@ def _assemble(
     return emulator_model, layer_map
 
 
-def _compress_(emulator_model: nn.Module, layer_map: list[LayerEntry], rank_keep: float) -> list[LayerEntry]:
-    targets = [e.position for e in layer_map if e.kind == "original"]
-    if rank_keep >= 1.0 or not targets:
+def _compress_(
+    emulator_model: nn.Module, layer_map: list[LayerEntry], config: EmulatorConfig, scores: dict[int, float]
+) -> list[LayerEntry]:
+    kept = [e for e in layer_map if e.kind == "original"]
+    if config.src_layers == "least-important":
+        kept = sorted(kept, key=lambda e: (scores.get(e.original, 0.0), e.original))
+        kept = kept[: math.ceil(round(config.src_share * len(kept), 6))]
+    targets = [e.position for e in kept]
+    if config.rank_keep >= 1.0 or not targets:
         return layer_map
-    report = compress_attention_(emulator_model, targets, rank_keep)
+    report = compress_attention_(
+        emulator_model,
+        targets,
+        config.rank_keep,
+        config.src_rank,
+        config.src_projections,
+        config.src_only_smaller,
+    )
     updated = []
     for entry in layer_map:
-        if entry.kind == "original":
-            done = report[entry.position]
+        done = report.get(entry.position, {}) if entry.kind == "original" else {}
+        if any(info.rank < info.full_rank for info in done.values()):
             ranks = {path: info.rank for path, info in done.items()}
             factorized = tuple(path for path, info in done.items() if info.factorized)
             entry = LayerEntry(entry.original, "compressed", entry.position, ranks, factorized)

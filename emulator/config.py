@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
 from emulator.config_parse import build_config
 
-Method = Literal["scaleot", "uniform", "uniform+distill", "full"]
-HarmonizerLoss = Literal["lm", "local", "lm+local"]
+Method = Literal["scaleot", "uniform", "uniform+distill", "full", "importance-drop"]
+# harmonizer_loss is one term or a "+"-joined mix of these (e.g. "hidden+kl"): see emulator.layer_replace.
+HARMONIZER_LOSS_TERMS = ("lm", "local", "hidden", "kl")
+SrcRank = Literal["fraction", "energy"]
+SrcLayers = Literal["all", "least-important"]
 LocalNorm = Literal["token", "dimension", "global"]
 Activation = Literal["relu", "gelu", "silu"]
 PolicyUpdate = Literal["paper", "reinforce"]
@@ -37,6 +40,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "uniform": {"method": "uniform", "rank_keep": 1.0},
     "uniform+distill": {"method": "uniform+distill", "rank_keep": 1.0},
     "scaleot": {"method": "scaleot"},
+    "importance-drop": {"method": "importance-drop", "rank_keep": 1.0},
 }
 
 
@@ -56,8 +60,22 @@ _STAGE1_FIELDS = (
     "policy_interval",
     "replace_scope",
     "group_size",
+    "train_replace_ratio",
+    "hidden_weight",
+    "kl_weight",
 )
 _DISTILL_FIELDS = ("distill_steps", "distill_lr", "distill_lm_weight")
+_ISSUE9_FIELDS = (
+    "corpus_exclude",
+    "train_replace_ratio",
+    "hidden_weight",
+    "kl_weight",
+    "src_rank",
+    "src_projections",
+    "src_layers",
+    "src_share",
+    "src_only_smaller",
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,7 @@ class EmulatorConfig:
     )
     harmonizer_rank: int = 64  # r_h: harmonizer bottleneck width ("rank 64 for medium models")
     harmonizer_activation: Activation = "relu"  # bottleneck non-linearity ("low-rank FFN with ReLU")
-    harmonizer_loss: HarmonizerLoss = "local"  # stage-1 loss: mixed-network LM, local regression, or both
+    harmonizer_loss: str = "local"  # stage-1 loss: a HARMONIZER_LOSS_TERMS term or a "+" mix (see below)
     # Local-regression normaliser: per token, per hidden dimension, or global (Offsite-Tuning's KD). Per token
     # measured best on SmolLM2 (α 0.25: perplexity 63 vs 167 per dimension); see normalized_mse.
     local_norm: LocalNorm = "token"
@@ -106,13 +124,36 @@ class EmulatorConfig:
     distill_steps: int = 200  # uniform+distill: block-output distillation steps of the kept middle
     distill_lr: float = 1e-4  # uniform+distill: AdamW learning rate (Offsite-Tuning: 1e-4)
     distill_lm_weight: float = 0.0  # uniform+distill: weight of the LM loss next to the KD loss (weight 1)
-    corpus: str = "pydoc"  # public corpus for stage 1 and distillation (emulator.data.public_corpus name)
+    # Public corpus for stage 1 and distillation (emulator.data.public_corpus name): BIG-bench English prose
+    # without the evaluated task (issue 9; pydoc was ~60k tokens of Python docs), pydoc, or wikitext (online).
+    corpus: str = "bigbench"
     seed: int = 0  # seeds mask sampling, batch order and harmonizer initialisation
     log_every: int = 10  # one progress line every k steps
+    # --- Issue 9: stage 1 in context, on English; SRC as a knob (reconstruction; each field ablatable) ---
+    # The BIG-bench task that corpus='bigbench' must leave out (the run sets it to its own task).
+    corpus_exclude: str = ""
+    # Fraction of each group replaced in the masks stage 1 samples (harmonizer and policy steps); the paper
+    # samples about half. 0: use alpha. The final selection always replaces round(alpha·|G|).
+    train_replace_ratio: float = 0.0
+    hidden_weight: float = 1.0  # weight of "hidden" (middle-output MSE vs the full model) in a loss mix
+    kl_weight: float = 1.0  # weight of "kl" (KL(full ‖ mixed) of the next-token distributions) in a mix
+    src_rank: SrcRank = "fraction"  # β is a fraction of each projection's rank, or of its spectral energy
+    src_projections: str = "qkvo"  # which attention projections SRC compresses (GPT-2's packed c_attn: qkv)
+    src_layers: SrcLayers = "all"  # SRC on every kept middle block, or the least important src_share of them
+    src_share: float = 1.0  # with src_layers='least-important': fraction of kept middle blocks compressed
+    src_only_smaller: bool = False  # compress a projection only where the factorised form is smaller
 
     def __post_init__(self) -> None:
         _check_choice(self, "method", Method)
-        _check_choice(self, "harmonizer_loss", HarmonizerLoss)
+        loss_terms(self.harmonizer_loss)  # validates
+        _check_choice(self, "src_rank", SrcRank)
+        _check_choice(self, "src_layers", SrcLayers)
+        if not self.src_projections or set(self.src_projections) - set("qkvo"):
+            raise ValueError(
+                f"emulator.src_projections={self.src_projections!r} must be a non-empty subset of 'qkvo'"
+            )
+        _check_float(self, "train_replace_ratio", 0.0, 1.0, "[0, 1] (0: alpha)")
+        _check_float(self, "src_share", 0.0, 1.0, "(0, 1]", open_low=True)
         _check_choice(self, "local_norm", LocalNorm)
         _check_choice(self, "harmonizer_activation", Activation)
         _check_choice(self, "policy_update", PolicyUpdate)
@@ -128,17 +169,25 @@ class EmulatorConfig:
         _check_float(self, "rank_keep", 0.0, 1.0, "(0, 1]", open_low=True)
         for name in ("harmonizer_lr", "policy_lr", "distill_lr"):
             _check_float(self, name, 0.0, math.inf, "> 0", open_low=True)
-        for name in ("local_weight", "distill_lm_weight"):
+        for name in ("local_weight", "distill_lm_weight", "hidden_weight", "kl_weight"):
             _check_float(self, name, 0.0, math.inf, ">= 0")
         if not isinstance(self.corpus, str) or not self.corpus:
             raise ValueError(f"emulator.corpus={self.corpus!r} must be a non-empty corpus name")
         self._check_combinations()
 
     def _check_combinations(self) -> None:
-        if self.harmonizer_loss == "lm+local" and self.local_weight == 0:
+        terms = loss_terms(self.harmonizer_loss)
+        for term in terms if len(terms) > 1 else ():
+            weight_name = f"{term}_weight"
+            if term != "lm" and getattr(self, weight_name) == 0:
+                raise ValueError(
+                    f"emulator.{weight_name}=0 with harmonizer_loss={self.harmonizer_loss!r} switches the "
+                    f"{term} term off; drop it from the mix or use a {weight_name} > 0"
+                )
+        if self.src_layers == "least-important" and self.method not in ("scaleot", "importance-drop"):
             raise ValueError(
-                "emulator.local_weight=0 with harmonizer_loss='lm+local' switches the local term off; "
-                "use harmonizer_loss='lm' or a local_weight > 0"
+                f"emulator.src_layers='least-important' needs stage-1 scores, which method={self.method!r} "
+                "has not; use src_layers='all' or method 'scaleot' / 'importance-drop'"
             )
         if self.method == "uniform+distill" and self.distill_steps == 0:
             raise ValueError(
@@ -176,13 +225,37 @@ class EmulatorConfig:
         ignores (stage 1 for the baselines, distillation for scaleot, logging for all), so that a cache keyed
         on it reuses a bundle when only an unrelated knob changed."""
         ignored = {"log_every"}
-        if self.method != "scaleot":
+        if self.method not in ("scaleot", "importance-drop"):
             ignored |= set(_STAGE1_FIELDS)
         if self.method != "uniform+distill":
             ignored |= set(_DISTILL_FIELDS)
         if self.method in ("uniform", "full"):
-            ignored |= {"batch_size", "seq_len", "corpus", "seed"}
+            ignored |= {"batch_size", "seq_len", "corpus", "corpus_exclude", "seed"}
+        if self.rank_keep >= 1:
+            ignored |= {"src_rank", "src_projections", "src_layers", "src_share", "src_only_smaller"}
+        if self.corpus != "bigbench":
+            ignored |= {"corpus_exclude"}
+        # Issue-9 fields at their defaults reproduce the earlier builds: leave them out so that bundles cached
+        # before the fields existed keep their key.
+        ignored |= {
+            f.name for f in fields(self) if f.name in _ISSUE9_FIELDS and getattr(self, f.name) == f.default
+        }
         return {k: v for k, v in asdict(self).items() if k not in ignored}
+
+
+def loss_terms(harmonizer_loss: str) -> tuple[str, ...]:
+    """The terms of a harmonizer loss name: ``"hidden+kl"`` -> ``("hidden", "kl")``.
+
+    Raises:
+        ValueError: empty, unknown or repeated terms; the message lists the allowed ones.
+    """
+    terms = tuple(harmonizer_loss.split("+")) if isinstance(harmonizer_loss, str) else ()
+    if not terms or any(t not in HARMONIZER_LOSS_TERMS for t in terms) or len(set(terms)) < len(terms):
+        raise ValueError(
+            f"emulator.harmonizer_loss={harmonizer_loss!r} is not allowed; use one of "
+            f"{', '.join(HARMONIZER_LOSS_TERMS)} or a '+' mix of distinct ones, e.g. 'hidden+kl'"
+        )
+    return terms
 
 
 def _check_choice(config: EmulatorConfig, name: str, choices: Any) -> None:

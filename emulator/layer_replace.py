@@ -9,7 +9,14 @@ Reconstruction (ScaleOT published no code; every choice is a field of ``Emulator
   the lowest ``round(α·M)`` over the whole middle);
 - harmonizer step on a public batch, loss ``lm`` (cross-entropy of the mixed network, through the model's own
   forward), ``local`` (each harmonizer regresses the output of its block from that block's input, both from
-  the full model; all harmonizers are trained every step since the mask plays no part) or ``lm+local``;
+  the full model; all harmonizers are trained every step since the mask plays no part), ``hidden`` (the
+  mixed network's hidden state leaving the middle, i.e. entering the top adapter, regressed onto the full
+  model's, normalised as ``local``), ``kl`` (KL(full ‖ mixed) of the next-token distributions, logit
+  distillation), or a ``+`` mix weighted by ``local_weight`` / ``hidden_weight`` / ``kl_weight``. ``lm``,
+  ``hidden`` and ``kl`` train the harmonizers through the sampled mask, where errors of chained harmonizers
+  compound, as the adapters will see them (issue 9); they share one teacher and one student pass;
+- masks sampled for training (harmonizer and policy steps) replace ``round(ρ·|G|)`` blocks per group,
+  ``ρ = train_replace_ratio`` (the paper samples about half; 0 means α); stage 2 replaces ``round(α·|G|)``;
 - policy step: ``N_c`` masks scored without gradient on one held-out batch, ``R_j = exp(−ℓ_j)``, advantage
   ``r_j = R_j − mean R`` (``relative``: divided by ``mean R``, which makes η independent of the loss level),
   and ``s_i += η Σ_j r_j m_j[i] σ(s_i)(1−σ(s_i))`` (``paper``) or ``s_i += η Σ_j r_j (m_j[i] − σ(s_i))``
@@ -28,6 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from emulator.architectures import get_layers, hidden_size
 from emulator.blocks import (
@@ -37,7 +45,7 @@ from emulator.blocks import (
     public_batches,
     replacement_groups,
 )
-from emulator.config import EmulatorConfig
+from emulator.config import EmulatorConfig, loss_terms
 from emulator.harmonizer import Harmonizer, make_harmonizers
 from emulator.surgery import backbone, capture_blocks, frozen_view, lm_loss
 
@@ -148,6 +156,43 @@ class _MixedNetwork:
         ]
         return torch.stack(losses).mean()
 
+    def context_losses(
+        self, batch: torch.Tensor, keep: torch.Tensor, terms: set[str], norm: str
+    ) -> dict[str, torch.Tensor]:
+        """``lm``, ``hidden`` and/or ``kl`` of the network mixed by ``keep``, against the full model.
+
+        ``hidden`` compares the output of the last middle block (the top adapter's input); ``kl`` is
+        KL(full ‖ mixed) per token, summed over the vocabulary, averaged over tokens.
+        """
+        layers, last = get_layers(self.view), self.middle[-1]
+        run = self.view if terms & {"lm", "kl"} else backbone(self.view)  # the LM head only where needed
+        teacher_hidden = teacher_logits = None
+        if terms & {"hidden", "kl"}:
+            self.use_mask_(torch.ones(len(self.middle), dtype=torch.bool))
+            with torch.no_grad(), capture_blocks(layers, [last], inputs=False) as record:
+                out = run(input_ids=batch, use_cache=False)
+            teacher_hidden = record.outputs[last]
+            teacher_logits = out.logits if "kl" in terms else None
+        self.use_mask_(keep)
+        with capture_blocks(layers, [last], inputs=False) as record:
+            out = run(input_ids=batch, use_cache=False)
+        losses: dict[str, torch.Tensor] = {}
+        if "hidden" in terms:
+            losses["hidden"] = normalized_mse(record.outputs[last], teacher_hidden, norm)
+        if "lm" in terms:
+            logits = out.logits[:, :-1].flatten(0, 1).float()  # (B·(T−1), V)
+            losses["lm"] = F.cross_entropy(logits, batch[:, 1:].flatten())
+        if "kl" in terms:
+            student = F.log_softmax(out.logits.float(), dim=-1).flatten(0, 1)  # (B·T, V)
+            teacher = F.log_softmax(teacher_logits.float(), dim=-1).flatten(0, 1)
+            losses["kl"] = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+        return losses
+
+
+def train_ratio(config: EmulatorConfig) -> float:
+    """Fraction of each group the stage-1 masks replace: ``train_replace_ratio``, or α where that is 0."""
+    return config.train_replace_ratio or config.alpha
+
 
 def dynamic_layer_replace(
     model: nn.Module,
@@ -176,11 +221,12 @@ def dynamic_layer_replace(
     view = frozen_view(model)
     middle = middle_blocks(len(get_layers(view)), config.adapter_bottom, config.adapter_top)
     groups = replacement_groups(len(middle), config.group_size, config.replace_scope)
-    if not lowest_per_group(torch.zeros(len(middle)), groups, config.alpha):
-        raise ValueError(
-            f"emulator.alpha={config.alpha} replaces no block in groups of {[len(g) for g in groups]}; "
-            "raise alpha or group_size, or use replace_scope='global'"
-        )
+    for name, ratio in (("alpha", config.alpha), ("train_replace_ratio", train_ratio(config))):
+        if not lowest_per_group(torch.zeros(len(middle)), groups, ratio):
+            raise ValueError(
+                f"emulator.{name}={ratio} replaces no block in groups of {[len(g) for g in groups]}; "
+                "raise it or group_size, or use replace_scope='global'"
+            )
     ref = next(view.parameters())
     harmonizers = make_harmonizers(
         middle,
@@ -227,12 +273,19 @@ def _harmonizer_loss(
     generator: torch.Generator,
     config: EmulatorConfig,
 ) -> torch.Tensor:
+    terms = loss_terms(config.harmonizer_loss)
+    weights = {"lm": 1.0, "local": config.local_weight}
+    weights |= {"hidden": config.hidden_weight, "kl": config.kl_weight}
+    if len(terms) == 1:
+        weights = dict.fromkeys(weights, 1.0)  # a single term is the loss itself
     total = torch.zeros((), device=batch.device)
-    if config.harmonizer_loss in ("local", "lm+local"):
-        weight = 1.0 if config.harmonizer_loss == "local" else config.local_weight
-        total = total + weight * net.local_loss(batch, config.local_norm)
-    if config.harmonizer_loss in ("lm", "lm+local"):
-        total = total + net.lm_loss(batch, sample_mask(scores, groups, config.alpha, generator))
+    if "local" in terms:
+        total = total + weights["local"] * net.local_loss(batch, config.local_norm)
+    in_context = set(terms) - {"local"}
+    if in_context:
+        keep = sample_mask(scores, groups, train_ratio(config), generator)
+        losses = net.context_losses(batch, keep, in_context, config.local_norm)
+        total = total + sum(weights[t] * loss for t, loss in losses.items())
     return total
 
 
@@ -247,7 +300,7 @@ def _policy_step_(
     result: LayerReplaceResult,
 ) -> None:
     masks = torch.stack(
-        [sample_mask(scores, groups, config.alpha, generator) for _ in range(config.policy_candidates)]
+        [sample_mask(scores, groups, train_ratio(config), generator) for _ in range(config.policy_candidates)]
     )
     losses = torch.tensor([net.lm_loss(batch, keep).item() for keep in masks], dtype=torch.float64)  # (N_c,)
     rewards = policy_update_(

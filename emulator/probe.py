@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from emulator.blocks import public_batches
 from emulator.data import corpus_blocks, public_corpus
-from emulator.layer_replace import public_batches
 
 log = logging.getLogger(__name__)
 

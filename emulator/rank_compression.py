@@ -7,6 +7,13 @@ are smaller than W, ``r · (d_in + d_out) < d_in · d_out``, the projection is s
 ``LowRankLinear``; otherwise W is overwritten densely by its rank-r approximation (same module, same parameter
 names). At ``r = min(d_out, d_in)`` the projection is left untouched (the truncation would be exact).
 
+Knobs (issue 9: on SmolLM2, whose k/v projections are 192 × 576, a plain rank fraction neither saved
+parameters nor changed much): ``rank_rule='energy'`` keeps the smallest rank whose singular values hold a
+fraction β of the squared spectrum (Σ_{i≤r} σ_i² ≥ β Σ σ_i²), so β says how much of the map survives whatever
+its shape; ``projections`` picks which of q, k, v, o are compressed (GPT-2's packed ``c_attn`` counts as q, k
+and v); ``only_smaller`` leaves a projection untouched where the factorised form would not be smaller, so SRC
+never changes weights without saving parameters.
+
 GPT-2's projections are transformers ``Conv1D`` modules computing ``y = x @ W + b`` with W stored (d_in,
 d_out); they are handled through ``architecture_of(model).transposed``.
 """
@@ -60,6 +67,19 @@ def kept_rank(d_out: int, d_in: int, rank_keep: float) -> int:
     return max(1, math.ceil(round(rank_keep * min(d_out, d_in), 6)))
 
 
+def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
+    """The smallest r with ``Σ_{i≤r} σ_i² ≥ energy · Σ σ_i²`` (``singular_values`` sorted descending)."""
+    power = singular_values.double().pow(2)
+    share = torch.cumsum(power, 0) / power.sum()
+    return min(int((share < energy - 1e-12).sum()) + 1, len(singular_values))
+
+
+def projection_role(path: str) -> str:
+    """Which of q, k, v, o a projection path is (GPT-2's packed ``c_attn``: ``qkv``)."""
+    name = path.rsplit(".", 1)[-1]
+    return {"q_proj": "q", "k_proj": "k", "v_proj": "v", "c_attn": "qkv"}.get(name, "o")
+
+
 def projection_weight(module: nn.Module, transposed: bool) -> torch.Tensor:
     """The effective weight of a projection as (d_out, d_in), whatever its storage.
 
@@ -73,14 +93,23 @@ def projection_weight(module: nn.Module, transposed: bool) -> torch.Tensor:
 
 
 def compress_attention_(
-    model: nn.Module, block_positions: Iterable[int], rank_keep: float
+    model: nn.Module,
+    block_positions: Iterable[int],
+    rank_keep: float,
+    rank_rule: str = "fraction",
+    projections: str = "qkvo",
+    only_smaller: bool = False,
 ) -> dict[int, dict[str, CompressedProjection]]:
     """Replace the attention projections of the given blocks by rank-r SVD approximations, in place.
 
     Args:
         model: a causal LM of a supported family (typically the emulator).
         block_positions: positions in the model's layer list whose attention is compressed.
-        rank_keep: β in (0, 1], the fraction of each projection's rank kept.
+        rank_keep: β in (0, 1], the fraction of each projection's rank (``fraction``) or of its squared
+            singular values (``energy``) kept.
+        rank_rule: ``fraction`` or ``energy``.
+        projections: the roles compressed, a subset of ``qkvo``; other projections are left untouched.
+        only_smaller: leave a projection untouched where its factors would not be smaller than its weight.
 
     Returns:
         ``{position: {projection path: CompressedProjection}}``.
@@ -101,7 +130,9 @@ def compress_attention_(
         block = layers[position]
         report[position] = {}
         for path, module in attention_projections(model, block).items():
-            replacement, info = _compress(module, transposed, rank_keep)
+            if not set(projection_role(path)) & set(projections):
+                continue
+            replacement, info = _compress(module, transposed, rank_keep, rank_rule, only_smaller)
             if replacement is not module:
                 parent_path, _, name = path.rpartition(".")
                 setattr(block.get_submodule(parent_path), name, replacement)
@@ -110,17 +141,18 @@ def compress_attention_(
 
 
 def _compress(
-    module: nn.Module, transposed: bool, rank_keep: float
+    module: nn.Module, transposed: bool, rank_keep: float, rank_rule: str, only_smaller: bool
 ) -> tuple[nn.Module, CompressedProjection]:
     weight = projection_weight(module, transposed)  # (d_out, d_in)
     d_out, d_in = weight.shape
-    rank, full = kept_rank(d_out, d_in, rank_keep), min(d_out, d_in)
-    if rank >= full:
-        return module, CompressedProjection(full, full, factorized=False)
+    full = min(d_out, d_in)
     u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)  # fp32 for accuracy
+    rank = energy_rank(s, rank_keep) if rank_rule == "energy" else kept_rank(d_out, d_in, rank_keep)
+    factorized = rank * (d_in + d_out) < d_in * d_out
+    if rank >= full or (only_smaller and not factorized):
+        return module, CompressedProjection(full, full, factorized=False)
     left = u[:, :rank]  # (d_out, r)
     right = s[:rank, None] * vh[:rank]  # (r, d_in)
-    factorized = rank * (d_in + d_out) < d_in * d_out
     if factorized:
         bias = module.bias
         low = LowRankLinear(d_in, d_out, rank, bias=bias is not None).to(weight.device, weight.dtype)

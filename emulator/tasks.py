@@ -292,6 +292,15 @@ def bigbench_archive() -> Path:
     return cache_dir() / "bigbench" / BIGBENCH_ARCHIVE
 
 
+def read_bigbench_task(task: str) -> dict[str, Any]:
+    """The parsed ``task.json`` of ``<task>[/<subtask>]``, extracted once from the archive into the cache.
+
+    Raises:
+        ValueError: a malformed name, a missing archive, or a task the archive does not hold.
+    """
+    return _read_bigbench_task(task)
+
+
 def _read_bigbench_task(task: str) -> dict[str, Any]:
     if not re.fullmatch(r"\w+(/\w+)?", task):
         raise ValueError(f"task='bigbench:{task}' is malformed; use bigbench:<task>[/<subtask>]")

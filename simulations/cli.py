@@ -13,10 +13,12 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from emulator.config import Method
 from simulations.export import export_arguments, run_export
 from simulations.runner import run_simulate, simulate_arguments
 from simulations.studies.compare import compare_arguments, run_compare
@@ -139,9 +141,7 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
-    parser.add_argument(
-        "--method", choices=("scaleot", "uniform", "uniform+distill", "full"), default="scaleot"
-    )
+    parser.add_argument("--method", choices=typing.get_args(Method), default="scaleot")
     parser.add_argument(
         "--alpha", type=float, default=None, help="fraction of middle blocks replaced / dropped"
     )

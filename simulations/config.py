@@ -14,7 +14,7 @@ import json
 import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,20 @@ class RunConfig:
         # DP's noise assumes an unweighted average; clients are weighted by their steps, so fix the steps.
         dp_ok = not self.privacy.enabled or self.client.local_steps > 0
         _check(dp_ok, "client.local_steps", self.client.local_steps, "> 0 when [privacy] is on")
+        self._exclude_task_from_corpus()
+
+    def _exclude_task_from_corpus(self) -> None:
+        # Stage 1 must never see the evaluated task: the BIG-bench corpus leaves this run's task out.
+        task = self.task.removeprefix("bigbench:")
+        if self.emulator.corpus != "bigbench" or task == self.task or self.emulator.corpus_exclude == task:
+            return
+        _check(
+            not self.emulator.corpus_exclude,
+            "emulator.corpus_exclude",
+            self.emulator.corpus_exclude,
+            f"empty or the run's task {task!r}",
+        )
+        object.__setattr__(self, "emulator", replace(self.emulator, corpus_exclude=task))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:

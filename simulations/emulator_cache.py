@@ -7,7 +7,10 @@ two checkpoints saved at the same path never share an emulator), the public corp
 reads it, and the emulator config. The same provenance is stored in the manifest and checked before reuse: a
 bundle whose manifest disagrees is rebuilt, never taken as current. A bundle is written to a temporary
 directory and renamed into place, so a half-written one is never taken for complete (and two runs building
-the same one at once both end with a valid bundle).
+the same one at once both end with a valid bundle). SRC settings and ``importance-drop`` are derived from the
+bundle of ScaleOT without SRC with the same stage 1 (built first if absent), so a sweep over β pays for
+stage 1
+once.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from emulator.assembly import build_emulator
-from emulator.bundle import save_bundle
+from emulator.assembly import build_emulator, derive_emulator, stage1_twin
+from emulator.bundle import load_emulator, save_bundle
 from emulator.config import EmulatorConfig
 from emulator.models import cache_dir, model_fingerprint
 
@@ -38,10 +41,11 @@ def provenance(model_sha256: str, config: EmulatorConfig) -> dict[str, Any]:
     """What a bundle of ``config`` is derived from: the model's content hash, the emulator settings that shape
     it and, for the methods that read the public corpus, the sha256 of the corpus's text."""
     spec: dict[str, Any] = {"model": model_sha256, "emulator": config.build_dict(), "format": _FORMAT}
-    if config.method in ("scaleot", "uniform+distill"):
+    if config.method in ("scaleot", "importance-drop", "uniform+distill"):
         from emulator.data import public_corpus
 
-        spec["corpus"] = hashlib.sha256(public_corpus("train", config.corpus).encode()).hexdigest()
+        text = public_corpus("train", config.corpus, exclude=config.corpus_exclude)
+        spec["corpus"] = hashlib.sha256(text.encode()).hexdigest()
     return spec
 
 
@@ -77,8 +81,15 @@ def ensure_bundle(
             return directory
         log.warning("emulator: %s was built from other inputs than its key says; rebuilding it", directory)
         shutil.rmtree(directory, ignore_errors=True)
-    log.info("emulator: building %s (%s) into %s", config.method, model_name, directory)
-    emulator = build_emulator(full_model, tokenizer, config, progress=True)
+    twin = stage1_twin(config)
+    if twin is not None:  # SRC settings and importance-drop share the stage 1 of ScaleOT without SRC
+        base_dir = ensure_bundle(model_name, twin, full_model, tokenizer, spec["model"])
+        base, _ = load_emulator(base_dir)
+        log.info("emulator: deriving %s (%s) from %s into %s", config.method, model_name, base_dir, directory)
+        emulator = derive_emulator(base, config)
+    else:
+        log.info("emulator: building %s (%s) into %s", config.method, model_name, directory)
+        emulator = build_emulator(full_model, tokenizer, config, progress=True)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_bundle(emulator, tmp, model_name, tokenizer, provenance=spec)

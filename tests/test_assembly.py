@@ -124,7 +124,7 @@ def test_build_leaves_the_full_model_untouched_and_shares_no_storage(name):
 
 def test_default_public_corpus_is_used_when_no_blocks_are_given():
     model, tokenizer = tiny("tiny-llama")
-    config = EmulatorConfig(alpha=0.5, stage1_steps=1, seq_len=32, batch_size=2)
+    config = EmulatorConfig(alpha=0.5, stage1_steps=1, seq_len=32, batch_size=2, corpus="pydoc")
     emulator = build_emulator(model, tokenizer, config, progress=False)
     assert len(emulator.loss_curve) == 1 and len(emulator.reward_curve) == 1
 
@@ -168,3 +168,53 @@ def test_shared_context_scoring_matches_whole_sequence_scoring_on_emulators(name
     whole = choice_logliks(emulator.model, tokenizer, examples, batch_size=5, shared_context=False)
     flat = lambda rows: torch.tensor([s for row in rows for s in row])  # noqa: E731
     assert torch.allclose(flat(shared), flat(whole), atol=1e-4)
+
+
+@pytest.mark.parametrize(("alpha", "scope"), [(0.25, "group"), (0.5, "group"), (0.5, "global")])
+def test_importance_drop_removes_exactly_round_alpha_m_of_the_lowest_scored_blocks(alpha, scope):
+    emulator = build("tiny-llama", method="importance-drop", alpha=alpha, replace_scope=scope)
+    scaleot = build("tiny-llama", method="scaleot", alpha=alpha, replace_scope=scope)
+    kinds = [e.kind for e in emulator.layer_map]
+    assert kinds.count("dropped") == round(alpha * 4) and "harmonizer" not in kinds  # 4 middle blocks
+    dropped = [e.original for e in emulator.layer_map if e.kind == "dropped"]
+    # The same stage 1, so the blocks ScaleOT replaces are exactly those importance-drop drops.
+    assert emulator.scores == scaleot.scores
+    assert dropped == [e.original for e in scaleot.layer_map if e.kind == "harmonizer"]
+    assert len(get_layers(emulator.model)) == 8 - len(dropped)
+    assert logits(emulator.model).shape == (2, 12, emulator.model.config.vocab_size)
+
+
+def test_src_on_the_least_important_kept_blocks_only():
+    emulator = build("tiny-llama", alpha=0.25, rank_keep=0.5, src_layers="least-important", src_share=0.5)
+    kept = {e.original: e.kind for e in emulator.layer_map if e.kind in ("original", "compressed")}
+    compressed = sorted(i for i, kind in kept.items() if kind == "compressed")
+    ranked = sorted(kept, key=lambda i: emulator.scores[i])
+    assert compressed == sorted(ranked[:2]) and len(kept) == 3  # ceil(0.5 · 3) lowest-scored of 3 kept
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"method": "importance-drop"},
+        {"rank_keep": 0.5, "src_rank": "energy", "src_projections": "qk"},
+        {"method": "importance-drop", "rank_keep": 0.6, "src_layers": "least-important", "src_share": 0.5},
+    ],
+)
+def test_derived_from_the_stage1_twin_equals_built_from_scratch(kwargs):
+    from emulator.assembly import derive_emulator, stage1_twin
+
+    config = EmulatorConfig(alpha=0.5, stage1_steps=2, batch_size=4, **kwargs)
+    model, tokenizer = tiny("tiny-llama")
+    twin = build_emulator(
+        model, tokenizer, stage1_twin(config), progress=False, public_blocks=random_blocks()
+    )
+    twin_state = {k: v.clone() for k, v in twin.model.state_dict().items()}
+    built = build_emulator(model, tokenizer, config, progress=False, public_blocks=random_blocks())
+    derived = derive_emulator(twin, config)
+    assert derived.layer_map == built.layer_map and derived.num_parameters == built.num_parameters
+    assert derived.model.state_dict().keys() == built.model.state_dict().keys()
+    assert all(torch.equal(v, built.model.state_dict()[k]) for k, v in derived.model.state_dict().items())
+    torch.testing.assert_close(logits(derived.model), logits(built.model))
+    assert all(torch.equal(twin_state[k], v) for k, v in twin.model.state_dict().items())  # base untouched
+    with pytest.raises(ValueError, match="is not the stage-1 twin"):
+        derive_emulator(built, config)

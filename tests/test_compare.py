@@ -179,3 +179,69 @@ def test_a_method_whose_run_failed_is_marked_failed_not_tabulated(tmp_path, monk
     assert all("nothing was trained" in why for why in data["failed"].values())
     table = (tmp_path / "comparison.md").read_text()
     assert all(f"**{label}: FAILED**, no results: no client reply" in table for label in data["failed"])
+
+
+# --- several tasks and seeds (issue 9) ---------------------------------------------------------------
+
+EVIDENCE = "simulations/configs/compare-evidence.toml"
+
+
+def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
+    from simulations.studies.compare_tasks import cell_dir, cells
+
+    base, settings = load_compare(ROOT / EVIDENCE)
+    configs = cells(base, settings)
+    assert [(c.task.removeprefix("bigbench:"), c.seed) for c in configs] == [
+        ("goal_step_wikihow/step_inference", 0),
+        ("goal_step_wikihow/step_inference", 1),
+        ("fact_checker/fever", 0),
+        ("strategyqa", 0),
+    ]
+    for config in configs:
+        labels = [m.label(config.emulator) for m, _ in plan(config, settings)]
+        assert labels[:3] == ["full", "uniform α=0.25", "importance-drop α=0.25"] and len(labels) == 5
+        assert all(
+            c.emulator.corpus_exclude == config.task.removeprefix("bigbench:")
+            for _, c in plan(config, settings)
+            if c.emulator.method == "scaleot"
+        )
+    assert cell_dir(Path("out"), configs[2]) == Path("out/fact_checker-fever-s0")
+    with pytest.raises(ValueError, match="compare.runs entry .* must be a table"):
+        CompareConfig.from_dict({"runs": [{"task": "synthetic", "seeds": 2}]})
+
+
+def _metrics(directory: Path, plug_in: list[int], emulator_ft: list[int] | None) -> None:
+    results = {"Plug-in": {"correct": plug_in}}
+    if emulator_ft is not None:
+        results["Emulator-FT"] = {"correct": emulator_ft}
+    directory.mkdir(parents=True)
+    (directory / "metrics.json").write_text(json.dumps({"status": "finished", "results": results}))
+
+
+def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
+    from emulator.results import paired_difference
+    from simulations.studies.compare_tasks import cell_dir, cells, markdown, summarise
+
+    base, settings = load_compare(ROOT / EVIDENCE, quick=True)
+    configs = cells(base, settings)  # synthetic, seeds 0 and 1
+    planned = [(c, plan(c, settings), cell_dir(tmp_path, c)) for c in configs]
+    full = [[1, 1, 0, 1], [1, 0, 1, 1]]
+    uniform = [[0, 1, 0, 0], [1, 0, 0, 1]]
+    scaleot = [[1, 1, 0, 0], [1, 0, 1, 0]]
+    for k, (config, methods, directory) in enumerate(planned):
+        slugs = {m.kind: m.slug(config.emulator) for m, _ in methods}
+        _metrics(directory / slugs["full"], full[k], None)
+        _metrics(directory / slugs["uniform"], uniform[k], [0, 0, 0, 0])
+        _metrics(directory / slugs["scaleot"], scaleot[k], [0, 1, 0, 0])
+    summary = summarise(planned, base.emulator.alpha)
+    label = next(m.label(base.emulator) for m, _ in planned[0][1] if m.kind == "scaleot")
+    row = summary["tasks"]["synthetic"][label]
+    seeds = [paired_difference(tuple(scaleot[k]), tuple(full[k])) for k in range(2)]
+    assert row["vs_full"][0] == pytest.approx((seeds[0][0] + seeds[1][0]) / 2)
+    assert row["vs_full"][1] == pytest.approx((seeds[0][1] ** 2 + seeds[1][1] ** 2) ** 0.5 / 2)
+    assert row["vs_uniform"][0] == pytest.approx((0.25 + 0.0) / 2)
+    assert row["plug_in"][0] == pytest.approx(0.5) and row["gap"][0] == pytest.approx((0.25 + 0.25) / 2)
+    assert summary["mean"][label] == row  # one task: the mean over tasks is that task
+    assert "importance-drop" not in " ".join(summary["mean"])  # never ran: left out, not zero
+    text = markdown(summary)
+    assert "## mean over 1 tasks" in text and f"| {label} | 25.0 ± " in text

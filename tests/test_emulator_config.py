@@ -21,12 +21,17 @@ def test_defaults_are_valid_and_round_trip():
         ({"rank_keep": 0.0}, r"emulator.rank_keep=0.0 is out of range; allowed: \(0, 1\]"),
         ({"group_size": 0}, "emulator.group_size=0 must be an integer >= 1"),
         ({"policy_candidates": 1}, "emulator.policy_candidates=1 must be an integer >= 2"),
-        ({"harmonizer_loss": "kl"}, "emulator.harmonizer_loss='kl' is not allowed"),
+        ({"harmonizer_loss": "lm+mse"}, "emulator.harmonizer_loss='lm\\+mse' is not allowed"),
         ({"local_norm": "batch"}, "emulator.local_norm='batch' is not allowed"),
         ({"harmonizer_lr": 0.0}, r"emulator.harmonizer_lr=0.0 is out of range; allowed: > 0"),
         ({"seq_len": 1}, "emulator.seq_len=1 must be an integer >= 2"),
         ({"stage1_steps": 2.5}, "emulator.stage1_steps=2.5 must be an integer >= 0"),
         ({"corpus": ""}, "emulator.corpus='' must be a non-empty corpus name"),
+        ({"harmonizer_loss": "kl+kl"}, "emulator.harmonizer_loss='kl\\+kl' is not allowed"),
+        ({"train_replace_ratio": 1.5}, r"emulator.train_replace_ratio=1.5 is out of range; allowed: \[0, 1"),
+        ({"src_projections": "qx"}, "emulator.src_projections='qx' must be a non-empty subset of 'qkvo'"),
+        ({"src_rank": "spectral"}, "emulator.src_rank='spectral' is not allowed"),
+        ({"src_share": 0.0}, r"emulator.src_share=0.0 is out of range; allowed: \(0, 1\]"),
     ],
 )
 def test_field_errors_name_field_value_and_range(kwargs, message):
@@ -40,6 +45,14 @@ def test_field_errors_name_field_value_and_range(kwargs, message):
         (
             {"harmonizer_loss": "lm+local", "local_weight": 0.0},
             "emulator.local_weight=0 with harmonizer_loss='lm\\+local' switches the local term off",
+        ),
+        (
+            {"harmonizer_loss": "hidden+kl", "kl_weight": 0.0},
+            "emulator.kl_weight=0 with harmonizer_loss='hidden\\+kl' switches the kl term off",
+        ),
+        (
+            {"method": "uniform", "src_layers": "least-important"},
+            "emulator.src_layers='least-important' needs stage-1 scores",
         ),
         (
             {"method": "uniform+distill", "distill_steps": 0},

@@ -140,3 +140,52 @@ def test_policy_scores_the_crucial_block_highest_and_never_replaces_it(rule):
     assert emulator.scores[3] > emulator.scores[4] + 1.0
     kinds = {e.original: e.kind for e in emulator.layer_map}
     assert kinds[3] == "original" and kinds[4] == "harmonizer"
+
+
+# --- issue 9: in-context losses and the training-time replacement ratio -------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["hidden", "kl", "hidden+kl"])
+def test_in_context_losses_decrease_on_a_tiny_model(loss):
+    model, _ = tiny("tiny-llama")
+    # One fixed batch and every middle block replaced (ratio 1): the mask is the same each step, so the curve
+    # is the loss of one network whose harmonizers learn to stand in for all four blocks at once.
+    config = EmulatorConfig(
+        alpha=0.25,
+        train_replace_ratio=1.0,
+        harmonizer_loss=loss,
+        stage1_steps=25,
+        harmonizer_lr=1e-2,
+        batch_size=4,
+        policy_interval=100,
+    )
+    result = dynamic_layer_replace(model, random_blocks(4), random_blocks(4), config, progress=False)
+    curve = result.loss_curve
+    assert curve[0] > 0 and curve[-1] < 0.7 * curve[0], curve
+
+
+def test_training_ratio_changes_the_sampled_masks_but_not_the_final_selection(monkeypatch):
+    import emulator.layer_replace as layer_replace
+
+    replaced_counts: list[int] = []
+    original = layer_replace.sample_mask
+
+    def spy(scores, groups, ratio, generator):
+        keep = original(scores, groups, ratio, generator)
+        replaced_counts.append(int((~keep).sum()))
+        return keep
+
+    monkeypatch.setattr(layer_replace, "sample_mask", spy)
+    model, tokenizer = tiny("tiny-llama")  # 8 blocks: one group of the 4 middle blocks
+    for ratio, per_mask in ((0.0, 1), (0.5, 2), (1.0, 4)):
+        replaced_counts.clear()
+        config = EmulatorConfig(
+            alpha=0.25, train_replace_ratio=ratio, harmonizer_loss="hidden", stage1_steps=3, batch_size=4
+        )
+        emulator = build_emulator(model, tokenizer, config, progress=False, public_blocks=random_blocks())
+        assert replaced_counts and set(replaced_counts) == {per_mask}  # round(ratio·4); 0 means α
+        kinds = {e.original: e.kind for e in emulator.layer_map}
+        harmonized = [i for i, kind in kinds.items() if kind == "harmonizer"]
+        middle = sorted(emulator.scores)
+        values = torch.tensor([emulator.scores[i] for i in middle])
+        assert harmonized == [middle[k] for k in lowest_per_group(values, [[0, 1, 2, 3]], 0.25)]

@@ -87,3 +87,39 @@ def test_rejects_bad_arguments(args, message):
     model = copy.deepcopy(tiny("tiny-llama")[0])
     with pytest.raises(ValueError, match=message):
         compress_attention_(model, *args)
+
+
+@pytest.mark.parametrize("rule", ["fraction", "energy"])
+def test_beta_one_changes_nothing_under_either_rule(rule):
+    model = copy.deepcopy(tiny("tiny-llama")[0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = compress_attention_(model, range(len(get_layers(model))), 1.0, rank_rule=rule)
+    assert all(
+        not info.factorized and info.rank == info.full_rank for r in report.values() for info in r.values()
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("energy", [0.5, 0.8, 0.95])
+def test_energy_rank_keeps_the_stated_energy_and_no_more_rank_than_needed(energy):
+    model = copy.deepcopy(tiny("tiny-llama")[0])
+    weight = get_layers(model)[3].self_attn.q_proj.weight.detach().clone()  # (d_out, d_in)
+    report = compress_attention_(model, [3], energy, rank_rule="energy", projections="q")
+    rank = report[3]["self_attn.q_proj"].rank
+    s = torch.linalg.svdvals(weight.double())
+    share = torch.cumsum(s**2, 0) / (s**2).sum()
+    assert share[rank - 1] >= energy - 1e-9 and (rank == 1 or share[rank - 2] < energy)
+    kept = projection_weight(get_layers(model)[3].self_attn.q_proj, transposed=False).double()
+    residual = (weight.double() - kept).norm() ** 2 / weight.double().norm() ** 2
+    assert residual <= 1 - energy + 1e-6  # the discarded energy is at most 1 − β
+    assert set(report[3]) == {"self_attn.q_proj"}  # k, v and o were not selected
+
+
+def test_only_smaller_leaves_projections_whose_factors_would_be_larger():
+    model = copy.deepcopy(tiny("tiny-llama")[0])
+    layer = get_layers(model)[2].self_attn
+    q_before = layer.q_proj.weight.detach().clone()
+    report = compress_attention_(model, [2], 0.6, only_smaller=True)[2]
+    # 64 × 64 q at rank 39: factors 39·128 > 64·64, so q is left as it is; 32 × 64 k at rank 20: 20·96 < 2048.
+    assert torch.equal(layer.q_proj.weight, q_before) and report["self_attn.q_proj"].rank == 64
+    assert isinstance(layer.k_proj, LowRankLinear) and report["self_attn.k_proj"].rank == 20

@@ -292,7 +292,7 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
 def scaleot_bundle(args: argparse.Namespace, model: nn.Module, tokenizer: Any) -> str:
     """The ScaleOT emulator bundle of the benchmark's settings, from the cache (built once)."""
     from emulator.config import EmulatorConfig
-    from simulations.bundles import ensure_bundle
+    from simulations.emulator_cache import ensure_bundle
 
     values = {"method": "scaleot", "alpha": args.alpha, "rank_keep": args.rank_keep}
     values["stage1_steps"] = args.build_steps

@@ -10,8 +10,14 @@ Every method is one federated simulation through ``simulations.runner.simulate``
   the utility upper bound, with no model privacy.
 - ``uniform``: Offsite-Tuning's LayerDrop at each listed α (SRC off: ``rank_keep = 1`` unless set).
 - ``uniform+distill``: the same, the kept middle blocks distilled on the public corpus.
+- ``importance-drop``: ScaleOT's stage 1, then the blocks it would replace are dropped (no harmonizers).
 - ``scaleot``: each listed setting (α, β, any other emulator field), plus the cartesian product of
   ``--sweep``.
+
+With ``[compare].runs`` (a list of ``{task, seed}`` tables) the whole comparison runs once per entry, each in
+``<out>/<task>-s<seed>``, and ``simulations.studies.compare_tasks`` adds a per-task table, the mean over
+tasks and
+paired standard errors of every difference against ``full`` and ``uniform`` (summary.md / summary.json).
 
 The compare file is a run config plus two tables: ``[compare]`` (``CompareConfig``: the settings of each
 method) and ``[quick]``, merged over the whole file by ``--quick`` (a tiny model and task: the same
@@ -56,9 +62,20 @@ class CompareConfig:
     scaleot: tuple[Setting, ...] = ({"alpha": 0.25, "rank_keep": 0.8}, {"alpha": 0.5, "rank_keep": 0.8})
     uniform: tuple[Setting, ...] = ({"alpha": 0.25}, {"alpha": 0.5})  # Offsite-Tuning's LayerDrop
     uniform_distill: tuple[Setting, ...] = ({"alpha": 0.25},)  # LayerDrop + distillation (costly: one α)
+    importance_drop: tuple[Setting, ...] = ()  # stage-1 ranking without harmonizers (issue 9)
+    # (task, seed) cells, e.g. [{task = "bigbench:strategyqa", seed = 0}]; empty: the base task and seed.
+    runs: tuple[Setting, ...] = ()
 
     def __post_init__(self) -> None:
+        for cell in self.runs:
+            if not isinstance(cell, Mapping) or set(cell) - {"task", "seed"} or "task" not in cell:
+                raise ValueError(
+                    f"config compare.runs entry {cell!r} must be a table {{task = ..., seed = ...}} "
+                    "(seed optional)"
+                )
         for f in fields(self):
+            if f.name == "runs":
+                continue
             settings = getattr(self, f.name)
             if not all(isinstance(s, Mapping) for s in settings):
                 raise ValueError(
@@ -107,6 +124,7 @@ def plan(
     methods = [Method.of("full")]
     methods += [Method.of("uniform", s) for s in compare.uniform]
     methods += [Method.of("uniform+distill", s) for s in compare.uniform_distill]
+    methods += [Method.of("importance-drop", s) for s in compare.importance_drop]
     methods += [Method.of("scaleot", s) for s in (*compare.scaleot, *sweep)]
     planned: dict[EmulatorConfig, tuple[Method, RunConfig]] = {}
     for method in methods:
@@ -279,5 +297,11 @@ def run_compare(args: argparse.Namespace) -> None:
     quiet_environment()  # before torch is imported: OpenMP reads its settings once
     base, settings = load_compare(args.config, quick=args.quick, overrides=args.overrides)
     out = args.out or Path(base.output.dir) / base.name
+    if settings.runs:
+        from simulations.studies.compare_tasks import compare_tasks
+
+        compare_tasks(base, settings, out, parse_sweep(args.sweep))
+        print((out / "summary.md").read_text())
+        return
     compare(base, settings, out, parse_sweep(args.sweep))
     print((out / "comparison.md").read_text())

@@ -216,7 +216,7 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    colors = {"uniform": "C1", "uniform+distill": "C2", "scaleot": "C0"}
+    colors = {"uniform": "C1", "uniform+distill": "C2", "importance-drop": "C3", "scaleot": "C0"}
     points = [r for r in rows if r["kind"] in colors and r["plug_in"] and r["emulator_ft"]]
     for kind, color in colors.items():
         mine = [r for r in points if r["kind"] == kind]

@@ -1,7 +1,8 @@
 """Model-stealing study (a benchmark, not a test): per emulator, how near the probe gets to the full model.
 
 For each uniform and ScaleOT setting of a compare file (``[compare]``; the same emulator bundles as
-``scaleot compare``, built with ``simulations.bundles.ensure_bundle`` when missing), a data owner holding the
+``scaleot compare``, built with ``simulations.emulator_cache.ensure_bundle`` when missing), a data owner
+holding the
 emulator runs ``emulator.probe.steal_`` (every emulator parameter but the embedding, fine-tuned on public text
 for a fixed budget), and the stolen model is scored zero-shot on the task's test examples, next to the
 emulator's own zero-shot and the full model's. ``recovered`` = (stolen − emulator ZS) / (full ZS − emulator

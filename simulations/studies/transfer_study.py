@@ -9,6 +9,8 @@ bound; every row carries its paired difference to it (same test examples), so a 
         --setting method=uniform,alpha=0.25,rank_keep=1.0 --setting method=scaleot,alpha=0.25
 
 Results are appended to ``--out`` (JSON lines) as each setting finishes, and a markdown table is printed.
+Rerunning with the same ``--out`` skips the settings already there (resumable). Emulators come from the
+shared bundle cache (``simulations.emulator_cache``): a stage 1 paid here is reused by ``scaleot compare``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 
 from emulator.adapters import prepare_adapter_
-from emulator.assembly import build_emulator
+from emulator.bundle import load_emulator
 from emulator.config import AdapterConfig, EmulatorConfig
 from emulator.config_parse import parse_assignment
 from emulator.data import training_batches
@@ -33,6 +35,7 @@ from emulator.plug_in import plug_in_
 from emulator.results import MCResult, paired_difference, privacy_gap
 from emulator.tasks import load_task
 from emulator.training import train_adapter
+from simulations.emulator_cache import ensure_bundle
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +50,15 @@ def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) ->
     """Build, fine-tune and score one emulator setting; returns a JSON-able row."""
     adapter = AdapterConfig(mode=setting.pop("adapter_mode", args.adapter_mode))
     lr = float(setting.pop("lr", args.lr))
-    emu_config = (
-        EmulatorConfig.from_dict(setting) if setting.get("method") != "full" else EmulatorConfig.full()
-    )
+    if setting.get("method") == "full":
+        emu_config = EmulatorConfig.full()
+    else:  # stage 1 must never see the evaluated task (see emulator.english_corpus)
+        exclude = args.task.removeprefix("bigbench:") if args.task.startswith("bigbench:") else ""
+        emu_config = EmulatorConfig.from_dict({"corpus_exclude": exclude, **setting})
     model, tokenizer = load_model(args.model, device=args.device)
-    emulator = build_emulator(model, tokenizer, emu_config)
+    emulator, _ = load_emulator(ensure_bundle(args.model, emu_config, model, tokenizer), device=args.device)
     score = lambda m: multiple_choice_accuracy(m, tokenizer, task.test, batch_size=args.eval_batch)  # noqa: E731
-    emu_zs = score(emulator.model) if emu_config.method != "full" else None
+    emu_zs = score(emulator.model) if emu_config.method != "full" and not args.skip_emulator_zs else None
     positions = emulator.adapter_positions()
     prepare_adapter_(emulator.model, positions, adapter)
     batches = training_batches(
@@ -139,11 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-size", type=int, default=None, help="test examples (default: min(500, n/4))")
+    parser.add_argument("--skip-emulator-zs", action="store_true", help="do not score emulator zero-shot")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/transfer_study.jsonl"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    task = load_task(args.task, seed=args.seed)
+    task = load_task(args.task, seed=args.seed, test_size=args.test_size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     zs_path = args.out.with_suffix(".full_zs.json")
     model, tokenizer = load_model(args.model, device=args.device)
@@ -155,10 +162,15 @@ def main(argv: list[str] | None = None) -> None:
         zs_path.write_text(json.dumps(saved))
     full_zs = saved["result"]
     del model
+    lines = args.out.read_text().splitlines() if args.out.exists() else []
+    done = {json.loads(line).get("spec") for line in lines if line.strip()}
     for text in args.setting:
+        if text in done:
+            log.info("%s: already in %s, skipped", text, args.out)
+            continue
         start = time.perf_counter()
         row = run_setting(args, parse_setting(text), task)
-        row["wall_s"] = time.perf_counter() - start
+        row["wall_s"], row["spec"] = time.perf_counter() - start, text
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         log.info("%s done in %.0f s: plug-in %.3f", row["setting"], row["wall_s"], row["plug_in"]["acc"])

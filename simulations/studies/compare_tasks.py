@@ -1,0 +1,207 @@
+"""``scaleot compare`` over several tasks and seeds: one comparison per (task, seed), then a summary.
+
+Each ``[compare].runs`` entry is a cell: the base run config with its ``task`` and ``seed`` replaced, compared
+in ``<out>/<task>-s<seed>`` by ``simulations.studies.compare.compare`` (finished methods are reused,
+interrupted ones
+resumed, so the whole command is resumable). The summary (summary.md, summary.json) has:
+
+- per task: emulator fine-tuned, plug-in, Δ = plug-in − emulator FT, and plug-in − ``full`` and − ``uniform``
+  (same α, else the first uniform), each paired on the same test examples;
+- the mean over tasks of each of these.
+
+Statistics (ours): within a cell, a paired difference is the mean of the per-example differences ± its
+standard error (``emulator.evaluation.paired_difference``). Seeds of one task are averaged with
+``se = sqrt(Σ se_s²) / S`` and tasks with ``se = sqrt(Σ se_t²) / T``, treating seeds and tasks as independent
+samples (the seeds' test splits are different draws of the same task, so this slightly understates the error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emulator.results import paired_difference
+from simulations.outputs import write_text
+from simulations.server_eval import EMULATOR_FT, PLUG_IN
+
+if TYPE_CHECKING:
+    from simulations.config import RunConfig
+    from simulations.studies.compare import CompareConfig, Method, Setting
+
+log = logging.getLogger(__name__)
+
+Estimate = tuple[float, float]  # (mean, standard error), fractions
+
+
+def cells(base: RunConfig, settings: CompareConfig) -> list[RunConfig]:
+    """The base run config once per ``runs`` entry, with that entry's task and seed (validated)."""
+    out = []
+    for cell in settings.runs:
+        emulator = replace(base.emulator, corpus_exclude="")  # the new task's own exclusion is filled in
+        out.append(replace(base, task=cell["task"], seed=int(cell.get("seed", base.seed)), emulator=emulator))
+    return out
+
+
+def cell_dir(out: Path, config: RunConfig) -> Path:
+    """``<out>/<task>-s<seed>``, e.g. ``goal_step_wikihow-step_inference-s0``."""
+    task = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.task.removeprefix("bigbench:")).strip("-")
+    return out / f"{task}-s{config.seed}"
+
+
+def compare_tasks(
+    base: RunConfig, settings: CompareConfig, out: Path, sweep: Sequence[Setting] = ()
+) -> dict[str, Any]:
+    """Run the comparison of every cell (reusing finished runs), then write summary.json and summary.md.
+
+    Raises:
+        ValueError: an invalid cell or method setting (found before anything runs).
+        RuntimeError: some cells failed; the summary of the others is written first.
+    """
+    from simulations.studies.compare import compare, plan
+
+    configs = cells(base, settings)
+    for config in configs:
+        plan(config, settings, sweep)  # validate every cell before the first run
+    failed = []
+    for i, config in enumerate(configs, 1):
+        log.info("cell %d/%d: %s seed %d", i, len(configs), config.task, config.seed)
+        try:
+            compare(config, settings, cell_dir(out, config), sweep)
+        except RuntimeError as error:
+            log.error("cell %s seed %d: %s", config.task, config.seed, error)
+            failed.append(f"{config.task} s{config.seed}")
+    summary = summarise(
+        [(c, plan(c, settings, sweep), cell_dir(out, c)) for c in configs], base.emulator.alpha
+    )
+    write_text(out / "summary.json", json.dumps(summary, indent=1))
+    write_text(out / "summary.md", markdown(summary))
+    if failed:
+        raise RuntimeError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them")
+    return summary
+
+
+def summarise(
+    planned: Sequence[tuple[RunConfig, list[tuple[Method, RunConfig]], Path]], default_alpha: float
+) -> dict[str, Any]:
+    """Per-task and mean-over-tasks estimates of every method from the cells' metrics.json files."""
+    per_cell: dict[str, list[dict[str, dict[str, Estimate]]]] = {}
+    labels: list[str] = []
+    for config, methods, directory in planned:
+        results = _cell_results(methods, config, directory)
+        per_cell.setdefault(config.task, []).append(_cell_estimates(results))
+        labels += [label for label in results if label not in labels]
+    tasks = {task: _combine_seeds(cells_) for task, cells_ in per_cell.items()}
+    mean = {
+        label: _combine([tasks[t][label] for t in tasks if label in tasks[t]], complete=len(tasks))
+        for label in labels
+    }
+    return {"tasks": tasks, "mean": {k: v for k, v in mean.items() if v}, "methods": labels}
+
+
+def _cell_results(
+    methods: Sequence[tuple[Method, RunConfig]], cell: RunConfig, directory: Path
+) -> dict[str, dict[str, Any]]:
+    """``{label: {"kind", "alpha", "plug_in", "emulator_ft"}}`` of the finished methods of one cell."""
+    from simulations.studies.compare import Method
+
+    results = {}
+    for method, config in methods:
+        path = directory / method.slug(cell.emulator) / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        if metrics.get("status") != "finished":
+            continue
+        rows = metrics["results"]
+        results[Method.label(method, cell.emulator)] = {
+            "kind": method.kind,
+            "alpha": config.emulator.alpha,
+            "plug_in": tuple(rows[PLUG_IN]["correct"]),
+            "emulator_ft": tuple(rows[EMULATOR_FT]["correct"]) if EMULATOR_FT in rows else None,
+        }
+    return results
+
+
+def _cell_estimates(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Estimate]]:
+    full = next((r for r in results.values() if r["kind"] == "full"), None)
+    uniform = [r for r in results.values() if r["kind"] == "uniform"]
+    estimates = {}
+    for label, r in results.items():
+        plug = r["plug_in"]
+        row = {"plug_in": _mean(plug)}
+        if r["emulator_ft"] is not None and r["kind"] != "full":
+            row["emulator_ft"] = _mean(r["emulator_ft"])
+            row["gap"] = paired_difference(plug, r["emulator_ft"])
+        if full is not None and r is not full:
+            row["vs_full"] = paired_difference(plug, full["plug_in"])
+        same = next((u for u in uniform if u["alpha"] == r["alpha"]), uniform[0] if uniform else None)
+        if same is not None and r["kind"] not in ("uniform", "full"):
+            row["vs_uniform"] = paired_difference(plug, same["plug_in"])
+        estimates[label] = row
+    return estimates
+
+
+def _mean(correct: Sequence[int]) -> Estimate:
+    n = len(correct)
+    p = sum(correct) / n
+    return p, math.sqrt(p * (1 - p) / max(n - 1, 1))
+
+
+def _combine_seeds(cells_: Sequence[Mapping[str, Mapping[str, Estimate]]]) -> dict[str, dict[str, Estimate]]:
+    labels = [label for cell in cells_ for label in cell]
+    return {
+        label: _combine([cell[label] for cell in cells_ if label in cell], complete=len(cells_))
+        for label in dict.fromkeys(labels)
+    }
+
+
+def _combine(rows: Sequence[Mapping[str, Estimate]], complete: int) -> dict[str, Estimate]:
+    """Average independent estimates: mean of means, ``sqrt(Σ se²) / n``; only keys every row has, and
+    nothing unless all ``complete`` rows are there (a partial mean would compare different tasks)."""
+    if len(rows) < complete or not rows:
+        return {}
+    keys = [k for k in rows[0] if all(k in r for r in rows)]
+    return {
+        k: (
+            sum(r[k][0] for r in rows) / len(rows),
+            math.sqrt(sum(r[k][1] ** 2 for r in rows)) / len(rows),
+        )
+        for k in keys
+    }
+
+
+_COLUMNS = ("emulator_ft", "plug_in", "gap", "vs_full", "vs_uniform")
+_HEADER = (
+    "| method | emulator FT | plug-in | Δ (paired) | plug-in − full (paired) | plug-in − uniform (paired) |"
+)
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    """summary.md: one table per task, then the mean over tasks (accuracy points ± standard error)."""
+    lines = ["# Comparison over tasks and seeds", ""]
+    sections = [(task, rows) for task, rows in summary["tasks"].items()]
+    sections.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"]))
+    for title, rows in sections:
+        lines += [f"## {title}", "", _HEADER, "|---|---|---|---|---|---|"]
+        for label in summary["methods"]:
+            if label in rows:
+                cells_ = [
+                    _cell(rows[label].get(k), signed=k not in ("emulator_ft", "plug_in")) for k in _COLUMNS
+                ]
+                lines.append(f"| {label} | " + " | ".join(cells_) + " |")
+        lines.append("")
+    lines.append(
+        "Accuracy in % ± standard error; differences paired on the same test examples within each run, "
+        "seeds and tasks averaged as independent estimates (simulations/studies/compare_tasks.py)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Sequence[float] | None, signed: bool) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value[0]:{'+' if signed else ''}.1f} ± {100 * value[1]:.1f}"
