@@ -107,7 +107,7 @@ def test_a_run_in_which_every_client_would_fail_for_a_data_reason_stops_before_a
     assert not {"Emulator-FT", "Plug-in"} & set(results)
 
 
-ROUND_TIMEOUT, SLOW_SECONDS = 150, 220  # timeout < slow < 2 × timeout: a late reply lands in the next round
+ROUND_TIMEOUT, SLOW_SECONDS = 60, 90  # timeout < slow < 2 × timeout: a late reply lands in the next round
 
 
 @pytest.fixture(scope="module")
