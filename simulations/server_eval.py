@@ -140,33 +140,24 @@ class ServerEvaluator:
         return self._score(self.emulator_model, name)
 
     def _zero_shot(self, model: nn.Module, name: str) -> MCResult:
-        result = memoised_accuracy(
+        return self._score(model, name, memoised=True)
+
+    def _score(self, model: nn.Module, name: str, memoised: bool = False) -> MCResult:
+        # Zero-shot rows do not change between runs on the same model and test set: read them from the memo.
+        options = {"directory": self.memo_dir} if memoised else {}
+        score = memoised_accuracy if memoised else multiple_choice_accuracy
+        result = score(
             model,
             self.tokenizer,
             self.examples,
             batch_size=self.batch_size,
             max_length=self.max_length,
             progress=self.progress,
-            directory=self.memo_dir,
+            **options,
         )
-        return _flag_one_answer(name, result)
-
-    def _score(self, model: nn.Module, name: str) -> MCResult:
-        result = multiple_choice_accuracy(
-            model,
-            self.tokenizer,
-            self.examples,
-            batch_size=self.batch_size,
-            max_length=self.max_length,
-            progress=self.progress,
-        )
-        return _flag_one_answer(name, result)
-
-
-def _flag_one_answer(name: str, result: MCResult) -> MCResult:
-    if note := one_answer_note(name, choice_spread(result.predicted)):
-        log.warning("%s", note)
-    return result
+        if note := one_answer_note(name, choice_spread(result.predicted)):
+            log.warning("%s", note)
+        return result
 
 
 def final_rows(
