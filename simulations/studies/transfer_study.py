@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from emulator.adapters import prepare_adapter_
 from emulator.bundle import load_emulator
@@ -64,6 +65,7 @@ def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) ->
     batches = training_batches(
         tokenizer, task.train, args.batch_size, args.max_length, seed=args.seed, epochs=args.epochs
     )
+    batches = tqdm(batches, desc="adapter training", unit="step", disable=None)  # a bar on a terminal only
     trained = train_adapter(emulator.model, positions, batches, lr=lr, seed=args.seed)
     emu_ft = score(emulator.model)
     plug_in_(model, trained.state, sorted(positions), adapter)
