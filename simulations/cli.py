@@ -186,7 +186,9 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     check_fits(model, config)
     emulator = build_emulator(model, tokenizer, config, progress=True)
     directory = save_bundle(emulator, args.out, args.model, tokenizer)
-    print(f"emulator of {args.model} ({config.method}, alpha={config.alpha}, rank_keep={config.rank_keep})")
+    print(
+        f"emulator of {args.model} ({config.method}, alpha={config.alpha}, rank_keep={config.src.rank_keep})"
+    )
     print(emulator.describe())
     print(f"build time: {emulator.build_seconds:.1f} s; bundle: {directory}")
 

@@ -14,7 +14,7 @@ import json
 import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,15 +184,16 @@ class RunConfig:
     def _exclude_task_from_corpus(self) -> None:
         # Stage 1 must never see the evaluated task: the BIG-bench corpus leaves this run's task out.
         task = self.task.removeprefix("bigbench:")
-        if self.emulator.corpus != "bigbench" or task == self.task or self.emulator.corpus_exclude == task:
+        data = self.emulator.data
+        if data.corpus != "bigbench" or task == self.task or data.corpus_exclude == task:
             return
         _check(
-            not self.emulator.corpus_exclude,
+            not data.corpus_exclude,
             "emulator.corpus_exclude",
-            self.emulator.corpus_exclude,
+            data.corpus_exclude,
             f"empty or the run's task {task!r}",
         )
-        object.__setattr__(self, "emulator", replace(self.emulator, corpus_exclude=task))
+        object.__setattr__(self, "emulator", self.emulator.updated(corpus_exclude=task))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -204,7 +205,7 @@ class RunConfig:
         return build_config(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(self) | {"emulator": self.emulator.to_dict()}  # the flat form users write
         for name in ("fail_partitions", "crash_partitions", "slow_partitions"):
             data["federation"][name] = list(getattr(self.federation, name))
         return data

@@ -80,8 +80,8 @@ def test_a_task_copied_into_another_task_refuses_the_run(archive):
 
 def test_a_run_leaves_its_own_task_out_of_the_corpus():
     task = "bigbench:goal_step_wikihow/step_inference"
-    assert RunConfig(task=task).emulator.corpus_exclude == "goal_step_wikihow/step_inference"
-    assert RunConfig(task="synthetic").emulator.corpus_exclude == ""
+    assert RunConfig(task=task).emulator.data.corpus_exclude == "goal_step_wikihow/step_inference"
+    assert RunConfig(task="synthetic").emulator.data.corpus_exclude == ""
     with pytest.raises(ValueError, match="emulator.corpus_exclude='strategyqa'.*empty or the run's task"):
         RunConfig.from_dict({"task": task, "emulator": {"corpus_exclude": "strategyqa"}})
 

@@ -19,7 +19,7 @@ from simulations.config import check_resumable, load_config
 from simulations.emulator_cache import ensure_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIFORM = EmulatorConfig(method="uniform", alpha=0.5, rank_keep=1.0)  # no stage 1: builds in a second
+UNIFORM = EmulatorConfig.of(method="uniform", alpha=0.5, rank_keep=1.0)  # no stage 1: builds in a second
 
 
 def save_checkpoint_at(path: Path, seed: int, tokenizer) -> None:
@@ -131,3 +131,19 @@ def test_a_dequantised_copy_of_unknown_origin_is_dequantised_again(tmp_path, mon
     save_checkpoint_at(directory, 0, tokenizer)
     model, _ = load_model("smollm2-135m")
     assert model.config.num_hidden_layers == 30 and (directory / "source.json").is_file()
+
+
+def test_cache_key_ignores_unused_sections_and_follows_used_ones(tmp_path, monkeypatch):
+    # The bundle directory is keyed on the sections the method reads: a stage-1 or distillation knob does
+    # not rebuild a LayerDrop emulator; its alpha or SRC (once on) does.
+    from simulations.emulator_cache import bundle_dir, provenance
+
+    monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
+
+    def key(config: EmulatorConfig) -> Path:
+        return bundle_dir("tiny-llama", provenance("0" * 64, config))
+
+    assert key(UNIFORM.updated(stage1_steps=3, distill_lr=1e-3, seq_len=16, log_every=1)) == key(UNIFORM)
+    assert key(UNIFORM.updated(src_rank="energy")) == key(UNIFORM)  # SRC is off (rank_keep 1)
+    assert key(UNIFORM.updated(alpha=0.25)) != key(UNIFORM)
+    assert key(UNIFORM.updated(rank_keep=0.5)) != key(UNIFORM.updated(rank_keep=0.5, src_rank="energy"))

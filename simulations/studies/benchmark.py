@@ -243,7 +243,7 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
     for label, values in configs.items():
         config = EmulatorConfig.from_dict(common | values)
         emulator = build_emulator(model, tokenizer, config, progress=False)
-        steps = {"scaleot": config.stage1_steps, "uniform+distill": config.distill_steps}.get(
+        steps = {"scaleot": config.stage1.stage1_steps, "uniform+distill": config.distill.distill_steps}.get(
             config.method, 0
         )
         built[label] = {"seconds": emulator.build_seconds, "steps": steps, "bundle": None}
@@ -270,7 +270,7 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
         name="benchmark",
         model=args.model,
         task=TASKS.get(args.model, "synthetic"),
-        emulator=EmulatorConfig(method="uniform", alpha=args.alpha, rank_keep=1.0),
+        emulator=EmulatorConfig.of(method="uniform", alpha=args.alpha, rank_keep=1.0),
         federation=FederationConfig(num_clients=2, fraction=1.0, min_clients=2, rounds=3, partition="iid"),
         client=TrainConfig(batch_size=args.batch_size, local_steps=2, max_length=args.seq_len),
         evaluation=EvaluationConfig(test_limit=20, emulator_every=0, plugin_every=0),

@@ -43,7 +43,7 @@ def cells(base: RunConfig, settings: CompareConfig) -> list[RunConfig]:
     """The base run config once per ``runs`` entry, with that entry's task and seed (validated)."""
     out = []
     for cell in settings.runs:
-        emulator = replace(base.emulator, corpus_exclude="")  # the new task's own exclusion is filled in
+        emulator = base.emulator.updated(corpus_exclude="")  # the new task's own exclusion is filled in
         out.append(replace(base, task=cell["task"], seed=int(cell.get("seed", base.seed)), emulator=emulator))
     return out
 

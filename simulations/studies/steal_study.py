@@ -65,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     base, compare = load_compare(args.config, quick=args.quick, overrides=args.overrides)
-    probe = ProbeConfig(args.steps, args.batch_size, args.seq_len, args.lr, base.emulator.corpus, base.seed)
+    probe = ProbeConfig(
+        args.steps, args.batch_size, args.seq_len, args.lr, base.emulator.data.corpus, base.seed
+    )
     out = args.out or Path(base.output.dir) / base.name
     limit = args.test_limit or base.evaluation.test_limit
     test = load_task(base.task, seed=base.seed).test
