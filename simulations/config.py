@@ -10,6 +10,7 @@ checked before any model is loaded.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import tomllib
@@ -245,6 +246,17 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     for item in overrides:
         set_dotted(result, *parse_assignment(item))
     return result
+
+
+def add_set_option(
+    parser: argparse.ArgumentParser,
+    help: str = "override a config value, e.g. --set federation.rounds=3 (repeatable)",
+    dest: str = "overrides",
+    metavar: str = "KEY=VALUE",
+) -> None:
+    """The ``--set KEY=VALUE`` option of every command and study script (repeatable; ``apply_overrides``
+    reads the run-config form, ``build-emulator`` and ``measure_emulators`` take emulator fields)."""
+    parser.add_argument("--set", dest=dest, action="append", default=[], metavar=metavar, help=help)
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class ServerEvaluator:
         memo_dir: where zero-shot results are memoised (``emulator.memo``); default the cache's. The full
             model's zero-shot row does not depend on the method, so every run on the same model and test
             set after the first reads it from there.
+        full_model_sha256: ``model_fingerprint(full_model)`` if the caller has it (the memo key needs it).
         progress: show a progress bar while scoring (on a terminal).
 
     Attributes:
@@ -96,18 +97,20 @@ class ServerEvaluator:
         max_length: int = 512,
         emulator_is_full: bool = False,
         memo_dir: Path | None = None,
+        full_model_sha256: str | None = None,
         progress: bool = False,
     ) -> None:
         self.full_model, self.emulator_model = full_model, emulator_model
         self.positions, self.tokenizer, self.examples = dict(positions), tokenizer, examples
         self.adapter, self.batch_size, self.max_length = adapter, batch_size, max_length
         self.emulator_is_full, self.memo_dir, self.progress = emulator_is_full, memo_dir, progress
+        self.full_model_sha256 = full_model_sha256
         self.per_example: dict[str, dict[str, list[int]]] = {}
 
     def zero_shot(self) -> dict[str, dict[str, Any]]:
         """Full-ZS and Emulator-ZS rows (before any adapter is plugged in)."""
         start = time.perf_counter()
-        full = self._zero_shot(self.full_model, FULL_ZS)
+        full = self._zero_shot(self.full_model, FULL_ZS, self.full_model_sha256)
         emulator = full if self.emulator_is_full else self._zero_shot(self.emulator_model, EMULATOR_ZS)
         self.per_example |= {FULL_ZS: per_example(full), EMULATOR_ZS: per_example(emulator)}
         rows = {FULL_ZS: result_row(full), EMULATOR_ZS: result_row(emulator)}
@@ -139,13 +142,13 @@ class ServerEvaluator:
         load_adapter_state_(self.emulator_model, self.positions, state)
         return self._score(self.emulator_model, name)
 
-    def _zero_shot(self, model: nn.Module, name: str) -> MCResult:
-        return self._score(model, name, memoised=True)
-
-    def _score(self, model: nn.Module, name: str, memoised: bool = False) -> MCResult:
+    def _zero_shot(self, model: nn.Module, name: str, model_sha256: str | None = None) -> MCResult:
         # Zero-shot rows do not change between runs on the same model and test set: read them from the memo.
-        options = {"directory": self.memo_dir} if memoised else {}
-        score = memoised_accuracy if memoised else multiple_choice_accuracy
+        return self._score(model, name, memoised_accuracy, directory=self.memo_dir, model_sha256=model_sha256)
+
+    def _score(
+        self, model: nn.Module, name: str, score: Callable = multiple_choice_accuracy, **options: Any
+    ) -> MCResult:
         result = score(
             model,
             self.tokenizer,

@@ -65,6 +65,16 @@ class TensorBoardLog:
     def close(self) -> None:
         self._writer.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._writer.all_writers is None  # tensorboardX's own mark of a closed writer
+
+    def __enter__(self) -> TensorBoardLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # a failed run (RunFailedError, a crashed backend) closes its event files too
+
 
 def read_scalars(directory: Path) -> dict[str, dict[int, float]]:
     """Tag -> {step: value} of every scalar in the event files under ``directory``, read without TensorBoard.

@@ -41,7 +41,7 @@ from typing import Any
 
 from emulator.config import EmulatorConfig
 from emulator.config_parse import build_config, parse_value, split_assignment
-from simulations.config import RunConfig, apply_overrides, read_config_file
+from simulations.config import RunConfig, add_set_option, apply_overrides, read_config_file
 from simulations.studies.methods import Method, Setting
 
 log = logging.getLogger(__name__)
@@ -277,13 +277,8 @@ def compare_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=V1,V2",
         help="add ScaleOT at every combination, e.g. --sweep alpha=0.25,0.5 rank_keep=1.0,0.8",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value of the base run, e.g. --set federation.rounds=3 (repeatable)",
+    add_set_option(
+        parser, "override a config value of the base run, e.g. --set federation.rounds=3 (repeatable)"
     )
     parser.add_argument(
         "--out", type=Path, help="output directory (default: <output.dir>/<name>); rerunning continues it"

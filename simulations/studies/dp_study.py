@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from simulations.config import add_set_option
+
 log = logging.getLogger("scaleot.dp_study")
 
 
@@ -28,7 +30,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 1.2], help="noise multipliers")
     parser.add_argument("--clipping-norm", type=float, default=0.01, help="C (L2, whole adapter update)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without DP")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_option(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/dp-study"))
     return parser.parse_args(argv)
 
