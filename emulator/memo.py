@@ -41,7 +41,7 @@ def memo_key(
     model_sha256: str | None = None,
 ) -> str:
     """The memo key of scoring ``model`` on ``examples`` (see the module docstring for what it covers);
-    ``model_sha256`` is ``model_fingerprint(model)`` when the caller has it (hashing a model takes seconds)."""
+    ``model_sha256`` is ``model_fingerprint(model)`` when the caller has it (hashing takes seconds)."""
     spec = {
         "model": model_sha256 or model_fingerprint(model),
         "vocab": hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest(),

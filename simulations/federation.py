@@ -22,7 +22,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clients.partition import partition
 from clients.runtime import bundle_sha256
-from clients.settings import ClientSettings
 from emulator.bundle import load_emulator
 from emulator.fit import check_fits
 from emulator.models import load_model, model_fingerprint
@@ -42,10 +41,11 @@ from simulations.outputs import (
 )
 from simulations.server_eval import ServerEvaluator, initial_adapter
 from simulations.tracking import TensorBoardLog
-from strategies import keys
+from strategies import wire
 from strategies.offsite import OffsiteTuning, offsite_strategy
 from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason
+from strategies.wire import ClientSettings
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _privacy_kwargs(config: RunConfig) -> dict[str, Any]:
     # Uniform average (DP's sensitivity C / m): every client runs client.local_steps steps, weighted by them.
     return {
         "privacy": DifferentialPrivacy(config.privacy, sampled, fed.num_clients),
-        "weighted_by_key": keys.TRAIN_STEPS,
+        "weighted_by_key": wire.TRAIN_STEPS,
     }
 
 

@@ -29,7 +29,7 @@ from emulator.memo import memoised_accuracy
 from emulator.plug_in import plug_in_
 from emulator.results import MCResult, choice_spread, one_answer_note
 from emulator.tasks import MCExample
-from strategies import keys
+from strategies import wire
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN = "Full-ZS", "Emulator-ZS", "Emulator
 
 def result_row(result: MCResult) -> dict[str, Any]:
     """A results-table row (JSON-friendly) from a multiple-choice result."""
-    return {m: float(getattr(result, m)) for m in keys.MEASURES} | {"n": result.n}
+    return {m: float(getattr(result, m)) for m in wire.MEASURES} | {"n": result.n}
 
 
 def per_example(result: MCResult) -> dict[str, list[int]]:
@@ -124,18 +124,18 @@ class ServerEvaluator:
         return rows
 
     def __call__(self, server_round: int, arrays: ArrayRecord, with_emulator: bool) -> dict[str, float]:
-        """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.keys``."""
+        """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.wire``."""
         state = arrays.to_torch_state_dict()
         plug_in_(self.full_model, state, sorted(self.positions), self.adapter)
         plugged = self._score(self.full_model, f"{PLUG_IN} (round {server_round})")
         self.per_example[PLUG_IN] = per_example(plugged)
-        metrics = _named(keys.PLUGIN, plugged)
+        metrics = _named(wire.PLUGIN, plugged)
         if with_emulator:
             name = f"{EMULATOR_FT} (round {server_round})"
             emulator = plugged if self.emulator_is_full else self._score_emulator(state, name)
             self.per_example[EMULATOR_FT] = per_example(emulator)
-            metrics |= _named(keys.EMULATOR, emulator)
-        return metrics | {keys.EVAL_N: float(len(self.examples))}
+            metrics |= _named(wire.EMULATOR, emulator)
+        return metrics | {wire.EVAL_N: float(len(self.examples))}
 
     def _score_emulator(self, state: AdapterState, name: str) -> MCResult:
         prepare_adapter_(self.emulator_model, self.positions, self.adapter)
@@ -168,12 +168,12 @@ def final_rows(
 ) -> dict[str, dict[str, Any]]:
     """The results table: zero-shot rows, then the last plug-in and emulator fine-tuned evaluations."""
     rows = dict(zero_shot)
-    for name, prefix, metrics in ((EMULATOR_FT, keys.EMULATOR, emulator), (PLUG_IN, keys.PLUGIN, last)):
+    for name, prefix, metrics in ((EMULATOR_FT, wire.EMULATOR, emulator), (PLUG_IN, wire.PLUGIN, last)):
         if metrics and f"{prefix}_acc" in metrics:
-            row = {m: metrics[f"{prefix}_{m}"] for m in keys.MEASURES}
-            rows[name] = row | {"n": int(metrics.get(keys.EVAL_N, 0))}
+            row = {m: metrics[f"{prefix}_{m}"] for m in wire.MEASURES}
+            rows[name] = row | {"n": int(metrics.get(wire.EVAL_N, 0))}
     return rows
 
 
 def _named(prefix: str, result: MCResult) -> dict[str, float]:
-    return {f"{prefix}_{m}": float(getattr(result, m)) for m in keys.MEASURES}
+    return {f"{prefix}_{m}": float(getattr(result, m)) for m in wire.MEASURES}

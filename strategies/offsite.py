@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore import log as flwr_log
 
-from strategies import keys
+from strategies import wire
 from strategies.nodes import CheckedGrid, SampledGrid, await_nodes, choose_nodes, handshake
 from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, fill_accuracies, progress_line
@@ -80,7 +80,7 @@ _OWNED_KWARGS = frozenset(
 # Server-optimiser state of Flower's strategies that must survive a checkpoint (FedOpt family, FedAvgM).
 _STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
 
-# (server_round, global adapter, evaluate the emulator too?) -> metrics named by keys.PLUGIN_ACC etc.
+# (server_round, global adapter, evaluate the emulator too?) -> metrics named by wire.PLUGIN_ACC etc.
 EvaluateFn = Callable[[int, ArrayRecord, bool], Mapping[str, float]]
 
 
@@ -117,7 +117,7 @@ class OffsiteTuning:
       ``emulator-sha256`` of what it loaded. Nodes that fail or load another emulator are never sampled.
     - ``train`` (each round, sampled nodes only): ArrayRecord ``arrays`` = the global adapter (fp32, keys
       ``"{original block index}.{name in block}"``; nothing else crosses the wire), ConfigRecord ``config`` =
-      the training settings (``clients.settings.ClientSettings``) plus ``server-round`` (and ``proximal-mu``).
+      the training settings (``strategies.wire.ClientSettings``) plus ``server-round`` (and ``proximal-mu``).
       The client resets its adapter to ``arrays``, trains it on its partition with a seed derived from
       (``seed``, ``server-round``, partition id), adds ``(mu/2)·||w - w_global||²`` when ``proximal-mu`` > 0,
       and replies ArrayRecord ``arrays`` with the same keys, shapes and dtypes and MetricRecord ``metrics``
@@ -304,7 +304,7 @@ class OffsiteTuning:
         arrays, metrics = super().aggregate_train(server_round, valid)
         if metrics is not None:
             record.client_metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-            record.train_loss = record.client_metrics.get(keys.TRAIN_LOSS)
+            record.train_loss = record.client_metrics.get(wire.TRAIN_LOSS)
         if arrays is not None and self.privacy is not None:
             record.privacy = self.privacy.release()  # the DP wrapper noises what this returns
         return (self._spec_or_fail().cast(arrays) if arrays is not None else None), metrics
@@ -392,8 +392,8 @@ def _due(server_round: int, every: int, last_round: int) -> bool:
 
 
 def _worker(reply: Message) -> str:
-    info = reply.content.config_records.get(keys.INFO)
-    return str(info.get(keys.INFO_WORKER, "")) if info is not None else ""
+    info = reply.content.config_records.get(wire.INFO)
+    return str(info.get(wire.INFO_WORKER, "")) if info is not None else ""
 
 
 def _array_bytes(msg: Message) -> int:

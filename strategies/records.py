@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from emulator.results import privacy_gap
-from strategies import keys
+from strategies import wire
 
 
 @dataclass
@@ -83,10 +83,10 @@ def nothing_trained_reason(records: Sequence[RoundRecord]) -> str:
 def fill_accuracies(record: RoundRecord, metrics: Mapping[str, float]) -> None:
     """Copy the evaluation metrics into ``record`` and derive the privacy gap."""
     record.evaluation = {k: float(v) for k, v in metrics.items()}
-    record.plugin_acc = metrics.get(keys.PLUGIN_ACC)
-    record.plugin_acc_stderr = metrics.get(keys.PLUGIN_ACC_STDERR)
-    record.emulator_acc = metrics.get(keys.EMULATOR_ACC)
-    record.emulator_acc_stderr = metrics.get(keys.EMULATOR_ACC_STDERR)
+    record.plugin_acc = metrics.get(wire.PLUGIN_ACC)
+    record.plugin_acc_stderr = metrics.get(wire.PLUGIN_ACC_STDERR)
+    record.emulator_acc = metrics.get(wire.EMULATOR_ACC)
+    record.emulator_acc_stderr = metrics.get(wire.EMULATOR_ACC_STDERR)
     record.privacy_gap = privacy_gap(record.plugin_acc, record.emulator_acc)
 
 

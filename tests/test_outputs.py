@@ -6,7 +6,7 @@ import json
 
 from simulations.outputs import RunState, write_metrics
 from simulations.server_eval import EMULATOR_FT, FULL_ZS, PLUG_IN
-from strategies import keys
+from strategies import wire
 from strategies.records import RoundRecord, fill_accuracies
 
 ROW = {"acc": 0.5, "acc_stderr": 0.25, "acc_norm": 0.5, "acc_norm_stderr": 0.25, "n": 2}
@@ -15,8 +15,8 @@ ROW = {"acc": 0.5, "acc_stderr": 0.25, "acc_norm": 0.5, "acc_norm_stderr": 0.25,
 def evaluated(server_round: int, acc: float | None) -> RoundRecord:
     record = RoundRecord(round=server_round)
     if acc is not None:
-        metrics = {f"{keys.PLUGIN}_{m}": 0.1 for m in keys.MEASURES} | {keys.PLUGIN_ACC: acc}
-        metrics |= {f"{keys.EMULATOR}_{m}": 0.2 for m in keys.MEASURES} | {keys.EVAL_N: 2.0}
+        metrics = {f"{wire.PLUGIN}_{m}": 0.1 for m in wire.MEASURES} | {wire.PLUGIN_ACC: acc}
+        metrics |= {f"{wire.EMULATOR}_{m}": 0.2 for m in wire.MEASURES} | {wire.EVAL_N: 2.0}
         fill_accuracies(record, metrics)
     return record
 

@@ -264,7 +264,7 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
     from emulator.config import EmulatorConfig, TrainConfig
     from simulations.config import EvaluationConfig, FederationConfig, RunConfig
     from simulations.runner import simulate
-    from strategies import keys
+    from strategies import wire
 
     config = RunConfig(
         name="benchmark",
@@ -278,7 +278,7 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
     metrics = simulate(config, directory / "simulation")
     rounds = []
     for r in metrics["rounds"]:
-        clients = r["client_metrics"].get(keys.TRAIN_SECONDS, 0.0) * r["aggregated"]  # IID: equal weights
+        clients = r["client_metrics"].get(wire.TRAIN_SECONDS, 0.0) * r["aggregated"]  # IID: equal weights
         overhead = r["seconds"] - r["eval_seconds"] - clients
         rounds.append(
             {"wall": r["seconds"], "eval": r["eval_seconds"], "clients": clients, "overhead": overhead}
