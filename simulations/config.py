@@ -98,7 +98,7 @@ class EvaluationConfig:
 
     test_limit: int = 0  # evaluate on the first k test examples; 0: all of them
     emulator_every: int = 1  # evaluate emulator fine-tuned every k rounds (and the last); 0: last only
-    plugin_every: int = 1  # evaluate plug-in every k rounds (and the last, and with the emulator); 0: those
+    plug_in_every: int = 1  # evaluate plug-in every k rounds (and the last, and with the emulator); 0: those
     batch_size: int = 16  # examples per scoring batch
     max_length: int = 512  # token budget per scored (context, choice); longer contexts are cut from the left
     progress: bool = True  # a tqdm bar while scoring; shown only when stderr is a terminal
@@ -108,7 +108,7 @@ class EvaluationConfig:
         _check(
             self.emulator_every >= 0, "evaluation.emulator_every", self.emulator_every, ">= 0 (0: last only)"
         )
-        _check(self.plugin_every >= 0, "evaluation.plugin_every", self.plugin_every, ">= 0 (0: last only)")
+        _check(self.plug_in_every >= 0, "evaluation.plug_in_every", self.plug_in_every, ">= 0 (0: last only)")
         _check(self.batch_size >= 1, "evaluation.batch_size", self.batch_size, ">= 1")
         _check(self.max_length >= 2, "evaluation.max_length", self.max_length, ">= 2")
         _check(isinstance(self.progress, bool), "evaluation.progress", self.progress, "true or false")
@@ -235,9 +235,36 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        return upgrade_keys(tomllib.loads(path.read_text()))
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"cannot read config {path}: {err}") from None
+
+
+# Keys renamed since run directories were first written (plug-in has one spelling: ``plugin_acc`` became
+# ``plug_in_acc``, ``evaluation.plugin_every`` ``plug_in_every``). Files of older runs are read with the new
+# names, so a run directory from before can still be resumed, reused by compare or reported.
+_RENAMED_PREFIXES = (("plugin_", "plug_in_"),)
+
+
+def upgrade_keys(data: Any) -> Any:
+    """Parsed JSON / TOML with each key written before a rename (``_RENAMED_PREFIXES``) given its new name."""
+    if isinstance(data, Mapping):
+        return {_new_key(k): upgrade_keys(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [upgrade_keys(v) for v in data]
+    return data
+
+
+def _new_key(key: str) -> str:
+    for old, new in _RENAMED_PREFIXES:
+        if key.startswith(old):
+            return new + key.removeprefix(old)
+    return key
+
+
+def read_run_json(path: str | Path) -> dict[str, Any]:
+    """A JSON file of a run directory (``config.json``, ``metrics.json``, ``state.json``), keys upgraded."""
+    return upgrade_keys(json.loads(Path(path).read_text()))
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -275,7 +302,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 RESUMABLE = (
     "federation.rounds",
     "evaluation.emulator_every",
-    "evaluation.plugin_every",
+    "evaluation.plug_in_every",
     "evaluation.batch_size",
     "simulation.",
     "output.",
@@ -297,7 +324,7 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
     saved_path = Path(run_dir) / "config.json"
     if not saved_path.is_file():
         raise ValueError(f"--resume {run_dir}: not a run directory (no config.json)")
-    saved, new = _flatten(json.loads(saved_path.read_text())), _flatten(json.loads(config.to_json()))
+    saved, new = _flatten(read_run_json(saved_path)), _flatten(json.loads(config.to_json()))
     changed = [k for k in sorted(saved.keys() | new.keys()) if saved.get(k) != new.get(k)]
     changed = [k for k in changed if not k.startswith(RESUMABLE)]
     if changed:

@@ -234,7 +234,7 @@ def _strategy(
         min_available_nodes=fed.num_clients,
         evaluate_fn=evaluator,
         emulator_eval_every=config.evaluation.emulator_every,
-        plugin_eval_every=config.evaluation.plugin_every,
+        plug_in_eval_every=config.evaluation.plug_in_every,
         on_round_end=on_round_end,
         node_timeout=fed.node_timeout,
         proceed_without_nodes=fed.on_missing_nodes == "proceed",

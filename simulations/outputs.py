@@ -35,6 +35,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from emulator.results import choice_spread, one_answer_note, privacy_gap
+from simulations.config import read_run_json
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN, final_rows
 from strategies.records import RoundRecord
 
@@ -67,7 +68,7 @@ class RunState:
         its per-example correctness where known. No fine-tuned rows while no round has trained anything."""
         if self.history and not self.trained_rounds:
             return {k: v | self.per_example.get(k, {}) for k, v in self.zero_shot.items()}
-        last = next((r.evaluation for r in reversed(self.history) if r.plugin_acc is not None), None)
+        last = next((r.evaluation for r in reversed(self.history) if r.plug_in_acc is not None), None)
         emulator = next((r.evaluation for r in reversed(self.history) if r.emulator_acc is not None), None)
         rows = final_rows(self.zero_shot, last, emulator)
         return {name: _with_spread(row | self.per_example.get(name, {})) for name, row in rows.items()}
@@ -178,7 +179,7 @@ def _read_checkpoint(directory: Path) -> Checkpoint:
                 f"{path} has sha256 {actual[:12]}…, recorded {str(hashes.get(name))[:12]}… "
                 "(truncated or modified after it was written)"
             )
-    state = RunState.from_dict(json.loads((directory / "state.json").read_text()))
+    state = RunState.from_dict(read_run_json(directory / "state.json"))
     return Checkpoint(
         adapter=load_file(str(directory / "adapter.safetensors")),
         strategy=load_file(str(directory / "strategy.safetensors")),
@@ -273,7 +274,7 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
     for r in state.history:
         loss = "nothing aggregated" if r.empty else "–" if r.train_loss is None else f"{r.train_loss:.4f}"
         lines.append(
-            f"| {r.round} | {loss} | {pct(r.plugin_acc, r.plugin_acc_stderr)} | "
+            f"| {r.round} | {loss} | {pct(r.plug_in_acc, r.plug_in_acc_stderr)} | "
             f"{pct(r.emulator_acc, r.emulator_acc_stderr)} | {r.aggregated}/{r.sampled} | "
             f"{r.bytes_sent / 1e6:.2f} | {r.bytes_received / 1e6:.2f} | "
             f"{r.seconds:.1f} ({r.eval_seconds:.1f}) |"
@@ -296,7 +297,7 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for attr, label, color in (("plugin_acc", PLUG_IN, "C0"), ("emulator_acc", EMULATOR_FT, "C1")):
+    for attr, label, color in (("plug_in_acc", PLUG_IN, "C0"), ("emulator_acc", EMULATOR_FT, "C1")):
         points = [
             (r.round, getattr(r, attr), getattr(r, attr + "_stderr") or 0.0)
             for r in state.history

@@ -11,13 +11,19 @@ server sends its settings with each message).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from simulations.config import RunConfig, SimulationConfig, add_set_option, load_config, resume_config
+from simulations.config import (
+    RunConfig,
+    SimulationConfig,
+    add_set_option,
+    load_config,
+    read_run_json,
+    resume_config,
+)
 from strategies.records import RunFailedError
 
 log = logging.getLogger(__name__)
@@ -128,7 +134,7 @@ class BackendWatch:
 
 def _status(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_run_json(path) if path.is_file() else {}
 
 
 def backend_config(sim: SimulationConfig) -> dict[str, Any]:

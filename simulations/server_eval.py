@@ -129,7 +129,7 @@ class ServerEvaluator:
         plug_in_(self.full_model, state, sorted(self.positions), self.adapter)
         plugged = self._score(self.full_model, f"{PLUG_IN} (round {server_round})")
         self.per_example[PLUG_IN] = per_example(plugged)
-        metrics = _named(wire.PLUGIN, plugged)
+        metrics = _named(wire.PLUG_IN, plugged)
         if with_emulator:
             name = f"{EMULATOR_FT} (round {server_round})"
             emulator = plugged if self.emulator_is_full else self._score_emulator(state, name)
@@ -168,7 +168,7 @@ def final_rows(
 ) -> dict[str, dict[str, Any]]:
     """The results table: zero-shot rows, then the last plug-in and emulator fine-tuned evaluations."""
     rows = dict(zero_shot)
-    for name, prefix, metrics in ((EMULATOR_FT, wire.EMULATOR, emulator), (PLUG_IN, wire.PLUGIN, last)):
+    for name, prefix, metrics in ((EMULATOR_FT, wire.EMULATOR, emulator), (PLUG_IN, wire.PLUG_IN, last)):
         if metrics and f"{prefix}_acc" in metrics:
             row = {m: metrics[f"{prefix}_{m}"] for m in wire.MEASURES}
             rows[name] = row | {"n": int(metrics.get(wire.EVAL_N, 0))}

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 # RoundRecord fields logged as scalars, by tag; None values (not measured that round) are skipped.
 _FIELDS = {
     "train/loss": "train_loss",
-    "eval/plugin_acc": "plugin_acc",
+    "eval/plug_in_acc": "plug_in_acc",
     "eval/emulator_acc": "emulator_acc",
     "eval/privacy_gap": "privacy_gap",
     "clients/aggregated": "aggregated",

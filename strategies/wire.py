@@ -231,11 +231,11 @@ STEP_SECONDS = metric_key("step_seconds")
 PEAK_MEMORY = metric_key("peak_memory_bytes")
 
 # --- server-side evaluation results (evaluate_fn -> strategy): "{prefix}_{measure}" ----------------------
-PLUGIN = "plugin"  # full model + global adapter
+PLUG_IN = "plug_in"  # full model + global adapter
 EMULATOR = "emulator"  # emulator + global adapter (emulator fine-tuned)
 MEASURES = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
-PLUGIN_ACC = "plugin_acc"
-PLUGIN_ACC_STDERR = "plugin_acc_stderr"
+PLUG_IN_ACC = "plug_in_acc"
+PLUG_IN_ACC_STDERR = "plug_in_acc_stderr"
 EMULATOR_ACC = "emulator_acc"
 EMULATOR_ACC_STDERR = "emulator_acc_stderr"
 EVAL_N = "eval_n"  # number of test examples scored

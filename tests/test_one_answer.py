@@ -58,8 +58,8 @@ def test_a_collapsed_model_after_a_label_split_is_flagged_in_report_and_comparis
     predicted = [0] * len(test)  # the collapsed model: choice 0 for every test example
     correct = [int(p == ex.label) for p, ex in zip(predicted, test, strict=True)]
     acc = sum(correct) / len(test)
-    measures = {"plugin_acc": acc, "plugin_acc_stderr": 0.05, "plugin_acc_norm": acc}
-    record = RoundRecord(round=3, plugin_acc=acc, evaluation=measures | {"plugin_acc_norm_stderr": 0.05})
+    measures = {"plug_in_acc": acc, "plug_in_acc_stderr": 0.05, "plug_in_acc_norm": acc}
+    record = RoundRecord(round=3, plug_in_acc=acc, evaluation=measures | {"plug_in_acc_norm_stderr": 0.05})
     zero_shot = {"acc": 0.5, "acc_stderr": 0.05, "acc_norm": 0.5, "acc_norm_stderr": 0.05, "n": len(test)}
     state = RunState(
         zero_shot={FULL_ZS: zero_shot},

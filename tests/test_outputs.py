@@ -15,7 +15,7 @@ ROW = {"acc": 0.5, "acc_stderr": 0.25, "acc_norm": 0.5, "acc_norm_stderr": 0.25,
 def evaluated(server_round: int, acc: float | None) -> RoundRecord:
     record = RoundRecord(round=server_round)
     if acc is not None:
-        metrics = {f"{wire.PLUGIN}_{m}": 0.1 for m in wire.MEASURES} | {wire.PLUGIN_ACC: acc}
+        metrics = {f"{wire.PLUG_IN}_{m}": 0.1 for m in wire.MEASURES} | {wire.PLUG_IN_ACC: acc}
         metrics |= {f"{wire.EMULATOR}_{m}": 0.2 for m in wire.MEASURES} | {wire.EVAL_N: 2.0}
         fill_accuracies(record, metrics)
     return record
@@ -27,7 +27,7 @@ def test_rows_take_the_last_evaluation_and_carry_per_example_correctness(tmp_pat
         PLUG_IN: {"correct": [1, 1], "correct_norm": [1, 0]},
     }
     state = RunState(zero_shot={FULL_ZS: ROW}, per_example=per_example)
-    state.history = [evaluated(1, 1.0), evaluated(2, None)]  # round 2 skipped evaluation (plugin_every)
+    state.history = [evaluated(1, 1.0), evaluated(2, None)]  # round 2 skipped evaluation (plug_in_every)
     rows = state.rows()
     assert rows[PLUG_IN]["acc"] == 1.0 and rows[PLUG_IN]["correct"] == [1, 1]
     assert rows[FULL_ZS]["correct"] == [1, 0] and "correct" not in rows[EMULATOR_FT]
@@ -36,3 +36,23 @@ def test_rows_take_the_last_evaluation_and_carry_per_example_correctness(tmp_pat
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["results"][PLUG_IN]["correct"] == [1, 1] and "per_example" not in saved
     assert RunState.from_dict(json.loads(json.dumps(state.to_dict()))).per_example == per_example
+
+
+def test_files_written_before_the_plug_in_rename_are_read_with_the_new_keys(tmp_path):
+    # A run directory from before `plugin_acc` became `plug_in_acc` (and `evaluation.plugin_every`
+    # `plug_in_every`) can still be resumed, reused by compare and reported.
+    from simulations.config import RunConfig, check_resumable, load_config, read_run_json
+
+    state = RunState(zero_shot={FULL_ZS: ROW})
+    state.history = [evaluated(1, 0.75)]
+    old = json.dumps(state.to_dict()).replace('"plug_in_', '"plugin_')
+    assert '"plugin_acc"' in old
+    (tmp_path / "state.json").write_text(old)
+    restored = RunState.from_dict(read_run_json(tmp_path / "state.json"))
+    assert restored.history[0].plug_in_acc == 0.75 and restored.rows()[PLUG_IN]["acc"] == 0.75
+
+    config = RunConfig.from_dict({"evaluation": {"plug_in_every": 3}})
+    (tmp_path / "config.json").write_text(config.to_json().replace('"plug_in_every"', '"plugin_every"'))
+    (tmp_path / "config.toml").write_text(config.to_toml().replace("plug_in_every", "plugin_every"))
+    check_resumable(tmp_path, config)  # the same config, written under the old key: no change
+    assert load_config(tmp_path / "config.toml") == config

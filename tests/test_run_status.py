@@ -75,8 +75,8 @@ def failed(msg: Message) -> Message:
 def strategy(evaluated: list | None = None, **kwargs):
     def evaluate(server_round, arrays, with_emulator):
         evaluated.append(server_round)
-        plugin = {f"{wire.PLUGIN}_{m}": 0.6 for m in wire.MEASURES}
-        return plugin | {f"{wire.EMULATOR}_{m}": 0.4 for m in wire.MEASURES} | {wire.EVAL_N: 4.0}
+        plug_in = {f"{wire.PLUG_IN}_{m}": 0.6 for m in wire.MEASURES}
+        return plug_in | {f"{wire.EMULATOR}_{m}": 0.4 for m in wire.MEASURES} | {wire.EVAL_N: 4.0}
 
     return offsite_strategy(
         "fedavg",

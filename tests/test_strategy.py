@@ -141,7 +141,7 @@ def test_start_runs_rounds_evaluates_on_schedule_and_resumes():
         return reply(msg.metadata.dst_node_id, adapter(value), examples=10, loss=2.0)
 
     def evaluate(server_round, arrays, with_emulator):
-        metrics = {wire.PLUGIN_ACC: 0.5, wire.PLUGIN_ACC_STDERR: 0.1}
+        metrics = {wire.PLUG_IN_ACC: 0.5, wire.PLUG_IN_ACC_STDERR: 0.1}
         return {**metrics, wire.EMULATOR_ACC: 0.4} if with_emulator else metrics
 
     saved = []
@@ -205,7 +205,7 @@ class FakeGrid:
         return Message(RecordDict({wire.INFO: ConfigRecord(info)}), reply_to=msg)
 
 
-def test_plugin_is_evaluated_on_its_schedule_and_always_in_the_last_round():
+def test_plug_in_is_evaluated_on_its_schedule_and_always_in_the_last_round():
     def client(msg):
         return reply(msg.metadata.dst_node_id, adapter(1.0), examples=10, loss=2.0)
 
@@ -213,9 +213,9 @@ def test_plugin_is_evaluated_on_its_schedule_and_always_in_the_last_round():
 
     def evaluate(server_round, arrays, with_emulator):
         calls.append((server_round, with_emulator))
-        return {wire.PLUGIN_ACC: 0.5, wire.PLUGIN_ACC_STDERR: 0.1}
+        return {wire.PLUG_IN_ACC: 0.5, wire.PLUG_IN_ACC_STDERR: 0.1}
 
-    strategy = make(evaluate_fn=evaluate, emulator_eval_every=2, plugin_eval_every=0)
+    strategy = make(evaluate_fn=evaluate, emulator_eval_every=2, plug_in_eval_every=0)
     strategy.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=3)
     assert calls == [(2, True), (3, True)]  # with the emulator's schedule and in the last round only
-    assert [r.plugin_acc for r in strategy.history] == [None, 0.5, 0.5]
+    assert [r.plug_in_acc for r in strategy.history] == [None, 0.5, 0.5]

@@ -273,7 +273,7 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
         emulator=EmulatorConfig.of(method="uniform", alpha=args.alpha, rank_keep=1.0),
         federation=FederationConfig(num_clients=2, fraction=1.0, min_clients=2, rounds=3, partition="iid"),
         client=TrainConfig(batch_size=args.batch_size, local_steps=2, max_length=args.seq_len),
-        evaluation=EvaluationConfig(test_limit=20, emulator_every=0, plugin_every=0),
+        evaluation=EvaluationConfig(test_limit=20, emulator_every=0, plug_in_every=0),
     )
     metrics = simulate(config, directory / "simulation")
     rounds = []
