@@ -298,7 +298,7 @@ def _finish(run_dir: Path, config: RunConfig, state: RunState, arrays: ArrayReco
     write_report(run_dir, state, title=title)
     rows = state.rows()
     summary = ", ".join(
-        f"{name} {100 * row['acc']:.1f} ± {100 * row['acc_stderr']:.1f}" for name, row in rows.items()
+        f"{name} {100 * row.acc:.1f} ± {100 * row.acc_stderr:.1f}" for name, row in rows.items()
     )
     empty = len(state.history) - state.trained_rounds
     note = f" ({empty} of {len(state.history)} rounds aggregated nothing)" if empty else ""

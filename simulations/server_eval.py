@@ -27,18 +27,13 @@ from emulator.config import AdapterConfig
 from emulator.evaluation import multiple_choice_accuracy
 from emulator.memo import memoised_accuracy
 from emulator.plug_in import plug_in_
-from emulator.results import MCResult, choice_spread, one_answer_note
+from emulator.results import MEASURES, MCResult, choice_spread, one_answer_note
 from emulator.tasks import MCExample
 from strategies import wire
 
 log = logging.getLogger(__name__)
 
 FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN = "Full-ZS", "Emulator-ZS", "Emulator-FT", "Plug-in"
-
-
-def result_row(result: MCResult) -> dict[str, Any]:
-    """A results-table row (JSON-friendly) from a multiple-choice result."""
-    return {m: float(getattr(result, m)) for m in wire.MEASURES} | {"n": result.n}
 
 
 def per_example(result: MCResult) -> dict[str, list[int]]:
@@ -107,21 +102,20 @@ class ServerEvaluator:
         self.full_model_sha256 = full_model_sha256
         self.per_example: dict[str, dict[str, list[int]]] = {}
 
-    def zero_shot(self) -> dict[str, dict[str, Any]]:
+    def zero_shot(self) -> dict[str, MCResult]:
         """Full-ZS and Emulator-ZS rows (before any adapter is plugged in)."""
         start = time.perf_counter()
         full = self._zero_shot(self.full_model, FULL_ZS, self.full_model_sha256)
         emulator = full if self.emulator_is_full else self._zero_shot(self.emulator_model, EMULATOR_ZS)
         self.per_example |= {FULL_ZS: per_example(full), EMULATOR_ZS: per_example(emulator)}
-        rows = {FULL_ZS: result_row(full), EMULATOR_ZS: result_row(emulator)}
         log.info(
             "zero-shot on %d test examples: full %.1f %%, emulator %.1f %% (%.1f s)",
             len(self.examples),
-            100 * rows[FULL_ZS]["acc"],
-            100 * rows[EMULATOR_ZS]["acc"],
+            100 * full.acc,
+            100 * emulator.acc,
             time.perf_counter() - start,
         )
-        return rows
+        return {FULL_ZS: full, EMULATOR_ZS: emulator}
 
     def __call__(self, server_round: int, arrays: ArrayRecord, with_emulator: bool) -> dict[str, float]:
         """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.wire``."""
@@ -164,16 +158,17 @@ class ServerEvaluator:
 
 
 def final_rows(
-    zero_shot: Mapping[str, Any], last: Mapping[str, float] | None, emulator: Mapping[str, float] | None
-) -> dict[str, dict[str, Any]]:
-    """The results table: zero-shot rows, then the last plug-in and emulator fine-tuned evaluations."""
+    zero_shot: Mapping[str, MCResult], last: Mapping[str, float] | None, emulator: Mapping[str, float] | None
+) -> dict[str, MCResult]:
+    """The results table: zero-shot rows, then the last plug-in and emulator fine-tuned evaluations (read
+    from the metrics ``ServerEvaluator`` returned; their per-example lists are the caller's to add)."""
     rows = dict(zero_shot)
     for name, prefix, metrics in ((EMULATOR_FT, wire.EMULATOR, emulator), (PLUG_IN, wire.PLUG_IN, last)):
         if metrics and f"{prefix}_acc" in metrics:
-            row = {m: metrics[f"{prefix}_{m}"] for m in wire.MEASURES}
-            rows[name] = row | {"n": int(metrics.get(wire.EVAL_N, 0))}
+            row = {m: metrics[f"{prefix}_{m}"] for m in MEASURES}
+            rows[name] = MCResult.from_row(row | {"n": int(metrics.get(wire.EVAL_N, 0))})
     return rows
 
 
 def _named(prefix: str, result: MCResult) -> dict[str, float]:
-    return {f"{prefix}_{m}": float(getattr(result, m)) for m in wire.MEASURES}
+    return {f"{prefix}_{m}": float(getattr(result, m)) for m in MEASURES}

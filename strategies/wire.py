@@ -230,10 +230,10 @@ TRAIN_SECONDS = metric_key("train_seconds")
 STEP_SECONDS = metric_key("step_seconds")
 PEAK_MEMORY = metric_key("peak_memory_bytes")
 
-# --- server-side evaluation results (evaluate_fn -> strategy): "{prefix}_{measure}" ----------------------
+# --- server-side evaluation results (evaluate_fn -> strategy): "{prefix}_{measure}", measures from -------
+# emulator.results.MEASURES
 PLUG_IN = "plug_in"  # full model + global adapter
 EMULATOR = "emulator"  # emulator + global adapter (emulator fine-tuned)
-MEASURES = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 PLUG_IN_ACC = "plug_in_acc"
 PLUG_IN_ACC_STDERR = "plug_in_acc_stderr"
 EMULATOR_ACC = "emulator_acc"

@@ -16,6 +16,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from emulator.results import MEASURES, MCResult
 from simulations.config import load_config
 from simulations.outputs import RunState, load_checkpoint, save_checkpoint, write_metrics, write_report
 from simulations.runner import BackendWatch
@@ -27,7 +28,7 @@ from strategies.records import RoundRecord, RunFailedError, nothing_trained_reas
 
 SHAPES = {"0.mlp.weight": (4, 3), "7.norm.weight": (4,)}
 ROW = {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "n": 4}
-ZERO_SHOT = {FULL_ZS: ROW, EMULATOR_ZS: ROW}
+ZERO_SHOT = {FULL_ZS: MCResult.from_row(ROW), EMULATOR_ZS: MCResult.from_row(ROW)}
 
 
 @pytest.fixture(autouse=True)
@@ -75,8 +76,8 @@ def failed(msg: Message) -> Message:
 def strategy(evaluated: list | None = None, **kwargs):
     def evaluate(server_round, arrays, with_emulator):
         evaluated.append(server_round)
-        plug_in = {f"{wire.PLUG_IN}_{m}": 0.6 for m in wire.MEASURES}
-        return plug_in | {f"{wire.EMULATOR}_{m}": 0.4 for m in wire.MEASURES} | {wire.EVAL_N: 4.0}
+        plug_in = {f"{wire.PLUG_IN}_{m}": 0.6 for m in MEASURES}
+        return plug_in | {f"{wire.EMULATOR}_{m}": 0.4 for m in MEASURES} | {wire.EVAL_N: 4.0}
 
     return offsite_strategy(
         "fedavg",
