@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any
-
-from flwr.app import ConfigRecord, MetricRecord
+from typing import TYPE_CHECKING, Any
 
 from emulator.config import AdapterConfig, TrainConfig
+
+if TYPE_CHECKING:  # flwr only where a record is built: the keys are imported by `scaleot --help` too
+    from flwr.app import ConfigRecord, MetricRecord
 
 # --- message types -------------------------------------------------------------------------------------
 # First contact: the client loads (and verifies) the emulator and says which partition it holds.
@@ -85,6 +86,8 @@ class ClientSettings:
             if spec.name in _FLOWER_INJECTED or (spec.name in _TEST_HOOKS and not value):
                 continue
             record[wire_key(owner, spec.name)] = _to_wire(value, spec)
+        from flwr.app import ConfigRecord
+
         return ConfigRecord(record)
 
     @classmethod
@@ -215,6 +218,8 @@ class TrainMetrics:
     peak_memory_bytes: int
 
     def to_record(self) -> MetricRecord:
+        from flwr.app import MetricRecord
+
         return MetricRecord({metric_key(s.name): _cast(getattr(self, s.name), s) for s in fields(self)})
 
 
