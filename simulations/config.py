@@ -243,23 +243,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 # Keys renamed since run directories were first written (plug-in has one spelling: ``plugin_acc`` became
 # ``plug_in_acc``, ``evaluation.plugin_every`` ``plug_in_every``). Files of older runs are read with the new
 # names, so a run directory from before can still be resumed, reused by compare or reported.
-_RENAMED_PREFIXES = (("plugin_", "plug_in_"),)
+_RENAMED_PREFIX = ("plugin_", "plug_in_")
 
 
 def upgrade_keys(data: Any) -> Any:
-    """Parsed JSON / TOML with each key written before a rename (``_RENAMED_PREFIXES``) given its new name."""
+    """Parsed JSON / TOML with each key written before a rename (``_RENAMED_PREFIX``) given its new name."""
+    old, new = _RENAMED_PREFIX
     if isinstance(data, Mapping):
-        return {_new_key(k): upgrade_keys(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [upgrade_keys(v) for v in data]
-    return data
-
-
-def _new_key(key: str) -> str:
-    for old, new in _RENAMED_PREFIXES:
-        if key.startswith(old):
-            return new + key.removeprefix(old)
-    return key
+        return {
+            new + k.removeprefix(old) if k.startswith(old) else k: upgrade_keys(v) for k, v in data.items()
+        }
+    return [upgrade_keys(v) for v in data] if isinstance(data, list) else data
 
 
 def read_run_json(path: str | Path) -> dict[str, Any]:
