@@ -22,13 +22,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from clients.partition import partition
-from clients.settings import ClientSettings, NodeSettings
 from emulator.adapters import AdapterState, load_adapter_state_, prepare_adapter_
 from emulator.bundle import load_emulator
 from emulator.config import AdapterConfig
 from emulator.data import training_batches
 from emulator.tasks import MCExample, TaskSplits, load_task
 from emulator.training import TrainResult, client_seed, train_adapter
+from strategies.wire import ClientSettings, NodeSettings
 
 log = logging.getLogger(__name__)
 

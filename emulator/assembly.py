@@ -162,8 +162,9 @@ def build_emulator(
         tokenizer: its tokenizer (tokenises the public corpus).
         config: the emulator settings.
         progress: log stage progress at INFO (else DEBUG).
-        public_blocks: (N, T) public token blocks; default: ``config.corpus``'s train split cut into
-            ``config.seq_len`` blocks. The last tenth (at least one batch) is held out for the policy steps.
+        public_blocks: (N, T) public token blocks; default: ``config.data.corpus``'s train split cut
+            into ``config.data.seq_len`` blocks. The last tenth (at least one batch) is held out for the
+            policy steps.
 
     Returns:
         The emulator, frozen, on the model's device.
@@ -184,7 +185,7 @@ def build_emulator(
     if staged:
         stage1 = dynamic_layer_replace(model, train, heldout, config, progress)
         scores, curves = stage1.scores, (stage1.loss_curve, stage1.reward_curve)
-        groups = replacement_groups(len(middle), config.group_size, config.replace_scope)
+        groups = replacement_groups(len(middle), config.stage1.group_size, config.stage1.replace_scope)
         values = torch.tensor([scores[i] for i in middle])
         replaced = [middle[k] for k in lowest_per_group(values, groups, config.alpha)]
         if config.method == "scaleot":
@@ -227,7 +228,7 @@ def stage1_twin(config: EmulatorConfig) -> EmulatorConfig | None:
     """
     if config.method not in ("scaleot", "importance-drop") or config.alpha == 0:
         return None
-    twin = replace(config, method="scaleot", rank_keep=1.0)
+    twin = config.updated(method="scaleot", rank_keep=1.0)
     return None if twin.build_dict() == config.build_dict() else twin
 
 
@@ -243,8 +244,9 @@ def derive_emulator(base: Emulator, config: EmulatorConfig) -> Emulator:
     twin = stage1_twin(config)
     if twin is None or base.config.build_dict() != twin.build_dict():
         raise ValueError(
-            f"emulator of method={base.config.method!r} rank_keep={base.config.rank_keep} is not the stage-1 "
-            f"twin of method={config.method!r} rank_keep={config.rank_keep}; build it with build_emulator"
+            f"emulator of method={base.config.method!r} rank_keep={base.config.src.rank_keep} is not the "
+            f"stage-1 twin of method={config.method!r} rank_keep={config.src.rank_keep}; "
+            "build it with build_emulator"
         )
     start = time.perf_counter()
     model, layer_map = copy.deepcopy(base.model), list(base.layer_map)
@@ -287,9 +289,9 @@ def _split_blocks(
     if blocks is None:
         from emulator.data import corpus_blocks, public_corpus
 
-        text = public_corpus("train", config.corpus, exclude=config.corpus_exclude)
-        blocks = corpus_blocks(tokenizer, text, config.seq_len)
-    held = max(config.batch_size, len(blocks) // 10)
+        text = public_corpus("train", config.data.corpus, exclude=config.data.corpus_exclude)
+        blocks = corpus_blocks(tokenizer, text, config.data.seq_len)
+    held = max(config.data.batch_size, len(blocks) // 10)
     if len(blocks) < 2 * held:
         return blocks, blocks  # too little text to hold any out; the policy then scores on training blocks
     return blocks[:-held], blocks[-held:]
@@ -341,19 +343,19 @@ def _compress_(
     emulator_model: nn.Module, layer_map: list[LayerEntry], config: EmulatorConfig, scores: dict[int, float]
 ) -> list[LayerEntry]:
     kept = [e for e in layer_map if e.kind == "original"]
-    if config.src_layers == "least-important":
+    if config.src.src_layers == "least-important":
         kept = sorted(kept, key=lambda e: (scores.get(e.original, 0.0), e.original))
-        kept = kept[: math.ceil(round(config.src_share * len(kept), 6))]
+        kept = kept[: math.ceil(round(config.src.src_share * len(kept), 6))]
     targets = [e.position for e in kept]
-    if config.rank_keep >= 1.0 or not targets:
+    if config.src.rank_keep >= 1.0 or not targets:
         return layer_map
     report = compress_attention_(
         emulator_model,
         targets,
-        config.rank_keep,
-        config.src_rank,
-        config.src_projections,
-        config.src_only_smaller,
+        config.src.rank_keep,
+        config.src.src_rank,
+        config.src.src_projections,
+        config.src.src_only_smaller,
     )
     updated = []
     for entry in layer_map:

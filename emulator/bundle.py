@@ -175,7 +175,9 @@ def _skeleton(
     layers = get_layers(model)  # already one block per emulator position: the config describes the emulator
     for entry in layer_map:
         if entry.kind == "harmonizer":
-            harmonizer = Harmonizer(hidden_size(model), config.harmonizer_rank, config.harmonizer_activation)
+            harmonizer = Harmonizer(
+                hidden_size(model), config.stage1.harmonizer_rank, config.stage1.harmonizer_activation
+            )
             layers[entry.position] = harmonizer.to(dtype)
         for path in entry.factorized:
             block = layers[entry.position]

@@ -4,16 +4,24 @@ the adapter is trained (``AdapterConfig``) and how a client trains it each round
 Fields marked (paper) follow ScaleOT (Yao et al., AAAI 2025) or Offsite-Tuning (Xiao et al., 2023); the rest
 are our reconstruction (ScaleOT released no code), each kept as a field so it can be ablated. ``from_dict`` is
 the one entry point for parsed TOML / Flower run config; it accepts ``rank-keep`` as well as ``rank_keep``.
+
+``EmulatorConfig`` is nested by stage: ``data`` (the public corpus), ``stage1`` (harmonizers and policy),
+``distill`` (``uniform+distill``) and ``src`` (Selective Rank Compression); ``METHOD_SECTIONS`` says which
+ones each method reads, and the bundle cache keys an emulator on exactly those (``build_dict``). Users
+write the keys flat, as TOML ``[emulator]`` always had them (``harmonizer_rank``, ``--set
+emulator.alpha=0.5``): field names are unique across sections, so a flat key has one home;
+``[emulator.stage1]`` tables work too, and ``to_dict`` writes the flat form. In code:
+``config.stage1.harmonizer_rank``, ``EmulatorConfig.of(alpha=0.5)``, ``config.updated(rank_keep=1.0)``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, get_args
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar, Literal, get_args
 
-from emulator.config_parse import build_config
+from emulator.config_parse import build_config, default_of, flatten_sections, nest_flat_keys
 
 Method = Literal["scaleot", "uniform", "uniform+distill", "full", "importance-drop"]
 # harmonizer_loss is one term or a "+"-joined mix of these (e.g. "hidden+kl"): see emulator.layer_replace.
@@ -44,139 +52,84 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# Stage-1 (scaleot only) and distillation (uniform+distill only) knobs; see EmulatorConfig.build_dict.
-_STAGE1_FIELDS = (
-    "harmonizer_rank",
-    "harmonizer_activation",
-    "harmonizer_loss",
-    "local_norm",
-    "local_weight",
-    "stage1_steps",
-    "harmonizer_lr",
-    "policy_lr",
-    "policy_candidates",
-    "policy_update",
-    "policy_advantage",
-    "policy_interval",
-    "replace_scope",
-    "group_size",
-    "train_replace_ratio",
-    "hidden_weight",
-    "kl_weight",
-)
-_DISTILL_FIELDS = ("distill_steps", "distill_lr", "distill_lm_weight")
-_ISSUE9_FIELDS = (
-    "corpus_exclude",
-    "train_replace_ratio",
-    "hidden_weight",
-    "kl_weight",
-    "src_rank",
-    "src_projections",
-    "src_layers",
-    "src_share",
-    "src_only_smaller",
-)
+# The sections each method reads when it builds an emulator, besides the top level; ``src`` only while SRC is
+# on (rank_keep < 1). The bundle cache keys an emulator on exactly these (``EmulatorConfig.build_dict``).
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
+    "scaleot": ("data", "stage1", "src"),
+    "importance-drop": ("data", "stage1", "src"),
+    "uniform+distill": ("data", "distill", "src"),
+    "uniform": ("src",),
+    "full": (),
+}
 
 
 @dataclass(frozen=True)
-class EmulatorConfig:
-    """Emulator construction settings (the triplet (N_a, α, β) plus stage-1 and baseline knobs).
+class PublicDataConfig:
+    """The public corpus stage 1 and distillation train on, and how it is batched and seeded."""
 
-    Raises:
-        ValueError: a field is out of range, or a combination of fields is contradictory; the message names
-            the field, its value and what is allowed.
-    """
+    # emulator.data.public_corpus name: BIG-bench English prose without the evaluated task (issue 9; pydoc
+    # was ~60k tokens of Python docs), pydoc, or wikitext (online).
+    corpus: str = "bigbench"
+    corpus_exclude: str = ""  # the BIG-bench task corpus='bigbench' leaves out (a run sets its own task)
+    batch_size: int = 4  # public-corpus blocks per stage-1 / distillation step
+    seq_len: int = 128  # tokens per public-corpus block
+    seed: int = 0  # seeds mask sampling, batch order and harmonizer initialisation
 
-    # What compresses the middle: scaleot (harmonizers + SRC), uniform LayerDrop (+ distill), full (none).
-    method: Method = "scaleot"
-    adapter_bottom: int = 2  # (paper) adapter blocks at the bottom, Offsite-Tuning's sandwich
-    adapter_top: int = 2  # (paper) adapter blocks at the top
-    alpha: float = (
-        0.25  # fraction of middle blocks replaced (scaleot) or dropped (uniform); 0.5 too lossy at 135M
-    )
-    rank_keep: float = 0.8  # β: fraction of each attention projection's rank kept by SRC; 1.0 turns SRC off
-    group_size: int = (
-        4  # N_g: consecutive middle blocks per replacement group (hint from a re-implementation)
-    )
+    def __post_init__(self) -> None:
+        _check_int(self, "batch_size", low=1)
+        _check_int(self, "seq_len", low=2)
+        _check_int(self, "seed", low=0)
+        if not isinstance(self.corpus, str) or not self.corpus:
+            raise ValueError(f"emulator.corpus={self.corpus!r} must be a non-empty corpus name")
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """ScaleOT stage 1 (Dynamic LayerReplace): harmonizers, their loss and the importance-score policy."""
+
     harmonizer_rank: int = 64  # r_h: harmonizer bottleneck width ("rank 64 for medium models")
     harmonizer_activation: Activation = "relu"  # bottleneck non-linearity ("low-rank FFN with ReLU")
-    harmonizer_loss: str = "local"  # stage-1 loss: a HARMONIZER_LOSS_TERMS term or a "+" mix (see below)
+    harmonizer_loss: str = "local"  # a HARMONIZER_LOSS_TERMS term or a "+" mix (see loss_terms)
     # Local-regression normaliser: per token, per hidden dimension, or global (Offsite-Tuning's KD). Per token
     # measured best on SmolLM2 (α 0.25: perplexity 63 vs 167 per dimension); see normalized_mse.
     local_norm: LocalNorm = "token"
     local_weight: float = 1.0  # weight of the local term in harmonizer_loss="lm+local"
+    hidden_weight: float = 1.0  # weight of "hidden" (middle-output MSE vs the full model) in a loss mix
+    kl_weight: float = 1.0  # weight of "kl" (KL(full ‖ mixed) of the next-token distributions) in a mix
     stage1_steps: int = 200  # harmonizer gradient steps in stage 1
-    batch_size: int = 4  # public-corpus blocks per stage-1 / distillation step
-    seq_len: int = 128  # tokens per public-corpus block
-    harmonizer_lr: float = (
-        3e-3  # AdamW learning rate of the harmonizers (small, fresh modules; 1e-3 was slow)
-    )
+    harmonizer_lr: float = 3e-3  # AdamW learning rate of the harmonizers (small, fresh modules; 1e-3 slow)
     policy_lr: float = 1.0  # η of the importance-score update
     policy_candidates: int = 3  # N_c: masks evaluated per policy step
     policy_update: PolicyUpdate = "paper"  # paper: η Σ r_j m_j σ'(s); reinforce: η Σ r_j (m_j − σ(s))
     policy_advantage: PolicyAdvantage = "relative"  # r_j = R_j − mean R, divided by mean R (relative) or not
-    policy_interval: int = (
-        1  # one policy step after every k harmonizer steps (policy evaluation dominates cost)
+    policy_interval: int = 1  # one policy step after every k harmonizer steps (policy evaluation dominates)
+    replace_scope: ReplaceScope = "group"  # stage 2 replaces the lowest scores per group or over the middle
+    group_size: int = (
+        4  # N_g: consecutive middle blocks per replacement group (hint from a re-implementation)
     )
-    replace_scope: ReplaceScope = (
-        "group"  # stage 2 replaces the lowest scores per group or over the whole middle
-    )
-    distill_steps: int = 200  # uniform+distill: block-output distillation steps of the kept middle
-    distill_lr: float = 1e-4  # uniform+distill: AdamW learning rate (Offsite-Tuning: 1e-4)
-    distill_lm_weight: float = 0.0  # uniform+distill: weight of the LM loss next to the KD loss (weight 1)
-    # Public corpus for stage 1 and distillation (emulator.data.public_corpus name): BIG-bench English prose
-    # without the evaluated task (issue 9; pydoc was ~60k tokens of Python docs), pydoc, or wikitext (online).
-    corpus: str = "bigbench"
-    seed: int = 0  # seeds mask sampling, batch order and harmonizer initialisation
-    log_every: int = 10  # one progress line every k steps
-    # --- Issue 9: stage 1 in context, on English; SRC as a knob (reconstruction; each field ablatable) ---
-    # The BIG-bench task that corpus='bigbench' must leave out (the run sets it to its own task).
-    corpus_exclude: str = ""
     # Fraction of each group replaced in the masks stage 1 samples (harmonizer and policy steps); the paper
     # samples about half. 0: use alpha. The final selection always replaces round(alpha·|G|).
     train_replace_ratio: float = 0.0
-    hidden_weight: float = 1.0  # weight of "hidden" (middle-output MSE vs the full model) in a loss mix
-    kl_weight: float = 1.0  # weight of "kl" (KL(full ‖ mixed) of the next-token distributions) in a mix
-    src_rank: SrcRank = "fraction"  # β is a fraction of each projection's rank, or of its spectral energy
-    src_projections: str = "qkvo"  # which attention projections SRC compresses (GPT-2's packed c_attn: qkv)
-    src_layers: SrcLayers = "all"  # SRC on every kept middle block, or the least important src_share of them
-    src_share: float = 1.0  # with src_layers='least-important': fraction of kept middle blocks compressed
-    src_only_smaller: bool = False  # compress a projection only where the factorised form is smaller
 
     def __post_init__(self) -> None:
-        _check_choice(self, "method", Method)
-        loss_terms(self.harmonizer_loss)  # validates
-        _check_choice(self, "src_rank", SrcRank)
-        _check_choice(self, "src_layers", SrcLayers)
-        if not self.src_projections or set(self.src_projections) - set("qkvo"):
-            raise ValueError(
-                f"emulator.src_projections={self.src_projections!r} must be a non-empty subset of 'qkvo'"
-            )
-        _check_float(self, "train_replace_ratio", 0.0, 1.0, "[0, 1] (0: alpha)")
-        _check_float(self, "src_share", 0.0, 1.0, "(0, 1]", open_low=True)
-        _check_choice(self, "local_norm", LocalNorm)
-        _check_choice(self, "harmonizer_activation", Activation)
-        _check_choice(self, "policy_update", PolicyUpdate)
-        _check_choice(self, "policy_advantage", PolicyAdvantage)
-        _check_choice(self, "replace_scope", ReplaceScope)
-        for name in ("adapter_bottom", "adapter_top", "stage1_steps", "distill_steps", "seed"):
-            _check_int(self, name, low=0)
-        for name in ("group_size", "harmonizer_rank", "batch_size", "policy_interval", "log_every"):
-            _check_int(self, name, low=1)
-        _check_int(self, "seq_len", low=2)
-        _check_int(self, "policy_candidates", low=2)
-        _check_float(self, "alpha", 0.0, 1.0, "[0, 1]")
-        _check_float(self, "rank_keep", 0.0, 1.0, "(0, 1]", open_low=True)
-        for name in ("harmonizer_lr", "policy_lr", "distill_lr"):
-            _check_float(self, name, 0.0, math.inf, "> 0", open_low=True)
-        for name in ("local_weight", "distill_lm_weight", "hidden_weight", "kl_weight"):
-            _check_float(self, name, 0.0, math.inf, ">= 0")
-        if not isinstance(self.corpus, str) or not self.corpus:
-            raise ValueError(f"emulator.corpus={self.corpus!r} must be a non-empty corpus name")
-        self._check_combinations()
-
-    def _check_combinations(self) -> None:
         terms = loss_terms(self.harmonizer_loss)
+        for name, choices in (
+            ("local_norm", LocalNorm),
+            ("harmonizer_activation", Activation),
+            ("policy_update", PolicyUpdate),
+            ("policy_advantage", PolicyAdvantage),
+            ("replace_scope", ReplaceScope),
+        ):
+            _check_choice(self, name, choices)
+        _check_int(self, "stage1_steps", low=0)
+        for name in ("group_size", "harmonizer_rank", "policy_interval"):
+            _check_int(self, name, low=1)
+        _check_int(self, "policy_candidates", low=2)
+        _check_float(self, "train_replace_ratio", 0.0, 1.0, "[0, 1] (0: alpha)")
+        for name in ("harmonizer_lr", "policy_lr"):
+            _check_float(self, name, 0.0, math.inf, "> 0", open_low=True)
+        for name in ("local_weight", "hidden_weight", "kl_weight"):
+            _check_float(self, name, 0.0, math.inf, ">= 0")
         for term in terms if len(terms) > 1 else ():
             weight_name = f"{term}_weight"
             if term != "lm" and getattr(self, weight_name) == 0:
@@ -184,31 +137,123 @@ class EmulatorConfig:
                     f"emulator.{weight_name}=0 with harmonizer_loss={self.harmonizer_loss!r} switches the "
                     f"{term} term off; drop it from the mix or use a {weight_name} > 0"
                 )
-        if self.src_layers == "least-important" and self.method not in ("scaleot", "importance-drop"):
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Block-output distillation of the kept middle (``uniform+distill``, Offsite-Tuning's baseline)."""
+
+    distill_steps: int = 200  # distillation steps of the kept middle
+    distill_lr: float = 1e-4  # AdamW learning rate (Offsite-Tuning: 1e-4)
+    distill_lm_weight: float = 0.0  # weight of the LM loss next to the KD loss (weight 1)
+
+    def __post_init__(self) -> None:
+        _check_int(self, "distill_steps", low=0)
+        _check_float(self, "distill_lr", 0.0, math.inf, "> 0", open_low=True)
+        _check_float(self, "distill_lm_weight", 0.0, math.inf, ">= 0")
+
+
+@dataclass(frozen=True)
+class SrcConfig:
+    """Selective Rank Compression of the kept middle blocks' attention (ScaleOT's β, plus our knobs)."""
+
+    rank_keep: float = 0.8  # (paper) β: fraction of each attention projection's rank kept; 1.0 turns SRC off
+    src_rank: SrcRank = "fraction"  # β is a fraction of each projection's rank, or of its spectral energy
+    src_projections: str = "qkvo"  # which attention projections SRC compresses (GPT-2's packed c_attn: qkv)
+    src_layers: SrcLayers = "all"  # SRC on every kept middle block, or the least important src_share of them
+    src_share: float = 1.0  # with src_layers='least-important': fraction of kept middle blocks compressed
+    src_only_smaller: bool = False  # compress a projection only where the factorised form is smaller
+
+    def __post_init__(self) -> None:
+        _check_float(self, "rank_keep", 0.0, 1.0, "(0, 1]", open_low=True)
+        _check_choice(self, "src_rank", SrcRank)
+        _check_choice(self, "src_layers", SrcLayers)
+        if not self.src_projections or set(self.src_projections) - set("qkvo"):
+            raise ValueError(
+                f"emulator.src_projections={self.src_projections!r} must be a non-empty subset of 'qkvo'"
+            )
+        _check_float(self, "src_share", 0.0, 1.0, "(0, 1]", open_low=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank_keep < 1
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Emulator construction settings: the triplet (N_a, α, β) at the top and in ``src``, and one section per
+    stage that reads its own knobs (``data``, ``stage1``, ``distill``, ``src``).
+
+    Users write the section fields flat (``emulator.harmonizer_rank``, as in TOML ``[emulator]``) or nested
+    (``emulator.stage1.harmonizer_rank``, TOML ``[emulator.stage1]``); ``from_dict`` and ``of`` accept both
+    and ``to_dict`` writes the flat form. Field names are unique across sections, so a flat key has one home.
+
+    Raises:
+        ValueError: a field is out of range, or a combination of fields is contradictory; the message names
+            the field, its value and what is allowed.
+    """
+
+    flat_keys: ClassVar[bool] = True  # build_config: section fields may be written at the top level
+
+    # What compresses the middle: scaleot (harmonizers + SRC), uniform LayerDrop (+ distill), full (none).
+    method: Method = "scaleot"
+    adapter_bottom: int = 2  # (paper) adapter blocks at the bottom, Offsite-Tuning's sandwich
+    adapter_top: int = 2  # (paper) adapter blocks at the top
+    alpha: float = (
+        0.25  # fraction of middle blocks replaced (scaleot) or dropped (uniform); 0.5 lossy at 135M
+    )
+    log_every: int = field(default=10, metadata={"shapes_emulator": False})  # a progress line every k steps
+    data: PublicDataConfig = field(default_factory=PublicDataConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    src: SrcConfig = field(default_factory=SrcConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "method", Method)
+        for name in ("adapter_bottom", "adapter_top"):
+            _check_int(self, name, low=0)
+        _check_int(self, "log_every", low=1)
+        _check_float(self, "alpha", 0.0, 1.0, "[0, 1]")
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        if self.src.src_layers == "least-important" and self.method not in ("scaleot", "importance-drop"):
             raise ValueError(
                 f"emulator.src_layers='least-important' needs stage-1 scores, which method={self.method!r} "
                 "has not; use src_layers='all' or method 'scaleot' / 'importance-drop'"
             )
-        if self.method == "uniform+distill" and self.distill_steps == 0:
+        if self.method == "uniform+distill" and self.distill.distill_steps == 0:
             raise ValueError(
                 "emulator.distill_steps=0 with method='uniform+distill' distils nothing; "
                 "use method='uniform' or distill_steps >= 1"
             )
-        if self.method == "full" and (self.alpha != 0 or self.rank_keep != 1):
+        if self.method == "full" and (self.alpha != 0 or self.src.rank_keep != 1):
             raise ValueError(
                 f"emulator.method='full' compresses nothing, but alpha={self.alpha} and "
-                f"rank_keep={self.rank_keep} "
+                f"rank_keep={self.src.rank_keep} "
                 "ask for compression; set alpha=0 and rank_keep=1.0 (or use EmulatorConfig.full())"
             )
 
     @classmethod
+    def of(cls, **values: Any) -> EmulatorConfig:
+        """Build from keyword values, flat (``alpha=0.5, stage1_steps=2``) or by section; no TOML coercion.
+
+        Raises:
+            ValueError: an unknown key (the message lists the valid ones) or any validation error.
+        """
+        nested = nest_flat_keys(cls, values, "emulator.")
+        sections = {f.name: f.default_factory for f in fields(cls) if is_dataclass(default_of(f))}
+        built = {k: sections[k](**v) if k in sections else v for k, v in nested.items()}
+        return cls(**built)
+
+    @classmethod
     def full(cls, **overrides: Any) -> EmulatorConfig:
         """The no-compression config of the ``full`` fine-tuning baseline (alpha 0, rank_keep 1)."""
-        return cls(**{**METHOD_PRESETS["full"], **overrides})
+        return cls.of(**{**METHOD_PRESETS["full"], **overrides})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EmulatorConfig:
-        """Build from parsed TOML or run config; ``-`` in keys is read as ``_``.
+        """Build from parsed TOML or run config, flat or nested; ``-`` in keys is read as ``_``.
 
         Raises:
             ValueError: an unknown key (the message lists the valid ones), a value of the wrong type, or any
@@ -216,31 +261,27 @@ class EmulatorConfig:
         """
         return build_config(cls, values, "emulator.")
 
+    def updated(self, **values: Any) -> EmulatorConfig:
+        """A copy with flat values changed, validated again: ``config.updated(rank_keep=1.0)``."""
+        return EmulatorConfig.of(**{**self.to_dict(), **values})
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain ``{field: value}`` dict (JSON / TOML friendly); ``from_dict(to_dict())`` round-trips."""
-        return asdict(self)
+        """The flat ``{field: value}`` dict users write (JSON / TOML friendly); ``from_dict`` round-trips."""
+        return flatten_sections(asdict(self), self)
+
+    def sections_used(self) -> tuple[str, ...]:
+        """The sections this config's method reads when it builds (``METHOD_SECTIONS``; SRC only when on)."""
+        return tuple(s for s in METHOD_SECTIONS[self.method] if s != "src" or self.src.enabled)
 
     def build_dict(self) -> dict[str, Any]:
-        """The fields that shape the emulator this config builds: ``to_dict`` without the knobs its method
-        ignores (stage 1 for the baselines, distillation for scaleot, logging for all), so that a cache keyed
-        on it reuses a bundle when only an unrelated knob changed."""
-        ignored = {"log_every"}
-        if self.method not in ("scaleot", "importance-drop"):
-            ignored |= set(_STAGE1_FIELDS)
-        if self.method != "uniform+distill":
-            ignored |= set(_DISTILL_FIELDS)
-        if self.method in ("uniform", "full"):
-            ignored |= {"batch_size", "seq_len", "corpus", "corpus_exclude", "seed"}
-        if self.rank_keep >= 1:
-            ignored |= {"src_rank", "src_projections", "src_layers", "src_share", "src_only_smaller"}
-        if self.corpus != "bigbench":
-            ignored |= {"corpus_exclude"}
-        # Issue-9 fields at their defaults reproduce the earlier builds: leave them out so that bundles cached
-        # before the fields existed keep their key.
-        ignored |= {
-            f.name for f in fields(self) if f.name in _ISSUE9_FIELDS and getattr(self, f.name) == f.default
+        """What shapes the emulator this config builds: the top-level fields (logging aside) and the sections
+        its method uses, so that a cache keyed on it reuses a bundle when only an unused knob changed."""
+        top = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not is_dataclass(default_of(f)) and f.metadata.get("shapes_emulator", True)
         }
-        return {k: v for k, v in asdict(self).items() if k not in ignored}
+        return top | {name: asdict(getattr(self, name)) for name in self.sections_used()}
 
 
 def loss_terms(harmonizer_loss: str) -> tuple[str, ...]:
@@ -258,7 +299,7 @@ def loss_terms(harmonizer_loss: str) -> tuple[str, ...]:
     return terms
 
 
-def _check_choice(config: EmulatorConfig, name: str, choices: Any) -> None:
+def _check_choice(config: Any, name: str, choices: Any) -> None:
     allowed = get_args(choices)
     value = getattr(config, name)
     if value not in allowed:
@@ -267,14 +308,14 @@ def _check_choice(config: EmulatorConfig, name: str, choices: Any) -> None:
         )
 
 
-def _check_int(config: EmulatorConfig, name: str, low: int) -> None:
+def _check_int(config: Any, name: str, low: int) -> None:
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"emulator.{name}={value!r} must be an integer >= {low}")
 
 
 def _check_float(
-    config: EmulatorConfig, name: str, low: float, high: float, allowed: str, open_low: bool = False
+    config: Any, name: str, low: float, high: float, allowed: str, open_low: bool = False
 ) -> None:
     value = getattr(config, name)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

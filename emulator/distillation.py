@@ -58,12 +58,12 @@ def distill_middle_(
         return []
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=config.distill_lr, weight_decay=0.0)
-    batches = public_batches(blocks, config.batch_size, torch.Generator().manual_seed(config.seed))
+    optimizer = torch.optim.AdamW(params, lr=config.distill.distill_lr, weight_decay=0.0)
+    batches = public_batches(blocks, config.data.batch_size, torch.Generator().manual_seed(config.data.seed))
     device = params[0].device
     level = logging.INFO if progress else logging.DEBUG
     curve: list[float] = []
-    for step in range(1, config.distill_steps + 1):
+    for step in range(1, config.distill.distill_steps + 1):
         loss = _distill_loss(
             emulator_model, teacher, student_positions[-1], teacher_last, next(batches).to(device), config
         )
@@ -71,8 +71,10 @@ def distill_middle_(
         loss.backward()
         optimizer.step()
         curve.append(loss.item())
-        if step % config.log_every == 0 or step == config.distill_steps:
-            log.log(level, "distillation step %d/%d: loss %.4f", step, config.distill_steps, curve[-1])
+        if step % config.log_every == 0 or step == config.distill.distill_steps:
+            log.log(
+                level, "distillation step %d/%d: loss %.4f", step, config.distill.distill_steps, curve[-1]
+            )
     for p in params:
         p.requires_grad_(False)
     return curve
@@ -89,7 +91,7 @@ def _distill_loss(
     with torch.no_grad(), capture_blocks(get_layers(teacher), [teacher_last], inputs=False) as target:
         backbone(teacher)(input_ids=batch, use_cache=False)
     with capture_blocks(get_layers(emulator_model), [student_last], inputs=False) as student:
-        if config.distill_lm_weight > 0:
+        if config.distill.distill_lm_weight > 0:
             lm = lm_loss(emulator_model, batch)
         else:
             backbone(emulator_model)(input_ids=batch, use_cache=False)
@@ -97,4 +99,4 @@ def _distill_loss(
     kd = normalized_mse(
         student.outputs[student_last], target.outputs[teacher_last], "global"
     )  # (B, T, d) -> ()
-    return kd + config.distill_lm_weight * lm
+    return kd + config.distill.distill_lm_weight * lm

@@ -45,7 +45,7 @@ def check_fits(
     """
     limit, width = position_limit(model), hidden_size(model)
     if emulator is not None and emulator.method in ("scaleot", "uniform+distill"):
-        lengths = {**(lengths or {}), "emulator.seq_len": emulator.seq_len}
+        lengths = {**(lengths or {}), "emulator.seq_len": emulator.data.seq_len}
     for name, value in (lengths or {}).items():
         _require(value <= limit, name, value, f"<= {limit}, the model's position limit")
     if adapter is not None and adapter.mode == "lora":
@@ -72,19 +72,19 @@ def _check_emulator(emulator: EmulatorConfig, depth: int, width: int) -> None:
     middle = depth - adapters
     if emulator.method == "scaleot":
         _require(
-            emulator.harmonizer_rank <= width,
+            emulator.stage1.harmonizer_rank <= width,
             "emulator.harmonizer_rank",
-            emulator.harmonizer_rank,
+            emulator.stage1.harmonizer_rank,
             f"<= {width}, the model's hidden size",
         )
-        if emulator.replace_scope == "group":
+        if emulator.stage1.replace_scope == "group":
             _require(
-                emulator.group_size <= middle,
+                emulator.stage1.group_size <= middle,
                 "emulator.group_size",
-                emulator.group_size,
+                emulator.stage1.group_size,
                 f"<= {middle}, the model's middle blocks",
             )
-        groups = replacement_groups(middle, emulator.group_size, emulator.replace_scope)
+        groups = replacement_groups(middle, emulator.stage1.group_size, emulator.stage1.replace_scope)
         sizes = [len(g) for g in groups]
         replaced = lowest_per_group(torch.zeros(middle), groups, emulator.alpha)
         _require(

@@ -191,7 +191,7 @@ class _MixedNetwork:
 
 def train_ratio(config: EmulatorConfig) -> float:
     """Fraction of each group the stage-1 masks replace: ``train_replace_ratio``, or α where that is 0."""
-    return config.train_replace_ratio or config.alpha
+    return config.stage1.train_replace_ratio or config.alpha
 
 
 def dynamic_layer_replace(
@@ -220,7 +220,7 @@ def dynamic_layer_replace(
     start = time.perf_counter()
     view = frozen_view(model)
     middle = middle_blocks(len(get_layers(view)), config.adapter_bottom, config.adapter_top)
-    groups = replacement_groups(len(middle), config.group_size, config.replace_scope)
+    groups = replacement_groups(len(middle), config.stage1.group_size, config.stage1.replace_scope)
     for name, ratio in (("alpha", config.alpha), ("train_replace_ratio", train_ratio(config))):
         if not lowest_per_group(torch.zeros(len(middle)), groups, ratio):
             raise ValueError(
@@ -231,32 +231,36 @@ def dynamic_layer_replace(
     harmonizers = make_harmonizers(
         middle,
         hidden_size(view),
-        config.harmonizer_rank,
-        config.harmonizer_activation,
+        config.stage1.harmonizer_rank,
+        config.stage1.harmonizer_activation,
         ref.device,
         ref.dtype,
-        config.seed,
+        config.data.seed,
     )
     net = _MixedNetwork(view, list(get_layers(view)), harmonizers, middle)
     params = [p for h in harmonizers.values() for p in h.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.harmonizer_lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed)
-    train = public_batches(train_blocks, config.batch_size, generator)
-    heldout = public_batches(heldout_blocks, config.batch_size, generator)
+    optimizer = torch.optim.AdamW(params, lr=config.stage1.harmonizer_lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.data.seed)
+    train = public_batches(train_blocks, config.data.batch_size, generator)
+    heldout = public_batches(heldout_blocks, config.data.batch_size, generator)
     scores = torch.zeros(len(middle), dtype=torch.float64)
     result = LayerReplaceResult(middle=middle, scores={}, harmonizers=harmonizers)
     level = logging.INFO if progress else logging.DEBUG
-    for step in range(1, config.stage1_steps + 1):
+    for step in range(1, config.stage1.stage1_steps + 1):
         loss = _harmonizer_loss(net, next(train).to(ref.device), scores, groups, generator, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         result.loss_curve.append(loss.item())
-        if step % config.policy_interval == 0:
+        if step % config.stage1.policy_interval == 0:
             _policy_step_(net, next(heldout).to(ref.device), scores, groups, generator, config, result)
-        if step % config.log_every == 0 or step == config.stage1_steps:
+        if step % config.log_every == 0 or step == config.stage1.stage1_steps:
             log.log(
-                level, "stage 1 step %d/%d: %s", step, config.stage1_steps, _progress(result, scores, middle)
+                level,
+                "stage 1 step %d/%d: %s",
+                step,
+                config.stage1.stage1_steps,
+                _progress(result, scores, middle),
             )
     for h in harmonizers.values():
         h.requires_grad_(False)
@@ -273,18 +277,18 @@ def _harmonizer_loss(
     generator: torch.Generator,
     config: EmulatorConfig,
 ) -> torch.Tensor:
-    terms = loss_terms(config.harmonizer_loss)
-    weights = {"lm": 1.0, "local": config.local_weight}
-    weights |= {"hidden": config.hidden_weight, "kl": config.kl_weight}
+    terms = loss_terms(config.stage1.harmonizer_loss)
+    weights = {"lm": 1.0, "local": config.stage1.local_weight}
+    weights |= {"hidden": config.stage1.hidden_weight, "kl": config.stage1.kl_weight}
     if len(terms) == 1:
         weights = dict.fromkeys(weights, 1.0)  # a single term is the loss itself
     total = torch.zeros((), device=batch.device)
     if "local" in terms:
-        total = total + weights["local"] * net.local_loss(batch, config.local_norm)
+        total = total + weights["local"] * net.local_loss(batch, config.stage1.local_norm)
     in_context = set(terms) - {"local"}
     if in_context:
         keep = sample_mask(scores, groups, train_ratio(config), generator)
-        losses = net.context_losses(batch, keep, in_context, config.local_norm)
+        losses = net.context_losses(batch, keep, in_context, config.stage1.local_norm)
         total = total + sum(weights[t] * loss for t, loss in losses.items())
     return total
 
@@ -300,11 +304,19 @@ def _policy_step_(
     result: LayerReplaceResult,
 ) -> None:
     masks = torch.stack(
-        [sample_mask(scores, groups, train_ratio(config), generator) for _ in range(config.policy_candidates)]
+        [
+            sample_mask(scores, groups, train_ratio(config), generator)
+            for _ in range(config.stage1.policy_candidates)
+        ]
     )
     losses = torch.tensor([net.lm_loss(batch, keep).item() for keep in masks], dtype=torch.float64)  # (N_c,)
     rewards = policy_update_(
-        scores, masks, losses, config.policy_lr, config.policy_update, config.policy_advantage
+        scores,
+        masks,
+        losses,
+        config.stage1.policy_lr,
+        config.stage1.policy_update,
+        config.stage1.policy_advantage,
     )
     result.reward_curve.append(float(rewards.mean()))
     result.policy_loss_curve.append(float(losses.mean()))

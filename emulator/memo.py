@@ -34,11 +34,16 @@ SCORING_VERSION = 3  # 2: the predicted choice per example; 3: lm-eval encoding 
 
 
 def memo_key(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: list[MCExample], max_length: int
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[MCExample],
+    max_length: int,
+    model_sha256: str | None = None,
 ) -> str:
-    """The memo key of scoring ``model`` on ``examples`` (see the module docstring for what it covers)."""
+    """The memo key of scoring ``model`` on ``examples`` (see the module docstring for what it covers);
+    ``model_sha256`` is ``model_fingerprint(model)`` when the caller has it (hashing takes seconds)."""
     spec = {
-        "model": model_fingerprint(model),
+        "model": model_sha256 or model_fingerprint(model),
         "vocab": hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest(),
         "examples": [[ex.context, list(ex.choices), ex.label] for ex in examples],
         "max_length": max_length,
@@ -55,6 +60,7 @@ def memoised_accuracy(
     max_length: int = 512,
     progress: bool = False,
     directory: Path | None = None,
+    model_sha256: str | None = None,
 ) -> MCResult:
     """``multiple_choice_accuracy``, read from the memo when this model was scored on these examples before.
 
@@ -62,6 +68,7 @@ def memoised_accuracy(
         model, tokenizer, examples, batch_size, max_length, progress: as ``multiple_choice_accuracy``
             (``batch_size`` does not enter the key: it changes the speed, not the result).
         directory: where memo files live; default ``cache_dir() / "zero-shot"``.
+        model_sha256: ``model_fingerprint(model)`` if the caller has it (else computed here).
 
     Raises:
         ValueError: no examples.
@@ -69,7 +76,7 @@ def memoised_accuracy(
     if not examples:
         raise ValueError("examples is empty; accuracy needs at least one example")
     directory = directory or cache_dir() / "zero-shot"
-    path = directory / f"{memo_key(model, tokenizer, examples, max_length)}.json"
+    path = directory / f"{memo_key(model, tokenizer, examples, max_length, model_sha256)}.json"
     if path.is_file():
         values = json.loads(path.read_text())
         log.info("zero-shot of %d examples: memoised in %s", len(examples), path)

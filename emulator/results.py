@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+# The measures of a results row, in the order rows and metric names list them (``plug_in_acc`` etc.).
+MEASURES = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+PER_EXAMPLE = ("correct", "correct_norm", "predicted")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,27 @@ class MCResult:
     correct: tuple[int, ...]
     correct_norm: tuple[int, ...]
     predicted: tuple[int, ...] = ()
+
+    def measures(self) -> dict[str, Any]:
+        """``{acc, acc_stderr, acc_norm, acc_norm_stderr, n}``, JSON-friendly (state.json zero-shot rows)."""
+        return {m: float(getattr(self, m)) for m in MEASURES} | {"n": self.n}
+
+    def to_row(self) -> dict[str, Any]:
+        """metrics.json's results row: ``measures()``, the per-example lists where known (for paired
+        comparisons) and how the predictions spread over choice positions (``choice_spread``)."""
+        known = {k: list(getattr(self, k)) for k in PER_EXAMPLE if getattr(self, k)}
+        return self.measures() | known | choice_spread(self.predicted)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> MCResult:
+        """Read a row written by ``measures`` or ``to_row`` (per-example lists absent: empty)."""
+        lists = {k: tuple(int(v) for v in row.get(k, ())) for k in PER_EXAMPLE}
+        return cls(**{m: float(row[m]) for m in MEASURES}, n=int(row["n"]), **lists)
+
+    def with_per_example(self, per_example: Mapping[str, Sequence[int]] | None) -> MCResult:
+        """This result with the per-example lists in ``per_example`` (``correct`` etc.) filled in."""
+        known = {k: tuple(per_example[k]) for k in PER_EXAMPLE if k in (per_example or {})}
+        return replace(self, **known)
 
 
 # A row in which one choice position takes more than this share of the predictions is flagged: a model giving
@@ -74,22 +99,27 @@ def one_answer_note(name: str, row: Mapping[str, Any]) -> str | None:
     )
 
 
-def privacy_gap(
-    plug_in: Mapping[str, Any] | float | None, emulator_ft: Mapping[str, Any] | float | None
-) -> float | None:
+Accuracy = MCResult | Mapping[str, Any] | float | None
+
+
+def privacy_gap(plug_in: Accuracy, emulator_ft: Accuracy) -> float | None:
     """Δ = plug-in accuracy − emulator fine-tuned accuracy (design §3; larger is more private), a fraction.
 
     Args:
-        plug_in, emulator_ft: accuracies, or results rows (``MCResult`` as a dict) holding ``acc``.
+        plug_in, emulator_ft: accuracies, ``MCResult``s, or results rows read from JSON holding ``acc``.
 
     Returns:
         The difference, or None when either is missing.
     """
     if plug_in is None or emulator_ft is None:
         return None
-    a = plug_in["acc"] if isinstance(plug_in, Mapping) else plug_in
-    b = emulator_ft["acc"] if isinstance(emulator_ft, Mapping) else emulator_ft
-    return a - b
+    return _acc(plug_in) - _acc(emulator_ft)
+
+
+def _acc(value: MCResult | Mapping[str, Any] | float) -> float:
+    if isinstance(value, MCResult):
+        return value.acc
+    return value["acc"] if isinstance(value, Mapping) else value
 
 
 def paired_difference(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[float, float]:

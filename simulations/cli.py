@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emulator.config import Method
+from simulations.config import add_set_option
 from simulations.export import export_arguments, run_export
 from simulations.runner import run_simulate, simulate_arguments
 from simulations.studies.compare import compare_arguments, run_compare
@@ -151,13 +152,7 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="stage-1 steps (distillation steps for +distill)"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="any EmulatorConfig field (TOML value)",
-    )
+    add_set_option(parser, "any EmulatorConfig field (TOML value)", dest="set", metavar="FIELD=VALUE")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", required=True, help="bundle directory to write")
 
@@ -186,7 +181,9 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     check_fits(model, config)
     emulator = build_emulator(model, tokenizer, config, progress=True)
     directory = save_bundle(emulator, args.out, args.model, tokenizer)
-    print(f"emulator of {args.model} ({config.method}, alpha={config.alpha}, rank_keep={config.rank_keep})")
+    print(
+        f"emulator of {args.model} ({config.method}, alpha={config.alpha}, rank_keep={config.src.rank_keep})"
+    )
     print(emulator.describe())
     print(f"build time: {emulator.build_seconds:.1f} s; bundle: {directory}")
 

@@ -10,11 +10,12 @@ checked before any model is loaded.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ class EvaluationConfig:
 
     test_limit: int = 0  # evaluate on the first k test examples; 0: all of them
     emulator_every: int = 1  # evaluate emulator fine-tuned every k rounds (and the last); 0: last only
-    plugin_every: int = 1  # evaluate plug-in every k rounds (and the last, and with the emulator); 0: those
+    plug_in_every: int = 1  # evaluate plug-in every k rounds (and the last, and with the emulator); 0: those
     batch_size: int = 16  # examples per scoring batch
     max_length: int = 512  # token budget per scored (context, choice); longer contexts are cut from the left
     progress: bool = True  # a tqdm bar while scoring; shown only when stderr is a terminal
@@ -107,7 +108,7 @@ class EvaluationConfig:
         _check(
             self.emulator_every >= 0, "evaluation.emulator_every", self.emulator_every, ">= 0 (0: last only)"
         )
-        _check(self.plugin_every >= 0, "evaluation.plugin_every", self.plugin_every, ">= 0 (0: last only)")
+        _check(self.plug_in_every >= 0, "evaluation.plug_in_every", self.plug_in_every, ">= 0 (0: last only)")
         _check(self.batch_size >= 1, "evaluation.batch_size", self.batch_size, ">= 1")
         _check(self.max_length >= 2, "evaluation.max_length", self.max_length, ">= 2")
         _check(isinstance(self.progress, bool), "evaluation.progress", self.progress, "true or false")
@@ -184,15 +185,16 @@ class RunConfig:
     def _exclude_task_from_corpus(self) -> None:
         # Stage 1 must never see the evaluated task: the BIG-bench corpus leaves this run's task out.
         task = self.task.removeprefix("bigbench:")
-        if self.emulator.corpus != "bigbench" or task == self.task or self.emulator.corpus_exclude == task:
+        data = self.emulator.data
+        if data.corpus != "bigbench" or task == self.task or data.corpus_exclude == task:
             return
         _check(
-            not self.emulator.corpus_exclude,
+            not data.corpus_exclude,
             "emulator.corpus_exclude",
-            self.emulator.corpus_exclude,
+            data.corpus_exclude,
             f"empty or the run's task {task!r}",
         )
-        object.__setattr__(self, "emulator", replace(self.emulator, corpus_exclude=task))
+        object.__setattr__(self, "emulator", self.emulator.updated(corpus_exclude=task))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -204,7 +206,7 @@ class RunConfig:
         return build_config(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(self) | {"emulator": self.emulator.to_dict()}  # the flat form users write
         for name in ("fail_partitions", "crash_partitions", "slow_partitions"):
             data["federation"][name] = list(getattr(self.federation, name))
         return data
@@ -233,9 +235,30 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        return upgrade_keys(tomllib.loads(path.read_text()))
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"cannot read config {path}: {err}") from None
+
+
+# Keys renamed since run directories were first written (plug-in has one spelling: ``plugin_acc`` became
+# ``plug_in_acc``, ``evaluation.plugin_every`` ``plug_in_every``). Files of older runs are read with the new
+# names, so a run directory from before can still be resumed, reused by compare or reported.
+_RENAMED_PREFIX = ("plugin_", "plug_in_")
+
+
+def upgrade_keys(data: Any) -> Any:
+    """Parsed JSON / TOML with each key written before a rename (``_RENAMED_PREFIX``) given its new name."""
+    old, new = _RENAMED_PREFIX
+    if isinstance(data, Mapping):
+        return {
+            new + k.removeprefix(old) if k.startswith(old) else k: upgrade_keys(v) for k, v in data.items()
+        }
+    return [upgrade_keys(v) for v in data] if isinstance(data, list) else data
+
+
+def read_run_json(path: str | Path) -> dict[str, Any]:
+    """A JSON file of a run directory (``config.json``, ``metrics.json``, ``state.json``), keys upgraded."""
+    return upgrade_keys(json.loads(Path(path).read_text()))
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -244,6 +267,17 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     for item in overrides:
         set_dotted(result, *parse_assignment(item))
     return result
+
+
+def add_set_option(
+    parser: argparse.ArgumentParser,
+    help: str = "override a config value, e.g. --set federation.rounds=3 (repeatable)",
+    dest: str = "overrides",
+    metavar: str = "KEY=VALUE",
+) -> None:
+    """The ``--set KEY=VALUE`` option of every command and study script (repeatable; ``apply_overrides``
+    reads the run-config form, ``build-emulator`` and ``measure_emulators`` take emulator fields)."""
+    parser.add_argument("--set", dest=dest, action="append", default=[], metavar=metavar, help=help)
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -262,7 +296,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 RESUMABLE = (
     "federation.rounds",
     "evaluation.emulator_every",
-    "evaluation.plugin_every",
+    "evaluation.plug_in_every",
     "evaluation.batch_size",
     "simulation.",
     "output.",
@@ -284,7 +318,7 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
     saved_path = Path(run_dir) / "config.json"
     if not saved_path.is_file():
         raise ValueError(f"--resume {run_dir}: not a run directory (no config.json)")
-    saved, new = _flatten(json.loads(saved_path.read_text())), _flatten(json.loads(config.to_json()))
+    saved, new = _flatten(read_run_json(saved_path)), _flatten(json.loads(config.to_json()))
     changed = [k for k in sorted(saved.keys() | new.keys()) if saved.get(k) != new.get(k)]
     changed = [k for k in changed if not k.startswith(RESUMABLE)]
     if changed:

@@ -34,7 +34,7 @@ from emulator.models import cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 2  # bump when the bundle layout or key changes, so stale cached bundles are not reused
+_FORMAT = 3  # bump when the bundle layout or key changes, so stale cached bundles are not reused
 
 
 def provenance(model_sha256: str, config: EmulatorConfig) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def provenance(model_sha256: str, config: EmulatorConfig) -> dict[str, Any]:
     if config.method in ("scaleot", "importance-drop", "uniform+distill"):
         from emulator.data import public_corpus
 
-        text = public_corpus("train", config.corpus, exclude=config.corpus_exclude)
+        text = public_corpus("train", config.data.corpus, exclude=config.data.corpus_exclude)
         spec["corpus"] = hashlib.sha256(text.encode()).hexdigest()
     return spec
 

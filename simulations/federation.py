@@ -6,6 +6,7 @@ the ``Grid`` differs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clients.partition import partition
 from clients.runtime import bundle_sha256
-from clients.settings import ClientSettings
 from emulator.bundle import load_emulator
 from emulator.fit import check_fits
 from emulator.models import load_model, model_fingerprint
@@ -41,10 +41,11 @@ from simulations.outputs import (
 )
 from simulations.server_eval import ServerEvaluator, initial_adapter
 from simulations.tracking import TensorBoardLog
-from strategies import keys
+from strategies import wire
 from strategies.offsite import OffsiteTuning, offsite_strategy
 from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason
+from strategies.wire import ClientSettings
 
 log = logging.getLogger(__name__)
 
@@ -82,64 +83,64 @@ def run_federation(
     write_text(run_dir / "config.json", config.to_json())
     checkpoint = load_checkpoint(resume) if resume is not None else None
     tracker = TensorBoardLog(run_dir / "tensorboard") if config.output.tensorboard else None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tracker or contextlib.nullcontext():  # the event files are closed however the run ends
+        device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    # Model owner: the full model, the task, the emulator bundle the clients load.
-    check()
-    full_model, tokenizer = load_run_model(config, device)
-    task = load_task(config.task, seed=config.seed)
-    check_partition(config, task.train)
-    model_sha256 = model_fingerprint(full_model)
-    check()
-    bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer, model_sha256)
-    check()
-    sha256 = bundle_sha256(str(bundle))
-    emulator, _ = load_emulator(bundle, device=device)
-    positions = emulator.adapter_positions()
-    test = task.test[: config.evaluation.test_limit] if config.evaluation.test_limit else task.test
-    evaluation = config.evaluation
-    evaluator = ServerEvaluator(
-        full_model,
-        emulator.model,
-        positions,
-        tokenizer,
-        test,
-        config.adapter,
-        evaluation.batch_size,
-        evaluation.max_length,
-        emulator_is_full=config.emulator.method == "full",
-        progress=evaluation.progress,
-    )
-    adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
+        # Model owner: the full model, the task, the emulator bundle the clients load.
+        check()
+        full_model, tokenizer = load_run_model(config, device)
+        task = load_task(config.task, seed=config.seed)
+        check_partition(config, task.train)
+        model_sha256 = model_fingerprint(full_model)
+        check()
+        bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer, model_sha256)
+        check()
+        sha256 = bundle_sha256(str(bundle))
+        emulator, _ = load_emulator(bundle, device=device)
+        positions = emulator.adapter_positions()
+        test = task.test[: config.evaluation.test_limit] if config.evaluation.test_limit else task.test
+        evaluation = config.evaluation
+        evaluator = ServerEvaluator(
+            full_model,
+            emulator.model,
+            positions,
+            tokenizer,
+            test,
+            config.adapter,
+            evaluation.batch_size,
+            evaluation.max_length,
+            emulator_is_full=config.emulator.method == "full",
+            full_model_sha256=model_sha256,  # hashed once per run, for the bundle key and the zero-shot memo
+            progress=evaluation.progress,
+        )
+        adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
 
-    check()
-    if checkpoint is None:
-        state = RunState(zero_shot=evaluator.zero_shot(), per_example=dict(evaluator.per_example))
-        arrays = ArrayRecord(adapter)
-    else:
-        state = checkpoint.state
-        arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.adapter.items()})
-        if state.bundle.get("sha256") not in (None, sha256):
-            raise ValueError(
-                f"--resume {resume}: its adapter was trained on emulator sha256 "
-                f"{state.bundle['sha256'][:12]}…, this run's is {sha256[:12]}… (the model, corpus or "
-                "emulator changed); start a new run"
-            )
-        log.info("resuming %s after round %d", resume, len(state.history))
-    state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
+        check()
+        if checkpoint is None:
+            state = RunState(zero_shot=evaluator.zero_shot(), per_example=dict(evaluator.per_example))
+            arrays = ArrayRecord(adapter)
+        else:
+            state = checkpoint.state
+            arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.adapter.items()})
+            if state.bundle.get("sha256") not in (None, sha256):
+                raise ValueError(
+                    f"--resume {resume}: its adapter was trained on emulator sha256 "
+                    f"{state.bundle['sha256'][:12]}…, this run's is {sha256[:12]}… (the model, corpus or "
+                    "emulator changed); start a new run"
+                )
+            log.info("resuming %s after round %d", resume, len(state.history))
+        state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
 
-    check()
-    strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state, tracker, check)
-    if checkpoint is not None:
-        strategy.restore_(state.history, checkpoint.strategy)
-    remaining = config.federation.rounds - len(state.history)
-    if remaining > 0:
-        settings = _client_settings(config, str(bundle), sha256)
-        result = strategy.start(grid, arrays, num_rounds=remaining, train_config=settings.to_record())
-        arrays = result.arrays if len(result.arrays) else arrays
-    _finish(run_dir, config, state, arrays)
-    if tracker is not None:
-        tracker.close()
+        check()
+        strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state, tracker, check)
+        if checkpoint is not None:
+            strategy.restore_(state.history, checkpoint.strategy)
+        remaining = config.federation.rounds - len(state.history)
+        if remaining > 0:
+            settings = _client_settings(config, str(bundle), sha256)
+            result = strategy.start(grid, arrays, num_rounds=remaining, train_config=settings.to_record())
+            arrays = result.arrays if len(result.arrays) else arrays
+        _finish(run_dir, config, state, arrays)  # raises RunFailedError when nothing was trained
     return state
 
 
@@ -233,7 +234,7 @@ def _strategy(
         min_available_nodes=fed.num_clients,
         evaluate_fn=evaluator,
         emulator_eval_every=config.evaluation.emulator_every,
-        plugin_eval_every=config.evaluation.plugin_every,
+        plug_in_eval_every=config.evaluation.plug_in_every,
         on_round_end=on_round_end,
         node_timeout=fed.node_timeout,
         proceed_without_nodes=fed.on_missing_nodes == "proceed",
@@ -254,7 +255,7 @@ def _privacy_kwargs(config: RunConfig) -> dict[str, Any]:
     # Uniform average (DP's sensitivity C / m): every client runs client.local_steps steps, weighted by them.
     return {
         "privacy": DifferentialPrivacy(config.privacy, sampled, fed.num_clients),
-        "weighted_by_key": keys.TRAIN_STEPS,
+        "weighted_by_key": wire.TRAIN_STEPS,
     }
 
 
@@ -297,7 +298,7 @@ def _finish(run_dir: Path, config: RunConfig, state: RunState, arrays: ArrayReco
     write_report(run_dir, state, title=title)
     rows = state.rows()
     summary = ", ".join(
-        f"{name} {100 * row['acc']:.1f} ± {100 * row['acc_stderr']:.1f}" for name, row in rows.items()
+        f"{name} {100 * row.acc:.1f} ± {100 * row.acc_stderr:.1f}" for name, row in rows.items()
     )
     empty = len(state.history) - state.trained_rounds
     note = f" ({empty} of {len(state.history)} rounds aggregated nothing)" if empty else ""

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from emulator.results import choice_spread, one_answer_note, privacy_gap
+from emulator.results import MCResult, choice_spread, one_answer_note, privacy_gap
+from simulations.config import read_run_json
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN, final_rows
 from strategies.records import RoundRecord
 
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 class RunState:
     """Everything a resumed run needs besides the config: what has been measured so far."""
 
-    zero_shot: dict[str, dict[str, Any]]
+    zero_shot: dict[str, MCResult]  # Full-ZS and Emulator-ZS
     history: list[RoundRecord] = field(default_factory=list)
     bundle: dict[str, str] = field(default_factory=dict)  # path and sha256 of the emulator bundle
     # Row name -> {"correct": [1, 0, ...], "correct_norm": [...]} of its latest evaluation, in test order,
@@ -62,19 +63,21 @@ class RunState:
         """Rounds that aggregated at least one client reply."""
         return sum(not r.empty for r in self.history)
 
-    def rows(self) -> dict[str, dict[str, Any]]:
+    def rows(self) -> dict[str, MCResult]:
         """Results table: Full-ZS, Emulator-ZS, Emulator-FT and Plug-in (those measured so far), each with
         its per-example correctness where known. No fine-tuned rows while no round has trained anything."""
-        if self.history and not self.trained_rounds:
-            return {k: v | self.per_example.get(k, {}) for k, v in self.zero_shot.items()}
-        last = next((r.evaluation for r in reversed(self.history) if r.plugin_acc is not None), None)
-        emulator = next((r.evaluation for r in reversed(self.history) if r.emulator_acc is not None), None)
-        rows = final_rows(self.zero_shot, last, emulator)
-        return {name: _with_spread(row | self.per_example.get(name, {})) for name, row in rows.items()}
+        rows = dict(self.zero_shot)
+        if not self.history or self.trained_rounds:
+            last = next((r.evaluation for r in reversed(self.history) if r.plug_in_acc is not None), None)
+            emulator = next(
+                (r.evaluation for r in reversed(self.history) if r.emulator_acc is not None), None
+            )
+            rows = final_rows(self.zero_shot, last, emulator)
+        return {name: row.with_per_example(self.per_example.get(name)) for name, row in rows.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "zero_shot": self.zero_shot,
+            "zero_shot": {name: row.measures() for name, row in self.zero_shot.items()},
             "rounds": [r.to_dict() for r in self.history],
             "bundle": self.bundle,
             "per_example": self.per_example,
@@ -84,16 +87,11 @@ class RunState:
     def from_dict(cls, data: Mapping[str, Any]) -> RunState:
         rounds = [RoundRecord.from_dict(r) for r in data["rounds"]]
         return cls(
-            zero_shot=dict(data["zero_shot"]),
+            zero_shot={name: MCResult.from_row(row) for name, row in data["zero_shot"].items()},
             history=rounds,
             bundle=dict(data.get("bundle", {})),
             per_example=dict(data.get("per_example", {})),
         )
-
-
-def _with_spread(row: dict[str, Any]) -> dict[str, Any]:
-    # How the row's predictions spread over choice positions, where its per-example picks are known.
-    return row | choice_spread(row.get("predicted", ()))
 
 
 @dataclass
@@ -178,7 +176,7 @@ def _read_checkpoint(directory: Path) -> Checkpoint:
                 f"{path} has sha256 {actual[:12]}…, recorded {str(hashes.get(name))[:12]}… "
                 "(truncated or modified after it was written)"
             )
-    state = RunState.from_dict(json.loads((directory / "state.json").read_text()))
+    state = RunState.from_dict(read_run_json(directory / "state.json"))
     return Checkpoint(
         adapter=load_file(str(directory / "adapter.safetensors")),
         strategy=load_file(str(directory / "strategy.safetensors")),
@@ -221,7 +219,7 @@ def write_metrics(
         **({"reason": failure} if failure else {}),
         "rounds_done": len(state.history),
         "empty_rounds": len(state.history) - state.trained_rounds,
-        "results": rows,
+        "results": {name: row.to_row() for name, row in rows.items()},
         "privacy_gap": privacy_gap(rows.get(PLUG_IN), rows.get(EMULATOR_FT)),
         **saved,
         "config": dict(config),
@@ -249,14 +247,14 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
     notes = []
     for name in (FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN):
         if name in rows:
-            r = rows[name]
-            top = "–" if "top_choice" not in r else f"{r['top_choice']} ({100 * r['top_choice_share']:.0f})"
-            flag = " ⚠ one answer" if r.get("one_answer") else ""
+            r, spread = rows[name], choice_spread(rows[name].predicted)
+            top = "–" if not spread else f"{spread['top_choice']} ({100 * spread['top_choice_share']:.0f})"
+            flag = " ⚠ one answer" if spread.get("one_answer") else ""
             lines.append(
-                f"| {name} | {pct(r['acc'], r['acc_stderr'])} | {pct(r['acc_norm'], r['acc_norm_stderr'])} "
-                f"| {r['n']} | {top}{flag} |"
+                f"| {name} | {pct(r.acc, r.acc_stderr)} | {pct(r.acc_norm, r.acc_norm_stderr)} "
+                f"| {r.n} | {top}{flag} |"
             )
-            notes += [note] if (note := one_answer_note(name, r)) else []
+            notes += [note] if (note := one_answer_note(name, spread)) else []
     if notes:
         lines += ["", *(f"⚠ {note}." for note in notes)]
     if (gap := privacy_gap(rows.get(PLUG_IN), rows.get(EMULATOR_FT))) is not None:
@@ -273,7 +271,7 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
     for r in state.history:
         loss = "nothing aggregated" if r.empty else "–" if r.train_loss is None else f"{r.train_loss:.4f}"
         lines.append(
-            f"| {r.round} | {loss} | {pct(r.plugin_acc, r.plugin_acc_stderr)} | "
+            f"| {r.round} | {loss} | {pct(r.plug_in_acc, r.plug_in_acc_stderr)} | "
             f"{pct(r.emulator_acc, r.emulator_acc_stderr)} | {r.aggregated}/{r.sampled} | "
             f"{r.bytes_sent / 1e6:.2f} | {r.bytes_received / 1e6:.2f} | "
             f"{r.seconds:.1f} ({r.eval_seconds:.1f}) |"
@@ -296,7 +294,7 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for attr, label, color in (("plugin_acc", PLUG_IN, "C0"), ("emulator_acc", EMULATOR_FT, "C1")):
+    for attr, label, color in (("plug_in_acc", PLUG_IN, "C0"), ("emulator_acc", EMULATOR_FT, "C1")):
         points = [
             (r.round, getattr(r, attr), getattr(r, attr + "_stderr") or 0.0)
             for r in state.history
@@ -315,7 +313,7 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
             )
     for name, color in ((FULL_ZS, "C0"), (EMULATOR_ZS, "C1")):
         if name in state.zero_shot:
-            ax.axhline(100 * state.zero_shot[name]["acc"], linestyle="--", color=color, label=name)
+            ax.axhline(100 * state.zero_shot[name].acc, linestyle="--", color=color, label=name)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (%)")

@@ -11,13 +11,19 @@ server sends its settings with each message).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from simulations.config import RunConfig, SimulationConfig, load_config, resume_config
+from simulations.config import (
+    RunConfig,
+    SimulationConfig,
+    add_set_option,
+    load_config,
+    read_run_json,
+    resume_config,
+)
 from strategies.records import RunFailedError
 
 log = logging.getLogger(__name__)
@@ -128,7 +134,7 @@ class BackendWatch:
 
 def _status(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_run_json(path) if path.is_file() else {}
 
 
 def backend_config(sim: SimulationConfig) -> dict[str, Any]:
@@ -182,14 +188,7 @@ def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:
 def simulate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``scaleot simulate``."""
     parser.add_argument("--config", help="run config TOML, e.g. simulations/configs/tiny.toml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set federation.rounds=3 (repeatable)",
-    )
+    add_set_option(parser)
     parser.add_argument(
         "--resume", type=Path, help="continue the run in this directory from its last checkpoint"
     )

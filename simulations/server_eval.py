@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,13 @@ from emulator.config import AdapterConfig
 from emulator.evaluation import multiple_choice_accuracy
 from emulator.memo import memoised_accuracy
 from emulator.plug_in import plug_in_
-from emulator.results import MCResult, choice_spread, one_answer_note
+from emulator.results import MEASURES, MCResult, choice_spread, one_answer_note
 from emulator.tasks import MCExample
-from strategies import keys
+from strategies import wire
 
 log = logging.getLogger(__name__)
 
 FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN = "Full-ZS", "Emulator-ZS", "Emulator-FT", "Plug-in"
-
-
-def result_row(result: MCResult) -> dict[str, Any]:
-    """A results-table row (JSON-friendly) from a multiple-choice result."""
-    return {m: float(getattr(result, m)) for m in keys.MEASURES} | {"n": result.n}
 
 
 def per_example(result: MCResult) -> dict[str, list[int]]:
@@ -78,6 +73,7 @@ class ServerEvaluator:
         memo_dir: where zero-shot results are memoised (``emulator.memo``); default the cache's. The full
             model's zero-shot row does not depend on the method, so every run on the same model and test
             set after the first reads it from there.
+        full_model_sha256: ``model_fingerprint(full_model)`` if the caller has it (the memo key needs it).
         progress: show a progress bar while scoring (on a terminal).
 
     Attributes:
@@ -96,56 +92,57 @@ class ServerEvaluator:
         max_length: int = 512,
         emulator_is_full: bool = False,
         memo_dir: Path | None = None,
+        full_model_sha256: str | None = None,
         progress: bool = False,
     ) -> None:
         self.full_model, self.emulator_model = full_model, emulator_model
         self.positions, self.tokenizer, self.examples = dict(positions), tokenizer, examples
         self.adapter, self.batch_size, self.max_length = adapter, batch_size, max_length
         self.emulator_is_full, self.memo_dir, self.progress = emulator_is_full, memo_dir, progress
+        self.full_model_sha256 = full_model_sha256
         self.per_example: dict[str, dict[str, list[int]]] = {}
 
-    def zero_shot(self) -> dict[str, dict[str, Any]]:
+    def zero_shot(self) -> dict[str, MCResult]:
         """Full-ZS and Emulator-ZS rows (before any adapter is plugged in)."""
         start = time.perf_counter()
-        full = self._zero_shot(self.full_model, FULL_ZS)
+        full = self._zero_shot(self.full_model, FULL_ZS, self.full_model_sha256)
         emulator = full if self.emulator_is_full else self._zero_shot(self.emulator_model, EMULATOR_ZS)
         self.per_example |= {FULL_ZS: per_example(full), EMULATOR_ZS: per_example(emulator)}
-        rows = {FULL_ZS: result_row(full), EMULATOR_ZS: result_row(emulator)}
         log.info(
             "zero-shot on %d test examples: full %.1f %%, emulator %.1f %% (%.1f s)",
             len(self.examples),
-            100 * rows[FULL_ZS]["acc"],
-            100 * rows[EMULATOR_ZS]["acc"],
+            100 * full.acc,
+            100 * emulator.acc,
             time.perf_counter() - start,
         )
-        return rows
+        return {FULL_ZS: full, EMULATOR_ZS: emulator}
 
     def __call__(self, server_round: int, arrays: ArrayRecord, with_emulator: bool) -> dict[str, float]:
-        """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.keys``."""
+        """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.wire``."""
         state = arrays.to_torch_state_dict()
         plug_in_(self.full_model, state, sorted(self.positions), self.adapter)
         plugged = self._score(self.full_model, f"{PLUG_IN} (round {server_round})")
         self.per_example[PLUG_IN] = per_example(plugged)
-        metrics = _named(keys.PLUGIN, plugged)
+        metrics = _named(wire.PLUG_IN, plugged)
         if with_emulator:
             name = f"{EMULATOR_FT} (round {server_round})"
             emulator = plugged if self.emulator_is_full else self._score_emulator(state, name)
             self.per_example[EMULATOR_FT] = per_example(emulator)
-            metrics |= _named(keys.EMULATOR, emulator)
-        return metrics | {keys.EVAL_N: float(len(self.examples))}
+            metrics |= _named(wire.EMULATOR, emulator)
+        return metrics | {wire.EVAL_N: float(len(self.examples))}
 
     def _score_emulator(self, state: AdapterState, name: str) -> MCResult:
         prepare_adapter_(self.emulator_model, self.positions, self.adapter)
         load_adapter_state_(self.emulator_model, self.positions, state)
         return self._score(self.emulator_model, name)
 
-    def _zero_shot(self, model: nn.Module, name: str) -> MCResult:
-        return self._score(model, name, memoised=True)
-
-    def _score(self, model: nn.Module, name: str, memoised: bool = False) -> MCResult:
+    def _zero_shot(self, model: nn.Module, name: str, model_sha256: str | None = None) -> MCResult:
         # Zero-shot rows do not change between runs on the same model and test set: read them from the memo.
-        options = {"directory": self.memo_dir} if memoised else {}
-        score = memoised_accuracy if memoised else multiple_choice_accuracy
+        return self._score(model, name, memoised_accuracy, directory=self.memo_dir, model_sha256=model_sha256)
+
+    def _score(
+        self, model: nn.Module, name: str, score: Callable = multiple_choice_accuracy, **options: Any
+    ) -> MCResult:
         result = score(
             model,
             self.tokenizer,
@@ -161,16 +158,17 @@ class ServerEvaluator:
 
 
 def final_rows(
-    zero_shot: Mapping[str, Any], last: Mapping[str, float] | None, emulator: Mapping[str, float] | None
-) -> dict[str, dict[str, Any]]:
-    """The results table: zero-shot rows, then the last plug-in and emulator fine-tuned evaluations."""
+    zero_shot: Mapping[str, MCResult], last: Mapping[str, float] | None, emulator: Mapping[str, float] | None
+) -> dict[str, MCResult]:
+    """The results table: zero-shot rows, then the last plug-in and emulator fine-tuned evaluations (read
+    from the metrics ``ServerEvaluator`` returned; their per-example lists are the caller's to add)."""
     rows = dict(zero_shot)
-    for name, prefix, metrics in ((EMULATOR_FT, keys.EMULATOR, emulator), (PLUG_IN, keys.PLUGIN, last)):
+    for name, prefix, metrics in ((EMULATOR_FT, wire.EMULATOR, emulator), (PLUG_IN, wire.PLUG_IN, last)):
         if metrics and f"{prefix}_acc" in metrics:
-            row = {m: metrics[f"{prefix}_{m}"] for m in keys.MEASURES}
-            rows[name] = row | {"n": int(metrics.get(keys.EVAL_N, 0))}
+            row = {m: metrics[f"{prefix}_{m}"] for m in MEASURES}
+            rows[name] = MCResult.from_row(row | {"n": int(metrics.get(wire.EVAL_N, 0))})
     return rows
 
 
 def _named(prefix: str, result: MCResult) -> dict[str, float]:
-    return {f"{prefix}_{m}": float(getattr(result, m)) for m in keys.MEASURES}
+    return {f"{prefix}_{m}": float(getattr(result, m)) for m in MEASURES}

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 # RoundRecord fields logged as scalars, by tag; None values (not measured that round) are skipped.
 _FIELDS = {
     "train/loss": "train_loss",
-    "eval/plugin_acc": "plugin_acc",
+    "eval/plug_in_acc": "plug_in_acc",
     "eval/emulator_acc": "emulator_acc",
     "eval/privacy_gap": "privacy_gap",
     "clients/aggregated": "aggregated",
@@ -64,6 +64,16 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self._writer.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._writer.all_writers is None  # tensorboardX's own mark of a closed writer
+
+    def __enter__(self) -> TensorBoardLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # a failed run (RunFailedError, a crashed backend) closes its event files too
 
 
 def read_scalars(directory: Path) -> dict[str, dict[int, float]]:

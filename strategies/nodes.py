@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from strategies import keys
+from strategies import wire
 from strategies.records import RunFailedError
 from strategies.replies import last_line
 
@@ -95,9 +95,9 @@ def handshake(
     is refused (the handshake failed, or it loaded another emulator) in ``roster.refused``."""
     if not nodes:
         return
-    config = ConfigRecord({keys.EMULATOR_PATH: emulator_path, keys.EMULATOR_SHA256: sha256})
+    config = ConfigRecord({wire.EMULATOR_PATH: emulator_path, wire.EMULATOR_SHA256: sha256})
     messages = [
-        Message(RecordDict({keys.CONFIG: config}), dst_node_id=n, message_type=keys.QUERY_EMULATOR_TYPE)
+        Message(RecordDict({wire.CONFIG: config}), dst_node_id=n, message_type=wire.QUERY_EMULATOR_TYPE)
         for n in nodes
     ]
     answered = set()
@@ -165,10 +165,10 @@ class SampledGrid:
 def _handshake_problem(reply: Message, sha256: str) -> tuple[str | None, int]:
     if reply.has_error():
         return f"emulator handshake failed: {last_line(reply.error.reason)}", -1
-    info = reply.content.config_records.get(keys.INFO)
-    if info is None or not isinstance(info.get(keys.INFO_PARTITION_ID), int):
+    info = reply.content.config_records.get(wire.INFO)
+    if info is None or not isinstance(info.get(wire.INFO_PARTITION_ID), int):
         return "emulator handshake reply lacks an integer partition-id", -1
-    theirs = info.get(keys.INFO_EMULATOR_SHA256, "")
+    theirs = info.get(wire.INFO_EMULATOR_SHA256, "")
     if sha256 and theirs != sha256:
         return f"loaded emulator {str(theirs)[:12]}…, the server's is {sha256[:12]}…", -1
-    return None, int(info[keys.INFO_PARTITION_ID])
+    return None, int(info[wire.INFO_PARTITION_ID])

@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore import log as flwr_log
 
-from strategies import keys
+from strategies import wire
 from strategies.nodes import CheckedGrid, SampledGrid, await_nodes, choose_nodes, handshake
 from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, fill_accuracies, progress_line
@@ -80,7 +80,7 @@ _OWNED_KWARGS = frozenset(
 # Server-optimiser state of Flower's strategies that must survive a checkpoint (FedOpt family, FedAvgM).
 _STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
 
-# (server_round, global adapter, evaluate the emulator too?) -> metrics named by keys.PLUGIN_ACC etc.
+# (server_round, global adapter, evaluate the emulator too?) -> metrics named by wire.PLUG_IN_ACC etc.
 EvaluateFn = Callable[[int, ArrayRecord, bool], Mapping[str, float]]
 
 
@@ -117,7 +117,7 @@ class OffsiteTuning:
       ``emulator-sha256`` of what it loaded. Nodes that fail or load another emulator are never sampled.
     - ``train`` (each round, sampled nodes only): ArrayRecord ``arrays`` = the global adapter (fp32, keys
       ``"{original block index}.{name in block}"``; nothing else crosses the wire), ConfigRecord ``config`` =
-      the training settings (``clients.settings.ClientSettings``) plus ``server-round`` (and ``proximal-mu``).
+      the training settings (``strategies.wire.ClientSettings``) plus ``server-round`` (and ``proximal-mu``).
       The client resets its adapter to ``arrays``, trains it on its partition with a seed derived from
       (``seed``, ``server-round``, partition id), adds ``(mu/2)·||w - w_global||²`` when ``proximal-mu`` > 0,
       and replies ArrayRecord ``arrays`` with the same keys, shapes and dtypes and MetricRecord ``metrics``
@@ -130,7 +130,7 @@ class OffsiteTuning:
         fraction_train, min_train_nodes, min_available_nodes: as in Flower's FedAvg; sampling is done here.
         evaluate_fn: server-side evaluation ``(round, adapter, with_emulator) -> metrics``; None skips it.
         emulator_eval_every: evaluate the emulator fine-tuned every k rounds and in the last (0: last only).
-        plugin_eval_every: evaluate plug-in every k rounds, in the last and with every emulator evaluation
+        plug_in_eval_every: evaluate plug-in every k rounds, in the last and with every emulator evaluation
             (0: those only); a round evaluating nothing has no accuracies in its record.
         on_round_end: called with the finished ``RoundRecord`` and the global adapter (checkpointing).
         handshake_timeout: seconds to wait for the emulator handshake replies.
@@ -158,7 +158,7 @@ class OffsiteTuning:
         min_available_nodes: int = 1,
         evaluate_fn: EvaluateFn | None = None,
         emulator_eval_every: int = 1,
-        plugin_eval_every: int = 1,
+        plug_in_eval_every: int = 1,
         on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None,
         handshake_timeout: float = 600.0,
         node_timeout: float = 600.0,
@@ -178,7 +178,7 @@ class OffsiteTuning:
         self.wait_for_nodes = min_available_nodes
         self.evaluate_fn = evaluate_fn
         self.emulator_eval_every = emulator_eval_every
-        self.plugin_eval_every = plugin_eval_every
+        self.plug_in_eval_every = plug_in_eval_every
         self.on_round_end = on_round_end
         self.handshake_timeout = handshake_timeout
         self.node_timeout = node_timeout
@@ -304,7 +304,7 @@ class OffsiteTuning:
         arrays, metrics = super().aggregate_train(server_round, valid)
         if metrics is not None:
             record.client_metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-            record.train_loss = record.client_metrics.get(keys.TRAIN_LOSS)
+            record.train_loss = record.client_metrics.get(wire.TRAIN_LOSS)
         if arrays is not None and self.privacy is not None:
             record.privacy = self.privacy.release()  # the DP wrapper noises what this returns
         return (self._spec_or_fail().cast(arrays) if arrays is not None else None), metrics
@@ -352,7 +352,7 @@ class OffsiteTuning:
         evaluate = (
             self.evaluate_fn is not None
             and trained
-            and (with_emulator or _due(server_round, self.plugin_eval_every, self._last_round))
+            and (with_emulator or _due(server_round, self.plug_in_eval_every, self._last_round))
         )
         start = time.monotonic()
         metrics = dict(self.evaluate_fn(server_round, arrays, with_emulator)) if evaluate else {}
@@ -392,8 +392,8 @@ def _due(server_round: int, every: int, last_round: int) -> bool:
 
 
 def _worker(reply: Message) -> str:
-    info = reply.content.config_records.get(keys.INFO)
-    return str(info.get(keys.INFO_WORKER, "")) if info is not None else ""
+    info = reply.content.config_records.get(wire.INFO)
+    return str(info.get(wire.INFO_WORKER, "")) if info is not None else ""
 
 
 def _array_bytes(msg: Message) -> int:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from emulator.results import privacy_gap
-from strategies import keys
+from strategies import wire
 
 
 @dataclass
@@ -18,8 +18,8 @@ class RoundRecord:
 
     round: int
     train_loss: float | None = None
-    plugin_acc: float | None = None
-    plugin_acc_stderr: float | None = None
+    plug_in_acc: float | None = None
+    plug_in_acc_stderr: float | None = None
     emulator_acc: float | None = None
     emulator_acc_stderr: float | None = None
     privacy_gap: float | None = None  # plug-in minus emulator fine-tuned (design §3); larger is more private
@@ -83,11 +83,11 @@ def nothing_trained_reason(records: Sequence[RoundRecord]) -> str:
 def fill_accuracies(record: RoundRecord, metrics: Mapping[str, float]) -> None:
     """Copy the evaluation metrics into ``record`` and derive the privacy gap."""
     record.evaluation = {k: float(v) for k, v in metrics.items()}
-    record.plugin_acc = metrics.get(keys.PLUGIN_ACC)
-    record.plugin_acc_stderr = metrics.get(keys.PLUGIN_ACC_STDERR)
-    record.emulator_acc = metrics.get(keys.EMULATOR_ACC)
-    record.emulator_acc_stderr = metrics.get(keys.EMULATOR_ACC_STDERR)
-    record.privacy_gap = privacy_gap(record.plugin_acc, record.emulator_acc)
+    record.plug_in_acc = metrics.get(wire.PLUG_IN_ACC)
+    record.plug_in_acc_stderr = metrics.get(wire.PLUG_IN_ACC_STDERR)
+    record.emulator_acc = metrics.get(wire.EMULATOR_ACC)
+    record.emulator_acc_stderr = metrics.get(wire.EMULATOR_ACC_STDERR)
+    record.privacy_gap = privacy_gap(record.plug_in_acc, record.emulator_acc)
 
 
 def progress_line(record: RoundRecord, last_round: int) -> str:
@@ -108,7 +108,7 @@ def progress_line(record: RoundRecord, last_round: int) -> str:
     epsilon = record.privacy.get("epsilon", "–")
     dp = f", ε {epsilon:.2f}" if isinstance(epsilon, float) else ""
     return (
-        f"round {record.round}/{last_round}: loss {loss}, plug-in acc {pct(record.plugin_acc)}, "
+        f"round {record.round}/{last_round}: loss {loss}, plug-in acc {pct(record.plug_in_acc)}, "
         f"emulator acc {pct(record.emulator_acc)}, clients {record.aggregated}/{record.sampled} "
         f"({record.rejected} dropped, {record.missing} no reply){dp}, {record.seconds:.1f} s"
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
-from strategies import keys
+from strategies import wire
 
 _REASON_LIMIT = 300
 # Ray's errors for a ClientApp process that exited or was killed mid-message (simulation); the reason text
@@ -47,7 +47,7 @@ class AdapterSpec:
 
 
 def reply_problem(
-    msg: Message, spec: AdapterSpec, arrayrecord_key: str = keys.ARRAYS, weight_key: str = keys.NUM_EXAMPLES
+    msg: Message, spec: AdapterSpec, arrayrecord_key: str = wire.ARRAYS, weight_key: str = wire.NUM_EXAMPLES
 ) -> str | None:
     """Why ``msg`` cannot be aggregated, or None if it can.
 

@@ -8,11 +8,15 @@ fixture cannot.
 from __future__ import annotations
 
 import functools
+import io
+import json
+import tarfile
 
 import pytest
 from transformers import PreTrainedTokenizerBase
 
 from emulator.models import load_model, load_tokenizer
+from emulator.tasks import _ARCHIVE_TASKS, bigbench_archive
 
 TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]  # one tiny random model per family
 
@@ -27,3 +31,16 @@ def tokenizer() -> PreTrainedTokenizerBase:
 def tiny(name: str):
     """``(model, tokenizer)`` of a tiny random model, loaded once per session; tests deep-copy to modify."""
     return load_model(name)
+
+
+def write_bigbench_archive(tasks: dict[str, dict]) -> None:
+    """A fake BIG-bench archive at ``bigbench_archive()`` (under ``$SCALEOT_CACHE``) with the real layout:
+    one ``task.json`` per task name (``family/sub`` for a subtask)."""
+    path = bigbench_archive()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in tasks.items():
+            data = json.dumps(content).encode()
+            info = tarfile.TarInfo(f"{_ARCHIVE_TASKS}{name}/task.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

@@ -21,7 +21,7 @@ def random_blocks(n: int = 24, seq_len: int = 16) -> torch.Tensor:
 def build(name: str, **kwargs):
     model, tokenizer = tiny(name)
     defaults = dict(stage1_steps=2, distill_steps=2, batch_size=4)
-    config = EmulatorConfig(**{**defaults, **kwargs})
+    config = EmulatorConfig.of(**{**defaults, **kwargs})
     return build_emulator(model, tokenizer, config, progress=False, public_blocks=random_blocks())
 
 
@@ -124,7 +124,7 @@ def test_build_leaves_the_full_model_untouched_and_shares_no_storage(name):
 
 def test_default_public_corpus_is_used_when_no_blocks_are_given():
     model, tokenizer = tiny("tiny-llama")
-    config = EmulatorConfig(alpha=0.5, stage1_steps=1, seq_len=32, batch_size=2, corpus="pydoc")
+    config = EmulatorConfig.of(alpha=0.5, stage1_steps=1, seq_len=32, batch_size=2, corpus="pydoc")
     emulator = build_emulator(model, tokenizer, config, progress=False)
     assert len(emulator.loss_curve) == 1 and len(emulator.reward_curve) == 1
 
@@ -203,7 +203,7 @@ def test_src_on_the_least_important_kept_blocks_only():
 def test_derived_from_the_stage1_twin_equals_built_from_scratch(kwargs):
     from emulator.assembly import derive_emulator, stage1_twin
 
-    config = EmulatorConfig(alpha=0.5, stage1_steps=2, batch_size=4, **kwargs)
+    config = EmulatorConfig.of(alpha=0.5, stage1_steps=2, batch_size=4, **kwargs)
     model, tokenizer = tiny("tiny-llama")
     twin = build_emulator(
         model, tokenizer, stage1_twin(config), progress=False, public_blocks=random_blocks()

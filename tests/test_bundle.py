@@ -23,7 +23,7 @@ IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1)
 @functools.cache
 def built(name: str, method: str, rank_keep: float):
     model, tokenizer = tiny(name)
-    config = EmulatorConfig(method=method, alpha=0.5, rank_keep=rank_keep, stage1_steps=2, batch_size=4)
+    config = EmulatorConfig.of(method=method, alpha=0.5, rank_keep=rank_keep, stage1_steps=2, batch_size=4)
     blocks = torch.randint(0, 2000, (24, 16), generator=torch.Generator().manual_seed(0))
     return build_emulator(model, tokenizer, config, progress=False, public_blocks=blocks)
 
@@ -114,7 +114,7 @@ def test_build_emulator_command_writes_a_loadable_bundle(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "harmonizer: " in out and "parameters: " in out and "build time: " in out
     emulator, _ = load_emulator(tmp_path)
-    assert emulator.config.harmonizer_loss == "lm" and emulator.config.stage1_steps == 2
+    assert emulator.config.stage1.harmonizer_loss == "lm" and emulator.config.stage1.stage1_steps == 2
 
 
 def test_build_emulator_command_rejects_bad_settings(tmp_path, capsys):

@@ -11,7 +11,6 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients import runtime
 from clients.client_app import app
-from clients.settings import ClientSettings
 from emulator.adapters import adapter_layers, adapter_state, prepare_adapter_
 from emulator.bundle import load_emulator
 from emulator.config import AdapterConfig, TrainConfig
@@ -22,7 +21,8 @@ from emulator.training import train_adapter
 from simulations.config import load_config
 from simulations.runner import prepare_bundle
 from simulations.server_eval import initial_adapter
-from strategies import keys
+from strategies import wire
+from strategies.wire import ClientSettings, NodeSettings, TrainMetrics
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def task_identity():
 
 
 def context(partition_id: int = 1) -> Context:
-    node_config = {keys.NODE_PARTITION_ID: partition_id, keys.NODE_NUM_PARTITIONS: 4}
+    node_config = {wire.NODE_PARTITION_ID: partition_id, wire.NODE_NUM_PARTITIONS: 4}
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
 
 
@@ -63,8 +63,8 @@ def global_adapter(bundle: str) -> ArrayRecord:
 
 
 def train_message(adapter: ArrayRecord, config: ConfigRecord, server_round: int = 1) -> Message:
-    config[keys.SERVER_ROUND] = server_round
-    content = RecordDict({keys.ARRAYS: adapter, keys.CONFIG: config})
+    config[wire.SERVER_ROUND] = server_round
+    content = RecordDict({wire.ARRAYS: adapter, wire.CONFIG: config})
     return Message(content, dst_node_id=7, message_type=MessageType.TRAIN)
 
 
@@ -75,36 +75,36 @@ def test_client_app_trains_the_adapter_and_loads_the_emulator_once(bundle):
     config = settings(bundle).to_record()
 
     hello = Message(
-        RecordDict({keys.CONFIG: ConfigRecord({keys.EMULATOR_PATH: bundle, keys.EMULATOR_SHA256: ""})}),
+        RecordDict({wire.CONFIG: ConfigRecord({wire.EMULATOR_PATH: bundle, wire.EMULATOR_SHA256: ""})}),
         dst_node_id=7,
-        message_type=keys.QUERY_EMULATOR_TYPE,
+        message_type=wire.QUERY_EMULATOR_TYPE,
     )
-    info = app(hello, context()).content[keys.INFO]
-    assert info[keys.INFO_PARTITION_ID] == 1
-    assert info[keys.INFO_EMULATOR_SHA256] == runtime.bundle_sha256(bundle)
+    info = app(hello, context()).content[wire.INFO]
+    assert info[wire.INFO_PARTITION_ID] == 1
+    assert info[wire.INFO_EMULATOR_SHA256] == runtime.bundle_sha256(bundle)
 
     first = app(train_message(adapter, config), context())
     second = app(train_message(adapter, config), context())
     assert runtime.emulator_loads() == loads + 1  # handshake and two rounds share one load
 
-    arrays, metrics = first.content[keys.ARRAYS], first.content[keys.METRICS]
+    arrays, metrics = first.content[wire.ARRAYS], first.content[wire.METRICS]
     assert list(arrays) == list(adapter)
     assert all(a.dtype == "float32" and a.shape == adapter[k].shape for k, a in arrays.items())
-    assert math.isfinite(metrics[keys.TRAIN_LOSS]) and metrics[keys.TRAIN_STEPS] == 2
-    assert metrics[keys.NUM_EXAMPLES] > 0
+    assert math.isfinite(metrics[wire.TRAIN_LOSS]) and metrics[wire.TRAIN_STEPS] == 2
+    assert metrics[wire.NUM_EXAMPLES] > 0
     changed = [k for k in arrays if not (arrays[k].numpy() == adapter[k].numpy()).all()]
     assert changed, "training left the adapter unchanged"
     # Same (seed, round, partition), same global adapter: same local update (what resume relies on).
-    for key, array in second.content[keys.ARRAYS].items():
+    for key, array in second.content[wire.ARRAYS].items():
         assert (array.numpy() == arrays[key].numpy()).all(), key
 
 
 def test_node_config_bundle_wins_and_a_foreign_emulator_is_refused(bundle, tmp_path):
     node = context()
-    node.node_config[keys.NODE_EMULATOR_PATH] = bundle
+    node.node_config[wire.NODE_EMULATOR_PATH] = bundle
     config = settings(bundle, emulator_path="/nonexistent/bundle").to_record()  # the node's path wins
     reply = app(train_message(global_adapter(bundle), config), node)
-    assert reply.content[keys.METRICS][keys.NUM_EXAMPLES] > 0
+    assert reply.content[wire.METRICS][wire.NUM_EXAMPLES] > 0
 
     wrong = settings(bundle, emulator_sha256="0" * 64).to_record()
     with pytest.raises(ValueError, match="the server's is 000000000000"):
@@ -115,6 +115,22 @@ def test_missing_partition_id_names_the_node_config_flag(bundle):
     bare = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(ValueError, match="node config lacks partition-id, num-partitions"):
         app(train_message(global_adapter(bundle), settings(bundle).to_record()), bare)
+
+
+def test_node_and_metric_keys_are_derived_from_the_fields():
+    # Pinned, so that a field rename that changes what a SuperNode's --node-config or a reply says shows.
+    node = NodeSettings.from_node_config({"partition-id": 1, "num-partitions": "4", "num-threads": 2})
+    assert node == NodeSettings(partition_id=1, num_partitions=4, emulator_path="", num_threads=2)
+    metrics = TrainMetrics(10, 2, 3, 1.5, 0.5, 1024).to_record()
+    assert dict(metrics) == {
+        "num-examples": 10,
+        "train_loss": 2.0,
+        "train_steps": 3,
+        "train_seconds": 1.5,
+        "step_seconds": 0.5,
+        "peak_memory_bytes": 1024,
+    }
+    assert isinstance(metrics[wire.TRAIN_LOSS], float) and wire.NUM_EXAMPLES == "num-examples"
 
 
 def test_settings_round_trip_through_the_config_record(bundle):
@@ -138,7 +154,7 @@ def test_wire_keys_are_the_field_names_and_match_the_handshake_keys(bundle):
         "local-steps max-length "
         "max-grad-norm weight-decay checkpoint-middle bf16".split()
     )
-    assert record[keys.EMULATOR_PATH] == bundle and isinstance(record["lr"], float)
+    assert record[wire.EMULATOR_PATH] == bundle and isinstance(record["lr"], float)
     del record["lr"]
     with pytest.raises(ValueError, match="train config lacks 'lr'; is the server running the same scaleot"):
         ClientSettings.from_record(record)

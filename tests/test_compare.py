@@ -46,7 +46,7 @@ def test_plan_sets_each_kind_and_adds_the_sweep_once():
     ]
     by_label = dict(zip(labels, (c for _, c in planned), strict=True))
     assert by_label["full"].emulator.method == "full" and by_label["full"].emulator.alpha == 0
-    assert by_label["uniform α=0.5"].emulator.rank_keep == 1.0  # LayerDrop without SRC
+    assert by_label["uniform α=0.5"].emulator.src.rank_keep == 1.0  # LayerDrop without SRC
     # Only the emulator section differs between methods.
     for _, config in planned:
         assert {k: v for k, v in config.to_dict().items() if k != "emulator"} == {
@@ -77,7 +77,9 @@ def test_bad_sweeps_and_compare_tables_are_rejected(tmp_path):
 def test_quick_merges_over_the_file_and_overrides_come_last():
     base, compare = load_compare(ROOT / CONFIG, quick=True, overrides=["federation.rounds=1"])
     assert (base.model, base.task, base.federation.rounds) == ("tiny-llama", "synthetic", 1)
-    assert base.client.batch_size == 8 and base.emulator.harmonizer_loss == "local"  # kept from the file
+    assert (
+        base.client.batch_size == 8 and base.emulator.stage1.harmonizer_loss == "local"
+    )  # kept from the file
     assert [dict(s) for s in compare.uniform] == [{"alpha": 0.5}]
 
 
@@ -201,7 +203,7 @@ def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
         labels = [m.label(config.emulator) for m, _ in plan(config, settings)]
         assert labels[:3] == ["full", "uniform α=0.25", "importance-drop α=0.25"] and len(labels) == 5
         assert all(
-            c.emulator.corpus_exclude == config.task.removeprefix("bigbench:")
+            c.emulator.data.corpus_exclude == config.task.removeprefix("bigbench:")
             for _, c in plan(config, settings)
             if c.emulator.method == "scaleot"
         )

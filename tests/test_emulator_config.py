@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.config import EmulatorConfig
+from emulator.config import METHOD_PRESETS, EmulatorConfig
 
 
 def test_defaults_are_valid_and_round_trip():
     config = EmulatorConfig()
-    assert config.method == "scaleot" and config.alpha == 0.25 and config.rank_keep == 0.8
+    assert config.method == "scaleot" and config.alpha == 0.25 and config.src.rank_keep == 0.8
     assert EmulatorConfig.from_dict(config.to_dict()) == config
 
 
@@ -36,7 +36,7 @@ def test_defaults_are_valid_and_round_trip():
 )
 def test_field_errors_name_field_value_and_range(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        EmulatorConfig(**kwargs)
+        EmulatorConfig.of(**kwargs)
 
 
 @pytest.mark.parametrize(
@@ -63,17 +63,18 @@ def test_field_errors_name_field_value_and_range(kwargs, message):
 )
 def test_combination_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        EmulatorConfig(**kwargs)
+        EmulatorConfig.of(**kwargs)
 
 
 def test_full_preset():
     config = EmulatorConfig.full(seed=3)
-    assert (config.method, config.alpha, config.rank_keep, config.seed) == ("full", 0.0, 1.0, 3)
+    assert (config.method, config.alpha, config.src.rank_keep, config.data.seed) == ("full", 0.0, 1.0, 3)
 
 
 def test_from_dict_reads_dashes_and_ints_for_floats():
     config = EmulatorConfig.from_dict({"rank-keep": 1, "alpha": 0, "stage1-steps": 5})
-    assert config.rank_keep == 1.0 and isinstance(config.rank_keep, float) and config.stage1_steps == 5
+    rank_keep = config.src.rank_keep
+    assert rank_keep == 1.0 and isinstance(rank_keep, float) and config.stage1.stage1_steps == 5
 
 
 def test_from_dict_rejects_unknown_keys_listing_valid_ones():
@@ -90,16 +91,85 @@ def test_from_dict_rejects_wrong_types(key, value):
         EmulatorConfig.from_dict({key: value})
 
 
-def test_build_dict_ignores_knobs_the_method_does_not_use():
-    # A bundle cache keyed on build_dict must not rebuild a ScaleOT emulator when only distillation changed,
-    # and must rebuild it when stage 1 changed.
-    base = EmulatorConfig(method="scaleot")
-    assert EmulatorConfig(method="scaleot", distill_steps=7, log_every=3).build_dict() == base.build_dict()
-    assert EmulatorConfig(method="scaleot", stage1_steps=7).build_dict() != base.build_dict()
-    uniform = EmulatorConfig(method="uniform")
-    assert (
-        EmulatorConfig(method="uniform", stage1_steps=7, distill_steps=7).build_dict() == uniform.build_dict()
+def test_flat_and_nested_keys_build_the_same_config():
+    # TOML [emulator] written flat (as every config file does) and by section ([emulator.stage1]) agree.
+    flat = EmulatorConfig.from_dict({"harmonizer-rank": 16, "rank_keep": 0.5, "seq_len": 32})
+    nested = EmulatorConfig.from_dict(
+        {"stage1": {"harmonizer_rank": 16}, "src": {"rank-keep": 0.5}, "data": {"seq_len": 32}}
     )
-    assert EmulatorConfig(method="uniform", alpha=0.5).build_dict() != uniform.build_dict()
-    distill = EmulatorConfig(method="uniform+distill")
-    assert EmulatorConfig(method="uniform+distill", distill_steps=7).build_dict() != distill.build_dict()
+    assert flat == nested == EmulatorConfig.of(harmonizer_rank=16, rank_keep=0.5, seq_len=32)
+    assert (flat.stage1.harmonizer_rank, flat.src.rank_keep, flat.data.seq_len) == (16, 0.5, 32)
+    assert EmulatorConfig.from_dict(flat.to_dict()) == flat and "stage1" not in flat.to_dict()
+
+
+def test_a_key_given_flat_and_in_its_section_is_an_error():
+    with pytest.raises(ValueError, match=r"config emulator.stage1_steps is given twice: flat and in"):
+        EmulatorConfig.from_dict({"stage1_steps": 3, "stage1": {"stage1_steps": 4}})
+
+
+def test_a_nested_key_in_the_wrong_section_is_unknown():
+    with pytest.raises(
+        ValueError, match=r"unknown config key 'emulator.stage1.rank_keep' in \[emulator.stage1\]"
+    ):
+        EmulatorConfig.from_dict({"stage1": {"rank_keep": 0.5}})
+
+
+def test_every_flat_key_has_one_home():
+    # Field names are unique across the top level and the sections: a flat key can only mean one field.
+    from dataclasses import fields, is_dataclass
+
+    names = [f.name for f in fields(EmulatorConfig) if not is_dataclass(getattr(EmulatorConfig(), f.name))]
+    for f in fields(EmulatorConfig):
+        section = getattr(EmulatorConfig(), f.name)
+        names += [g.name for g in fields(section)] if is_dataclass(section) else []
+    assert len(names) == len(set(names)) and set(names) == set(EmulatorConfig().to_dict())
+
+
+@pytest.mark.parametrize(
+    ("base", "unused", "used"),
+    [
+        (
+            {"method": "scaleot"},
+            {"distill_steps": 7, "distill_lr": 1e-3, "log_every": 3},
+            {"stage1_steps": 7},
+        ),
+        ({"method": "scaleot"}, {"log_every": 1}, {"seq_len": 64}),
+        ({"method": "scaleot"}, {"distill_lm_weight": 1.0}, {"src_share": 0.5}),  # SRC on (rank_keep 0.8)
+        (
+            {"method": "scaleot", "rank_keep": 1.0},
+            {"src_share": 0.5, "src_rank": "energy"},
+            {"rank_keep": 0.5},
+        ),
+        ({"method": "importance-drop", "rank_keep": 1.0}, {"distill_lm_weight": 1.0}, {"policy_lr": 0.5}),
+        (
+            {"method": "uniform", "rank_keep": 1.0},
+            {"stage1_steps": 7, "distill_steps": 7, "corpus": "pydoc", "seed": 5},
+            {"alpha": 0.5},
+        ),
+        ({"method": "uniform", "rank_keep": 1.0}, {"src_rank": "energy"}, {"rank_keep": 0.9}),
+        ({"method": "uniform+distill", "rank_keep": 1.0}, {"stage1_steps": 7}, {"distill_steps": 7}),
+        ({"method": "uniform+distill", "rank_keep": 1.0}, {"harmonizer_loss": "kl"}, {"batch_size": 2}),
+        (
+            METHOD_PRESETS["full"],
+            {"stage1_steps": 7, "seq_len": 64, "src_rank": "energy"},
+            {"adapter_top": 1},
+        ),
+    ],
+)
+def test_cache_key_is_the_sections_the_method_uses(base, unused, used):
+    # The bundle cache keys on build_dict: a knob the method never reads must not rebuild the emulator, a
+    # knob it reads must.
+    config = EmulatorConfig.of(**base)
+    assert config.updated(**unused).build_dict() == config.build_dict()
+    assert config.updated(**used).build_dict() != config.build_dict()
+
+
+def test_cache_key_sections_follow_the_method():
+    assert EmulatorConfig.of(method="uniform", rank_keep=1.0).sections_used() == ()
+    assert EmulatorConfig.of(method="uniform", rank_keep=0.5).sections_used() == ("src",)
+    assert EmulatorConfig().sections_used() == ("data", "stage1", "src")
+    assert set(EmulatorConfig().build_dict()) == {"method", "adapter_bottom", "adapter_top", "alpha"} | {
+        "data",
+        "stage1",
+        "src",
+    }

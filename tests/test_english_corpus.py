@@ -6,12 +6,11 @@ in a temporary cache; the slow one checks the three evidence tasks against the r
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import zlib
 
 import pytest
+from conftest import write_bigbench_archive
 
 from emulator.english_corpus import bigbench_corpus, corpus_file, sentence_hashes, task_texts
 from emulator.tasks import bigbench_archive
@@ -45,14 +44,7 @@ def archive(tmp_path, monkeypatch):
             ["Le vieux meunier marchait lentement le long de la rivière ce soir"], ("non-English",)
         ),
     }
-    path = bigbench_archive()
-    path.parent.mkdir(parents=True)
-    with tarfile.open(path, "w:gz") as tar:
-        for name, content in tasks.items():
-            data = json.dumps(content).encode()
-            info = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/task.json")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    write_bigbench_archive(tasks)
     return {"stories": stories, "quiz": quiz, "french": french}
 
 
@@ -80,8 +72,8 @@ def test_a_task_copied_into_another_task_refuses_the_run(archive):
 
 def test_a_run_leaves_its_own_task_out_of_the_corpus():
     task = "bigbench:goal_step_wikihow/step_inference"
-    assert RunConfig(task=task).emulator.corpus_exclude == "goal_step_wikihow/step_inference"
-    assert RunConfig(task="synthetic").emulator.corpus_exclude == ""
+    assert RunConfig(task=task).emulator.data.corpus_exclude == "goal_step_wikihow/step_inference"
+    assert RunConfig(task="synthetic").emulator.data.corpus_exclude == ""
     with pytest.raises(ValueError, match="emulator.corpus_exclude='strategyqa'.*empty or the run's task"):
         RunConfig.from_dict({"task": task, "emulator": {"corpus_exclude": "strategyqa"}})
 

@@ -87,7 +87,7 @@ def test_a_run_in_which_every_client_fails_exits_non_zero_without_fine_tuned_row
     saved = metrics(run_dir)
     assert saved["status"] == "failed" and saved["reason"] == last.removeprefix("error: ")
     assert set(saved["results"]) == {"Full-ZS", "Emulator-ZS"} and saved["privacy_gap"] is None
-    assert all(r["empty"] and r["plugin_acc"] is None for r in saved["rounds"])
+    assert all(r["empty"] and r["plug_in_acc"] is None for r in saved["rounds"])
     assert not (run_dir / "adapter.safetensors").exists()
     assert "Run failed" in (run_dir / "report.md").read_text()
 

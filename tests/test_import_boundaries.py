@@ -40,6 +40,9 @@ def loaded_frameworks(*modules: str) -> list[str]:
         (("emulator.config", "emulator.config_parse", "simulations.config"), "torch"),  # the config layer
         (("emulator.config", "emulator.config_parse", "simulations.config"), "flwr"),
         (("emulator.config", "emulator.config_parse", "simulations.config"), "peft"),
+        # `scaleot --help` and the wire keys stay light: flwr only where a record is built or a run starts.
+        (("simulations.cli", "strategies.wire", "strategies.records"), "flwr"),
+        (("simulations.cli",), "torch"),
     ],
 )
 def test_a_package_does_not_import_a_framework_it_must_not_need(modules, forbidden):

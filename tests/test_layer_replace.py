@@ -90,7 +90,9 @@ def test_stage1_runs_without_touching_the_model(name, loss):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = {k: p.requires_grad for k, p in model.named_parameters()}
     layers = list(get_layers(model))
-    config = EmulatorConfig(alpha=0.5, stage1_steps=3, harmonizer_loss=loss, batch_size=4, policy_interval=1)
+    config = EmulatorConfig.of(
+        alpha=0.5, stage1_steps=3, harmonizer_loss=loss, batch_size=4, policy_interval=1
+    )
     result = dynamic_layer_replace(model, random_blocks(), random_blocks(8), config, progress=False)
     assert result.middle == [2, 3, 4, 5] and sorted(result.scores) == [2, 3, 4, 5]
     assert len(result.loss_curve) == 3 and len(result.reward_curve) == 3
@@ -103,7 +105,7 @@ def test_stage1_runs_without_touching_the_model(name, loss):
 
 def test_alpha_that_replaces_nothing_per_group_is_refused():
     model, _ = tiny("tiny-llama")
-    config = EmulatorConfig(alpha=0.1, stage1_steps=1)
+    config = EmulatorConfig.of(alpha=0.1, stage1_steps=1)
     with pytest.raises(ValueError, match=r"emulator.alpha=0.1 replaces no block in groups of \[4\]"):
         dynamic_layer_replace(model, random_blocks(), random_blocks(), config, progress=False)
 
@@ -129,7 +131,7 @@ def crucial_and_identity_model():
 @pytest.mark.parametrize("rule", ["paper", "reinforce"])
 def test_policy_scores_the_crucial_block_highest_and_never_replaces_it(rule):
     model, text = crucial_and_identity_model()
-    config = EmulatorConfig(
+    config = EmulatorConfig.of(
         alpha=0.5, rank_keep=1.0, stage1_steps=30, batch_size=8, harmonizer_loss="local", policy_update=rule
     )
     emulator = build_emulator(model, None, config, progress=False, public_blocks=text)
@@ -150,7 +152,7 @@ def test_in_context_losses_decrease_on_a_tiny_model(loss):
     model, _ = tiny("tiny-llama")
     # One fixed batch and every middle block replaced (ratio 1): the mask is the same each step, so the curve
     # is the loss of one network whose harmonizers learn to stand in for all four blocks at once.
-    config = EmulatorConfig(
+    config = EmulatorConfig.of(
         alpha=0.25,
         train_replace_ratio=1.0,
         harmonizer_loss=loss,
@@ -179,7 +181,7 @@ def test_training_ratio_changes_the_sampled_masks_but_not_the_final_selection(mo
     model, tokenizer = tiny("tiny-llama")  # 8 blocks: one group of the 4 middle blocks
     for ratio, per_mask in ((0.0, 1), (0.5, 2), (1.0, 4)):
         replaced_counts.clear()
-        config = EmulatorConfig(
+        config = EmulatorConfig.of(
             alpha=0.25, train_replace_ratio=ratio, harmonizer_loss="hidden", stage1_steps=3, batch_size=4
         )
         emulator = build_emulator(model, tokenizer, config, progress=False, public_blocks=random_blocks())

@@ -11,7 +11,7 @@ from conftest import tiny
 from clients.partition import partition
 from emulator.config import AdapterConfig
 from emulator.evaluation import multiple_choice_accuracy
-from emulator.results import choice_spread
+from emulator.results import MCResult, choice_spread
 from emulator.tasks import MCExample, load_task
 from simulations.config import load_config
 from simulations.outputs import RunState, write_report
@@ -58,18 +58,18 @@ def test_a_collapsed_model_after_a_label_split_is_flagged_in_report_and_comparis
     predicted = [0] * len(test)  # the collapsed model: choice 0 for every test example
     correct = [int(p == ex.label) for p, ex in zip(predicted, test, strict=True)]
     acc = sum(correct) / len(test)
-    measures = {"plugin_acc": acc, "plugin_acc_stderr": 0.05, "plugin_acc_norm": acc}
-    record = RoundRecord(round=3, plugin_acc=acc, evaluation=measures | {"plugin_acc_norm_stderr": 0.05})
+    measures = {"plug_in_acc": acc, "plug_in_acc_stderr": 0.05, "plug_in_acc_norm": acc}
+    record = RoundRecord(round=3, plug_in_acc=acc, evaluation=measures | {"plug_in_acc_norm_stderr": 0.05})
     zero_shot = {"acc": 0.5, "acc_stderr": 0.05, "acc_norm": 0.5, "acc_norm_stderr": 0.05, "n": len(test)}
     state = RunState(
-        zero_shot={FULL_ZS: zero_shot},
+        zero_shot={FULL_ZS: MCResult.from_row(zero_shot)},
         history=[record],
         per_example={
             PLUG_IN: {"correct": correct, "correct_norm": correct, "predicted": predicted},
             FULL_ZS: {"correct": correct, "correct_norm": correct, "predicted": [i % 2 for i in range(100)]},
         },
     )
-    rows = state.rows()
+    rows = {name: row.to_row() for name, row in state.rows().items()}
     assert rows[PLUG_IN]["one_answer"] and rows[PLUG_IN]["choice_spread"] == [1.0]
     assert rows[FULL_ZS]["one_answer"] is False and rows[FULL_ZS]["choice_spread"] == [0.5, 0.5]
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from emulator.results import MEASURES, MCResult, privacy_gap
 from simulations.outputs import RunState, write_metrics
 from simulations.server_eval import EMULATOR_FT, FULL_ZS, PLUG_IN
-from strategies import keys
+from strategies import wire
 from strategies.records import RoundRecord, fill_accuracies
 
 ROW = {"acc": 0.5, "acc_stderr": 0.25, "acc_norm": 0.5, "acc_norm_stderr": 0.25, "n": 2}
@@ -15,8 +16,8 @@ ROW = {"acc": 0.5, "acc_stderr": 0.25, "acc_norm": 0.5, "acc_norm_stderr": 0.25,
 def evaluated(server_round: int, acc: float | None) -> RoundRecord:
     record = RoundRecord(round=server_round)
     if acc is not None:
-        metrics = {f"{keys.PLUGIN}_{m}": 0.1 for m in keys.MEASURES} | {keys.PLUGIN_ACC: acc}
-        metrics |= {f"{keys.EMULATOR}_{m}": 0.2 for m in keys.MEASURES} | {keys.EVAL_N: 2.0}
+        metrics = {f"{wire.PLUG_IN}_{m}": 0.1 for m in MEASURES} | {wire.PLUG_IN_ACC: acc}
+        metrics |= {f"{wire.EMULATOR}_{m}": 0.2 for m in MEASURES} | {wire.EVAL_N: 2.0}
         fill_accuracies(record, metrics)
     return record
 
@@ -26,13 +27,57 @@ def test_rows_take_the_last_evaluation_and_carry_per_example_correctness(tmp_pat
         FULL_ZS: {"correct": [1, 0], "correct_norm": [0, 0]},
         PLUG_IN: {"correct": [1, 1], "correct_norm": [1, 0]},
     }
-    state = RunState(zero_shot={FULL_ZS: ROW}, per_example=per_example)
-    state.history = [evaluated(1, 1.0), evaluated(2, None)]  # round 2 skipped evaluation (plugin_every)
+    state = RunState(zero_shot={FULL_ZS: MCResult.from_row(ROW)}, per_example=per_example)
+    state.history = [evaluated(1, 1.0), evaluated(2, None)]  # round 2 skipped evaluation (plug_in_every)
     rows = state.rows()
-    assert rows[PLUG_IN]["acc"] == 1.0 and rows[PLUG_IN]["correct"] == [1, 1]
-    assert rows[FULL_ZS]["correct"] == [1, 0] and "correct" not in rows[EMULATOR_FT]
+    assert rows[PLUG_IN].acc == 1.0 and rows[PLUG_IN].correct == (1, 1)
+    assert rows[FULL_ZS].correct == (1, 0) and rows[EMULATOR_FT].correct == ()
 
     write_metrics(tmp_path, state, {}, finished=True)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["results"][PLUG_IN]["correct"] == [1, 1] and "per_example" not in saved
     assert RunState.from_dict(json.loads(json.dumps(state.to_dict()))).per_example == per_example
+
+
+def test_files_written_before_the_plug_in_rename_are_read_with_the_new_keys(tmp_path):
+    # A run directory from before `plugin_acc` became `plug_in_acc` (and `evaluation.plugin_every`
+    # `plug_in_every`) can still be resumed, reused by compare and reported.
+    from simulations.config import RunConfig, check_resumable, load_config, read_run_json
+
+    state = RunState(zero_shot={FULL_ZS: MCResult.from_row(ROW)})
+    state.history = [evaluated(1, 0.75)]
+    old = json.dumps(state.to_dict()).replace('"plug_in_', '"plugin_')
+    assert '"plugin_acc"' in old
+    (tmp_path / "state.json").write_text(old)
+    restored = RunState.from_dict(read_run_json(tmp_path / "state.json"))
+    assert restored.history[0].plug_in_acc == 0.75 and restored.rows()[PLUG_IN].acc == 0.75
+
+    config = RunConfig.from_dict({"evaluation": {"plug_in_every": 3}})
+    (tmp_path / "config.json").write_text(config.to_json().replace('"plug_in_every"', '"plugin_every"'))
+    (tmp_path / "config.toml").write_text(config.to_toml().replace("plug_in_every", "plugin_every"))
+    check_resumable(tmp_path, config)  # the same config, written under the old key: no change
+    assert load_config(tmp_path / "config.toml") == config
+
+
+def test_a_result_row_round_trips_and_keeps_the_metrics_json_layout():
+    # metrics.json's results rows are MCResult.to_row(): the measures, n, the per-example lists, the spread,
+    # in this order (the files of earlier runs have it); from_row reads them back.
+    result = MCResult(0.5, 0.25, 0.25, 0.2, 4, (1, 0, 1, 0), (0, 0, 1, 0), (0, 1, 0, 0))
+    row = result.to_row()
+    assert list(row) == [
+        "acc",
+        "acc_stderr",
+        "acc_norm",
+        "acc_norm_stderr",
+        "n",
+        "correct",
+        "correct_norm",
+        "predicted",
+        "choice_spread",
+        "top_choice",
+        "top_choice_share",
+        "one_answer",
+    ]
+    assert MCResult.from_row(json.loads(json.dumps(row))) == result
+    assert list(MCResult.from_row(result.measures()).to_row()) == list(result.measures())  # lists unknown
+    assert privacy_gap(result, MCResult.from_row(ROW)) == 0.0 and privacy_gap(result, 0.25) == 0.25

@@ -69,7 +69,7 @@ def test_dp_simulation_noises_the_adapter_and_reports_growing_epsilon(tmp_path):
         "privacy.clipping='fixed'",
         f"privacy.noise_multiplier={z}",
         f"privacy.clipping_norm={clip}",
-        "evaluation.plugin_every=0",
+        "evaluation.plug_in_every=0",
         "evaluation.emulator_every=0",
     ]
     args = ["simulate", "--config", "simulations/configs/tiny.toml", "--out", str(tmp_path)]

@@ -87,7 +87,7 @@ def test_a_simulation_on_an_existing_two_node_cluster_trains_on_both_nodes(clust
         "simulation.client_num_cpus=1",
         "federation.rounds=3",
         "federation.fraction=1.0",  # 4 clients a round on 2 one-CPU actors: both actors train
-        "evaluation.plugin_every=0",
+        "evaluation.plug_in_every=0",
         "evaluation.emulator_every=0",
     ):
         args += ["--set", item]

@@ -36,7 +36,7 @@ def test_overrides_reach_every_section():
             "simulation.ray_address=auto",
         ],
     )
-    assert config.federation.rounds == 5 and config.emulator.rank_keep == 0.5
+    assert config.federation.rounds == 5 and config.emulator.src.rank_keep == 0.5
     assert config.federation.strategy_kwargs == {"proximal_mu": 0.01}
     assert config.client.lr == 3e-4 and config.federation.fail_partitions == (1, 2)
     assert config.simulation.ray_address == "auto"

@@ -16,18 +16,19 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from emulator.results import MEASURES, MCResult
 from simulations.config import load_config
 from simulations.outputs import RunState, load_checkpoint, save_checkpoint, write_metrics, write_report
 from simulations.runner import BackendWatch
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
-from strategies import keys
+from strategies import wire
 from strategies.nodes import await_nodes
 from strategies.offsite import offsite_strategy
 from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason, progress_line
 
 SHAPES = {"0.mlp.weight": (4, 3), "7.norm.weight": (4,)}
 ROW = {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "n": 4}
-ZERO_SHOT = {FULL_ZS: ROW, EMULATOR_ZS: ROW}
+ZERO_SHOT = {FULL_ZS: MCResult.from_row(ROW), EMULATOR_ZS: MCResult.from_row(ROW)}
 
 
 @pytest.fixture(autouse=True)
@@ -52,15 +53,15 @@ class Grid:
         return [r for m in messages if (r := self._answer(m)) is not None]
 
     def _answer(self, msg):
-        if msg.metadata.message_type == keys.QUERY_EMULATOR_TYPE:
-            info = {keys.INFO_PARTITION_ID: self.partition_of[msg.metadata.dst_node_id]}
-            return Message(RecordDict({keys.INFO: ConfigRecord(info)}), reply_to=msg)
+        if msg.metadata.message_type == wire.QUERY_EMULATOR_TYPE:
+            info = {wire.INFO_PARTITION_ID: self.partition_of[msg.metadata.dst_node_id]}
+            return Message(RecordDict({wire.INFO: ConfigRecord(info)}), reply_to=msg)
         return self.client(msg)
 
 
 def trained(msg: Message) -> Message:
-    metrics = MetricRecord({keys.NUM_EXAMPLES: 10, keys.TRAIN_LOSS: 1.0})
-    return Message(RecordDict({keys.ARRAYS: adapter(1.0), keys.METRICS: metrics}), reply_to=msg)
+    metrics = MetricRecord({wire.NUM_EXAMPLES: 10, wire.TRAIN_LOSS: 1.0})
+    return Message(RecordDict({wire.ARRAYS: adapter(1.0), wire.METRICS: metrics}), reply_to=msg)
 
 
 def failed(msg: Message) -> Message:
@@ -75,8 +76,8 @@ def failed(msg: Message) -> Message:
 def strategy(evaluated: list | None = None, **kwargs):
     def evaluate(server_round, arrays, with_emulator):
         evaluated.append(server_round)
-        plugin = {f"{keys.PLUGIN}_{m}": 0.6 for m in keys.MEASURES}
-        return plugin | {f"{keys.EMULATOR}_{m}": 0.4 for m in keys.MEASURES} | {keys.EVAL_N: 4.0}
+        plug_in = {f"{wire.PLUG_IN}_{m}": 0.6 for m in MEASURES}
+        return plug_in | {f"{wire.EMULATOR}_{m}": 0.4 for m in MEASURES} | {wire.EVAL_N: 4.0}
 
     return offsite_strategy(
         "fedavg",
@@ -240,7 +241,7 @@ def _raise(message: str):
 def test_a_client_process_that_died_is_named_as_such_in_the_reason():
     from strategies.replies import AdapterSpec, reply_problem
 
-    train = Message(RecordDict({keys.ARRAYS: adapter()}), dst_node_id=4, message_type="train")
+    train = Message(RecordDict({wire.ARRAYS: adapter()}), dst_node_id=4, message_type="train")
     ray_error = (
         "<class 'ray.exceptions.ActorUnavailableError'>:<'The actor 1f is unavailable: Socket closed'>"
     )

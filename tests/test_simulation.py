@@ -65,7 +65,7 @@ def test_two_rounds_with_rows_bytes_and_a_dropped_client(full_run, failing_parti
     assert [r["round"] for r in rounds] == [1, 2]
     assert {"Full-ZS", "Emulator-ZS", "Emulator-FT", "Plug-in"} <= set(metrics["results"])
     assert all(0 <= row["acc"] <= 1 and row["acc_stderr"] > 0 for row in metrics["results"].values())
-    assert all(r["plugin_acc"] is not None and r["train_loss"] is not None for r in rounds)
+    assert all(r["plug_in_acc"] is not None and r["train_loss"] is not None for r in rounds)
 
     # After the first contact only the adapter crosses the wire: each client receives exactly its bytes.
     adapter_bytes = ArrayRecord(load_file(str(full_run / "adapter.safetensors"))).count_bytes()
@@ -101,7 +101,7 @@ def test_a_run_with_tensorboard_on_writes_each_rounds_metrics(full_run):
     metrics = json.loads((full_run / "metrics.json").read_text())
     scalars = read_scalars(full_run / "tensorboard")
     assert scalars["train/loss"] == pytest.approx({r["round"]: r["train_loss"] for r in metrics["rounds"]})
-    assert set(scalars["eval/plugin_acc"]) == {1, 2}
+    assert set(scalars["eval/plug_in_acc"]) == {1, 2}
 
 
 def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, failing_partition, tmp_path):

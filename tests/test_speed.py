@@ -151,3 +151,16 @@ def test_memoised_zero_shot_is_reused_and_invalidated_by_model_or_split(tmp_path
     monkeypatch.setattr(memo, "SCORING_VERSION", memo.SCORING_VERSION + 1)
     memo.memoised_accuracy(model, tokenizer, test, directory=tmp_path)
     assert len(scored) == 5  # the scoring definition changed
+
+
+def test_memo_takes_the_callers_model_hash_instead_of_hashing_again(tmp_path, tokenizer, monkeypatch):
+    # A run hashes its full model once (for the bundle key) and hands the hash to the zero-shot memo.
+    import emulator.memo as memo
+
+    model, _ = load_model("tiny-llama")
+    test = synthetic_examples(6)
+    sha256 = memo.model_fingerprint(model)
+    first = memo.memoised_accuracy(model, tokenizer, test, directory=tmp_path)
+    monkeypatch.setattr(memo, "model_fingerprint", lambda _: pytest.fail("the model was hashed again"))
+    assert memo.memoised_accuracy(model, tokenizer, test, directory=tmp_path, model_sha256=sha256) == first
+    assert len(list(tmp_path.glob("*.json"))) == 1  # the same key as the one computed from the model

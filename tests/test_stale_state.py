@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_bigbench_archive
 
 from emulator.bundle import load_emulator, read_manifest
 from emulator.config import EmulatorConfig
 from emulator.models import load_model, model_fingerprint
-from emulator.tasks import _ARCHIVE_TASKS, _read_bigbench_task, bigbench_archive
+from emulator.tasks import _read_bigbench_task, bigbench_archive
 from simulations.config import check_resumable, load_config
 from simulations.emulator_cache import ensure_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIFORM = EmulatorConfig(method="uniform", alpha=0.5, rank_keep=1.0)  # no stage 1: builds in a second
+UNIFORM = EmulatorConfig.of(method="uniform", alpha=0.5, rank_keep=1.0)  # no stage 1: builds in a second
 
 
 def save_checkpoint_at(path: Path, seed: int, tokenizer) -> None:
@@ -98,27 +97,17 @@ def test_resume_under_a_config_that_changes_training_is_refused(tmp_path):
         check_resumable(tmp_path / "missing", config)
 
 
-def write_archive(text: str) -> None:
-    archive = bigbench_archive()
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode()
-    with tarfile.open(archive, "w:gz") as tar:
-        member = tarfile.TarInfo(f"{_ARCHIVE_TASKS}tiny_task/task.json")
-        member.size = len(data)
-        tar.addfile(member, io.BytesIO(data))
-
-
 def test_a_task_extracted_from_another_archive_is_extracted_again(tmp_path, monkeypatch):
     monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
-    write_archive(json.dumps({"version": 1}))
+    write_bigbench_archive({"tiny_task": {"version": 1}})
     assert _read_bigbench_task("tiny_task") == {"version": 1}
     assert _read_bigbench_task("tiny_task") == {"version": 1}  # from the extracted copy
-    write_archive(json.dumps({"version": 2}))  # another download, a second later
+    write_bigbench_archive({"tiny_task": {"version": 2}})  # another download, a second later
     stat = bigbench_archive().stat()
     os.utime(bigbench_archive(), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert _read_bigbench_task("tiny_task") == {"version": 2}
     (tmp_path / "bigbench" / "tasks" / "tiny_task" / "source.json").unlink()  # a copy of unknown origin
-    write_archive(json.dumps({"version": 3}))
+    write_bigbench_archive({"tiny_task": {"version": 3}})
     assert _read_bigbench_task("tiny_task") == {"version": 3}
 
 
@@ -131,3 +120,19 @@ def test_a_dequantised_copy_of_unknown_origin_is_dequantised_again(tmp_path, mon
     save_checkpoint_at(directory, 0, tokenizer)
     model, _ = load_model("smollm2-135m")
     assert model.config.num_hidden_layers == 30 and (directory / "source.json").is_file()
+
+
+def test_cache_key_ignores_unused_sections_and_follows_used_ones(tmp_path, monkeypatch):
+    # The bundle directory is keyed on the sections the method reads: a stage-1 or distillation knob does
+    # not rebuild a LayerDrop emulator; its alpha or SRC (once on) does.
+    from simulations.emulator_cache import bundle_dir, provenance
+
+    monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
+
+    def key(config: EmulatorConfig) -> Path:
+        return bundle_dir("tiny-llama", provenance("0" * 64, config))
+
+    assert key(UNIFORM.updated(stage1_steps=3, distill_lr=1e-3, seq_len=16, log_every=1)) == key(UNIFORM)
+    assert key(UNIFORM.updated(src_rank="energy")) == key(UNIFORM)  # SRC is off (rank_keep 1)
+    assert key(UNIFORM.updated(alpha=0.25)) != key(UNIFORM)
+    assert key(UNIFORM.updated(rank_keep=0.5)) != key(UNIFORM.updated(rank_keep=0.5, src_rank="energy"))

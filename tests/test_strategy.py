@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies import keys
+from strategies import wire
 from strategies.nodes import sample_partitions
 from strategies.offsite import offsite_strategy, strategy_parameters
 
@@ -28,14 +28,14 @@ def adapter(value: float = 0.0, dtype=np.float32, shapes=SHAPES) -> ArrayRecord:
 
 def train_msg(node: int, arrays: ArrayRecord | None = None) -> Message:
     content = RecordDict(
-        {keys.ARRAYS: arrays or adapter(), keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: 1})}
+        {wire.ARRAYS: arrays or adapter(), wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1})}
     )
     return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
 
 
 def reply(node: int, arrays: ArrayRecord, examples: int = 10, loss: float = 1.0) -> Message:
-    metrics = MetricRecord({keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss})
-    return Message(RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics}), reply_to=train_msg(node))
+    metrics = MetricRecord({wire.NUM_EXAMPLES: examples, wire.TRAIN_LOSS: loss})
+    return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics}), reply_to=train_msg(node))
 
 
 def make(name: str = "fedavg", **kwargs) -> object:
@@ -73,7 +73,7 @@ def test_bad_replies_are_dropped_with_their_reason_and_the_rest_aggregated(caplo
     # Weighted by examples: (10·1 + 30·3) / 40.
     for array in arrays.values():
         np.testing.assert_allclose(array.numpy(), 2.5)
-    assert metrics[keys.TRAIN_LOSS] == pytest.approx(1.0)
+    assert metrics[wire.TRAIN_LOSS] == pytest.approx(1.0)
     record = strategy._record
     assert (record.replied, record.rejected, record.aggregated) == (8, 6, 2)
 
@@ -91,7 +91,7 @@ def test_fedavg_of_identical_adapters_is_that_adapter():
 
 def test_metric_key_mismatch_drops_the_odd_reply_instead_of_raising():
     odd = Message(
-        RecordDict({keys.ARRAYS: adapter(9.0), keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 5})}),
+        RecordDict({wire.ARRAYS: adapter(9.0), wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 5})}),
         reply_to=train_msg(9),
     )
     arrays, _ = make().aggregate_train(1, [reply(1, adapter(1.0)), reply(2, adapter(1.0)), odd])
@@ -104,7 +104,7 @@ def test_other_flower_strategies_aggregate(name, kwargs):
     grid = FakeGrid({101: 0, 102: 1}, client=lambda msg: reply(msg.metadata.dst_node_id, adapter(1.0)))
     messages = list(strategy.configure_train(1, adapter(0.0), ConfigRecord(), grid))
     if name == "fedprox":
-        assert all(m.content[keys.CONFIG][keys.PROXIMAL_MU] == 0.1 for m in messages)
+        assert all(m.content[wire.CONFIG][wire.PROXIMAL_MU] == 0.1 for m in messages)
     arrays, _ = strategy.aggregate_train(1, [*grid.send_and_receive(messages), *bad_replies().values()])
     assert set(arrays) == set(SHAPES)
     assert all(a.dtype == "float32" for a in arrays.values())  # FedAdam computes in fp64; cast back
@@ -137,12 +137,12 @@ def test_handshake_refuses_failing_or_foreign_emulators():
 
 def test_start_runs_rounds_evaluates_on_schedule_and_resumes():
     def client(msg):
-        value = msg.content[keys.ARRAYS]["0.mlp.weight"].numpy().mean() + 1.0
+        value = msg.content[wire.ARRAYS]["0.mlp.weight"].numpy().mean() + 1.0
         return reply(msg.metadata.dst_node_id, adapter(value), examples=10, loss=2.0)
 
     def evaluate(server_round, arrays, with_emulator):
-        metrics = {keys.PLUGIN_ACC: 0.5, keys.PLUGIN_ACC_STDERR: 0.1}
-        return {**metrics, keys.EMULATOR_ACC: 0.4} if with_emulator else metrics
+        metrics = {wire.PLUG_IN_ACC: 0.5, wire.PLUG_IN_ACC_STDERR: 0.1}
+        return {**metrics, wire.EMULATOR_ACC: 0.4} if with_emulator else metrics
 
     saved = []
     strategy = make(
@@ -193,19 +193,19 @@ class FakeGrid:
 
     def _answer(self, msg):
         node = msg.metadata.dst_node_id
-        if msg.metadata.message_type != keys.QUERY_EMULATOR_TYPE:
+        if msg.metadata.message_type != wire.QUERY_EMULATOR_TYPE:
             return self.client(msg)
         self.handshakes += 1
         if node in self.fail_handshake:
             return Message(Error(1, "FileNotFoundError: no bundle"), reply_to=msg)
         info = {
-            keys.INFO_PARTITION_ID: self.partition_of[node],
-            keys.INFO_EMULATOR_SHA256: self.sha.get(node, ""),
+            wire.INFO_PARTITION_ID: self.partition_of[node],
+            wire.INFO_EMULATOR_SHA256: self.sha.get(node, ""),
         }
-        return Message(RecordDict({keys.INFO: ConfigRecord(info)}), reply_to=msg)
+        return Message(RecordDict({wire.INFO: ConfigRecord(info)}), reply_to=msg)
 
 
-def test_plugin_is_evaluated_on_its_schedule_and_always_in_the_last_round():
+def test_plug_in_is_evaluated_on_its_schedule_and_always_in_the_last_round():
     def client(msg):
         return reply(msg.metadata.dst_node_id, adapter(1.0), examples=10, loss=2.0)
 
@@ -213,9 +213,9 @@ def test_plugin_is_evaluated_on_its_schedule_and_always_in_the_last_round():
 
     def evaluate(server_round, arrays, with_emulator):
         calls.append((server_round, with_emulator))
-        return {keys.PLUGIN_ACC: 0.5, keys.PLUGIN_ACC_STDERR: 0.1}
+        return {wire.PLUG_IN_ACC: 0.5, wire.PLUG_IN_ACC_STDERR: 0.1}
 
-    strategy = make(evaluate_fn=evaluate, emulator_eval_every=2, plugin_eval_every=0)
+    strategy = make(evaluate_fn=evaluate, emulator_eval_every=2, plug_in_eval_every=0)
     strategy.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=3)
     assert calls == [(2, True), (3, True)]  # with the emulator's schedule and in the last round only
-    assert [r.plugin_acc for r in strategy.history] == [None, 0.5, 0.5]
+    assert [r.plug_in_acc for r in strategy.history] == [None, 0.5, 0.5]

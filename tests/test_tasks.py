@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import write_bigbench_archive
 from datasets import Dataset, DatasetDict
 
 from emulator.models import cache_dir
@@ -129,16 +127,6 @@ def test_bigbench_generative_and_composite_tasks_are_rejected():
 # ------------------------------------------------------------------------------------ BIG-bench extraction
 
 
-def _write_archive(path: Path, tasks: dict[str, dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
-        for name, content in tasks.items():
-            data = json.dumps(content).encode()
-            info = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/task.json")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture
 def toy_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
@@ -148,7 +136,7 @@ def toy_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "family/sub_a": _toy_task(),
         "family/sub_b": _toy_task(),
     }
-    _write_archive(tmp_path / "bigbench" / BIGBENCH_ARCHIVE, tasks)
+    write_bigbench_archive(tasks)
     return tmp_path
 
 

@@ -243,7 +243,7 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
     for label, values in configs.items():
         config = EmulatorConfig.from_dict(common | values)
         emulator = build_emulator(model, tokenizer, config, progress=False)
-        steps = {"scaleot": config.stage1_steps, "uniform+distill": config.distill_steps}.get(
+        steps = {"scaleot": config.stage1.stage1_steps, "uniform+distill": config.distill.distill_steps}.get(
             config.method, 0
         )
         built[label] = {"seconds": emulator.build_seconds, "steps": steps, "bundle": None}
@@ -264,21 +264,21 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
     from emulator.config import EmulatorConfig, TrainConfig
     from simulations.config import EvaluationConfig, FederationConfig, RunConfig
     from simulations.runner import simulate
-    from strategies import keys
+    from strategies import wire
 
     config = RunConfig(
         name="benchmark",
         model=args.model,
         task=TASKS.get(args.model, "synthetic"),
-        emulator=EmulatorConfig(method="uniform", alpha=args.alpha, rank_keep=1.0),
+        emulator=EmulatorConfig.of(method="uniform", alpha=args.alpha, rank_keep=1.0),
         federation=FederationConfig(num_clients=2, fraction=1.0, min_clients=2, rounds=3, partition="iid"),
         client=TrainConfig(batch_size=args.batch_size, local_steps=2, max_length=args.seq_len),
-        evaluation=EvaluationConfig(test_limit=20, emulator_every=0, plugin_every=0),
+        evaluation=EvaluationConfig(test_limit=20, emulator_every=0, plug_in_every=0),
     )
     metrics = simulate(config, directory / "simulation")
     rounds = []
     for r in metrics["rounds"]:
-        clients = r["client_metrics"].get(keys.TRAIN_SECONDS, 0.0) * r["aggregated"]  # IID: equal weights
+        clients = r["client_metrics"].get(wire.TRAIN_SECONDS, 0.0) * r["aggregated"]  # IID: equal weights
         overhead = r["seconds"] - r["eval_seconds"] - clients
         rounds.append(
             {"wall": r["seconds"], "eval": r["eval_seconds"], "clients": clients, "overhead": overhead}

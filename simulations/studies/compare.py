@@ -41,7 +41,7 @@ from typing import Any
 
 from emulator.config import EmulatorConfig
 from emulator.config_parse import build_config, parse_value, split_assignment
-from simulations.config import RunConfig, apply_overrides, read_config_file
+from simulations.config import RunConfig, add_set_option, apply_overrides, read_config_file, read_run_json
 from simulations.studies.methods import Method, Setting
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,12 @@ def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
 
     saved = run_dir / "config.json"
     if saved.is_file():
-        if _experiment(json.loads(saved.read_text())) != _experiment(config.to_dict()):
+        if _experiment(read_run_json(saved)) != _experiment(config.to_dict()):
             raise ValueError(
                 f"{run_dir} holds a run of another config; remove it or give compare another --out"
             )
         metrics_path = run_dir / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = read_run_json(metrics_path) if metrics_path.is_file() else {}
         if metrics.get("status") == "finished":
             if metrics.get("bundle", {}).get("model_sha256") != _model_sha256(config.model):
                 raise ValueError(
@@ -277,13 +277,8 @@ def compare_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=V1,V2",
         help="add ScaleOT at every combination, e.g. --sweep alpha=0.25,0.5 rank_keep=1.0,0.8",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value of the base run, e.g. --set federation.rounds=3 (repeatable)",
+    add_set_option(
+        parser, "override a config value of the base run, e.g. --set federation.rounds=3 (repeatable)"
     )
     parser.add_argument(
         "--out", type=Path, help="output directory (default: <output.dir>/<name>); rerunning continues it"

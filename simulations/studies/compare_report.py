@@ -25,7 +25,7 @@ from emulator.bundle import read_manifest
 from emulator.results import ONE_ANSWER_SHARE, paired_difference, privacy_gap
 from simulations.outputs import pct, save_figure, write_text
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
-from strategies import keys
+from strategies import wire
 
 if TYPE_CHECKING:
     from simulations.config import RunConfig
@@ -73,8 +73,8 @@ def method_row(
         "plug_in": accuracy(plug_in),
         "privacy_gap": privacy_gap(plug_in, emulator_ft),
         "vs_full": _paired(plug_in, reference),
-        "step_seconds": _client_mean(metrics, keys.STEP_SECONDS),
-        "peak_memory_mb": _scaled(_client_mean(metrics, keys.PEAK_MEMORY), 1e-6),
+        "step_seconds": _client_mean(metrics, wire.STEP_SECONDS),
+        "peak_memory_mb": _scaled(_client_mean(metrics, wire.PEAK_MEMORY), 1e-6),
         **_traffic(metrics["rounds"]),
         "rounds": metrics.get("rounds_done"),
     }

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emulator.results import paired_difference
+from simulations.config import read_run_json
 from simulations.outputs import write_text
 from simulations.server_eval import EMULATOR_FT, PLUG_IN
 
@@ -43,7 +44,7 @@ def cells(base: RunConfig, settings: CompareConfig) -> list[RunConfig]:
     """The base run config once per ``runs`` entry, with that entry's task and seed (validated)."""
     out = []
     for cell in settings.runs:
-        emulator = replace(base.emulator, corpus_exclude="")  # the new task's own exclusion is filled in
+        emulator = base.emulator.updated(corpus_exclude="")  # the new task's own exclusion is filled in
         out.append(replace(base, task=cell["task"], seed=int(cell.get("seed", base.seed)), emulator=emulator))
     return out
 
@@ -113,7 +114,7 @@ def _cell_results(
     results = {}
     for method, config in methods:
         path = directory / method.slug(cell.emulator) / "metrics.json"
-        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        metrics = read_run_json(path) if path.is_file() else {}
         if metrics.get("status") != "finished":
             continue
         rows = metrics["results"]

@@ -13,11 +13,12 @@ plug-in and emulator fine-tuned accuracy and plug-in minus full zero-shot (paire
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from simulations.config import add_set_option, read_run_json
 
 log = logging.getLogger("scaleot.dp_study")
 
@@ -28,7 +29,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 1.2], help="noise multipliers")
     parser.add_argument("--clipping-norm", type=float, default=0.01, help="C (L2, whole adapter update)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without DP")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_option(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/dp-study"))
     return parser.parse_args(argv)
 
@@ -58,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = load_config(args.config, [*args.overrides, *privacy])
         run_dir = args.out / label.replace("=", "").replace(" ", "-")
         metrics_path = run_dir / "metrics.json"
-        done = metrics_path.is_file() and json.loads(metrics_path.read_text()).get("status") == "finished"
-        runs[label] = json.loads(metrics_path.read_text()) if done else simulate(config, run_dir)
+        done = metrics_path.is_file() and read_run_json(metrics_path).get("status") == "finished"
+        runs[label] = read_run_json(metrics_path) if done else simulate(config, run_dir)
         log.info("%s done", label)
     table = markdown(runs, args.clipping_norm)
     (args.out / "dp.md").write_text(table)

@@ -34,6 +34,7 @@ from emulator.results import MCResult
 from emulator.surgery import count_parameters
 from emulator.tasks import load_task
 from simulations.cli import SET_EXAMPLE
+from simulations.config import add_set_option
 from simulations.emulator_cache import ensure_bundle
 
 log = logging.getLogger("scaleot.measure")
@@ -67,7 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--distill-steps", type=int, default=120, help="distillation steps of uniform+distill"
     )
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    add_set_option(parser, "any EmulatorConfig field (TOML value)", dest="set", metavar="FIELD=VALUE")
     parser.add_argument("--task", default="bigbench:goal_step_wikihow/step_inference")
     parser.add_argument("--test-limit", type=int, default=500, help="first N test examples (0: no accuracy)")
     parser.add_argument("--ppl-seq-len", type=int, default=256, help="tokens per perplexity block")

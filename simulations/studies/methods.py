@@ -47,8 +47,8 @@ class Method:
             return []
         config = self.emulator(base)
         shown = [("α", config.alpha)]
-        if self.kind == "scaleot" or config.rank_keep < 1:
-            shown.append(("β", config.rank_keep))
+        if self.kind == "scaleot" or config.src.rank_keep < 1:
+            shown.append(("β", config.src.rank_keep))
         return shown + [(k, v) for k, v in self.setting if k not in ("alpha", "rank_keep")]
 
 

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simulations.config import add_set_option
+
 log = logging.getLogger("scaleot.scale_benchmark")
 
 _ROUND_LINE = re.compile(r"^round (\d+)/(\d+):")
@@ -52,7 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="instead of varying N: run N = the first --clients once per simulation.client_num_cpus value "
         "(e.g. 0 1: one actor with every core against one actor per core)",
     )
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_option(parser)
     parser.add_argument("--out", type=Path, help="keep the runs and the JSON here (default: a temp dir)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: run one N, write JSON
     return parser.parse_args(argv)

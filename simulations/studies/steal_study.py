@@ -33,6 +33,7 @@ from emulator.models import load_model
 from emulator.probe import ProbeConfig, steal_
 from emulator.results import MCResult, paired_difference
 from emulator.tasks import load_task
+from simulations.config import add_set_option
 from simulations.emulator_cache import ensure_bundle
 from simulations.outputs import pct, write_text
 from simulations.studies.compare import load_compare, plan
@@ -47,7 +48,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="simulations/configs/compare-smollm2.toml")
     parser.add_argument("--quick", action="store_true", help="merge the file's [quick] table first")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_option(parser)
     parser.add_argument("--kinds", nargs="+", default=["uniform", "scaleot"], choices=KINDS)
     parser.add_argument("--steps", type=int, default=ProbeConfig.steps, help="probe steps (the budget)")
     parser.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size)
@@ -65,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     base, compare = load_compare(args.config, quick=args.quick, overrides=args.overrides)
-    probe = ProbeConfig(args.steps, args.batch_size, args.seq_len, args.lr, base.emulator.corpus, base.seed)
+    probe = ProbeConfig(
+        args.steps, args.batch_size, args.seq_len, args.lr, base.emulator.data.corpus, base.seed
+    )
     out = args.out or Path(base.output.dir) / base.name
     limit = args.test_limit or base.evaluation.test_limit
     test = load_task(base.task, seed=base.seed).test

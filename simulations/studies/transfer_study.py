@@ -88,11 +88,11 @@ def _label(config: EmulatorConfig, adapter: AdapterConfig, lr: float) -> str:
     if config.method == "full":
         return f"full ({adapter.mode}, lr {lr:g})"
     extra = (
-        f", {config.harmonizer_loss}/{config.local_norm}, {config.stage1_steps} st"
+        f", {config.stage1.harmonizer_loss}/{config.stage1.local_norm}, {config.stage1.stage1_steps} st"
         if config.method == "scaleot"
         else ""
     )
-    return f"{config.method} α={config.alpha} β={config.rank_keep}{extra} ({adapter.mode}, lr {lr:g})"
+    return f"{config.method} α={config.alpha} β={config.src.rank_keep}{extra} ({adapter.mode}, lr {lr:g})"
 
 
 def _as_dict(result: MCResult | None) -> dict[str, Any] | None:

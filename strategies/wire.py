@@ -1,20 +1,41 @@
-"""What a client is told: the server's train config and its own node config, parsed once into dataclasses.
+"""The wire contract between the offsite-tuning strategy and the ClientApp, in one torch-free module.
 
-The server builds the train ``ConfigRecord`` with ``ClientSettings.to_record`` and the ClientApp parses it
-back with ``ClientSettings.from_record``: one definition of the wire format, its keys derived from the field
-names (``wire_key``); record, message and metric keys are in ``strategies.keys``.
+Record keys name the records inside a ``RecordDict``; config and metric keys name the entries inside them.
+What travels is defined once, as dataclasses, and the keys are derived from their field names
+(``wire_key``): the server builds the train ``ConfigRecord`` with ``ClientSettings.to_record`` and the
+ClientApp parses it back with ``ClientSettings.from_record``; a node's own config is ``NodeSettings``; a train
+reply's numbers are ``TrainMetrics``. Styles: config keys are Flower's ``kebab-case`` (``server-round``,
+``proximal-mu``), metric keys ``snake_case`` (``train_loss``, ``plug_in_acc``) except Flower's own
+``num-examples``, which its FedAvg weighs by.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import Field, dataclass, field, fields
-from typing import Any
-
-from flwr.app import ConfigRecord
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from emulator.config import AdapterConfig, TrainConfig
-from strategies import keys
+
+if TYPE_CHECKING:  # flwr only where a record is built: the keys are imported by `scaleot --help` too
+    from flwr.app import ConfigRecord, MetricRecord
+
+# --- message types -------------------------------------------------------------------------------------
+# First contact: the client loads (and verifies) the emulator and says which partition it holds.
+QUERY_EMULATOR = "emulator"
+QUERY_EMULATOR_TYPE = f"query.{QUERY_EMULATOR}"
+
+# --- records inside a RecordDict -----------------------------------------------------------------------
+ARRAYS = "arrays"  # ArrayRecord: the adapter, fp32, keyed "{original block index}.{name in block}"
+CONFIG = "config"  # ConfigRecord: server -> client settings
+METRICS = "metrics"  # MetricRecord: client -> server numbers
+INFO = "info"  # ConfigRecord: client -> server facts (handshake: partition and emulator hash; train: worker)
+
+
+def wire_key(owner: str, name: str) -> str:
+    """The config-record key of a field: its name with ``-`` (Flower's style); ``adapter.mode`` is
+    ``adapter-mode`` (``mode`` alone would not say of what), every other nested field keeps its own name."""
+    return ("adapter-mode" if (owner, name) == ("adapter", "mode") else name).replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,8 @@ class ClientSettings:
             if spec.name in _FLOWER_INJECTED or (spec.name in _TEST_HOOKS and not value):
                 continue
             record[wire_key(owner, spec.name)] = _to_wire(value, spec)
+        from flwr.app import ConfigRecord
+
         return ConfigRecord(record)
 
     @classmethod
@@ -90,12 +113,6 @@ class ClientSettings:
 _FLOWER_INJECTED = ("server_round", "proximal_mu")
 _TEST_HOOKS = ("fail_partitions", "crash_partitions", "slow_partitions", "slow_seconds")
 _OPTIONAL = (*_FLOWER_INJECTED, "emulator_sha256", "num_threads", *_TEST_HOOKS)
-
-
-def wire_key(owner: str, name: str) -> str:
-    """The record key of a field: its name with ``-`` (Flower's style); ``adapter.mode`` is ``adapter-mode``
-    (``mode`` alone would not say of what), every other nested field keeps its own name."""
-    return ("adapter-mode" if (owner, name) == ("adapter", "mode") else name).replace("_", "-")
 
 
 def _wire_fields() -> list[tuple[str, Field]]:
@@ -148,19 +165,82 @@ class NodeSettings:
         Raises:
             ValueError: ``partition-id`` or ``num-partitions`` is missing or out of range.
         """
-        missing = [k for k in (keys.NODE_PARTITION_ID, keys.NODE_NUM_PARTITIONS) if k not in node_config]
+        specs = {wire_key("", spec.name): spec for spec in fields(cls)}
+        required = [k for k, spec in specs.items() if spec.default is MISSING]
+        missing = [k for k in required if k not in node_config]
         if missing:
             raise ValueError(
                 f"node config lacks {', '.join(missing)}; start the SuperNode with "
                 '--node-config "partition-id=0 num-partitions=2 emulator-path=/path/to/bundle"'
             )
-        return cls(
-            partition_id=int(node_config[keys.NODE_PARTITION_ID]),
-            num_partitions=int(node_config[keys.NODE_NUM_PARTITIONS]),
-            emulator_path=str(node_config.get(keys.NODE_EMULATOR_PATH, "")),
-            num_threads=int(node_config.get(keys.NODE_NUM_THREADS, 0)),
-        )
+        return cls(**{s.name: _cast(node_config[k], s) for k, s in specs.items() if k in node_config})
 
     def bundle(self, sent_path: str) -> str:
         """The emulator bundle this node uses: its own, else the one the server named."""
         return self.emulator_path or sent_path
+
+
+# --- config keys (server -> client; node config), derived from the fields --------------------------------
+SERVER_ROUND = wire_key("", "server_round")  # injected by Flower's FedAvg
+# Injected by Flower's FedProx; the client adds (mu/2)·||w - w_global||² to its loss.
+PROXIMAL_MU = wire_key("", "proximal_mu")
+EMULATOR_PATH = wire_key("", "emulator_path")  # handshake and train: the bundle the server wrote
+EMULATOR_SHA256 = wire_key("", "emulator_sha256")  # handshake and train: the manifest hash it must have
+NODE_PARTITION_ID = wire_key("", "partition_id")  # set by the simulation or `--node-config`
+NODE_NUM_PARTITIONS = wire_key("", "num_partitions")
+NODE_EMULATOR_PATH = wire_key("", "emulator_path")
+NODE_NUM_THREADS = wire_key("", "num_threads")
+
+# --- info keys (client -> server) ----------------------------------------------------------------------
+INFO_PARTITION_ID = NODE_PARTITION_ID  # handshake: the partition this node holds
+INFO_EMULATOR_SHA256 = EMULATOR_SHA256  # handshake: the hash of the bundle the node loaded
+INFO_WORKER = "worker"  # train reply: where the client ran (Ray node id in a simulation, else host name)
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """The numbers a train reply carries (its MetricRecord), keyed by ``metric_key`` of each field.
+
+    Attributes:
+        num_examples: examples trained on (FedAvg's weight).
+        train_loss: mean training loss of the round.
+        train_steps: optimiser steps taken.
+        train_seconds: wall time of local training.
+        step_seconds: ``train_seconds / train_steps``.
+        peak_memory_bytes: peak memory during local training (``emulator.memory``: CUDA tensors or RSS).
+    """
+
+    num_examples: int
+    train_loss: float
+    train_steps: int
+    train_seconds: float
+    step_seconds: float
+    peak_memory_bytes: int
+
+    def to_record(self) -> MetricRecord:
+        from flwr.app import MetricRecord
+
+        return MetricRecord({metric_key(s.name): _cast(getattr(self, s.name), s) for s in fields(self)})
+
+
+def metric_key(name: str) -> str:
+    """The metric-record key of a field: its name, except Flower's ``num-examples``."""
+    return "num-examples" if name == "num_examples" else name
+
+
+NUM_EXAMPLES = metric_key("num_examples")
+TRAIN_LOSS = metric_key("train_loss")
+TRAIN_STEPS = metric_key("train_steps")
+TRAIN_SECONDS = metric_key("train_seconds")
+STEP_SECONDS = metric_key("step_seconds")
+PEAK_MEMORY = metric_key("peak_memory_bytes")
+
+# --- server-side evaluation results (evaluate_fn -> strategy): "{prefix}_{measure}", measures from -------
+# emulator.results.MEASURES
+PLUG_IN = "plug_in"  # full model + global adapter
+EMULATOR = "emulator"  # emulator + global adapter (emulator fine-tuned)
+PLUG_IN_ACC = "plug_in_acc"
+PLUG_IN_ACC_STDERR = "plug_in_acc_stderr"
+EMULATOR_ACC = "emulator_acc"
+EMULATOR_ACC_STDERR = "emulator_acc_stderr"
+EVAL_N = "eval_n"  # number of test examples scored
