@@ -96,20 +96,20 @@ class Stage1Config:
     local_weight: float = 1.0  # weight of the local term in harmonizer_loss="lm+local"
     hidden_weight: float = 1.0  # weight of "hidden" (middle-output MSE vs the full model) in a loss mix
     kl_weight: float = 1.0  # weight of "kl" (KL(full ‖ mixed) of the next-token distributions) in a mix
-    stage1_steps: int = 200  # harmonizer gradient steps in stage 1
+    stage1_steps: int = 60  # harmonizer gradient steps in stage 1 (measured on SmolLM2: docs/results.md)
     harmonizer_lr: float = 3e-3  # AdamW learning rate of the harmonizers (small, fresh modules; 1e-3 slow)
     policy_lr: float = 1.0  # η of the importance-score update
     policy_candidates: int = 3  # N_c: masks evaluated per policy step
     policy_update: PolicyUpdate = "paper"  # paper: η Σ r_j m_j σ'(s); reinforce: η Σ r_j (m_j − σ(s))
     policy_advantage: PolicyAdvantage = "relative"  # r_j = R_j − mean R, divided by mean R (relative) or not
-    policy_interval: int = 1  # one policy step after every k harmonizer steps (policy evaluation dominates)
+    policy_interval: int = 4  # one policy step after every k harmonizer steps (policy evaluation dominates)
     replace_scope: ReplaceScope = "group"  # stage 2 replaces the lowest scores per group or over the middle
     group_size: int = (
         4  # N_g: consecutive middle blocks per replacement group (hint from a re-implementation)
     )
     # Fraction of each group replaced in the masks stage 1 samples (harmonizer and policy steps); the paper
     # samples about half. 0: use alpha. The final selection always replaces round(alpha·|G|).
-    train_replace_ratio: float = 0.0
+    train_replace_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         terms = loss_terms(self.harmonizer_loss)
@@ -157,9 +157,12 @@ class DistillConfig:
 class SrcConfig:
     """Selective Rank Compression of the kept middle blocks' attention (ScaleOT's β, plus our knobs)."""
 
-    rank_keep: float = 0.8  # (paper) β: fraction of each attention projection's rank kept; 1.0 turns SRC off
-    src_rank: SrcRank = "fraction"  # β is a fraction of each projection's rank, or of its spectral energy
-    src_projections: str = "qkvo"  # which attention projections SRC compresses (GPT-2's packed c_attn: qkv)
+    # (paper) β: what SRC keeps; 1.0 turns SRC off. Off by default: on SmolLM2 the paper's β = 0.8 of all
+    # four projections' rank cost 2.6-4.8 points of plug-in (docs/results.md); with β < 1 the defaults below
+    # compress q and k only, to β of their spectral energy, the form that kept plug-in (β 0.5: −1.2 ± 1.3).
+    rank_keep: float = 1.0
+    src_rank: SrcRank = "energy"  # β is a fraction of each projection's rank, or of its spectral energy
+    src_projections: str = "qk"  # which attention projections SRC compresses (GPT-2's packed c_attn: qkv)
     src_layers: SrcLayers = "all"  # SRC on every kept middle block, or the least important src_share of them
     src_share: float = 1.0  # with src_layers='least-important': fraction of kept middle blocks compressed
     src_only_smaller: bool = False  # compress a projection only where the factorised form is smaller
@@ -228,10 +231,12 @@ class EmulatorConfig:
                 "use method='uniform' or distill_steps >= 1"
             )
         if self.method == "full" and (self.alpha != 0 or self.src.rank_keep != 1):
+            asked = [f"alpha={self.alpha}"] * (self.alpha != 0)
+            asked += [f"rank_keep={self.src.rank_keep}"] * (self.src.rank_keep != 1)
             raise ValueError(
-                f"emulator.method='full' compresses nothing, but alpha={self.alpha} and "
-                f"rank_keep={self.src.rank_keep} "
-                "ask for compression; set alpha=0 and rank_keep=1.0 (or use EmulatorConfig.full())"
+                f"emulator.method='full' compresses nothing, but {' and '.join(asked)} "
+                f"{'ask' if len(asked) > 1 else 'asks'} for compression; set alpha=0 and rank_keep=1.0 "
+                "(or use EmulatorConfig.full())"
             )
 
     @classmethod

@@ -20,7 +20,10 @@ def random_blocks(n: int = 24, seq_len: int = 16) -> torch.Tensor:
 
 def build(name: str, **kwargs):
     model, tokenizer = tiny(name)
-    defaults = dict(stage1_steps=2, distill_steps=2, batch_size=4)
+    # The pre-issue-9 stage-1 and SRC defaults these layer maps were written against; tests of the new knobs
+    # pass their own values.
+    defaults = dict(stage1_steps=2, distill_steps=2, batch_size=4, policy_interval=1, train_replace_ratio=0.0)
+    defaults |= dict(src_rank="fraction", src_projections="qkvo")
     config = EmulatorConfig.of(**{**defaults, **kwargs})
     return build_emulator(model, tokenizer, config, progress=False, public_blocks=random_blocks())
 
@@ -124,7 +127,9 @@ def test_build_leaves_the_full_model_untouched_and_shares_no_storage(name):
 
 def test_default_public_corpus_is_used_when_no_blocks_are_given():
     model, tokenizer = tiny("tiny-llama")
-    config = EmulatorConfig.of(alpha=0.5, stage1_steps=1, seq_len=32, batch_size=2, corpus="pydoc")
+    config = EmulatorConfig.of(
+        alpha=0.5, stage1_steps=1, policy_interval=1, seq_len=32, batch_size=2, corpus="pydoc"
+    )
     emulator = build_emulator(model, tokenizer, config, progress=False)
     assert len(emulator.loss_curve) == 1 and len(emulator.reward_curve) == 1
 

@@ -10,7 +10,7 @@ import torch
 from conftest import tiny
 from safetensors.torch import load_file
 
-from emulator.architectures import architecture_of, get_layers
+from emulator.architectures import get_layers
 from emulator.assembly import build_emulator
 from emulator.bundle import TENSORS, load_emulator, read_manifest, save_bundle
 from emulator.config import EmulatorConfig
@@ -63,9 +63,10 @@ def test_bundle_holds_no_weight_of_replaced_dropped_or_compressed_originals(
         block = full_layers[entry.original]
         if entry.kind in ("harmonizer", "dropped"):
             secret += [p.detach() for p in block.parameters()]
-        if entry.kind == "compressed":
-            paths = architecture_of(tiny(name)[0]).attention
-            secret += [block.get_submodule(path).weight.detach() for path in paths]
+        if entry.kind == "compressed":  # the projections SRC reduced (with the default form: q and k)
+            weights = [block.get_submodule(path).weight.detach() for path in entry.ranks]
+            ranks = entry.ranks.values()
+            secret += [w for w, rank in zip(weights, ranks, strict=True) if rank < min(w.shape)]
     # Tiny random models initialise norms to ones and biases to zeros in every block: constants are no secret.
     secret = [w for w in secret if w.numel() > 1 and not torch.all(w == w.flatten()[0])]
     assert secret

@@ -194,10 +194,10 @@ def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
     base, settings = load_compare(ROOT / EVIDENCE)
     configs = cells(base, settings)
     assert [(c.task.removeprefix("bigbench:"), c.seed) for c in configs] == [
-        ("goal_step_wikihow/step_inference", 0),
-        ("goal_step_wikihow/step_inference", 1),
         ("fact_checker/fever", 0),
         ("strategyqa", 0),
+        ("goal_step_wikihow/step_inference", 0),
+        ("goal_step_wikihow/step_inference", 1),
     ]
     for config in configs:
         labels = [m.label(config.emulator) for m, _ in plan(config, settings)]
@@ -207,7 +207,7 @@ def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
             for _, c in plan(config, settings)
             if c.emulator.method == "scaleot"
         )
-    assert cell_dir(Path("out"), configs[2]) == Path("out/fact_checker-fever-s0")
+    assert cell_dir(Path("out"), configs[0]) == Path("out/fact_checker-fever-s0")
     with pytest.raises(ValueError, match="compare.runs entry .* must be a table"):
         CompareConfig.from_dict({"runs": [{"task": "synthetic", "seeds": 2}]})
 

@@ -9,7 +9,10 @@ from emulator.config import METHOD_PRESETS, EmulatorConfig
 
 def test_defaults_are_valid_and_round_trip():
     config = EmulatorConfig()
-    assert config.method == "scaleot" and config.alpha == 0.25 and config.src.rank_keep == 0.8
+    assert config.method == "scaleot" and config.alpha == 0.25 and config.src.rank_keep == 1.0
+    # β < 1 alone gives the SRC form measured to keep plug-in (issue 9): q and k, by spectral energy.
+    assert (config.src.src_rank, config.src.src_projections) == ("energy", "qk")
+    assert (config.stage1.train_replace_ratio, config.stage1.stage1_steps) == (0.5, 60)
     assert EmulatorConfig.from_dict(config.to_dict()) == config
 
 
@@ -58,7 +61,7 @@ def test_field_errors_name_field_value_and_range(kwargs, message):
             {"method": "uniform+distill", "distill_steps": 0},
             "emulator.distill_steps=0 with method='uniform\\+distill'",
         ),
-        ({"method": "full"}, "emulator.method='full' compresses nothing, but alpha=0.25 and rank_keep=0.8"),
+        ({"method": "full"}, "emulator.method='full' compresses nothing, but alpha=0.25 asks for"),
     ],
 )
 def test_combination_errors(kwargs, message):
@@ -134,10 +137,10 @@ def test_every_flat_key_has_one_home():
             {"stage1_steps": 7},
         ),
         ({"method": "scaleot"}, {"log_every": 1}, {"seq_len": 64}),
-        ({"method": "scaleot"}, {"distill_lm_weight": 1.0}, {"src_share": 0.5}),  # SRC on (rank_keep 0.8)
+        ({"method": "scaleot", "rank_keep": 0.8}, {"distill_lm_weight": 1.0}, {"src_share": 0.5}),  # SRC on
         (
             {"method": "scaleot", "rank_keep": 1.0},
-            {"src_share": 0.5, "src_rank": "energy"},
+            {"src_share": 0.5, "src_rank": "fraction"},
             {"rank_keep": 0.5},
         ),
         ({"method": "importance-drop", "rank_keep": 1.0}, {"distill_lm_weight": 1.0}, {"policy_lr": 0.5}),
@@ -146,7 +149,7 @@ def test_every_flat_key_has_one_home():
             {"stage1_steps": 7, "distill_steps": 7, "corpus": "pydoc", "seed": 5},
             {"alpha": 0.5},
         ),
-        ({"method": "uniform", "rank_keep": 1.0}, {"src_rank": "energy"}, {"rank_keep": 0.9}),
+        ({"method": "uniform", "rank_keep": 1.0}, {"src_rank": "fraction"}, {"rank_keep": 0.9}),
         ({"method": "uniform+distill", "rank_keep": 1.0}, {"stage1_steps": 7}, {"distill_steps": 7}),
         ({"method": "uniform+distill", "rank_keep": 1.0}, {"harmonizer_loss": "kl"}, {"batch_size": 2}),
         (
@@ -167,8 +170,10 @@ def test_cache_key_is_the_sections_the_method_uses(base, unused, used):
 def test_cache_key_sections_follow_the_method():
     assert EmulatorConfig.of(method="uniform", rank_keep=1.0).sections_used() == ()
     assert EmulatorConfig.of(method="uniform", rank_keep=0.5).sections_used() == ("src",)
-    assert EmulatorConfig().sections_used() == ("data", "stage1", "src")
-    assert set(EmulatorConfig().build_dict()) == {"method", "adapter_bottom", "adapter_top", "alpha"} | {
+    assert EmulatorConfig().sections_used() == ("data", "stage1")  # SRC off by default
+    assert EmulatorConfig.of(rank_keep=0.5).sections_used() == ("data", "stage1", "src")
+    top = {"method", "adapter_bottom", "adapter_top", "alpha"}
+    assert set(EmulatorConfig.of(rank_keep=0.5).build_dict()) == top | {
         "data",
         "stage1",
         "src",

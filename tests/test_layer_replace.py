@@ -132,7 +132,13 @@ def crucial_and_identity_model():
 def test_policy_scores_the_crucial_block_highest_and_never_replaces_it(rule):
     model, text = crucial_and_identity_model()
     config = EmulatorConfig.of(
-        alpha=0.5, rank_keep=1.0, stage1_steps=30, batch_size=8, harmonizer_loss="local", policy_update=rule
+        alpha=0.5,
+        rank_keep=1.0,
+        stage1_steps=30,
+        batch_size=8,
+        harmonizer_loss="local",
+        policy_update=rule,
+        policy_interval=1,
     )
     emulator = build_emulator(model, None, config, progress=False, public_blocks=text)
     if rule == "paper":

@@ -133,6 +133,6 @@ def test_cache_key_ignores_unused_sections_and_follows_used_ones(tmp_path, monke
         return bundle_dir("tiny-llama", provenance("0" * 64, config))
 
     assert key(UNIFORM.updated(stage1_steps=3, distill_lr=1e-3, seq_len=16, log_every=1)) == key(UNIFORM)
-    assert key(UNIFORM.updated(src_rank="energy")) == key(UNIFORM)  # SRC is off (rank_keep 1)
+    assert key(UNIFORM.updated(src_rank="fraction")) == key(UNIFORM)  # SRC is off (rank_keep 1)
     assert key(UNIFORM.updated(alpha=0.25)) != key(UNIFORM)
-    assert key(UNIFORM.updated(rank_keep=0.5)) != key(UNIFORM.updated(rank_keep=0.5, src_rank="energy"))
+    assert key(UNIFORM.updated(rank_keep=0.5)) != key(UNIFORM.updated(rank_keep=0.5, src_rank="fraction"))
