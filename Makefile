@@ -30,7 +30,7 @@ demo: install
 	$(VENV)/bin/scaleot simulate --config simulations/configs/smollm2-wikihow.toml
 
 test: install
-	$(VENV)/bin/python -m pytest -q tests -m "slow or not slow"  # all of them; a bare pytest skips slow
+	$(VENV)/bin/python -m pytest -q tests -m "slow or not slow" --durations=12  # all of them; a bare pytest skips slow
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
