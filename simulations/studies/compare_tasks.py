@@ -58,7 +58,7 @@ def cell_dir(out: Path, config: RunConfig) -> Path:
 def compare_tasks(
     base: RunConfig, settings: CompareConfig, out: Path, sweep: Sequence[Setting] = ()
 ) -> dict[str, Any]:
-    """Run the comparison of every cell (reusing finished runs), then write summary.json and summary.md.
+    """Run the comparison of every cell (reusing finished runs); summary.json and summary.md after each cell.
 
     Raises:
         ValueError: an invalid cell or method setting (found before anything runs).
@@ -77,11 +77,12 @@ def compare_tasks(
         except RuntimeError as error:
             log.error("cell %s seed %d: %s", config.task, config.seed, error)
             failed.append(f"{config.task} s{config.seed}")
-    summary = summarise(
-        [(c, plan(c, settings, sweep), cell_dir(out, c)) for c in configs], base.emulator.alpha
-    )
-    write_text(out / "summary.json", json.dumps(summary, indent=1))
-    write_text(out / "summary.md", markdown(summary))
+        # After every cell, so a run stopped after hours still leaves the table of what finished.
+        summary = summarise(
+            [(c, plan(c, settings, sweep), cell_dir(out, c)) for c in configs], base.emulator.alpha
+        )
+        write_text(out / "summary.json", json.dumps(summary, indent=1))
+        write_text(out / "summary.md", markdown(summary))
     if failed:
         raise RuntimeError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them")
     return summary
