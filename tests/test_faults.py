@@ -148,8 +148,11 @@ def test_a_client_process_that_dies_mid_round_is_recorded_and_later_rounds_go_on
     assert first["aggregated"] == first["sampled"] - 1 >= 1 and not first["empty"], first["rejections"]
     assert len(first["rejections"]) == 1 and "client process died" in first["rejections"][0]
     assert "exiting the client process (federation.crash_partitions)" in log
-    # Later rounds go on (Ray starts a new actor) and train.
-    assert [r["round"] for r in rounds] == [1, 2, 3] and all(r["aggregated"] >= 1 for r in rounds[1:])
+    # Later rounds go on and train once Ray has restarted the actor. A client sent to it while it restarts is
+    # one more recorded rejection ("actor is restarting"), never a stalled or failed run.
+    assert [r["round"] for r in rounds] == [1, 2, 3] and any(r["aggregated"] >= 1 for r in rounds[1:])
+    later = [reason for r in rounds[1:] for reason in r["rejections"]]
+    assert all("no reply within" in reason or "client process died" in reason for reason in later), later
     assert metrics(run_dir)["status"] == "finished"
 
 
@@ -158,10 +161,12 @@ def test_a_client_slower_than_the_round_timeout_is_cut_off_and_its_late_reply_ne
     second, third = metrics(run_dir)["rounds"][1:]
     for record in (second, third):
         assert parts["slow"] in record["sampled_partitions"]
-        assert (record["missing"], record["aggregated"]) == (1, record["sampled"] - 1), record["rejections"]
-        assert record["rejections"] == [
-            r for r in record["rejections"] if f"no reply within {ROUND_TIMEOUT} s" in r
-        ]
+        timed_out = [r for r in record["rejections"] if f"no reply within {ROUND_TIMEOUT} s" in r]
+        # Besides the slow client, only a client sent to the crashed actor while Ray restarts it is refused.
+        others = [r for r in record["rejections"] if r not in timed_out]
+        assert len(timed_out) == 1 and all("actor is restarting" in r for r in others), record["rejections"]
+        assert record["missing"] == 1
+        assert record["aggregated"] == record["sampled"] - len(record["rejections"])
         # Closed at the timeout, not when the slow client answered.
         assert ROUND_TIMEOUT <= record["seconds"] - record["eval_seconds"] < SLOW_SECONDS
     # The slow client's round-2 reply was sent after SLOW_SECONDS, i.e. while round 3 waited: it is neither
