@@ -145,9 +145,14 @@ class OutputConfig:
     dir: str = "runs"  # run directories are created under this one (relative to the working directory)
     # Each round's metrics as TensorBoard scalars in <run>/tensorboard (pip install -e '.[tracking]').
     tensorboard: bool = False
+    # plug-in/ (the full model with the final adapter, save_pretrained; ~540 MB on SmolLM2-135M) at the end of
+    # the run. Off, the run keeps only adapter.safetensors; `scaleot export RUN_DIR` writes plug-in/ later.
+    export_plug_in: bool = True
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.tensorboard, bool), "output.tensorboard", self.tensorboard, "true or false")
+        for name in ("tensorboard", "export_plug_in"):
+            value = getattr(self, name)
+            _check(isinstance(value, bool), f"output.{name}", value, "true or false")
 
 
 @dataclass(frozen=True)

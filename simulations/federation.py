@@ -292,7 +292,8 @@ def _finish(run_dir: Path, config: RunConfig, state: RunState, arrays: ArrayReco
         write_report(run_dir, state, title=title, failure=reason)
         raise RunFailedError(reason)
     write_tensors(run_dir / "adapter.safetensors", _numpy(arrays))
-    export_run(run_dir)  # plug-in/ and peft-adapter/, before metrics.json says the run is finished
+    if config.output.export_plug_in:
+        export_run(run_dir)  # plug-in/ and peft-adapter/, before metrics.json says the run is finished
     write_metrics(run_dir, state, config.to_dict(), finished=True)
     plot_accuracy(run_dir, state)
     write_report(run_dir, state, title=title)

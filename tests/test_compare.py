@@ -141,6 +141,9 @@ def test_quick_compare_writes_every_row_the_paired_column_and_the_plot(quick_com
     # Per-example correctness is in each run's metrics.json (the paired column is computed from it).
     metrics = json.loads((quick_compare / "full" / "metrics.json").read_text())
     assert len(metrics["results"]["Plug-in"]["correct"]) == metrics["results"]["Plug-in"]["n"]
+    # The compare file turns the per-run plug-in export off: the adapter stays, plug-in/ is not written.
+    assert (quick_compare / "full" / "adapter.safetensors").is_file()
+    assert not (quick_compare / "full" / "plug-in").exists()
 
 
 @pytest.mark.slow

@@ -57,6 +57,7 @@ def test_overrides_reach_every_section():
         ("federation.fail_partitions=[9]", "partition ids in [0, 4)"),
         ("client.lr='fast'", "config client.lr='fast' must be a float"),
         ("adapter.mode=prefix", "adapter.mode='prefix' is not allowed"),
+        ("output.export_plug_in=1", "config output.export_plug_in=1 must be a bool"),
         ("federation.rounds", "must look like section.key=value"),
     ],
 )
