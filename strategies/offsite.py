@@ -236,6 +236,8 @@ class OffsiteTuning:
         self._round_start = time.monotonic()
         record = self._record = RoundRecord(round=server_round)
         self._sampled = []
+        if self.privacy is not None:
+            self.privacy.seed_round_(self.seed, server_round)
         if self.check is not None:
             self.check()
         # All nodes before the first round; later, enough to sample (a node that died is not waited for).

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, RdpAccountant, SamplingMethod
 from flwr.serverapp import PrivacyConfig as AccountingConfig
 from flwr.serverapp.strategy import (
@@ -97,6 +98,15 @@ class DifferentialPrivacy:
             "clipping_norm": self.clipping_norm,
             "noise_std": z * self.clipping_norm / self.num_sampled,
         }
+
+    def seed_round_(self, seed: int, server_round: int) -> None:
+        """Seed the noise of round ``server_round`` from (``seed``, round).
+
+        Flower's wrappers draw their noise (the adapter's and adaptive clipping's clipped count) from NumPy's
+        global generator; seeding it at the start of every round makes a resumed run add the same noise as
+        an uninterrupted one, so it ends with the same adapter.
+        """
+        np.random.seed(np.random.SeedSequence([seed, server_round]).generate_state(1)[0])
 
     def restore_(self, spent: Sequence[Mapping[str, float | None]]) -> None:
         """Continue after the releases ``spent`` (the privacy entries of a resumed run's records)."""

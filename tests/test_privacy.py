@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from dp_accounting import GaussianDpEvent
@@ -53,6 +54,26 @@ def test_epsilon_is_the_rdp_accountants_and_survives_a_resume():
     resumed = DifferentialPrivacy(config, num_sampled=4, population=8)
     resumed.restore_(spent[:2])
     assert resumed.release()["epsilon"] == pytest.approx(epsilons[2], rel=1e-12)
+
+
+def test_each_rounds_noise_depends_only_on_seed_and_round():
+    """A resumed run (a fresh process at round 2) adds the same noise as the uninterrupted run did."""
+    from flwr.supercore.differential_privacy import add_gaussian_noise_inplace
+
+    dp = DifferentialPrivacy(DPConfig(clipping="fixed", noise_multiplier=1.0), num_sampled=2, population=4)
+
+    def noise(server_round: int) -> np.ndarray:
+        dp.seed_round_(7, server_round)
+        arrays = [np.zeros(64, dtype=np.float32)]
+        add_gaussian_noise_inplace(arrays, 1.0)  # what Flower's DP wrappers call on the aggregate
+        return arrays[0]
+
+    uninterrupted = [noise(1), noise(2)]
+    np.random.seed(12345)  # whatever the process drew before
+    assert np.array_equal(noise(2), uninterrupted[1])
+    assert not np.array_equal(uninterrupted[0], uninterrupted[1])
+    dp.seed_round_(8, 2)
+    assert not np.array_equal(np.random.normal(0, 1.0, 64).astype(np.float32), uninterrupted[1])
 
 
 def test_without_noise_epsilon_is_unbounded():
