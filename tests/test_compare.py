@@ -225,7 +225,7 @@ def _metrics(directory: Path, plug_in: list[int], emulator_ft: list[int] | None)
 
 def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
     from emulator.results import paired_difference
-    from simulations.studies.compare_tasks import cell_dir, cells, markdown, summarise
+    from simulations.studies.compare_tasks import cell_dir, cells, markdown, plot_summary, summarise
 
     base, settings = load_compare(ROOT / EVIDENCE, quick=True)
     configs = cells(base, settings)  # synthetic, seeds 0 and 1
@@ -250,3 +250,5 @@ def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
     assert "importance-drop" not in " ".join(summary["mean"])  # never ran: left out, not zero
     text = markdown(summary)
     assert "## mean over 1 tasks" in text and f"| {label} | 25.0 ± " in text
+    assert "(summary.png)" in text
+    assert plot_summary(summary, tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"

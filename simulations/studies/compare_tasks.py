@@ -83,6 +83,7 @@ def compare_tasks(
         )
         write_text(out / "summary.json", json.dumps(summary, indent=1))
         write_text(out / "summary.md", markdown(summary))
+        plot_summary(summary, out / "summary.png")
     if failed:
         raise RuntimeError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them")
     return summary
@@ -200,7 +201,56 @@ def markdown(summary: Mapping[str, Any]) -> str:
         "Accuracy in % ± standard error; differences paired on the same test examples within each run, "
         "seeds and tasks averaged as independent estimates (simulations/studies/compare_tasks.py)."
     )
+    lines += ["", "![plug-in per task and method](summary.png)"]
     return "\n".join(lines) + "\n"
+
+
+_FT_MARKER = {"color": "white", "markeredgecolor": "black", "markersize": 5, "linestyle": "none"}
+
+
+def plot_summary(summary: Mapping[str, Any], path: Path) -> Path:
+    """summary.png: per task and for the mean over tasks, one bar per method (plug-in % ± standard error),
+    with the method's emulator fine-tuned accuracy as a white diamond on its bar (Δ is the distance)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from simulations.outputs import save_figure
+
+    groups = [(t.removeprefix("bigbench:"), rows) for t, rows in summary["tasks"].items()]
+    if summary["mean"]:
+        groups.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"]))
+    # A method that has not finished every seed of a task has no estimate there yet ({}).
+    groups = [(name, kept) for name, rows in groups if (kept := {k: r for k, r in rows.items() if r})]
+    methods = summary["methods"]
+    if not groups:
+        return path  # nothing finished yet
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(groups) * max(len(methods), 1) / 3), 4.5))
+    for i, label in enumerate(methods):
+        xs = [g + (i - (len(methods) - 1) / 2) * width for g, (_, rows) in enumerate(groups) if label in rows]
+        rows = [rows[label] for _, rows in groups if label in rows]
+        ax.bar(
+            xs,
+            [100 * r["plug_in"][0] for r in rows],
+            width,
+            label=label,
+            color=f"C{i}",
+            alpha=0.85,
+            yerr=[100 * r["plug_in"][1] for r in rows],
+            capsize=2,
+        )
+        ft = [(x, 100 * r["emulator_ft"][0]) for x, r in zip(xs, rows, strict=True) if "emulator_ft" in r]
+        if ft:
+            ax.plot(*zip(*ft, strict=True), "D", **_FT_MARKER)
+    ax.plot([], [], "D", label="emulator fine-tuned", **_FT_MARKER)
+    ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+    ax.set_ylabel("plug-in accuracy (%) ± standard error")
+    low = min(100 * r["plug_in"][0] for _, rows in groups for r in rows.values())
+    ax.set_ylim(max(0.0, low - 10), None)
+    ax.legend(fontsize=7, loc="best")
+    return save_figure(fig, path)
 
 
 def _cell(value: Sequence[float] | None, signed: bool) -> str:
