@@ -208,7 +208,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
 _FT_MARKER = {"color": "white", "markeredgecolor": "black", "markersize": 5, "linestyle": "none"}
 
 
-def plot_summary(summary: Mapping[str, Any], path: Path) -> Path:
+def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     """summary.png: per task and for the mean over tasks, one bar per method (plug-in % ± standard error),
     with the method's emulator fine-tuned accuracy as a white diamond on its bar (Δ is the distance)."""
     import matplotlib
@@ -225,7 +225,7 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path:
     groups = [(name, kept) for name, rows in groups if (kept := {k: r for k, r in rows.items() if r})]
     methods = summary["methods"]
     if not groups:
-        return path  # nothing finished yet
+        return None  # nothing finished yet: no picture
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(groups) * max(len(methods), 1) / 3), 4.5))
     for i, label in enumerate(methods):
