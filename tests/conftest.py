@@ -10,7 +10,10 @@ from __future__ import annotations
 import functools
 import io
 import json
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 from transformers import PreTrainedTokenizerBase
@@ -19,6 +22,8 @@ from emulator.models import load_model, load_tokenizer
 from emulator.tasks import _ARCHIVE_TASKS, bigbench_archive
 
 TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]  # one tiny random model per family
+TINY_CONFIG = "simulations/configs/tiny.toml"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +49,46 @@ def write_bigbench_archive(tasks: dict[str, dict]) -> None:
             info = tarfile.TarInfo(f"{_ARCHIVE_TASKS}{name}/task.json")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def scaleot(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The ``scaleot`` console script of this environment, run from the repository root; asserts exit 0."""
+    scaleot_bin = Path(sys.executable).parent / "scaleot"
+    result = subprocess.run(
+        [str(scaleot_bin), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def failing_partition() -> int:
+    """A partition of tiny.toml that round 1 samples (sampling depends only on (seed, round))."""
+    from simulations.config import load_config
+    from strategies.nodes import sample_partitions
+
+    fed = load_config(ROOT / TINY_CONFIG).federation
+    k = max(int(fed.num_clients * fed.fraction), fed.min_clients)
+    return sample_partitions(fed.num_clients, k, load_config(ROOT / TINY_CONFIG).seed, server_round=1)[0]
+
+
+def full_run_args(failing_partition: int) -> list[str]:
+    """``scaleot simulate`` options of the full run (tiny.toml, 3 rounds, ``failing_partition`` raising in
+    round 1, TensorBoard on), without ``--out``; a resume test reruns them and must reach its adapter."""
+    overrides = [
+        f"federation.fail_partitions=[{failing_partition}]",
+        "federation.rounds=3",
+        "output.tensorboard=true",
+    ]
+    return ["--config", TINY_CONFIG, *[a for o in overrides for a in ("--set", o)]]
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory, failing_partition) -> Path:
+    """One uninterrupted Ray simulation (``full_run_args``) shared by the modules that inspect its outputs
+    (test_simulation) or compare a resumed run's adapter with it (test_simulation, test_faults): a Ray start
+    costs tens of seconds on 2 cores. Its stderr is in ``stderr.log``. Tests must not modify it."""
+    run_dir = tmp_path_factory.mktemp("full")
+    result = scaleot("simulate", *full_run_args(failing_partition), "--out", str(run_dir))
+    (run_dir / "stderr.log").write_text(result.stderr)
+    return run_dir

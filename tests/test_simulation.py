@@ -1,68 +1,31 @@
 """End to end on Flower's simulation runtime with the real Ray backend: `scaleot simulate` on tiny.toml.
 
-Three runs (each Ray start costs ~10 s): an uninterrupted 2-round run with one client that raises, and a run
-stopped after round 1 then resumed; together they check rounds, rows, bytes, fault tolerance and resume.
+Three runs (each Ray start costs ~10 s): the uninterrupted 3-round run with one client that raises (conftest's
+``full_run``, shared with test_faults), and a run stopped after round 1 then resumed; together they check
+rounds, rows, bytes, fault tolerance and resume.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CONFIG as CONFIG
+from conftest import scaleot
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 
 from simulations.config import load_config
-from strategies.nodes import sample_partitions
 
 pytestmark = pytest.mark.slow
 
-CONFIG = "simulations/configs/tiny.toml"
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def scaleot(*args: str) -> subprocess.CompletedProcess:
-    scaleot_bin = Path(sys.executable).parent / "scaleot"
-    result = subprocess.run([str(scaleot_bin), *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def failing_partition() -> int:
-    """A partition that round 1 samples (sampling depends only on (seed, round))."""
-    config = load_config(CONFIG)
-    k = max(int(config.federation.num_clients * config.federation.fraction), config.federation.min_clients)
-    return sample_partitions(config.federation.num_clients, k, config.seed, server_round=1)[0]
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, failing_partition) -> Path:
-    run_dir = tmp_path_factory.mktemp("full")
-    result = scaleot(
-        "simulate",
-        "--config",
-        CONFIG,
-        "--out",
-        str(run_dir),
-        "--set",
-        f"federation.fail_partitions=[{failing_partition}]",
-        "--set",
-        "output.tensorboard=true",
-    )
-    (run_dir / "stderr.log").write_text(result.stderr)
-    return run_dir
-
-
-def test_two_rounds_with_rows_bytes_and_a_dropped_client(full_run, failing_partition):
+def test_three_rounds_with_rows_bytes_and_a_dropped_client(full_run, failing_partition):
     metrics = json.loads((full_run / "metrics.json").read_text())
     assert metrics["status"] == "finished"
     rounds = metrics["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
     assert {"Full-ZS", "Emulator-ZS", "Emulator-FT", "Plug-in"} <= set(metrics["results"])
     assert all(0 <= row["acc"] <= 1 and row["acc_stderr"] > 0 for row in metrics["results"].values())
     assert all(r["plug_in_acc"] is not None and r["train_loss"] is not None for r in rounds)
@@ -78,7 +41,7 @@ def test_two_rounds_with_rows_bytes_and_a_dropped_client(full_run, failing_parti
     assert first["rejected"] == 1 and first["aggregated"] == first["sampled"] - 1 >= 1
     assert "fails on purpose" in first["rejections"][0]
     stderr = (full_run / "stderr.log").read_text()
-    assert stderr.count("round 1/2: loss") == 1 and "dropped the reply of node" in stderr
+    assert stderr.count("round 1/3: loss") == 1 and "dropped the reply of node" in stderr
 
     assert (full_run / "report.md").read_text().count("±") >= 4
     assert (full_run / "accuracy.png").stat().st_size > 1000
@@ -101,7 +64,7 @@ def test_a_run_with_tensorboard_on_writes_each_rounds_metrics(full_run):
     metrics = json.loads((full_run / "metrics.json").read_text())
     scalars = read_scalars(full_run / "tensorboard")
     assert scalars["train/loss"] == pytest.approx({r["round"]: r["train_loss"] for r in metrics["rounds"]})
-    assert set(scalars["eval/plug_in_acc"]) == {1, 2}
+    assert set(scalars["eval/plug_in_acc"]) == {1, 2, 3}
 
 
 def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, failing_partition, tmp_path):
@@ -120,9 +83,9 @@ def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, fai
     stopped = json.loads((run_dir / "metrics.json").read_text())
     assert [r["round"] for r in stopped["rounds"]] == [1]
 
-    scaleot("simulate", "--resume", str(run_dir), "--set", "federation.rounds=2")
+    scaleot("simulate", "--resume", str(run_dir), "--set", "federation.rounds=3")
     resumed = json.loads((run_dir / "metrics.json").read_text())
-    assert [r["round"] for r in resumed["rounds"]] == [1, 2]
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
     assert resumed["rounds"][0] == stopped["rounds"][0]  # nothing written by round 1 was lost
     assert resumed["zero_shot"] == stopped["zero_shot"]  # zero-shot evaluated once
 
