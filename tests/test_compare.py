@@ -7,11 +7,10 @@ reruns it, which must reuse every finished method.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import scaleot
 
 from simulations.config import load_config
 from simulations.studies.compare import CompareConfig, load_compare, parse_sweep, plan, run_method
@@ -94,17 +93,10 @@ def test_a_directory_of_another_experiment_is_refused(tmp_path):
 # --- end to end --------------------------------------------------------------------------------------------
 
 
-def scaleot(*args: str) -> subprocess.CompletedProcess:
-    scaleot_bin = Path(sys.executable).parent / "scaleot"
-    result = subprocess.run([str(scaleot_bin), *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 @pytest.fixture(scope="module")
 def quick_compare(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("compare")
-    scaleot("compare", "--config", CONFIG, "--quick", "--out", str(out))
+    scaleot("compare", "--config", CONFIG, "--quick", "--out", str(out), timeout=900)
     return out
 
 
@@ -160,6 +152,7 @@ def test_rerun_reuses_every_finished_method(quick_compare):
         "--sweep",
         "alpha=0.5",
         "rank_keep=0.8",
+        timeout=900,
     )
     assert result.stderr.count(": reused in") == 4 and ": ran in" not in result.stderr
     assert json.loads((quick_compare / "comparison.json").read_text())["rows"] == json.loads(before)["rows"]

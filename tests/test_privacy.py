@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import scaleot
 from dp_accounting import GaussianDpEvent
 from dp_accounting.rdp import RdpAccountant
 from safetensors.torch import load_file
@@ -96,9 +95,7 @@ def test_dp_simulation_noises_the_adapter_and_reports_growing_epsilon(tmp_path):
     args = ["simulate", "--config", "simulations/configs/tiny.toml", "--out", str(tmp_path)]
     for item in overrides:
         args += ["--set", item]
-    scaleot = Path(sys.executable).parent / "scaleot"
-    result = subprocess.run([str(scaleot), *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = scaleot(*args)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     rounds = metrics["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
