@@ -287,13 +287,9 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
 
 def plot_accuracy(run_dir: Path, state: RunState) -> Path:
     """accuracy.png: plug-in and emulator fine-tuned accuracy per round, zero-shot levels as dashed lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure((6, 4))
     for attr, label, color in (("plug_in_acc", PLUG_IN, "C0"), ("emulator_acc", EMULATOR_FT, "C1")):
         points = [
             (r.round, getattr(r, attr), getattr(r, attr + "_stderr") or 0.0)
@@ -319,6 +315,16 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.legend()
     return save_figure(fig, run_dir / "accuracy.png")
+
+
+def new_figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib figure and its axes (size in inches), drawn off-screen (Agg): runs have no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
 
 
 def save_figure(fig: Any, path: Path) -> Path:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from emulator.bundle import read_manifest
 from emulator.results import ONE_ANSWER_SHARE, paired_difference, privacy_gap
-from simulations.outputs import pct, save_figure, write_text
+from simulations.outputs import new_figure, pct, save_figure, write_text
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
 from strategies import wire
 
@@ -210,12 +210,7 @@ def markdown(
 def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """The privacy-utility picture: plug-in (y) against emulator fine-tuned (x) accuracy, one point per
     emulator; the diagonal (no privacy gap) and full fine-tuning / zero-shot as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig, ax = new_figure((6.5, 5))
     colors = {"uniform": "C1", "uniform+distill": "C2", "importance-drop": "C3", "scaleot": "C0"}
     points = [r for r in rows if r["kind"] in colors and r["plug_in"] and r["emulator_ft"]]
     for kind, color in colors.items():

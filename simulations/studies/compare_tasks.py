@@ -211,12 +211,7 @@ _FT_MARKER = {"color": "white", "markeredgecolor": "black", "markersize": 5, "li
 def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     """summary.png: per task and for the mean over tasks, one bar per method (plug-in % ± standard error),
     with the method's emulator fine-tuned accuracy as a white diamond on its bar (Δ is the distance)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from simulations.outputs import save_figure
+    from simulations.outputs import new_figure, save_figure
 
     groups = [(t.removeprefix("bigbench:"), rows) for t, rows in summary["tasks"].items()]
     if summary["mean"]:
@@ -227,7 +222,7 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     if not groups:
         return None  # nothing finished yet: no picture
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(groups) * max(len(methods), 1) / 3), 4.5))
+    fig, ax = new_figure((max(6.5, 1.6 * len(groups) * max(len(methods), 1) / 3), 4.5))
     for i, label in enumerate(methods):
         xs = [g + (i - (len(methods) - 1) / 2) * width for g, (_, rows) in enumerate(groups) if label in rows]
         rows = [rows[label] for _, rows in groups if label in rows]
