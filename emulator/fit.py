@@ -77,6 +77,7 @@ def _check_emulator(emulator: EmulatorConfig, depth: int, width: int) -> None:
             emulator.stage1.harmonizer_rank,
             f"<= {width}, the model's hidden size",
         )
+    if emulator.method in ("scaleot", "importance-drop"):
         if emulator.stage1.replace_scope == "group":
             _require(
                 emulator.stage1.group_size <= middle,
@@ -92,6 +93,16 @@ def _check_emulator(emulator: EmulatorConfig, depth: int, width: int) -> None:
             "emulator.alpha",
             emulator.alpha,
             f"0 or large enough to replace a block in groups of {sizes}",
+        )
+        # round(α·|G|) per group can land far from α when groups are small (α 0.125 in groups of 4 replaces
+        # one block in four): refuse a share more than α/2 away rather than run another α under this name.
+        share = len(replaced) / middle
+        _require(
+            emulator.alpha == 0 or abs(share - emulator.alpha) <= emulator.alpha / 2,
+            "emulator.alpha",
+            emulator.alpha,
+            f"a share that groups of {sizes} can replace (they would replace {len(replaced)} of {middle} "
+            f"middle blocks, {share:.2f}); raise group_size or use replace_scope='global'",
         )
 
 

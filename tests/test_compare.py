@@ -17,7 +17,7 @@ from simulations.studies.compare import CompareConfig, load_compare, parse_sweep
 
 CONFIG = "simulations/configs/compare-smollm2.toml"
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = {"zero-shot", "full", "uniform", "uniform+distill", "scaleot"}
+KINDS = {"zero-shot", "full", "uniform", "uniform+distill", "importance-drop", "scaleot"}
 
 
 @pytest.mark.parametrize("quick", [False, True])
@@ -36,10 +36,12 @@ def test_plan_sets_each_kind_and_adds_the_sweep_once():
         "full",
         "uniform α=0.25",
         "uniform α=0.5",
-        "uniform+distill α=0.25",
+        "uniform+distill α=0.25 distill_steps=60",
+        "importance-drop α=0.25",
         "scaleot α=0.25 β=1",
-        "scaleot α=0.25 β=0.8",
-        "scaleot α=0.5 β=0.8",  # the sweep's (0.25, 1) and (0.25, 0.8) are configured ones: run once
+        "scaleot α=0.25 β=0.5 src_projections=qk src_rank=energy",
+        "scaleot α=0.5 β=1",
+        "scaleot α=0.25 β=0.8",  # the sweep's (0.25, 1) is a configured one: run once
         "scaleot α=0.75 β=0.8",
         "scaleot α=0.75 β=1",
     ]
@@ -51,8 +53,8 @@ def test_plan_sets_each_kind_and_adds_the_sweep_once():
         assert {k: v for k, v in config.to_dict().items() if k != "emulator"} == {
             k: v for k, v in base.to_dict().items() if k != "emulator"
         }
-    assert planned[5][0].slug(base.emulator) == "scaleot-a0.25-b0.8"
-    assert planned[3][0].slug(base.emulator) == "uniform-distill-a0.25"
+    assert planned[8][0].slug(base.emulator) == "scaleot-a0.25-b0.8"
+    assert planned[3][0].slug(base.emulator) == "uniform-distill-a0.25-distill_steps60"
 
 
 def test_bad_sweeps_and_compare_tables_are_rejected(tmp_path):
@@ -105,7 +107,7 @@ def test_quick_compare_writes_every_row_the_paired_column_and_the_plot(quick_com
     data = json.loads((quick_compare / "comparison.json").read_text())
     rows = {r["method"]: r for r in data["rows"]}
     assert {r["kind"] for r in rows.values()} == KINDS
-    assert len(rows) == 5
+    assert len(rows) == 6
     full = rows["full"]
     for row in rows.values():
         assert row["plug_in"]["acc_stderr"] > 0 and row["full_zs"]["acc"] == full["full_zs"]["acc"]
@@ -154,7 +156,7 @@ def test_rerun_reuses_every_finished_method(quick_compare):
         "rank_keep=0.8",
         timeout=900,
     )
-    assert result.stderr.count(": reused in") == 4 and ": ran in" not in result.stderr
+    assert result.stderr.count(": reused in") == 5 and ": ran in" not in result.stderr
     assert json.loads((quick_compare / "comparison.json").read_text())["rows"] == json.loads(before)["rows"]
 
 
@@ -170,10 +172,10 @@ def test_a_method_whose_run_failed_is_marked_failed_not_tabulated(tmp_path, monk
         )
 
     monkeypatch.setattr(compare_module, "run_method", untrained)
-    with pytest.raises(RuntimeError, match=r"4 method\(s\) failed"):
+    with pytest.raises(RuntimeError, match=r"5 method\(s\) failed"):
         compare_module.compare(base, settings, tmp_path)
     data = json.loads((tmp_path / "comparison.json").read_text())
-    assert data["rows"] == [] and len(data["failed"]) == 4
+    assert data["rows"] == [] and len(data["failed"]) == 5
     assert all("nothing was trained" in why for why in data["failed"].values())
     table = (tmp_path / "comparison.md").read_text()
     assert all(f"**{label}: FAILED**, no results: no client reply" in table for label in data["failed"])

@@ -38,6 +38,9 @@ def test_max_length_beyond_gpt2_positions_fails_before_any_round_or_build(tmp_pa
         ("tiny-llama", ["emulator.harmonizer_rank=65"], "emulator.harmonizer_rank=65", "<= 64"),
         ("tiny-qwen2", ["emulator.group_size=5"], "emulator.group_size=5", "<= 4"),
         ("tiny-llama", ["emulator.alpha=0.1"], "emulator.alpha=0.1", "groups of [4]"),
+        # 0.125 of 4 middle blocks rounds up to one: a quarter, not the share asked for.
+        ("tiny-llama", ["emulator.alpha=0.125", "emulator.replace_scope='global'"], "alpha=0.125", "1 of 4"),
+        ("tiny-llama", ["emulator.method='importance-drop'", "emulator.alpha=0.1"], "alpha=0.1", "groups of"),
         ("tiny-gpt2", ["adapter.mode='lora'", "adapter.lora_rank=128"], "adapter.lora_rank=128", "<= 64"),
     ],
 )
