@@ -62,12 +62,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--losses", nargs="+", default=["local"], help="scaleot stage-1 variants: loss[/norm]"
     )
-    parser.add_argument("--rank-keep", type=float, default=0.8, help="β of scaleot (baselines: no SRC)")
-    parser.add_argument("--steps", type=int, default=120, help="stage-1 steps of scaleot")
+    parser.add_argument("--rank-keep", type=float, default=1.0, help="β of scaleot (baselines: no SRC)")
+    parser.add_argument("--steps", type=int, default=60, help="stage-1 steps of scaleot")
     parser.add_argument("--policy-interval", type=int, default=4, help="harmonizer steps per policy step")
-    parser.add_argument(
-        "--distill-steps", type=int, default=120, help="distillation steps of uniform+distill"
-    )
+    parser.add_argument("--distill-steps", type=int, default=60, help="distillation steps of uniform+distill")
     add_set_option(parser, "any EmulatorConfig field (TOML value)", dest="set", metavar="FIELD=VALUE")
     parser.add_argument("--task", default="bigbench:goal_step_wikihow/step_inference")
     parser.add_argument("--test-limit", type=int, default=500, help="first N test examples (0: no accuracy)")
@@ -90,11 +88,13 @@ def measure(
 def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig]]:
     """(loss label, config) for every emulator to build, in table order."""
     extra = dict(parse_assignment(item, "--set", SET_EXAMPLE) for item in args.set)
+    # As in a run of the task: stage 1 never sees it, and the bundles are the ones `scaleot compare` builds.
+    exclude = args.task.removeprefix("bigbench:") if args.task.startswith("bigbench:") else ""
     configs = []
     for alpha in args.alphas:
         for method in args.methods:
             # The baselines as `scaleot compare` runs them (no SRC); --rank-keep is ScaleOT's β.
-            base = {**extra, **METHOD_PRESETS[method], "alpha": alpha}
+            base = {"corpus_exclude": exclude, **extra, **METHOD_PRESETS[method], "alpha": alpha}
             if method == "scaleot":
                 for variant in args.losses:
                     loss, _, norm = variant.partition("/")
@@ -123,7 +123,7 @@ def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig
 def table(rows: list[Row]) -> str:
     """The rows as a markdown table."""
     lines = [
-        "| method | α | stage-1 loss | build s | params emulator / full | ppl (pydoc val) | acc | acc_norm |",
+        "| method | α | stage-1 loss | build s | params emu / full | ppl (corpus val) | acc | acc_norm |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -143,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # on a busy machine one thread is much faster than contended two
     model, tokenizer = load_model(args.model)
-    blocks = corpus_blocks(tokenizer, public_corpus("validation", configs[0][1].corpus), args.ppl_seq_len)
+    data = configs[0][1].data
+    text = public_corpus("validation", data.corpus, exclude=data.corpus_exclude)
+    blocks = corpus_blocks(tokenizer, text, args.ppl_seq_len)
     examples = load_task(args.task).test[: args.test_limit] if args.test_limit > 0 else []
     log.info("perplexity on %d x %d tokens; accuracy on %d examples", *blocks.shape, len(examples))
     rows, curves = [], {}
