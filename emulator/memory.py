@@ -5,10 +5,10 @@ What is measured:
   tensors (weights, activations, gradients, optimiser state), exact, without the caching allocator's slack.
 - CPU: the peak resident set size (RSS) of the whole process during the block: weights, activations,
   gradients, optimiser state, plus the Python / torch runtime the process already holds (a few hundred MB),
-  which every method pays alike. A daemon thread samples RSS every ``interval`` seconds; the kernel's own
-  high-water mark (``ru_maxrss``) is exact whenever the block raises it (usually the first round in a fresh
-  process), so the larger of the two is reported. ``ru_maxrss`` alone would be useless in a long-lived Ray
-  actor: after its first round it never moves again, and tells nothing about later rounds.
+  which every method pays alike. On Linux the kernel's high-water mark is reset at entry (``5`` written to
+  ``/proc/self/clear_refs``) and read at exit (``VmHWM``): exact, even for an allocation that lives a few
+  milliseconds while the GIL is held. Elsewhere (or where the reset is refused) a daemon thread samples RSS
+  every ``interval`` seconds, and the lifetime high-water mark (``ru_maxrss``) counts if the block raised it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,23 @@ def current_rss() -> int:
     except ImportError:  # a machine without Ray (the benchmark alone): Linux's own account
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return int(psutil.Process().memory_info().rss)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark of this process (Linux >= 4.0); False where that is refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_since_reset() -> int:
+    """``VmHWM`` of /proc/self/status, in bytes: the peak RSS since the last ``_reset_peak_rss``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * _KIB
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def max_rss() -> int:
@@ -61,16 +78,19 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rusage_before = 0
+        self._exact = False  # the kernel's high-water mark was reset at entry (Linux)
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
-        self._rusage_before = max_rss()
         self.peak = current_rss()
-        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
-        self._thread.start()
+        self._exact = _reset_peak_rss()
+        if not self._exact:
+            self._rusage_before = max_rss()
+            self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(
@@ -82,6 +102,9 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        if self._exact:
+            self.peak = max(self.peak, _peak_rss_since_reset())
             return
         self._stop.set()
         if self._thread is not None:
