@@ -63,6 +63,12 @@ METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def corpus_exclusion(task: str) -> str:
+    """``corpus_exclude`` for a run evaluated on ``task``: its BIG-bench name (``bigbench:fact_checker/fever``
+    -> ``fact_checker/fever``), so stage 1 never trains on it; "" for a task outside BIG-bench."""
+    return task.removeprefix("bigbench:") if task.startswith("bigbench:") else ""
+
+
 @dataclass(frozen=True)
 class PublicDataConfig:
     """The public corpus stage 1 and distillation train on, and how it is batched and seeded."""

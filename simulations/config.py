@@ -21,7 +21,13 @@ from typing import Any
 
 import tomli_w
 
-from emulator.config import PARTITION_SCHEMES, AdapterConfig, EmulatorConfig, TrainConfig
+from emulator.config import (
+    PARTITION_SCHEMES,
+    AdapterConfig,
+    EmulatorConfig,
+    TrainConfig,
+    corpus_exclusion,
+)
 from emulator.config_parse import build_config, parse_assignment
 from strategies.privacy_config import DPConfig
 
@@ -189,9 +195,9 @@ class RunConfig:
 
     def _exclude_task_from_corpus(self) -> None:
         # Stage 1 must never see the evaluated task: the BIG-bench corpus leaves this run's task out.
-        task = self.task.removeprefix("bigbench:")
+        task = corpus_exclusion(self.task)
         data = self.emulator.data
-        if data.corpus != "bigbench" or task == self.task or data.corpus_exclude == task:
+        if data.corpus != "bigbench" or not task or data.corpus_exclude == task:
             return
         _check(
             not data.corpus_exclude,

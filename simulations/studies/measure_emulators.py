@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from emulator.bundle import load_emulator
-from emulator.config import METHOD_PRESETS, EmulatorConfig
+from emulator.config import METHOD_PRESETS, EmulatorConfig, corpus_exclusion
 from emulator.config_parse import parse_assignment
 from emulator.data import corpus_blocks, public_corpus
 from emulator.evaluation import multiple_choice_accuracy, perplexity
@@ -89,7 +89,7 @@ def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig
     """(loss label, config) for every emulator to build, in table order."""
     extra = dict(parse_assignment(item, "--set", SET_EXAMPLE) for item in args.set)
     # As in a run of the task: stage 1 never sees it, and the bundles are the ones `scaleot compare` builds.
-    exclude = args.task.removeprefix("bigbench:") if args.task.startswith("bigbench:") else ""
+    exclude = corpus_exclusion(args.task)
     configs = []
     for alpha in args.alphas:
         for method in args.methods:

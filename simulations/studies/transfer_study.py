@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from emulator.adapters import prepare_adapter_
 from emulator.bundle import load_emulator
-from emulator.config import AdapterConfig, EmulatorConfig
+from emulator.config import AdapterConfig, EmulatorConfig, corpus_exclusion
 from emulator.config_parse import parse_assignment
 from emulator.data import training_batches
 from emulator.evaluation import multiple_choice_accuracy
@@ -54,8 +54,7 @@ def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) ->
     if setting.get("method") == "full":
         emu_config = EmulatorConfig.full()
     else:  # stage 1 must never see the evaluated task (see emulator.english_corpus)
-        exclude = args.task.removeprefix("bigbench:") if args.task.startswith("bigbench:") else ""
-        emu_config = EmulatorConfig.from_dict({"corpus_exclude": exclude, **setting})
+        emu_config = EmulatorConfig.from_dict({"corpus_exclude": corpus_exclusion(args.task), **setting})
     model, tokenizer = load_model(args.model, device=args.device)
     emulator, _ = load_emulator(ensure_bundle(args.model, emu_config, model, tokenizer), device=args.device)
     score = lambda m: multiple_choice_accuracy(m, tokenizer, task.test, batch_size=args.eval_batch)  # noqa: E731
