@@ -67,9 +67,10 @@ def failing_partition() -> int:
     from simulations.config import load_config
     from strategies.nodes import sample_partitions
 
-    fed = load_config(ROOT / TINY_CONFIG).federation
+    config = load_config(ROOT / TINY_CONFIG)
+    fed = config.federation
     k = max(int(fed.num_clients * fed.fraction), fed.min_clients)
-    return sample_partitions(fed.num_clients, k, load_config(ROOT / TINY_CONFIG).seed, server_round=1)[0]
+    return sample_partitions(fed.num_clients, k, config.seed, server_round=1)[0]
 
 
 def full_run_args(failing_partition: int) -> list[str]:
