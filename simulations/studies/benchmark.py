@@ -13,7 +13,8 @@ In one run, on one model at one batch size and sequence length (``--sections`` p
    a client does: it loads the model (emulator bundle or full model), makes the adapter blocks trainable and
    runs ``emulator.training.train_adapter`` on fixed-length batches of random tokens whose last positions
    carry the labels, as many as the task's answers have (the context carries no loss),
-   ``--warmup`` steps first, then ``--steps`` timed ones. Step time is the median over the timed steps;
+   ``--warmup`` steps first, then ``--steps`` timed ones. Step time is the median over the timed steps, the
+   fastest of ``--repeats`` passes over all the children (bursts of other work only slow steps down);
    memory is ``emulator.memory.PeakMemory`` (CUDA: peak tensor memory; CPU: the process's peak resident set,
    Python and torch included, shown with the part above the loaded model).
 2. **The FLOP bound of each client model relative to the full model.** Training FLOPs per token are counted
@@ -77,6 +78,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per client model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="passes over the client measurements; the fastest is kept"
+    )
     parser.add_argument("--build-steps", type=int, default=60, help="stage-1 = distillation steps")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to run")
     parser.add_argument("--scoring-examples", type=int, default=64, help="test examples scored per path")
@@ -87,7 +91,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.batch_size, args.seq_len = "tiny-llama", 4, 64
-        args.steps, args.warmup, args.build_steps, args.scoring_examples = 4, 1, 4, 16
+        args.steps, args.warmup, args.build_steps, args.scoring_examples, args.repeats = 4, 1, 4, 16, 1
     return args
 
 
@@ -215,6 +219,24 @@ def client_in_child(spec: str, args: argparse.Namespace, variant: str = "new") -
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure_clients(jobs: Mapping[str, tuple[str, str]], args: argparse.Namespace) -> dict[str, dict]:
+    """Each (model, code path) of ``jobs`` measured ``--repeats`` times, the passes one after the other.
+
+    A burst of other work on the machine only ever slows a step down, so the fastest pass of each is kept (and
+    the largest peak): a burst during one child no longer skews a ratio, which a single pass did (a
+    checkpointed step measured 2.3 × in one run, 1.3 × when measured again).
+    """
+    clients: dict[str, dict[str, Any]] = {}
+    for repeat in range(args.repeats):
+        for label, (spec, variant) in jobs.items():
+            log.info("measuring a client step on %s (pass %d of %d)", label, repeat + 1, args.repeats)
+            result = client_in_child(spec, args, variant)
+            best = clients.setdefault(label, result)
+            best["step_seconds"] = min(best["step_seconds"], result["step_seconds"])
+            best["peak_bytes"] = max(best["peak_bytes"], result["peak_bytes"])
+    return clients
+
+
 # --- 3: emulator builds ------------------------------------------------------------------------------------
 
 
@@ -309,12 +331,12 @@ def client_table(clients: Mapping[str, Mapping[str, Any]], gemm: float | None) -
     full = clients["full model"]
     lines = [
         "| client model | path | params (M) | FLOP bound (× full) | step s | × full | new / old "
-        "| needed GFLOP/s | × GEMM | peak MB | above load MB | peak × full |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| × own new path | needed GFLOP/s | × GEMM | peak MB | above load MB | peak × full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, c in clients.items():
         name, _, path = label.partition(" · ")
-        old = clients.get(f"{name} · old")
+        old, new = clients.get(f"{name} · old"), clients.get(name)
         rate = c["needed_flops"] / c["step_seconds"]
         cells = [
             name,
@@ -323,7 +345,8 @@ def client_table(clients: Mapping[str, Mapping[str, Any]], gemm: float | None) -
             f"{c['flops_per_token'] / full['flops_per_token']:.3f}",
             f"{c['step_seconds']:.3f}",
             f"{c['step_seconds'] / full['step_seconds']:.3f}",
-            f"{c['step_seconds'] / old['step_seconds']:.3f}" if old else "",
+            f"{c['step_seconds'] / old['step_seconds']:.3f}" if old and not path else "",
+            f"{c['step_seconds'] / new['step_seconds']:.3f}" if new and path else "",
             f"{rate / 1e9:.1f}",
             f"{rate / gemm:.2f}" if gemm else "",
             f"{c['peak_bytes'] / 1e6:.0f}",
@@ -387,12 +410,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"scaleot α={args.alpha:g} β={args.rank_keep:g}": scaleot_bundle(args, model, tokenizer)
                 }
             del model  # the children load their own
-            for variant in ("old", "new"):
-                clients["full model" + _path(variant)] = client_in_child("full", args, variant)
+            jobs = {"full model" + _path(v): ("full", v) for v in ("old", "new")}
             for name, bundle in bundles.items():
                 for variant in ("old", "new", "ckpt") if name.startswith("scaleot") else ("new",):
-                    log.info("measuring a client step on %s (%s)", name, variant)
-                    clients[name + _path(variant)] = client_in_child(bundle, args, variant)
+                    jobs[name + _path(variant)] = (bundle, variant)
+            clients = measure_clients(jobs, args)
         if "overhead" in sections:
             rounds = round_overhead(args, directory)
     finally:
