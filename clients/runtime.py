@@ -183,7 +183,7 @@ def local_update(
         weight_decay=train.weight_decay,
         proximal_mu=settings.proximal_mu,
         seed=seed,
-        checkpoint_middle=train.checkpoint_middle,
+        checkpoint_blocks=train.checkpoint_blocks,
         bf16=train.bf16,
     )
     return result, len(examples)

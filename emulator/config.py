@@ -375,8 +375,9 @@ class TrainConfig:
         max_length: token budget per example (context + answer).
         max_grad_norm: gradient-norm clipping threshold; 0 disables clipping.
         weight_decay: AdamW weight decay (0: adapters start from pretrained blocks, keep them there).
-        checkpoint_middle: activation checkpointing of the frozen blocks (``train_adapter``): less memory,
-            one more forward pass through them.
+        checkpoint_blocks: activation checkpointing of every decoder block (``train_adapter``): less than
+            half the full-model client's peak memory on SmolLM2, for about 1.3 × the step time
+            (docs/results.md).
         bf16: on CUDA, run forward and backward under bfloat16 autocast (weights and optimiser stay fp32);
             ignored on the CPU, which always trains in fp32.
     """
@@ -388,7 +389,7 @@ class TrainConfig:
     max_length: int = 256
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
-    checkpoint_middle: bool = False
+    checkpoint_blocks: bool = False
     bf16: bool = False
 
     def __post_init__(self) -> None:
@@ -406,6 +407,6 @@ class TrainConfig:
             raise ValueError(f"client.max_grad_norm={self.max_grad_norm} must be >= 0 (0: no clipping)")
         if self.weight_decay < 0:
             raise ValueError(f"client.weight_decay={self.weight_decay} must be >= 0")
-        for name in ("checkpoint_middle", "bf16"):
+        for name in ("checkpoint_blocks", "bf16"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"client.{name}={getattr(self, name)!r} must be true or false")

@@ -254,16 +254,21 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 # Keys renamed since run directories were first written (plug-in has one spelling: ``plugin_acc`` became
 # ``plug_in_acc``, ``evaluation.plugin_every`` ``plug_in_every``). Files of older runs are read with the new
 # names, so a run directory from before can still be resumed, reused by compare or reported.
+# ``client.checkpoint_middle`` became ``checkpoint_blocks`` when checkpointing took in the adapter blocks too.
 _RENAMED_PREFIX = ("plugin_", "plug_in_")
+_RENAMED = {"checkpoint_middle": "checkpoint_blocks"}
 
 
 def upgrade_keys(data: Any) -> Any:
-    """Parsed JSON / TOML with each key written before a rename (``_RENAMED_PREFIX``) given its new name."""
+    """Parsed JSON / TOML with each key written before a rename (``_RENAMED_PREFIX``, ``_RENAMED``) given its
+    new name."""
     old, new = _RENAMED_PREFIX
+
+    def renamed(key: str) -> str:
+        return new + key.removeprefix(old) if key.startswith(old) else _RENAMED.get(key, key)
+
     if isinstance(data, Mapping):
-        return {
-            new + k.removeprefix(old) if k.startswith(old) else k: upgrade_keys(v) for k, v in data.items()
-        }
+        return {renamed(k): upgrade_keys(v) for k, v in data.items()}
     return [upgrade_keys(v) for v in data] if isinstance(data, list) else data
 
 

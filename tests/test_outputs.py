@@ -39,7 +39,7 @@ def test_rows_take_the_last_evaluation_and_carry_per_example_correctness(tmp_pat
     assert RunState.from_dict(json.loads(json.dumps(state.to_dict()))).per_example == per_example
 
 
-def test_files_written_before_the_plug_in_rename_are_read_with_the_new_keys(tmp_path):
+def test_files_written_before_a_key_rename_are_read_with_the_new_keys(tmp_path):
     # A run directory from before `plugin_acc` became `plug_in_acc` (and `evaluation.plugin_every`
     # `plug_in_every`) can still be resumed, reused by compare and reported.
     from simulations.config import RunConfig, check_resumable, load_config, read_run_json
@@ -52,10 +52,14 @@ def test_files_written_before_the_plug_in_rename_are_read_with_the_new_keys(tmp_
     restored = RunState.from_dict(read_run_json(tmp_path / "state.json"))
     assert restored.history[0].plug_in_acc == 0.75 and restored.rows()[PLUG_IN].acc == 0.75
 
-    config = RunConfig.from_dict({"evaluation": {"plug_in_every": 3}})
-    (tmp_path / "config.json").write_text(config.to_json().replace('"plug_in_every"', '"plugin_every"'))
-    (tmp_path / "config.toml").write_text(config.to_toml().replace("plug_in_every", "plugin_every"))
-    check_resumable(tmp_path, config)  # the same config, written under the old key: no change
+    # ... and from before client.checkpoint_middle became checkpoint_blocks.
+    config = RunConfig.from_dict({"evaluation": {"plug_in_every": 3}, "client": {"checkpoint_blocks": True}})
+    old_json = config.to_json().replace('"plug_in_every"', '"plugin_every"')
+    old_toml = config.to_toml().replace("plug_in_every", "plugin_every")
+    assert "checkpoint_blocks" in old_toml and "checkpoint_blocks" in old_json
+    (tmp_path / "config.json").write_text(old_json.replace("checkpoint_blocks", "checkpoint_middle"))
+    (tmp_path / "config.toml").write_text(old_toml.replace("checkpoint_blocks", "checkpoint_middle"))
+    check_resumable(tmp_path, config)  # the same config, written under the old keys: no change
     assert load_config(tmp_path / "config.toml") == config
 
 

@@ -13,7 +13,7 @@ from emulator.data import bucketed_order, encode_example, training_batches
 from emulator.evaluation import choice_logliks, shared_groups
 from emulator.models import TINY_CONFIGS, load_model
 from emulator.tasks import MCExample, synthetic_examples
-from emulator.training import answer_loss, checkpoint_frozen_blocks, train_adapter
+from emulator.training import answer_loss, checkpoint_every_block, train_adapter
 
 TINY = sorted(TINY_CONFIGS)
 
@@ -97,13 +97,13 @@ def _trained(tokenizer, **options) -> tuple[float, list[torch.Tensor]]:
 def test_checkpointing_and_trimming_train_the_same_adapter(tokenizer):
     loss, weights = _trained(tokenizer)
     assert weights
-    for options in ({"checkpoint_middle": True}, {"trim_logits": False}):
+    for options in ({"checkpoint_blocks": True}, {"trim_logits": False}):
         other_loss, other = _trained(tokenizer, **options)
         assert other_loss == pytest.approx(loss, abs=1e-5)
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(weights, other, strict=True))
 
 
-def test_checkpointing_keeps_only_the_frozen_blocks_inputs_for_backward(tokenizer):
+def test_checkpointing_keeps_little_more_than_each_blocks_input_for_backward(tokenizer):
     model, _ = load_model("tiny-llama")
     positions = {i: i for i in adapter_layers(8, 2, 2)}
     prepare_adapter_(model, positions, AdapterConfig())
@@ -119,13 +119,15 @@ def test_checkpointing_keeps_only_the_frozen_blocks_inputs_for_backward(tokenize
             saved.append(0 if t.data_ptr() in weights else t.numel())
             return t
 
-        frozen = checkpoint_frozen_blocks(model) if checkpointed else contextlib.nullcontext()
-        with frozen, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        blocks = checkpoint_every_block(model) if checkpointed else contextlib.nullcontext()
+        with blocks, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             answer_loss(model, batch)
         return sum(saved)
 
-    # 4 of 8 blocks are frozen; each keeps far more than its input (attention, MLP intermediates).
-    assert saved_numel(True) < 0.75 * saved_numel(False)
+    # Unchecked, each of the 8 blocks keeps its attention and MLP intermediates; checkpointed, what is left is
+    # outside the blocks (the head on the answer positions): 0.26 here, about 0.6 with only the 4 frozen
+    # blocks checkpointed.
+    assert saved_numel(True) < 0.4 * saved_numel(False)
 
 
 def test_memoised_zero_shot_is_reused_and_invalidated_by_model_or_split(tmp_path, tokenizer, monkeypatch):
