@@ -152,7 +152,7 @@ def test_wire_keys_are_the_field_names_and_match_the_handshake_keys(bundle):
         "emulator-path emulator-sha256 task partition-scheme dirichlet-alpha seed num-threads "
         "fail-partitions adapter-mode lora-rank lora-alpha lora-dropout lr batch-size local-epochs "
         "local-steps max-length "
-        "max-grad-norm weight-decay checkpoint-middle bf16".split()
+        "max-grad-norm weight-decay checkpoint-blocks bf16".split()
     )
     assert record[wire.EMULATOR_PATH] == bundle and isinstance(record["lr"], float)
     del record["lr"]
