@@ -92,6 +92,31 @@ def test_a_directory_of_another_experiment_is_refused(tmp_path):
         run_method(base, tmp_path)
 
 
+def test_a_failed_run_is_started_over_not_resumed_and_kept_aside(tmp_path, monkeypatch):
+    # A run in which no round trained anything (e.g. every client refused its config) has a checkpoint after
+    # its last round; resuming it would replay nothing, so a rerun of compare must start it again.
+    import simulations.runner as runner
+
+    base, _ = load_compare(ROOT / CONFIG, quick=True)
+    run_dir = tmp_path / "uniform-a0.5"
+    (run_dir / "checkpoint").mkdir(parents=True)
+    (run_dir / "checkpoint" / "latest").write_text("round-0002")
+    (run_dir / "config.json").write_text(json.dumps(base.to_dict()))
+    failed = {"status": "failed", "reason": "no client reply was aggregated in any of the 2 round(s)"}
+    (run_dir / "metrics.json").write_text(json.dumps(failed))
+    calls = []
+
+    def simulate(config, directory, resume=None):
+        calls.append(resume)
+        return {"status": "finished"}
+
+    monkeypatch.setattr(runner, "simulate", simulate)
+    assert run_method(base, run_dir) == ({"status": "finished"}, "ran")
+    assert calls == [None]
+    kept = tmp_path / "uniform-a0.5.failed"
+    assert json.loads((kept / "metrics.json").read_text()) == failed and not run_dir.exists()
+
+
 # --- end to end --------------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ import functools
 import itertools
 import json
 import logging
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -171,6 +172,9 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
     """Reuse, resume or start one method's simulation in ``run_dir``.
 
+    A finished run is reused, an interrupted one resumed from its checkpoint; a failed one (no round trained
+    anything) is moved to ``<run_dir>.failed`` and started over.
+
     Returns:
         The run's metrics.json content and what was done: ``reused``, ``resumed`` or ``ran``.
 
@@ -195,6 +199,18 @@ def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
                     "ones); remove it or give compare another --out"
                 )
             return metrics, "reused"
+        if metrics.get("status") == "failed":
+            # Nothing was trained (federation._finish): resuming would replay the same empty rounds, so the
+            # method starts over; the failed run is kept beside it, for its reason.
+            aside = run_dir.with_name(run_dir.name + ".failed")
+            shutil.rmtree(aside, ignore_errors=True)
+            run_dir.rename(aside)
+            log.warning(
+                "%s failed earlier (%s); starting it over, the failed run kept in %s",
+                run_dir.name,
+                metrics.get("reason", "no reason recorded"),
+                aside,
+            )
     resume = run_dir if (run_dir / "checkpoint" / "latest").is_file() else None
     return simulate(config, run_dir, resume=resume), "resumed" if resume else "ran"
 
