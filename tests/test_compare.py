@@ -269,6 +269,7 @@ def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
     assert summary["mean"][label] == row  # one task: the mean over tasks is that task
     assert "importance-drop" not in " ".join(summary["mean"])  # never ran: left out, not zero
     text = markdown(summary)
-    assert "## mean over 1 tasks" in text and f"| {label} | 25.0 ± " in text
+    assert "## synthetic" in text and f"| {label} | 25.0 ± " in text
+    assert "mean over" not in text  # one task: its table is not repeated as a mean
     assert "(summary.png)" in text
     assert plot_summary(summary, tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"

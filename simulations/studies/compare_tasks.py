@@ -184,10 +184,12 @@ _HEADER = (
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
-    """summary.md: one table per task, then the mean over tasks (accuracy points ± standard error)."""
+    """summary.md: one table per task, then (several tasks) the mean over tasks (accuracy points ± standard
+    error)."""
     lines = ["# Comparison over tasks and seeds", ""]
     sections = [(task, rows) for task, rows in summary["tasks"].items()]
-    sections.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"]))
+    if len(summary["tasks"]) > 1:  # the mean over one task is that task's table again
+        sections.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"]))
     for title, rows in sections:
         lines += [f"## {title}", "", _HEADER, "|---|---|---|---|---|---|"]
         for label in summary["methods"]:
@@ -214,7 +216,7 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     from simulations.outputs import new_figure, save_figure
 
     groups = [(t.removeprefix("bigbench:"), rows) for t, rows in summary["tasks"].items()]
-    if summary["mean"]:
+    if summary["mean"] and len(summary["tasks"]) > 1:
         groups.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"]))
     # A method that has not finished every seed of a task has no estimate there yet ({}).
     groups = [(name, kept) for name, rows in groups if (kept := {k: r for k, r in rows.items() if r})]
@@ -222,7 +224,7 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     if not groups:
         return None  # nothing finished yet: no picture
     width = 0.8 / max(len(methods), 1)
-    fig, ax = new_figure((max(6.5, 1.6 * len(groups) * max(len(methods), 1) / 3), 4.5))
+    fig, ax = new_figure((max(6.5, 1.6 * len(groups) * max(len(methods), 1) / 3) + 3.0, 4.5))  # + legend
     for i, label in enumerate(methods):
         xs = [g + (i - (len(methods) - 1) / 2) * width for g, (_, rows) in enumerate(groups) if label in rows]
         rows = [rows[label] for _, rows in groups if label in rows]
@@ -242,9 +244,16 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     ax.plot([], [], "D", label="emulator fine-tuned", **_FT_MARKER)
     ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
     ax.set_ylabel("plug-in accuracy (%) ± standard error")
-    low = min(100 * r["plug_in"][0] for _, rows in groups for r in rows.values())
+    low = min(
+        100 * r[k][0]
+        for _, rows in groups
+        for r in rows.values()
+        for k in ("plug_in", "emulator_ft")
+        if k in r
+    )
     ax.set_ylim(max(0.0, low - 10), None)
-    ax.legend(fontsize=7, loc="best")
+    # Beside the axes: inside, a legend of eight or more methods covered the bars.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return save_figure(fig, path)
 
 
