@@ -188,6 +188,9 @@ def build_emulator(
         groups = replacement_groups(len(middle), config.stage1.group_size, config.stage1.replace_scope)
         values = torch.tensor([scores[i] for i in middle])
         replaced = [middle[k] for k in lowest_per_group(values, groups, config.alpha)]
+        if config.selection == "uniform":  # as many blocks, spread as uniform LayerDrop spreads its kept ones
+            kept_uniform = {middle[k] for k in uniform_choose(len(middle), len(middle) - len(replaced))}
+            replaced = [i for i in middle if i not in kept_uniform]
         if config.method == "scaleot":
             harmonizers = {i: stage1.harmonizers[i] for i in replaced}
     kept = _kept_middle(config, middle, replaced)

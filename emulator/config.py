@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, get_args
 from emulator.config_parse import build_config, default_of, flatten_sections, nest_flat_keys
 
 Method = Literal["scaleot", "uniform", "uniform+distill", "full", "importance-drop"]
+Selection = Literal["importance", "uniform"]
 # harmonizer_loss is one term or a "+"-joined mix of these (e.g. "hidden+kl"): see emulator.layer_replace.
 HARMONIZER_LOSS_TERMS = ("lm", "local", "hidden", "kl")
 SrcRank = Literal["fraction", "energy"]
@@ -211,6 +212,10 @@ class EmulatorConfig:
     alpha: float = (
         0.25  # fraction of middle blocks replaced (scaleot) or dropped (uniform); 0.5 lossy at 135M
     )
+    # Which middle blocks ScaleOT gives to harmonizers: the lowest stage-1 scores per group (the paper), or as
+    # many spread evenly as uniform LayerDrop spreads them (our ablation: harmonizers without the ranking).
+    # Keyed only when set, so the bundles built before the field existed keep their keys.
+    selection: Selection = field(default="importance", metadata={"key_when_default": False})
     log_every: int = field(default=10, metadata={"shapes_emulator": False})  # a progress line every k steps
     data: PublicDataConfig = field(default_factory=PublicDataConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
@@ -219,6 +224,7 @@ class EmulatorConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self, "method", Method)
+        _check_choice(self, "selection", Selection)
         for name in ("adapter_bottom", "adapter_top"):
             _check_int(self, name, low=0)
         _check_int(self, "log_every", low=1)
@@ -230,6 +236,11 @@ class EmulatorConfig:
             raise ValueError(
                 f"emulator.src_layers='least-important' needs stage-1 scores, which method={self.method!r} "
                 "has not; use src_layers='all' or method 'scaleot' / 'importance-drop'"
+            )
+        if self.selection == "uniform" and self.method != "scaleot":
+            raise ValueError(
+                f"emulator.selection='uniform' places harmonizers, which method={self.method!r} has not; "
+                "use it with method='scaleot' (uniform LayerDrop is method='uniform')"
             )
         if self.method == "uniform+distill" and self.distill.distill_steps == 0:
             raise ValueError(
@@ -290,7 +301,9 @@ class EmulatorConfig:
         top = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if not is_dataclass(default_of(f)) and f.metadata.get("shapes_emulator", True)
+            if not is_dataclass(default_of(f))
+            and f.metadata.get("shapes_emulator", True)
+            and (f.metadata.get("key_when_default", True) or getattr(self, f.name) != f.default)
         }
         return top | {name: asdict(getattr(self, name)) for name in self.sections_used()}
 

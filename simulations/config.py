@@ -277,6 +277,17 @@ def read_run_json(path: str | Path) -> dict[str, Any]:
     return upgrade_keys(json.loads(Path(path).read_text()))
 
 
+def read_saved_config(path: str | Path) -> dict[str, Any]:
+    """A run directory's ``config.json`` as today's ``RunConfig.to_json`` would write it: a field added since
+    the run started takes its default, so an earlier run still compares equal to the same config (resume,
+    compare's reuse). A file that no longer parses is returned as it is (keys upgraded), to be reported."""
+    saved = read_run_json(path)
+    try:
+        return json.loads(RunConfig.from_dict(saved).to_json())
+    except ValueError:
+        return saved
+
+
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """``data`` with each ``a.b.c=value`` set; a value that is not valid TOML is taken as a string."""
     result = json.loads(json.dumps(data))
@@ -334,7 +345,7 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
     saved_path = Path(run_dir) / "config.json"
     if not saved_path.is_file():
         raise ValueError(f"--resume {run_dir}: not a run directory (no config.json)")
-    saved, new = _flatten(read_run_json(saved_path)), _flatten(json.loads(config.to_json()))
+    saved, new = _flatten(read_saved_config(saved_path)), _flatten(json.loads(config.to_json()))
     changed = [k for k in sorted(saved.keys() | new.keys()) if saved.get(k) != new.get(k)]
     changed = [k for k in changed if not k.startswith(RESUMABLE)]
     if changed:

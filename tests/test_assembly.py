@@ -189,6 +189,22 @@ def test_importance_drop_removes_exactly_round_alpha_m_of_the_lowest_scored_bloc
     assert logits(emulator.model).shape == (2, 12, emulator.model.config.vocab_size)
 
 
+def test_uniform_selection_puts_harmonizers_where_layerdrop_drops_blocks():
+    # The ablation that separates ScaleOT's ranking from its harmonizers: the same stage 1, as many
+    # harmonizers, at the blocks uniform LayerDrop drops (it keeps the first and last middle block).
+    ranked = build("tiny-llama", alpha=0.5, group_size=4)
+    spread = build("tiny-llama", alpha=0.5, group_size=4, selection="uniform")
+    layerdrop = build("tiny-llama", method="uniform", alpha=0.5)
+
+    def blocks(emulator, kind):
+        return [e.original for e in emulator.layer_map if e.kind == kind]
+
+    assert spread.scores == ranked.scores  # the same stage 1
+    assert blocks(spread, "harmonizer") == blocks(layerdrop, "dropped") == [3, 4]
+    assert len(blocks(ranked, "harmonizer")) == 2 and blocks(ranked, "harmonizer") != [3, 4]  # ranked: 2, 3
+    assert logits(spread.model).shape == (2, 12, spread.model.config.vocab_size)
+
+
 def test_src_on_the_least_important_kept_blocks_only():
     emulator = build("tiny-llama", alpha=0.25, rank_keep=0.5, src_layers="least-important", src_share=0.5)
     kept = {e.original: e.kind for e in emulator.layer_map if e.kind in ("original", "compressed")}

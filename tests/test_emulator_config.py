@@ -62,6 +62,10 @@ def test_field_errors_name_field_value_and_range(kwargs, message):
             "emulator.distill_steps=0 with method='uniform\\+distill'",
         ),
         ({"method": "full"}, "emulator.method='full' compresses nothing, but alpha=0.25 asks for"),
+        (
+            {"method": "importance-drop", "selection": "uniform"},
+            "emulator.selection='uniform' places harmonizers, which method='importance-drop' has not",
+        ),
     ],
 )
 def test_combination_errors(kwargs, message):
@@ -165,6 +169,14 @@ def test_cache_key_is_the_sections_the_method_uses(base, unused, used):
     config = EmulatorConfig.of(**base)
     assert config.updated(**unused).build_dict() == config.build_dict()
     assert config.updated(**used).build_dict() != config.build_dict()
+
+
+def test_selection_is_keyed_only_when_set():
+    # Bundles built before the field existed keep their keys; the ablation gets its own.
+    assert "selection" not in EmulatorConfig().build_dict()
+    assert EmulatorConfig.of(selection="uniform").build_dict()["selection"] == "uniform"
+    with pytest.raises(ValueError, match="emulator.selection='random' is not allowed"):
+        EmulatorConfig.of(selection="random")
 
 
 def test_cache_key_sections_follow_the_method():

@@ -42,7 +42,14 @@ from typing import Any
 
 from emulator.config import EmulatorConfig
 from emulator.config_parse import build_config, parse_value, split_assignment
-from simulations.config import RunConfig, add_set_option, apply_overrides, read_config_file, read_run_json
+from simulations.config import (
+    RunConfig,
+    add_set_option,
+    apply_overrides,
+    read_config_file,
+    read_run_json,
+    read_saved_config,
+)
 from simulations.studies.methods import Method, Setting
 
 log = logging.getLogger(__name__)
@@ -186,7 +193,7 @@ def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
 
     saved = run_dir / "config.json"
     if saved.is_file():
-        if _experiment(read_run_json(saved)) != _experiment(config.to_dict()):
+        if _experiment(read_saved_config(saved)) != _experiment(config.to_dict()):
             raise ValueError(
                 f"{run_dir} holds a run of another config; remove it or give compare another --out"
             )
