@@ -16,14 +16,16 @@ Every method is one federated simulation through ``simulations.runner.simulate``
 
 With ``[compare].runs`` (a list of ``{task, seed}`` tables) the whole comparison runs once per entry, each in
 ``<out>/<task>-s<seed>``, and ``simulations.studies.compare_tasks`` adds a per-task table, the mean over
-tasks and
-paired standard errors of every difference against ``full`` and ``uniform`` (summary.md / summary.json).
+tasks and paired standard errors of every difference against ``full`` and ``uniform`` (summary.md,
+summary.json).
 
 The compare file is a run config plus two tables: ``[compare]`` (``CompareConfig``: the settings of each
 method) and ``[quick]``, merged over the whole file by ``--quick`` (a tiny model and task: the same
 comparison in minutes). Each method runs in ``<out>/<slug>``. A directory that already holds a finished run
 of the same experiment is reused and one with a checkpoint is resumed, so an interrupted compare continues
-where it stopped; a directory holding another experiment is an error, never overwritten.
+where it stopped; a failed one (no round trained anything) is moved to ``<slug>.failed`` and run again; a
+directory holding another experiment is an error, never overwritten. A run's saved config is read with
+today's defaults (``read_saved_config``), so a field added since it ran does not make it another experiment.
 """
 
 from __future__ import annotations
