@@ -189,7 +189,7 @@ def build_emulator(
         values = torch.tensor([scores[i] for i in middle])
         replaced = [middle[k] for k in lowest_per_group(values, groups, config.alpha)]
         if config.selection == "uniform":  # as many blocks, spread as uniform LayerDrop spreads its kept ones
-            kept_uniform = {middle[k] for k in uniform_choose(len(middle), len(middle) - len(replaced))}
+            kept_uniform = _uniform_kept(middle, len(middle) - len(replaced))
             replaced = [i for i in middle if i not in kept_uniform]
         if config.method == "scaleot":
             harmonizers = {i: stage1.harmonizers[i] for i in replaced}
@@ -300,10 +300,15 @@ def _split_blocks(
     return blocks[:-held], blocks[-held:]
 
 
+def _uniform_kept(middle: list[int], keep: int) -> list[int]:
+    """The ``keep`` blocks of ``middle`` (original indices) that uniform LayerDrop keeps."""
+    return [middle[k] for k in uniform_choose(len(middle), keep)]
+
+
 def _kept_middle(config: EmulatorConfig, middle: list[int], replaced: list[int]) -> list[int]:
     if config.method in ("uniform", "uniform+distill"):
         keep = len(middle) - round_half_up(config.alpha * len(middle))
-        return [middle[k] for k in uniform_choose(len(middle), keep)]
+        return _uniform_kept(middle, keep)
     if config.method == "importance-drop":
         return [i for i in middle if i not in replaced]
     return list(middle)  # scaleot: every middle block has a place (original or harmonizer)
