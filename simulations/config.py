@@ -191,6 +191,17 @@ class RunConfig:
         # DP's noise assumes an unweighted average; clients are weighted by their steps, so fix the steps.
         dp_ok = not self.privacy.enabled or self.client.local_steps > 0
         _check(dp_ok, "client.local_steps", self.client.local_steps, "> 0 when [privacy] is on")
+        if self.privacy.enabled:
+            from strategies.offsite import averaging_strategies  # flwr: only when a config is built
+
+            averaging = averaging_strategies()
+            allowed = f"one of {', '.join(averaging)} when [privacy] is on (DP noises an average)"
+            _check(
+                self.federation.strategy in averaging,
+                "federation.strategy",
+                self.federation.strategy,
+                allowed,
+            )
         self._exclude_task_from_corpus()
 
     def _exclude_task_from_corpus(self) -> None:

@@ -252,9 +252,12 @@ def _privacy_kwargs(config: RunConfig) -> dict[str, Any]:
         return {}
     fed = config.federation
     sampled = min(max(int(fed.num_clients * fed.fraction), fed.min_clients), fed.num_clients)
-    # Uniform average (DP's sensitivity C / m): every client runs client.local_steps steps, weighted by them.
+    # Uniform average (DP's sensitivity C / k): every client runs client.local_steps steps, weighted by them,
+    # and a reply reporting another count is dropped (strategies.privacy).
     return {
-        "privacy": DifferentialPrivacy(config.privacy, sampled, fed.num_clients),
+        "privacy": DifferentialPrivacy(
+            config.privacy, sampled, fed.num_clients, weight=(wire.TRAIN_STEPS, config.client.local_steps)
+        ),
         "weighted_by_key": wire.TRAIN_STEPS,
     }
 

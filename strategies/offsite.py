@@ -38,6 +38,7 @@ from flwr.serverapp.strategy import (
     Krum,
     MultiKrum,
     Result,
+    Strategy,
 )
 from flwr.supercore import log as flwr_log
 
@@ -96,6 +97,17 @@ def strategy_parameters(name: str) -> list[str]:
     return sorted(p for p in params if p != "self" and p not in _OWNED_KWARGS)
 
 
+def averaging_strategies() -> list[str]:
+    """The strategies whose aggregation is FedAvg's average itself, the only ones central DP may wrap.
+
+    Flower's DP wrapper noises what the strategy's ``aggregate_train`` returns, with the sensitivity ``C / k``
+    of an average of ``k`` clipped updates. A median or Krum's pick moves by up to ``C`` for one client, and
+    the FedOpt family (and FedAvgM) step from un-noised averages kept in their state, so ε would be
+    understated. Flower's own accounted DP mode makes the same requirement.
+    """
+    return [n for n, cls in STRATEGIES.items() if cls.aggregate_train is FedAvg.aggregate_train]
+
+
 def offsite_strategy(name: str, **kwargs: Any) -> OffsiteTuning:
     """Flower's strategy ``name`` with offsite-tuning in front (see ``OffsiteTuning`` for the arguments)."""
     strategy_parameters(name)
@@ -141,9 +153,10 @@ class OffsiteTuning:
             and a reply to an earlier round's message is never aggregated.
         check: called before each round and while waiting for nodes; raises to end the run (the
             simulation backend died).
-        privacy: central DP (``strategies.privacy``): the rounds run through its Flower wrapper, which clips
-            the replies before and noises the aggregate after this strategy's aggregation; each release's
-            (ε, δ) goes into the round record. None: no DP.
+        privacy: central DP (``strategies.privacy``): its Flower wrapper goes around the base strategy's
+            aggregation, inside this strategy's reply checks, so failed and missing replies are recorded
+            and an empty round is marked whatever the wrapper; it clips the valid replies, and noises their
+            average for the number aggregated. Each release's (ε, δ) goes into the round record. None: no DP.
         **base_kwargs: the base strategy's own arguments (``proximal_mu``, ``eta``, ...).
     """
 
@@ -186,6 +199,8 @@ class OffsiteTuning:
         self.round_timeout = round_timeout
         self.check = check
         self.privacy = privacy
+        if privacy is not None:
+            privacy.wrap(_BaseAggregation(self))
         self.history: list[RoundRecord] = []
         self.partitions: dict[int, int] = {}  # node id -> partition id, from the handshake
         self.refused: dict[int, str] = {}  # node id -> why it is never sampled
@@ -208,7 +223,10 @@ class OffsiteTuning:
             self.wait_for_nodes,
             self.emulator_path,
         )
-        super().summary()
+        if self.privacy is not None:
+            self.privacy.summary()  # the DP settings, then the base strategy's
+        else:
+            super().summary()
 
     # --- Flower's loop ----------------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs: Any) -> Result:
@@ -224,8 +242,9 @@ class OffsiteTuning:
         kwargs.setdefault("timeout", self.round_timeout)
         if self.check is not None:  # every wait for replies (handshakes, rounds) also watches the backend
             grid = CheckedGrid(grid, self.check)
-        loop = super() if self.privacy is None else self.privacy.wrap(self)
-        return loop.start(grid, initial_arrays, num_rounds=num_rounds, evaluate_fn=self._end_round, **kwargs)
+        return super().start(
+            grid, initial_arrays, num_rounds=num_rounds, evaluate_fn=self._end_round, **kwargs
+        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -251,9 +270,10 @@ class OffsiteTuning:
         if not chosen:
             log.warning("round %d: no node has loaded the emulator; nothing to train", server_round)
             return []
-        messages = list(
-            super().configure_train(server_round, arrays, config, SampledGrid(grid, [n for _, n in chosen]))
-        )
+        # The DP wrapper's configure_train keeps the global adapter, which it measures updates from.
+        builder = super() if self.privacy is None else self.privacy
+        sampled_grid = SampledGrid(grid, [n for _, n in chosen])
+        messages = list(builder.configure_train(server_round, arrays, config, sampled_grid))
         for msg in messages:
             msg.metadata.group_id = str(server_round)
         self._sampled = [m.metadata.dst_node_id for m in messages]
@@ -286,6 +306,8 @@ class OffsiteTuning:
         valid = []
         for msg in replies:
             problem = reply_problem(msg, self._spec_or_fail(), self.arrayrecord_key, self.weighted_by_key)
+            if not problem and self.privacy is not None:
+                problem = self.privacy.reply_problem(msg, self.arrayrecord_key)
             if msg.metadata.group_id not in ("", str(server_round)):  # "": not sent by configure_train
                 problem = f"a reply to round {msg.metadata.group_id or '?'}'s message, not this round's"
             if problem:
@@ -303,12 +325,13 @@ class OffsiteTuning:
             return None, None
         # Fixed order (by partition) makes the float sums, hence the adapter, reproducible.
         valid.sort(key=lambda m: (self.partitions.get(m.metadata.src_node_id, -1), m.metadata.src_node_id))
-        arrays, metrics = super().aggregate_train(server_round, valid)
+        if self.privacy is None:
+            arrays, metrics = super().aggregate_train(server_round, valid)
+        else:
+            arrays, metrics, record.privacy = self.privacy.aggregate_train(server_round, valid)
         if metrics is not None:
             record.client_metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
             record.train_loss = record.client_metrics.get(wire.TRAIN_LOSS)
-        if arrays is not None and self.privacy is not None:
-            record.privacy = self.privacy.release()  # the DP wrapper noises what this returns
         return (self._spec_or_fail().cast(arrays) if arrays is not None else None), metrics
 
     def configure_evaluate(
@@ -386,6 +409,36 @@ class OffsiteTuning:
     def set_adapter_spec(self, arrays: ArrayRecord) -> None:
         """Fix the keys, shapes and dtypes replies must match (``start`` uses the initial adapter's)."""
         self._spec = AdapterSpec.of(arrays)
+
+
+class _BaseAggregation(Strategy):
+    """The base strategy's own ``configure_train`` and ``aggregate_train`` of an ``OffsiteTuning``, as a
+    Strategy a Flower DP wrapper can wrap: the wrapper then sits inside the offsite strategy's reply
+    checks."""
+
+    def __init__(self, strategy: OffsiteTuning) -> None:
+        self._base = super(OffsiteTuning, strategy)  # e.g. FedAvg's methods bound to the offsite strategy
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._base.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self._base.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # offsite-tuning is evaluated on the server
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    def summary(self) -> None:
+        self._base.summary()
 
 
 def _due(server_round: int, every: int, last_round: int) -> bool:

@@ -21,6 +21,8 @@ class DPConfig:
     clipping_norm: float = 0.1  # C, L2 norm of a client's whole adapter update; adaptive: the initial C
     target_quantile: float = 0.5  # adaptive: fraction of updates left unclipped that C moves towards
     clip_norm_lr: float = 0.2  # adaptive: geometric step of C per round
+    # adaptive: σ_b, std of the noise on the count of unclipped updates; 0: automatic (count_stddev)
+    clipped_count_stddev: float = 0.0
     delta: float = 1e-5  # δ at which ε is reported; keep it below 1 / number of clients
 
     def __post_init__(self) -> None:
@@ -30,6 +32,26 @@ class DPConfig:
         _check(0 <= self.target_quantile <= 1, "privacy.target_quantile", self.target_quantile, "in [0, 1]")
         _check(self.clip_norm_lr > 0, "privacy.clip_norm_lr", self.clip_norm_lr, "> 0")
         _check(0 < self.delta < 1, "privacy.delta", self.delta, "in (0, 1)")
+        sigma, z = self.clipped_count_stddev, self.noise_multiplier
+        _check(sigma >= 0, "privacy.clipped_count_stddev", sigma, ">= 0 (0: automatic)")
+        # Andrew et al. split z between the update and the count: z_update = (z^-2 - (2 σ_b)^-2)^-1/2 needs
+        # 2 σ_b > z. Flower raises on this inside its wrapper, after the model has loaded; check it here.
+        if self.clipping == "adaptive" and sigma > 0 and z > 0:
+            _check(
+                2 * sigma > z,
+                "privacy.clipped_count_stddev",
+                sigma,
+                f"> noise_multiplier / 2 = {z / 2:g}, or 0 (automatic)",
+            )
+
+    def count_stddev(self, num_sampled: int) -> float:
+        """Adaptive clipping's σ_b for ``num_sampled`` clients a round: the one set, or automatically Andrew
+        et al.'s ``num_sampled / 20`` raised to ``noise_multiplier`` where that is smaller (small cohorts: the
+        paper's value leaves no noise budget for the update), which costs the update at most 15 % more noise
+        (z_update <= z / sqrt(3/4)). 0 without noise."""
+        if self.clipped_count_stddev > 0:
+            return self.clipped_count_stddev
+        return max(num_sampled / 20, self.noise_multiplier) if self.noise_multiplier > 0 else 0.0
 
     @property
     def enabled(self) -> bool:

@@ -1,4 +1,6 @@
-"""Differential privacy on the adapters: config checks, the accountant, and a real Ray simulation with DP."""
+"""Differential privacy on the adapters: config checks, Flower's real DP wrappers inside the offsite strategy
+(failed rounds, noise sized for the updates averaged, adaptive clipping), the accountant, and a real Ray
+simulation with DP."""
 
 from __future__ import annotations
 
@@ -9,24 +11,219 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import scaleot
 from dp_accounting import GaussianDpEvent
 from dp_accounting.rdp import RdpAccountant
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
+from test_strategy import FakeGrid
 
 from emulator.bundle import load_emulator
 from emulator.config import AdapterConfig
 from simulations.config import load_config
 from simulations.server_eval import initial_adapter
+from strategies import wire
+from strategies.offsite import offsite_strategy
 from strategies.privacy import DifferentialPrivacy
 from strategies.privacy_config import DPConfig
+from strategies.records import nothing_trained_reason, progress_line
 
 ROOT = Path(__file__).resolve().parent.parent
+STEPS = 5  # client.local_steps of the fake clients: every reply reports it (DP's unweighted average)
+SIZE = 16384  # adapter coordinates: enough to measure the noise's std within about 1 %
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    # Message() needs the process's task identity (flower-1.42.md §10.8).
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+
+
+def dp_strategy(clipping: str, num_sampled: int, evaluated: list | None = None, **settings):
+    """The offsite FedAvg with Flower's DP wrapper, as ``simulations.federation`` builds it."""
+    privacy = DifferentialPrivacy(
+        DPConfig(clipping=clipping, **settings), num_sampled, num_sampled, weight=(wire.TRAIN_STEPS, STEPS)
+    )
+
+    def evaluate(server_round, arrays, with_emulator):
+        (evaluated if evaluated is not None else []).append(server_round)
+        return {wire.PLUG_IN_ACC: 0.5}
+
+    return offsite_strategy(
+        "fedavg",
+        emulator_path="/bundle",
+        privacy=privacy,
+        weighted_by_key=wire.TRAIN_STEPS,
+        evaluate_fn=evaluate,
+    )
+
+
+def zeros() -> ArrayRecord:
+    return ArrayRecord({"0.w": Array(np.zeros(SIZE, np.float32))})
+
+
+def moved_by(msg: Message, norm: float, steps: int = STEPS) -> Message:
+    """A train reply: the global adapter moved by ``norm`` along one coordinate."""
+    adapter = msg.content[wire.ARRAYS]["0.w"].numpy().copy()
+    adapter[0] += norm
+    metrics = MetricRecord({wire.NUM_EXAMPLES: 10, wire.TRAIN_LOSS: 1.0, wire.TRAIN_STEPS: steps})
+    return Message(
+        RecordDict({wire.ARRAYS: ArrayRecord({"0.w": Array(adapter)}), wire.METRICS: metrics}), reply_to=msg
+    )
+
+
+class LossyGrid(FakeGrid):
+    """A FakeGrid on which the train replies of ``lost`` nodes never come (cut off by the round timeout)."""
+
+    def __init__(self, partition_of, client, lost=()):
+        super().__init__(partition_of, client=client)
+        self.lost = set(lost)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        train = wire.QUERY_EMULATOR_TYPE
+        kept = [
+            m for m in messages if m.metadata.message_type == train or m.metadata.dst_node_id not in self.lost
+        ]
+        return [self._answer(m) for m in kept]
+
+
+@pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
+def test_a_dp_run_in_which_every_client_fails_has_empty_rounds_with_the_reasons(clipping):
+    # Issue 23 §1: Flower's wrapper, outermost, skipped a round with an error reply before the offsite
+    # strategy saw it: rounds `empty: false`, `rejections: []`, and the untrained adapter scored.
+    evaluated = []
+    strategy = dp_strategy(clipping, 2, evaluated, noise_multiplier=1.0)
+    failing = FakeGrid(
+        {1: 0, 2: 1}, client=lambda m: Message(Error(3, "RuntimeError: fails on purpose"), reply_to=m)
+    )
+    strategy.start(failing, zeros(), num_rounds=2)
+    assert [r.empty for r in strategy.history] == [True, True]
+    assert all(len(r.rejections) == 2 and "fails on purpose" in r.rejections[0] for r in strategy.history)
+    assert all(r.privacy == {} for r in strategy.history)  # nothing released, no privacy spent
+    assert evaluated == []  # the untrained adapter is never scored as a fine-tuned row
+    reason = nothing_trained_reason(strategy.history)  # what the run exits 1 with
+    assert (
+        "most common client failure (4 of 4): client error (code 3): RuntimeError: fails on purpose" in reason
+    )
+
+
+@pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
+def test_noise_is_sized_for_the_updates_averaged_so_epsilon_is_never_understated(clipping):
+    # Issue 23 §1: 2 sampled, 1 cut off by the round timeout. Flower sized the noise for 2 (std z·C/2) on an
+    # average of 1: an effective multiplier of 0.5 (ε ≈ 10.7) while the record said 4.73.
+    z, clip = 1.0, 1.0
+    strategy = dp_strategy(clipping, 2, noise_multiplier=z, clipping_norm=clip)
+    grid = LossyGrid({1: 0, 2: 1}, client=lambda m: moved_by(m, 1e-3), lost={2})
+    result = strategy.start(grid, zeros(), num_rounds=1)
+    record = strategy.history[0]
+    assert (record.sampled, record.aggregated, record.missing) == (2, 1, 1)
+    update_z = strategy.privacy.wrapper.noise_multiplier  # z itself (fixed), the update's share (adaptive)
+    measured = float(np.std(result.arrays["0.w"].numpy()[1:]))  # coordinate 0 holds the update itself
+    assert measured == pytest.approx(update_z * clip / 1, rel=0.03)  # sized for the 1 update averaged
+    assert record.privacy["noise_std"] == pytest.approx(update_z * clip / 1)
+    # Adaptive clipping noises with the C that clipped this round (its next C is smaller: none was clipped).
+    assert record.privacy["clipping_norm"] == clip
+    assert (record.privacy["next_clipping_norm"] < clip) == (clipping == "adaptive")
+    reference = RdpAccountant()
+    reference.compose(GaussianDpEvent(z))
+    assert record.privacy["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert f"ε {record.privacy['epsilon']:.2f}" in progress_line(record, 1) and "ε 4.73" in progress_line(
+        record, 1
+    )
+
+
+@pytest.mark.parametrize("target, interval", [(0.25, (0.5, 1.0)), (0.5, (1.0, 2.0)), (0.75, (2.0, 4.0))])
+@pytest.mark.parametrize("start", [0.01, 100.0])
+def test_adaptive_clipping_norm_converges_to_the_target_quantile_from_both_sides(start, target, interval):
+    # Andrew et al.: C moves towards the target quantile of the update norms (the fraction left unclipped).
+    # Flower 1.42 stepped on the clipped fraction: from 0.1, C shrank to 0.002; from 10 it grew to 546.
+    norms = {1: 0.5, 2: 1.0, 3: 2.0, 4: 4.0}  # the quantiles: C in [0.5, 1) leaves 1/4 unclipped, ...
+    strategy = dp_strategy(
+        "adaptive", 4, noise_multiplier=0.0, clipping_norm=start, target_quantile=target, clip_norm_lr=1.0
+    )
+    grid = FakeGrid({n: n - 1 for n in norms}, client=lambda m: moved_by(m, norms[m.metadata.dst_node_id]))
+    strategy.start(grid, zeros(), num_rounds=30)
+    norm = [r.privacy["clipping_norm"] for r in strategy.history]
+    assert (norm[1] > norm[0]) == (start < interval[0])  # the first step goes towards the quantile
+    low, high = interval
+    assert all(low <= c < high for c in norm[-10:]), norm
+
+
+@pytest.mark.parametrize("num_sampled", [1, 2, 4, 8, 100])
+@pytest.mark.parametrize("z", [0.0, 0.3, 1.0, 5.0])
+def test_adaptive_clipping_works_with_its_defaults(num_sampled, z):
+    # Issue 23 §1: Flower's default σ_b = m/20 is too small for z = 1 with m < 40 clients; the error named
+    # clipped_count_stddev, which [privacy] did not have, and came after the model load and zero-shot.
+    privacy = DifferentialPrivacy(DPConfig(clipping="adaptive", noise_multiplier=z), num_sampled, 100)
+    wrapper = privacy.wrap(FedAvg())
+    assert z <= wrapper.noise_multiplier <= 1.16 * z  # the count takes at most 15 % more noise on the update
+    # Andrew et al.'s split: the update's and the count's Gaussian mechanisms compose to z.
+    if z > 0:
+        total = (wrapper.noise_multiplier**-2 + (2 * wrapper.clipped_count_stddev) ** -2) ** -0.5
+        assert total == pytest.approx(z)
+
+
+def test_a_count_stddev_too_small_for_the_noise_is_refused_before_any_model_loads():
+    overrides = [
+        "privacy.clipping='adaptive'",
+        "privacy.noise_multiplier=1.0",
+        "privacy.clipped_count_stddev=0.2",
+    ]
+    with pytest.raises(ValueError) as error:
+        load_config(ROOT / "simulations/configs/tiny.toml", overrides)
+    assert str(error.value) == (
+        "config privacy.clipped_count_stddev=0.2 is invalid; it must be > noise_multiplier / 2 = 0.5, "
+        "or 0 (automatic)"
+    )
+    explicit = load_config(
+        ROOT / "simulations/configs/tiny.toml", [*overrides[:2], "privacy.clipped_count_stddev=2"]
+    )
+    assert DifferentialPrivacy(explicit.privacy, 4, 4).wrap(FedAvg()).clipped_count_stddev == 2.0
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm", "fedmedian", "krum"])
+def test_dp_with_a_strategy_that_does_not_average_is_refused_before_any_model_loads(strategy):
+    # The wrapper noises what the strategy returns with the sensitivity of an average; a median, Krum's pick
+    # or a server optimiser's step from un-noised state would make ε an understatement.
+    with pytest.raises(
+        ValueError, match=f"federation.strategy='{strategy}' is invalid; it must be one of fedavg"
+    ):
+        load_config(
+            ROOT / "simulations/configs/tiny.toml",
+            ["privacy.clipping='fixed'", f"federation.strategy={strategy}"],
+        )
+
+
+def test_under_dp_a_reply_with_another_weight_or_no_update_is_dropped_with_its_reason():
+    # A client's reported weight would make the average weighted (its update worth more than C / k), and an
+    # update of norm 0 made Flower's clipping divide by zero (ZeroDivisionError ended the run).
+    replies = {
+        1: lambda m: moved_by(m, 0.5),
+        2: lambda m: moved_by(m, 0.5, steps=1000),
+        3: lambda m: moved_by(m, 0.0),
+    }
+    strategy = dp_strategy("fixed", 3, noise_multiplier=0.0, clipping_norm=1.0)
+    strategy.start(
+        FakeGrid({n: n - 1 for n in replies}, client=lambda m: replies[m.metadata.dst_node_id](m)), zeros(), 1
+    )
+    record = strategy.history[0]
+    assert record.aggregated == 1
+    assert sorted(record.rejections) == [
+        "node 2: reports train_steps=1000; under DP every reply must report 5",
+        "node 3: adapter unchanged from the global one (an update of norm 0: DP clipping cannot scale it)",
+    ]
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("clipping", "client"), ("noise_multiplier", -1.0), ("clipping_norm", 0.0), ("delta", 1.0)],
+    [
+        ("clipping", "client"),
+        ("noise_multiplier", -1.0),
+        ("clipping_norm", 0.0),
+        ("delta", 1.0),
+        ("clipped_count_stddev", -1.0),
+    ],
 )
 def test_bad_privacy_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"privacy.{field}"):
@@ -39,20 +236,38 @@ def test_privacy_needs_fixed_local_steps():
         load_config(ROOT / "simulations/configs/tiny.toml", overrides)
 
 
-def test_epsilon_is_the_rdp_accountants_and_survives_a_resume():
-    config = DPConfig(clipping="fixed", noise_multiplier=1.2, clipping_norm=0.5, delta=1e-5)
-    dp = DifferentialPrivacy(config, num_sampled=4, population=8)
-    spent = [dp.release() for _ in range(3)]
-    epsilons = [s["epsilon"] for s in spent]
-    assert epsilons[0] < epsilons[1] < epsilons[2]
+@pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
+def test_epsilon_and_clipping_norm_survive_a_resume(clipping):
+    """ε is the RDP accountant's over every release; a resumed run continues its ε, its adaptive C and its
+    noise (seeded by (seed, round)), so it ends with the adapter an uninterrupted run ends with."""
+
+    def client(msg):
+        return moved_by(msg, {1: 0.05, 2: 0.2}[msg.metadata.dst_node_id])
+
+    def run(strategy, arrays, rounds):
+        return strategy.start(FakeGrid({1: 0, 2: 1}, client=client), arrays, num_rounds=rounds).arrays
+
+    settings = {"noise_multiplier": 1.2, "clipping_norm": 0.1}
+    whole = dp_strategy(clipping, 2, **settings)
+    final = run(whole, zeros(), 3)
+    epsilons = [r.privacy["epsilon"] for r in whole.history]
     reference = RdpAccountant()  # Google's dp-accounting directly: 3 Gaussian releases, no amplification
     reference.compose(GaussianDpEvent(1.2), 3)
-    assert epsilons[2] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
-    assert spent[0]["noise_std"] == pytest.approx(1.2 * 0.5 / 4)
+    assert epsilons[0] < epsilons[1] < epsilons[2] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
 
-    resumed = DifferentialPrivacy(config, num_sampled=4, population=8)
-    resumed.restore_(spent[:2])
-    assert resumed.release()["epsilon"] == pytest.approx(epsilons[2], rel=1e-12)
+    first = dp_strategy(clipping, 2, **settings)
+    two = run(first, zeros(), 2)
+    resumed = dp_strategy(clipping, 2, **settings)
+    resumed.restore_(first.history, first.state_arrays())
+    last = run(resumed, two, 1)
+    assert resumed.history[-1].privacy == whole.history[-1].privacy
+    np.testing.assert_array_equal(last["0.w"].numpy(), final["0.w"].numpy())
+
+
+def test_without_noise_epsilon_is_unbounded():
+    strategy = dp_strategy("fixed", 2, noise_multiplier=0.0)
+    strategy.start(FakeGrid({1: 0, 2: 1}, client=lambda m: moved_by(m, 0.5)), zeros(), num_rounds=1)
+    assert strategy.history[0].privacy["epsilon"] is None
 
 
 def test_each_rounds_noise_depends_only_on_seed_and_round():
@@ -75,11 +290,7 @@ def test_each_rounds_noise_depends_only_on_seed_and_round():
     assert not np.array_equal(np.random.normal(0, 1.0, 64).astype(np.float32), uninterrupted[1])
 
 
-def test_without_noise_epsilon_is_unbounded():
-    dp = DifferentialPrivacy(DPConfig(clipping="fixed", noise_multiplier=0.0), num_sampled=2, population=4)
-    assert dp.release()["epsilon"] is None
-
-
+@pytest.mark.slow
 def test_dp_simulation_noises_the_adapter_and_reports_growing_epsilon(tmp_path):
     """tiny.toml, 3 rounds, clipping norm C = 1e-3: the clipped average moves the adapter by at most C a
     round, so a larger move is the noise; its size must match Flower's std z·C/m over every coordinate."""
@@ -95,6 +306,8 @@ def test_dp_simulation_noises_the_adapter_and_reports_growing_epsilon(tmp_path):
     args = ["simulate", "--config", "simulations/configs/tiny.toml", "--out", str(tmp_path)]
     for item in overrides:
         args += ["--set", item]
+    from conftest import scaleot
+
     result = scaleot(*args)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     rounds = metrics["rounds"]
