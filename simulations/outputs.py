@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,6 +263,8 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
             f"Privacy gap Δ = plug-in − emulator fine-tuned = {100 * gap:+.1f} points "
             "(larger is more private).",
         ]
+    if dp := privacy_line(state.history):
+        lines += ["", dp]
     lines += [
         "",
         "| round | train loss | plug-in (%) | emulator (%) | clients ok/sent | MB out | MB in | s (eval s) |",
@@ -283,6 +285,19 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
         ]
     lines += ["", "![accuracy per round](accuracy.png)", ""] if not failure else [""]
     write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def privacy_line(history: Sequence[RoundRecord]) -> str:
+    """The report's differential-privacy sentence: ε spent after the last noised aggregate ("" without DP)."""
+    releases = [r.privacy for r in history if r.privacy]
+    if not releases:
+        return ""
+    last = releases[-1]
+    epsilon = "∞ (no noise)" if last.get("epsilon") is None else f"{last['epsilon']:.2f}"
+    z = last.get("noise_multiplier")
+    noise = f", noise multiplier {z:g} on the average of the updates each round aggregated" if z else ""
+    spent = f"ε = {epsilon} at δ = {last['delta']:g} after {len(releases)} noised aggregate(s)"
+    return f"Differential privacy: {spent}{noise}."
 
 
 def plot_accuracy(run_dir: Path, state: RunState) -> Path:
