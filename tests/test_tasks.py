@@ -1,24 +1,18 @@
-"""Task registry: deterministic disjoint splits, BIG-bench formatting and extraction, hub templates."""
+"""Task registry: deterministic disjoint splits, BIG-bench formatting and extraction, hub templates (the
+offline wheel's tasks are in test_olmo_tasks.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from conftest import write_bigbench_archive
 from datasets import Dataset, DatasetDict
 
-from emulator.models import cache_dir
-from emulator.tasks import (
-    BIGBENCH_ARCHIVE,
-    MCExample,
-    TaskSplits,
-    bigbench_archive,
-    bigbench_examples,
-    load_task,
-    synthetic_examples,
-    task_names,
-)
+from emulator.bigbench import BIGBENCH_ENV, bigbench_examples, bigbench_source
+from emulator.paper_tasks import SOURCE_ENV
+from emulator.tasks import MCExample, TaskSplits, load_task, synthetic_examples, task_names
 
 
 def _all(splits: TaskSplits) -> list[MCExample]:
@@ -68,10 +62,12 @@ def test_synthetic_answer_is_the_word_in_the_context():
 
 def test_unknown_task_lists_the_names():
     with pytest.raises(
-        ValueError, match=r"task='nope' is unknown; use one of synthetic, piqa, .*bigbench:<task>"
+        ValueError,
+        match=r"task='nope' is unknown; use one of synthetic, openbookqa, .*olmo:<task>.*bigbench:<",
     ):
         load_task("nope")
-    assert "synthetic" in task_names() and "bigbench:goal_step_wikihow/step_inference" in task_names()
+    names = task_names()
+    assert {"synthetic", "openbookqa", "arc_easy", "arc_challenge", "piqa", "hellaswag", "sciq"} == set(names)
 
 
 # ----------------------------------------------------------------------------------------- BIG-bench parsing
@@ -144,7 +140,7 @@ def test_bigbench_task_is_extracted_once_then_read_from_the_cache(toy_cache: Pat
     splits = load_task("bigbench:toy_mc")
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (26, 4, 10)
     assert (toy_cache / "bigbench" / "tasks" / "toy_mc" / "task.json").exists()
-    bigbench_archive().unlink()
+    bigbench_source().unlink()
     assert load_task("bigbench:toy_mc") == splits
 
 
@@ -165,32 +161,31 @@ def test_bigbench_errors_name_the_problem(toy_cache: Path):
         load_task("bigbench:../etc")
 
 
-def test_missing_bigbench_archive_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_missing_bigbench_files_say_where_to_get_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
-    with pytest.raises(
-        ValueError, match=r"archive is missing .*make install.*pip download --no-deps"
-    ) as info:
+    with pytest.raises(ValueError, match=r"needs BIG-bench's task files.*git.*SCALEOT_BIGBENCH=") as info:
         load_task("bigbench:goal_step_wikihow/step_inference")
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.skipif(
-    not (cache_dir() / "bigbench" / BIGBENCH_ARCHIVE).exists(),
-    reason="BIG-bench archive absent (`make install`)",
-)
-def test_real_bigbench_step_inference():
-    splits = load_task("bigbench:goal_step_wikihow/step_inference")
-    assert (len(splits.validation), len(splits.test)) == (100, 500)
-    assert len(_all(splits)) == len(set(_all(splits))) >= 2200
-    example = splits.test[0]
-    assert example.context.startswith("\nQ: The most reasonable step of '") and example.context.endswith(
-        "\nA:"
-    )
-    assert len(example.choices) == 4 and all(c.startswith(" ") for c in example.choices)
-    assert {e.label for e in splits.train} == {0, 1, 2, 3}
+def test_bigbench_reads_a_clone_of_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    tasks = tmp_path / "BIG-bench" / "bigbench" / "benchmark_tasks"
+    for name in ("toy_mc", "family/sub_a"):
+        (tasks / name).mkdir(parents=True)
+        (tasks / name / "task.json").write_text(json.dumps(_toy_task()))
+    monkeypatch.setenv(BIGBENCH_ENV, str(tasks))
+    assert len(_all(load_task("bigbench:family/sub_a"))) == 40
+    assert load_task("bigbench:toy_mc").source == {"bigbench": "toy_mc"}
+    with pytest.raises(ValueError, match=r"bigbench:family is not in .*subtasks: bigbench:family/sub_a"):
+        load_task("bigbench:family")
 
 
 # ------------------------------------------------------------------------------------------------ hub tasks
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SOURCE_ENV, "hub")
 
 
 def _fake_hub(rows: dict[str, list[dict]]):
@@ -206,7 +201,7 @@ def _splits(row: dict, n: int = 40) -> dict[str, list[dict]]:
     return {"train": [row] * n, "validation": [row] * 5, "test": [row] * 7}
 
 
-def test_piqa_template_and_lm_eval_test_split():
+def test_piqa_template_and_lm_eval_test_split(hub):
     row = {"goal": "Open a jar", "sol1": "twist the lid", "sol2": "hit it", "label": 0}
     loader = _fake_hub({"train": [row] * 40, "validation": [dict(row, label=1)] * 6, "test": [row] * 9})
     splits = load_task("piqa", load_dataset_fn=loader)
@@ -217,7 +212,7 @@ def test_piqa_template_and_lm_eval_test_split():
 
 
 @pytest.mark.parametrize(("task", "config"), [("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge")])
-def test_arc_template(task: str, config: str):
+def test_arc_template(task: str, config: str, hub):
     row = {
         "id": "x", "question": "What melts ice?", "answerKey": "C",
         "choices": {"text": ["cold", "wind", "heat"], "label": ["A", "B", "C"]},
@@ -229,7 +224,7 @@ def test_arc_template(task: str, config: str):
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (40, 5, 7)
 
 
-def test_openbookqa_template():
+def test_openbookqa_template(hub):
     row = {
         "id": "x", "question_stem": "The sun is a", "answerKey": "2",
         "choices": {"text": ["planet", "star"], "label": ["1", "2"]},
@@ -240,17 +235,25 @@ def test_openbookqa_template():
     assert splits.test == [MCExample("The sun is a", (" planet", " star"), 1)] * 3
 
 
-def test_sciq_template():
-    row = {
-        "question": "What do plants make?", "distractor1": "salt", "distractor2": "iron",
-        "distractor3": "gold", "correct_answer": "sugar", "support": "  Plants photosynthesise.",
-    }  # fmt: skip
-    splits = load_task("sciq", load_dataset_fn=_fake_hub(_splits(row)))
-    context = "Plants photosynthesise.\nQuestion: What do plants make?\nAnswer:"
-    assert splits.test[0] == MCExample(context, (" salt", " iron", " gold", " sugar"), 3)
+def test_sciq_template_and_splits_derived_from_validation(hub):
+    rows = [
+        {
+            "question": f"What do plants make {i}?", "distractor1": "salt", "distractor2": "iron",
+            "distractor3": "gold", "correct_answer": "sugar", "support": "  Plants photosynthesise.",
+        }
+        for i in range(40)
+    ]  # fmt: skip
+    splits = load_task(
+        "sciq", load_dataset_fn=_fake_hub({"train": rows[:1], "validation": rows, "test": rows[:1]})
+    )
+    context = "Plants photosynthesise.\nQuestion: What do plants make 0?\nAnswer:"
+    assert MCExample(context, (" salt", " iron", " gold", " sugar"), 3) in _all(splits)
+    # The offline wheel has SciQ's validation split only, so both sources derive every split from it.
+    assert (len(splits.test), len(splits.validation), len(splits.train)) == (20, 4, 16)
+    assert len(set(_all(splits))) == 40
 
 
-def test_unreachable_hub_dataset_is_one_line_error():
+def test_unreachable_hub_dataset_is_one_line_error(hub):
     def offline(path: str, config: str | None) -> DatasetDict:
         raise ConnectionError("Couldn't reach 'allenai/sciq' on the Hub (LocalEntryNotFoundError)\ndetails")
 

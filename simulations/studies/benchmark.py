@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("scaleot.benchmark")
 
-TASKS = {"smollm2-135m": "bigbench:goal_step_wikihow/step_inference"}  # the simulation's task; else synthetic
+TASKS = {"smollm2-135m": "arc_easy"}  # the simulation's task; else synthetic
 SECTIONS = ("gemm", "clients", "scoring", "builds", "overhead")
 # Client code paths: the optimisations off, on, and on with activation checkpointing of the frozen blocks.
 VARIANTS = {"old": {"trim_logits": False}, "new": {}, "ckpt": {"checkpoint_blocks": True}}

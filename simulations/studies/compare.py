@@ -73,7 +73,7 @@ class CompareConfig:
     uniform: tuple[Setting, ...] = ({"alpha": 0.25}, {"alpha": 0.5})  # Offsite-Tuning's LayerDrop
     uniform_distill: tuple[Setting, ...] = ({"alpha": 0.25},)  # LayerDrop + distillation (costly: one α)
     importance_drop: tuple[Setting, ...] = ()  # stage-1 ranking without harmonizers (issue 9)
-    # (task, seed) cells, e.g. [{task = "bigbench:strategyqa", seed = 0}]; empty: the base task and seed.
+    # (task, seed) cells, e.g. [{task = "piqa", seed = 0}]; empty: the base task and seed.
     runs: tuple[Setting, ...] = ()
 
     def __post_init__(self) -> None:
@@ -220,7 +220,9 @@ def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
                 metrics.get("reason", "no reason recorded"),
                 aside,
             )
-    resume = run_dir if (run_dir / "checkpoint" / "latest").is_file() else None
+    # A run of this experiment is continued (from its checkpoint, or from the start when it stopped before
+    # its first round ended); a directory holds one run, so it is never started over in place.
+    resume = run_dir if saved.is_file() else None
     return simulate(config, run_dir, resume=resume), "resumed" if resume else "ran"
 
 

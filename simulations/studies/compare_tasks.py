@@ -50,7 +50,7 @@ def cells(base: RunConfig, settings: CompareConfig) -> list[RunConfig]:
 
 
 def cell_dir(out: Path, config: RunConfig) -> Path:
-    """``<out>/<task>-s<seed>``, e.g. ``goal_step_wikihow-step_inference-s0``."""
+    """``<out>/<task>-s<seed>``, e.g. ``arc_easy-s0`` (``bigbench:a/b`` -> ``a-b-s0``)."""
     task = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.task.removeprefix("bigbench:")).strip("-")
     return out / f"{task}-s{config.seed}"
 

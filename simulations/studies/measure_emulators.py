@@ -67,7 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--policy-interval", type=int, default=4, help="harmonizer steps per policy step")
     parser.add_argument("--distill-steps", type=int, default=60, help="distillation steps of uniform+distill")
     add_set_option(parser, "any EmulatorConfig field (TOML value)", dest="set", metavar="FIELD=VALUE")
-    parser.add_argument("--task", default="bigbench:goal_step_wikihow/step_inference")
+    parser.add_argument("--task", default="arc_easy")
     parser.add_argument("--test-limit", type=int, default=500, help="first N test examples (0: no accuracy)")
     parser.add_argument("--ppl-seq-len", type=int, default=256, help="tokens per perplexity block")
     parser.add_argument("--json", default=None, help="also write the rows (and curves) to this file")

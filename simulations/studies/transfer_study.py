@@ -136,7 +136,7 @@ def table(rows: list[dict[str, Any]], full_zs: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--task", default="bigbench:goal_step_wikihow/step_inference")
+    parser.add_argument("--task", default="arc_easy")
     parser.add_argument("--setting", action="append", default=[], help="comma-separated EmulatorConfig keys")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
