@@ -2,8 +2,10 @@
 
 ``build_config`` turns a parsed TOML table (nested dicts) into a frozen config dataclass, recursing into
 fields whose default is itself a dataclass; keys may use ``-`` or ``_``; an unknown key is an error listing
-the valid ones; values are coerced the TOML way (an integer where a float is meant is fine, nothing else
-changes type). A config with sections and a true ``flat_keys`` class attribute (``EmulatorConfig``) may be
+the valid ones; each scalar is read as its field's declared type by ``parse_typed``, strictly (an integer
+where a float is meant, a string that spells the value, as Flower's run config and node config may send it:
+``"false"`` / ``"0"`` / ``"no"`` are false; anything else is an error naming the key, the value and what is
+allowed). A config with sections and a true ``flat_keys`` class attribute (``EmulatorConfig``) may be
 written flat: ``nest_flat_keys`` moves each leaf key into its one home section, found from the dataclass
 fields, and ``flatten_sections`` writes it back flat. ``parse_assignment`` reads one ``key=value``
 (``--set``, ``--sweep``, the study scripts), the value in TOML syntax and a bare word taken as a string.
@@ -11,6 +13,7 @@ fields, and ``flatten_sections`` writes it back flat. ``parse_assignment`` reads
 
 from __future__ import annotations
 
+import numbers
 import tomllib
 from collections.abc import Mapping
 from dataclasses import Field, fields, is_dataclass
@@ -113,6 +116,75 @@ def default_of(spec: Field) -> Any:
     return spec.default_factory() if callable(spec.default_factory) else spec.default
 
 
+_SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+_ALLOWED = {
+    bool: "true or false (also 1 / 0, yes / no)",
+    int: "an integer",
+    float: "a number",
+    str: 'a string (quote it: "...")',
+}
+
+
+def declared_type(spec: Field) -> type | None:
+    """The scalar type a dataclass field declares (``bool``, ``int``, ``float``, ``str``), else None.
+
+    The annotation, not the default's type: ``client_num_cpus: float = 0`` takes 0.5.
+    """
+    annotation = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
+    return _SCALARS.get(annotation)
+
+
+def parse_typed(value: Any, kind: type, name: str) -> Any:
+    """``value`` read as ``kind`` (``bool``, ``int``, ``float`` or ``str``), strictly.
+
+    A value of the right type is kept (an int where a float is meant becomes a float). A string, as Flower's
+    run config, node config and message records may carry any value, is parsed: ``"true"`` / ``"1"`` /
+    ``"yes"`` and ``"false"`` / ``"0"`` / ``"no"`` (any case) for a bool, an integer or a number literal
+    otherwise. For a bool the integers 1 and 0 are accepted too; a bool is never taken for a number.
+
+    Args:
+        name: how the message names the value, e.g. ``"config output.tensorboard"``.
+
+    Raises:
+        ValueError: ``"{name}={value!r} must be {what is allowed}"``, one line.
+    """
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is bool:
+        parsed = _parse_bool(value)
+    elif isinstance(value, bool):
+        parsed = None
+    elif kind is int:  # numbers.Integral: NumPy's integers too, never a float that would be rounded
+        parsed = int(value) if isinstance(value, numbers.Integral) else _parse_str(value, int)
+    elif kind is float:
+        parsed = float(value) if isinstance(value, numbers.Real) else _parse_str(value, float)
+    else:
+        parsed = None
+    if parsed is None:
+        raise ValueError(f"{name}={value!r} must be {_ALLOWED.get(kind, kind.__name__)}")
+    return parsed
+
+
+def _parse_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    return None
+
+
+def _parse_str(value: Any, kind: type) -> Any:
+    if not isinstance(value, str):
+        return None
+    try:
+        return kind(value.strip())  # int("1.5") and float("x") fail: nothing is rounded or guessed
+    except ValueError:
+        return None
+
+
 def _coerce(spec: Field, value: Any, name: str) -> Any:
     default = default_of(spec)
     if is_dataclass(default):
@@ -124,16 +196,14 @@ def _coerce(spec: Field, value: Any, name: str) -> Any:
     if isinstance(default, tuple):
         if not isinstance(value, list | tuple):
             raise ValueError(f"config {name}={value!r} must be a list")
-        return tuple(value)
-    if isinstance(default, bool) or isinstance(value, bool):
-        if type(value) is not type(default):
-            raise ValueError(f"config {name}={value!r} must be a {type(default).__name__}")
-        return value
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(default, int | float | str) and not isinstance(value, type(default)):
-        raise ValueError(f"config {name}={value!r} must be a {type(default).__name__}")
-    return value
+        item = _SCALARS.get(str(spec.type).removeprefix("tuple[").removesuffix(", ...]"))
+        return (
+            tuple(parse_typed(v, item, f"config {name}[{i}]") for i, v in enumerate(value))
+            if item
+            else tuple(value)
+        )
+    kind = declared_type(spec) or (type(default) if isinstance(default, bool | int | float | str) else None)
+    return parse_typed(value, kind, f"config {name}") if kind is not None else value
 
 
 def parse_value(raw: str) -> Any:

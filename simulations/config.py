@@ -28,7 +28,7 @@ from emulator.config import (
     TrainConfig,
     corpus_exclusion,
 )
-from emulator.config_parse import build_config, parse_assignment
+from emulator.config_parse import build_config, parse_assignment, parse_typed
 from strategies.privacy_config import DPConfig
 
 MISSING_NODES = ("fail", "proceed")  # what happens when fewer nodes than needed connect in time
@@ -418,16 +418,20 @@ def from_flower_run_config(run_config: Mapping[str, Any], root: Path) -> tuple[R
     """
     if RUN_CONFIG_FILE not in run_config:
         raise ValueError(f"the Flower run config needs {RUN_CONFIG_FILE!r} (see [tool.flwr.app.config])")
-    run_dir, resume = str(run_config.get(RUN_DIR, "")), bool(run_config.get(RUN_RESUME, False))
+    # Typed as pyproject declares them; Flower passes `resume="false"` as the string, which bool() calls true.
+    run_dir = parse_typed(run_config.get(RUN_DIR, ""), str, f"run config {RUN_DIR}")
+    resume = parse_typed(run_config.get(RUN_RESUME, False), bool, f"run config {RUN_RESUME}")
     overrides = [
         f"{key}={tomli_w.dumps({'v': value})[4:].strip()}"
         for key, value in run_config.items()
         if key not in (RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME, RUN_OVERRIDES) and value != UNSET
     ]
-    overrides += shlex.split(str(run_config.get(RUN_OVERRIDES, "")))
+    overrides += shlex.split(
+        parse_typed(run_config.get(RUN_OVERRIDES, ""), str, f"run config {RUN_OVERRIDES}")
+    )
     if resume:
         if not run_dir:
             raise ValueError(f"run config resume=true needs {RUN_DIR!r}, the run directory to continue")
         return resume_config(Path(run_dir), overrides), run_dir, True
-    path = Path(str(run_config[RUN_CONFIG_FILE]))
+    path = Path(parse_typed(run_config[RUN_CONFIG_FILE], str, f"run config {RUN_CONFIG_FILE}"))
     return load_config(path if path.is_absolute() else root / path, overrides), run_dir, False

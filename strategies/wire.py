@@ -16,6 +16,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from emulator.config import AdapterConfig, TrainConfig
+from emulator.config_parse import declared_type, parse_typed
 
 if TYPE_CHECKING:  # flwr only where a record is built: the keys are imported by `scaleot --help` too
     from flwr.app import ConfigRecord, MetricRecord
@@ -101,7 +102,7 @@ class ClientSettings:
         for owner, spec in _wire_fields():
             key = wire_key(owner, spec.name)
             if key in record:
-                values[owner][spec.name] = _from_wire(record[key], spec)
+                values[owner][spec.name] = _from_wire(record[key], spec, f"train config {key}")
             elif spec.name not in _OPTIONAL:
                 raise ValueError(f"train config lacks '{key}'; is the server running the same scaleot?")
         return cls(
@@ -123,16 +124,21 @@ def _wire_fields() -> list[tuple[str, Field]]:
 
 def _to_wire(value: Any, spec: Field) -> Any:
     # ConfigRecord keeps one type per key: floats stay floats even when written as 1, tuples become lists.
-    return list(value) if isinstance(value, tuple) else _cast(value, spec)
+    return list(value) if isinstance(value, tuple) else _cast(value, spec, spec.name)
 
 
-def _from_wire(value: Any, spec: Field) -> Any:
-    return tuple(int(v) for v in value) if spec.name.endswith("_partitions") else _cast(value, spec)
+def _from_wire(value: Any, spec: Field, name: str) -> Any:
+    if spec.name.endswith("_partitions"):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name}={value!r} must be a list of partition ids")
+        return tuple(parse_typed(v, int, f"{name}[{i}]") for i, v in enumerate(value))
+    return _cast(value, spec, name)
 
 
-def _cast(value: Any, spec: Field) -> Any:
-    kind = {"float": float, "int": int, "str": str}.get(str(spec.type).split("[")[0])
-    return kind(value) if kind else value
+def _cast(value: Any, spec: Field, name: str) -> Any:
+    # Strictly, by the field's declared type: int(1.7) would round and bool("false") is true.
+    kind = declared_type(spec)
+    return parse_typed(value, kind, name) if kind else value
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,13 @@ class NodeSettings:
                 f"node config lacks {', '.join(missing)}; start the SuperNode with "
                 '--node-config "partition-id=0 num-partitions=2 emulator-path=/path/to/bundle"'
             )
-        return cls(**{s.name: _cast(node_config[k], s) for k, s in specs.items() if k in node_config})
+        return cls(
+            **{
+                s.name: _cast(node_config[k], s, f"node config {k}")
+                for k, s in specs.items()
+                if k in node_config
+            }
+        )
 
     def bundle(self, sent_path: str) -> str:
         """The emulator bundle this node uses: its own, else the one the server named."""
@@ -220,7 +232,9 @@ class TrainMetrics:
     def to_record(self) -> MetricRecord:
         from flwr.app import MetricRecord
 
-        return MetricRecord({metric_key(s.name): _cast(getattr(self, s.name), s) for s in fields(self)})
+        return MetricRecord(
+            {metric_key(s.name): _cast(getattr(self, s.name), s, s.name) for s in fields(self)}
+        )
 
 
 def metric_key(name: str) -> str:

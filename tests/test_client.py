@@ -133,6 +133,25 @@ def test_node_and_metric_keys_are_derived_from_the_fields():
     assert isinstance(metrics[wire.TRAIN_LOSS], float) and wire.NUM_EXAMPLES == "num-examples"
 
 
+def test_node_config_and_train_record_values_are_read_as_their_fields_declare():
+    # Issue 23 §3: a node config or message record may carry any value as a string; bool("false") is true and
+    # int(1.5) is 1, so each value is parsed by its field's type, strictly, with a one-line error.
+    node = NodeSettings.from_node_config({"partition-id": "1", "num-partitions": "4"})
+    assert (node.partition_id, node.num_partitions) == (1, 4)
+    with pytest.raises(ValueError, match=r"^node config partition-id=1.5 must be an integer$"):
+        NodeSettings.from_node_config({"partition-id": 1.5, "num-partitions": 4})
+    record = dict(ClientSettings(emulator_path="/bundle").to_record())
+    strings = {"checkpoint-blocks": "false", "bf16": "no", "lr": "0.001", "fail-partitions": ["1"]}
+    parsed = ClientSettings.from_record(record | strings)
+    assert (parsed.train.checkpoint_blocks, parsed.train.bf16, parsed.train.lr) == (False, False, 0.001)
+    assert parsed.fail_partitions == (1,)
+    assert ClientSettings.from_record(record | {"bf16": "true"}).train.bf16 is True
+    with pytest.raises(ValueError, match=r"^train config bf16='maybe' must be true or false \(also 1 / 0"):
+        ClientSettings.from_record(record | {"bf16": "maybe"})
+    with pytest.raises(ValueError, match=r"^train config local-steps=2.5 must be an integer$"):
+        ClientSettings.from_record(record | {"local-steps": 2.5})
+
+
 def test_settings_round_trip_through_the_config_record(bundle):
     original = settings(
         bundle,

@@ -231,6 +231,17 @@ def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
         CompareConfig.from_dict({"runs": [{"task": "synthetic", "seeds": 2}]})
 
 
+@pytest.mark.parametrize("seed", [1.5, True, "one"])
+def test_a_cell_seed_that_is_not_an_integer_is_refused_in_one_line(seed):
+    # Issue 23 §3: int() took 1.5 and true as seed 1.
+    from simulations.studies.compare_tasks import cells
+
+    base, settings = load_compare(ROOT / EVIDENCE)
+    with pytest.raises(ValueError, match=rf"^config compare.runs\[0\].seed={seed!r} must be an integer$"):
+        cells(base, CompareConfig.from_dict({"runs": [{"task": "synthetic", "seed": seed}]}))
+    assert cells(base, CompareConfig.from_dict({"runs": [{"task": "synthetic", "seed": "2"}]}))[0].seed == 2
+
+
 def _metrics(directory: Path, plug_in: list[int], emulator_ft: list[int] | None) -> None:
     results = {"Plug-in": {"correct": plug_in}}
     if emulator_ft is not None:

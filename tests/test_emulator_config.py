@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from emulator.config import METHOD_PRESETS, EmulatorConfig
@@ -92,10 +94,26 @@ def test_from_dict_rejects_unknown_keys_listing_valid_ones():
         EmulatorConfig.from_dict({"rank": 0.5})
 
 
-@pytest.mark.parametrize(("key", "value"), [("alpha", "0.5"), ("stage1_steps", True), ("method", 3)])
-def test_from_dict_rejects_wrong_types(key, value):
-    with pytest.raises(ValueError, match=f"config emulator.{key}=.* must be a"):
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("alpha", "half", "a number"),
+        ("stage1_steps", True, "an integer"),
+        ("stage1_steps", 2.5, "an integer"),
+        ("method", 3, "a string"),
+        ("src_only_smaller", "maybe", "true or false (also 1 / 0, yes / no)"),
+    ],
+)
+def test_from_dict_rejects_wrong_types(key, value, allowed):
+    with pytest.raises(ValueError, match=f"^config emulator.{key}={value!r} must be {re.escape(allowed)}"):
         EmulatorConfig.from_dict({key: value})
+
+
+def test_from_dict_reads_values_spelled_as_strings_by_the_declared_type():
+    # Issue 23 §3: values from outside (Flower's run config, a compare file's settings) may be strings.
+    config = EmulatorConfig.from_dict({"alpha": "0.5", "stage1_steps": "7", "src_only_smaller": "false"})
+    assert (config.alpha, config.stage1.stage1_steps, config.src.src_only_smaller) == (0.5, 7, False)
+    assert EmulatorConfig.from_dict({"src_only_smaller": "yes"}).src.src_only_smaller is True
 
 
 def test_flat_and_nested_keys_build_the_same_config():

@@ -55,9 +55,17 @@ def test_overrides_reach_every_section():
         ("federation.strategy_kwargs.eta=0.1", "it must be arguments of fedavg: (it takes none)"),
         ("federation.fraction=0", "config federation.fraction=0.0 is invalid; it must be in (0, 1]"),
         ("federation.fail_partitions=[9]", "partition ids in [0, 4)"),
-        ("client.lr='fast'", "config client.lr='fast' must be a float"),
+        ("client.lr='fast'", "config client.lr='fast' must be a number"),
         ("adapter.mode=prefix", "adapter.mode='prefix' is not allowed"),
-        ("output.export_plug_in=1", "config output.export_plug_in=1 must be a bool"),
+        (
+            "output.export_plug_in=2",
+            "config output.export_plug_in=2 must be true or false (also 1 / 0, yes / no)",
+        ),
+        ("output.tensorboard=maybe", "config output.tensorboard='maybe' must be true or false"),
+        ("federation.rounds=2.5", "config federation.rounds=2.5 must be an integer"),
+        ("federation.rounds='three'", "config federation.rounds='three' must be an integer"),
+        ("federation.fail_partitions=[1.5]", "config federation.fail_partitions[0]=1.5 must be an integer"),
+        ("name=5", 'config name=5 must be a string (quote it: "...")'),
         ("federation.rounds", "must look like section.key=value"),
     ],
 )
@@ -135,6 +143,63 @@ def test_flower_resume_continues_with_the_run_directory_config(tmp_path):
         from_flower_run_config(flower_run_config(f"run-dir='{tmp_path}' resume=true seed=1"), ROOT)
     with pytest.raises(ValueError, match="resume=true needs 'run-dir'"):
         from_flower_run_config(flower_run_config("resume=true"), ROOT)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("No", False),
+        ("true", True),
+        ("1", True),
+        ("yes", True),
+    ],
+)
+def test_set_and_config_files_read_booleans_and_numbers_as_they_say(value, expected, tmp_path):
+    # Issue 23 §3: values from outside are typed by the declared field, whatever type they arrive as.
+    config = load_config(ROOT / "simulations/configs/tiny.toml", [f"output.tensorboard='{value}'"])
+    assert config.output.tensorboard is expected
+    config = load_config(ROOT / "simulations/configs/tiny.toml", [f"output.tensorboard={value}"])  # bare word
+    assert config.output.tensorboard is expected
+    path = tmp_path / "mine.toml"
+    path.write_text(f'[output]\ntensorboard = "{value}"\n[federation]\nrounds = "3"\nfraction = "0.5"\n')
+    config = load_config(path)
+    assert (config.output.tensorboard, config.federation.rounds, config.federation.fraction) == (
+        expected,
+        3,
+        0.5,
+    )
+
+
+def test_a_float_field_with_an_integer_default_takes_a_fraction():
+    # Typed by the declaration (client_num_cpus: float = 0), not the default's type: 0.5 was "must be a int".
+    config = load_config(ROOT / "simulations/configs/tiny.toml", ["simulation.client_num_gpus=0.25"])
+    assert config.simulation.client_num_gpus == 0.25
+
+
+@pytest.mark.parametrize("value", ["false", "0", "no"])
+def test_flower_resume_false_as_a_string_starts_a_new_run(value, tmp_path):
+    # Issue 23 §3: `flwr run` with resume = "false" resumed the old run (bool("false") is true).
+    (tmp_path / "config.toml").write_text(RunConfig(name="earlier", seed=5).to_toml())
+    run_config = flower_run_config(f"run-dir='{tmp_path}' resume='{value}' federation.rounds='3'")
+    assert run_config["resume"] == value  # Flower passes the string as it is
+    config, run_dir, resume = from_flower_run_config(run_config, ROOT)
+    assert resume is False and (config.name, config.federation.rounds) == (
+        "tiny",
+        3,
+    )  # tiny.toml, not the run
+    config, _, resume = from_flower_run_config(flower_run_config(f"run-dir='{tmp_path}' resume='yes'"), ROOT)
+    assert resume is True and config.name == "earlier"
+
+
+def test_an_unparseable_flower_value_is_one_line_naming_key_value_and_what_is_allowed():
+    with pytest.raises(ValueError) as error:
+        from_flower_run_config(flower_run_config("resume='maybe'"), ROOT)
+    assert str(error.value) == "run config resume='maybe' must be true or false (also 1 / 0, yes / no)"
+    with pytest.raises(ValueError, match="^config federation.rounds='three' must be an integer$"):
+        from_flower_run_config(flower_run_config("federation.rounds='three'"), ROOT)
 
 
 def test_resume_may_change_rounds_but_not_what_was_trained(tmp_path):

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emulator.config_parse import parse_typed
 from emulator.results import paired_difference
 from simulations.config import read_run_json
 from simulations.outputs import write_text
@@ -43,9 +44,11 @@ Estimate = tuple[float, float]  # (mean, standard error), fractions
 def cells(base: RunConfig, settings: CompareConfig) -> list[RunConfig]:
     """The base run config once per ``runs`` entry, with that entry's task and seed (validated)."""
     out = []
-    for cell in settings.runs:
+    for i, cell in enumerate(settings.runs):
         emulator = base.emulator.updated(corpus_exclude="")  # the new task's own exclusion is filled in
-        out.append(replace(base, task=cell["task"], seed=int(cell.get("seed", base.seed)), emulator=emulator))
+        # int() would take 1.5 as 1 and true as 1; replace() bypasses the config parser, so parse it here.
+        seed = parse_typed(cell.get("seed", base.seed), int, f"config compare.runs[{i}].seed")
+        out.append(replace(base, task=cell["task"], seed=seed, emulator=emulator))
     return out
 
 

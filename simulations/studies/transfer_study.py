@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from emulator.adapters import prepare_adapter_
 from emulator.bundle import load_emulator
 from emulator.config import AdapterConfig, EmulatorConfig, corpus_exclusion
-from emulator.config_parse import parse_assignment
+from emulator.config_parse import parse_assignment, parse_typed
 from emulator.data import training_batches
 from emulator.evaluation import multiple_choice_accuracy
 from emulator.models import load_model, model_fingerprint
@@ -50,7 +50,7 @@ def parse_setting(text: str) -> dict[str, Any]:
 def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) -> dict[str, Any]:
     """Build, fine-tune and score one emulator setting; returns a JSON-able row."""
     adapter = AdapterConfig(mode=setting.pop("adapter_mode", args.adapter_mode))
-    lr = float(setting.pop("lr", args.lr))
+    lr = parse_typed(setting.pop("lr", args.lr), float, "--setting lr")
     if setting.get("method") == "full":
         emu_config = EmulatorConfig.full()
     else:  # stage 1 must never see the evaluated task (see emulator.english_corpus)
