@@ -293,6 +293,35 @@ def test_each_rounds_noise_depends_only_on_seed_and_round():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
+def test_a_dp_run_in_which_every_client_fails_exits_1_with_the_reason(clipping, tmp_path):
+    # Issue 23 §1, its own input (adaptive at its own defaults, which failed after the model load before).
+    import subprocess
+    import sys
+
+    overrides = [
+        "model=tiny-qwen2",
+        f"privacy.clipping={clipping}",
+        "privacy.noise_multiplier=1.0",
+        "federation.fail_partitions=[0,1,2,3]",
+    ]
+    args = ["simulate", "--config", "simulations/configs/tiny.toml", "--out", str(tmp_path)]
+    args += [a for item in overrides for a in ("--set", item)]
+    scaleot_bin = Path(sys.executable).parent / "scaleot"
+    result = subprocess.run([str(scaleot_bin), *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no client reply was aggregated in any of the 2 round(s)"), last
+    assert "fails on purpose" in last
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and set(metrics["results"]) == {"Full-ZS", "Emulator-ZS"}
+    assert all(
+        r["empty"] and len(r["rejections"]) == r["sampled"] == 2 and not r["privacy"]
+        for r in metrics["rounds"]
+    )
+
+
+@pytest.mark.slow
 def test_dp_simulation_noises_the_adapter_and_reports_growing_epsilon(tmp_path):
     """tiny.toml, 3 rounds, clipping norm C = 1e-3: the clipped average moves the adapter by at most C a
     round, so a larger move is the noise; its size must match Flower's std z·C/m over every coordinate."""
