@@ -1,16 +1,32 @@
-"""Our multiple-choice scores equal lm-evaluation-harness's on the same examples (issue 11, item 2)."""
+"""Our multiple-choice scores equal lm-evaluation-harness's on the same examples (issue 11, item 2), and the
+papers' tasks, copied from the offline wheel into the hub's layout, get our prompts from lm-eval's own task
+files (issue 20; ``simulations/studies/harness_agreement.py``)."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
+from conftest import write_olmo_wheel
 from transformers import AutoTokenizer
 
+from emulator import assets
 from emulator.evaluation import choice_logliks, multiple_choice_accuracy
 from emulator.models import load_model
-from emulator.tasks import MCExample, synthetic_examples
+from emulator.paper_tasks import PAPER_TASKS, SOURCE_ENV
+from emulator.tasks import MCExample, load_task, synthetic_examples
 from simulations.harness import harness_scores, harness_tasks, write_task
+from simulations.studies.harness_agreement import (
+    PromptCheck,
+    compare_prompts,
+    hub_features,
+    lm_eval_prompts,
+    main,
+    parse_args,
+    scored_documents,
+    write_copy,
+)
 
 lm_eval = pytest.importorskip(
     "lm_eval", reason="lm-evaluation-harness is not installed; pip install -e '.[dev]' installs it"
@@ -99,3 +115,102 @@ def test_eval_harness_scores_the_shipped_local_task(capsys):
     assert main(["eval", "--model", "tiny-llama", "--harness", "docs/lm-eval/scaleot_synthetic.yaml"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-llama |")]
     assert len(rows) == 1 and rows[0].startswith("| tiny-llama | scaleot_synthetic | ") and " ± " in rows[0]
+
+
+# ---------------------------------------------- the papers' tasks through lm-eval's own task files (issue 20)
+
+_WORDS = "red blue green stone river cloud paper light music table chair bread horse water apple".split()
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n))
+
+
+def _wheel_doc(task: str, rng: random.Random, i: int, ending_space: str = "") -> dict:
+    """One generated document of ``task`` shaped as the wheel's (OLMES's fields, prompt, choices, gold)."""
+    n_choices = {"piqa": 2, "arc_easy": 3 + i % 3}.get(task, 4)  # ARC has 3 or 5 choices on a few questions
+    texts = [f"{_words(rng, 1 + k)} {k}" for k in range(n_choices)]
+    gold = rng.randrange(n_choices)
+    if task in ("arc_easy", "arc_challenge", "openbookqa"):
+        query = f"Question: {_words(rng, 6)} {i}?\nAnswer:"
+        return {"id": f"q{i}", "query": query, "choices": texts, "gold": gold}
+    if task == "piqa":
+        goal = f"{_words(rng, 5)} {i}"
+        row = {"goal": goal, "sol1": texts[0], "sol2": texts[1], "label": gold, "index": i}
+        return row | {"query": f"Goal: {goal}\nAnswer:", "choices": texts, "gold": gold}
+    if task == "hellaswag":  # OLMES's query is already cleaned; a second ": " tests where the label ends
+        query = f"Making tea: step {i}: {_words(rng, 5)}. The man"
+        return {"ind": i, "query": query, "choices": [ending_space + t for t in texts], "gold": gold}
+    support = ["", f" {_words(rng, 8)}.", f"{_words(rng, 8)}."][i % 3]  # none, a leading space, plain
+    question = f"{_words(rng, 5)} {i}?"
+    distractors = {f"distractor{k + 1}": t for k, t in enumerate(texts[:3])}
+    return {"question": question, **distractors, "correct_answer": texts[3], "support": support} | {
+        "index": i,
+        "source": "",
+        "query": question,
+        "choices": texts,
+        "gold": 3,
+    }
+
+
+def _paper_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending_space: str = "") -> None:
+    """A generated wheel with every request file the paper tasks read: 12 documents each, 24 in SciQ's one."""
+    monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(SOURCE_ENV, raising=False)
+    rng, files = random.Random(0), {}
+    for task, spec in PAPER_TASKS.items():
+        for folder in sorted(set(spec.wheel_folders.values())):
+            n = 24 if spec.derive_from else 12
+            files[(spec.wheel_task, folder)] = [_wheel_doc(task, rng, i, ending_space) for i in range(n)]
+    write_olmo_wheel(tmp_path / assets.OLMO.filename, files, monkeypatch)
+
+
+@pytest.mark.parametrize("task", sorted(PAPER_TASKS))
+def test_a_hub_copy_of_our_test_examples_gets_our_prompts_from_lm_evals_own_task(task, tmp_path, monkeypatch):
+    from datasets import load_dataset
+
+    _paper_wheel(tmp_path, monkeypatch)
+    copy = write_copy(task, 8, tmp_path / "copies")
+    assert copy.examples == load_task(task).test[:8] and len(copy.examples) == 8
+    # The copy is a hub-layout dataset in the hub dataset's schema, as datasets loads it.
+    rows = load_dataset(str(copy.copy_dir), PAPER_TASKS[task].hub_config)[copy.split]
+    assert rows.num_rows == 8 and rows.features == hub_features(task)
+    # lm-eval's own task file builds, from it, our (context, continuation) pairs and gold index, example by
+    # example.
+    assert compare_prompts(lm_eval_prompts(copy), copy.examples) == PromptCheck(8, 8)
+
+
+def test_the_study_scores_arc_easy_and_piqa_as_lm_eval_does(tmp_path, monkeypatch, capsys):
+    _paper_wheel(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    main(["--tasks", "arc_easy", "piqa", "--limit", "8", "--model", "tiny-llama", "--out", str(out)])
+    table = capsys.readouterr().out
+    assert (out / "agreement.md").read_text() == table and "first prompt difference" not in table
+    cells = [
+        [c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line[:2] == "| "
+    ]
+    rows = {row[0]: row[1:] for row in cells}
+    for task in ("arc_easy", "piqa"):
+        n, ours_acc, ours_norm, their_acc, their_norm, *same, whole, _, _ = rows[task]
+        assert (n, ours_acc, ours_norm) == ("8", their_acc, their_norm)
+        assert same == ["8/8"] * 3 and whole == "12/12"  # PIQA's scored split is validation: 12 documents
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="emulator.paper_tasks takes the wheel's HellaSwag endings as they stand, without lm-eval's "
+    "clean-up (preprocess strips them): 4,835 of the 10,042 validation documents have WikiHow endings that "
+    "start with a space, so our continuation starts with two spaces and lm-eval's with one",
+)
+def test_hellaswag_endings_that_start_with_a_space_get_lm_evals_prompts(tmp_path, monkeypatch):
+    _paper_wheel(tmp_path, monkeypatch, ending_space=" ")
+    copy = write_copy("hellaswag", None, tmp_path / "copies")
+    assert compare_prompts(lm_eval_prompts(copy), copy.examples) == PromptCheck(12, 12)
+
+
+def test_the_study_refuses_bad_input_in_one_line(monkeypatch):
+    with pytest.raises(ValueError, match=r"^--limit=0 must be at least 1$"):
+        parse_args(["--limit", "0"])
+    monkeypatch.setenv(SOURCE_ENV, "hub")
+    with pytest.raises(ValueError, match=r"^SCALEOT_TASK_SOURCE='hub': this study copies the wheel's"):
+        scored_documents("arc_easy", 8)
