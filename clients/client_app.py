@@ -25,7 +25,13 @@ def introduce(msg: Message, context: Context) -> Message:
     # Load the emulator into this process's cache.
     loaded = cached_emulator(node.bundle(str(config[wire.EMULATOR_PATH])), str(config[wire.EMULATOR_SHA256]))
     # Reply with what the server needs for sampling.
-    info = ConfigRecord({wire.INFO_PARTITION_ID: node.partition_id, wire.INFO_EMULATOR_SHA256: loaded.sha256})
+    info = ConfigRecord(
+        {
+            wire.INFO_PARTITION_ID: node.partition_id,
+            wire.INFO_NUM_PARTITIONS: node.num_partitions,
+            wire.INFO_EMULATOR_SHA256: loaded.sha256,
+        }
+    )
     return Message(RecordDict({wire.INFO: info}), reply_to=msg)
 
 

@@ -8,7 +8,6 @@ reads the emulator bundle: it never holds the full model's middle layers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -23,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from clients.partition import partition
 from emulator.adapters import AdapterState, load_adapter_state_, prepare_adapter_
-from emulator.bundle import load_emulator
+from emulator.bundle import load_emulator, read_manifest
 from emulator.config import AdapterConfig
 from emulator.data import training_batches
 from emulator.tasks import MCExample, TaskSplits, load_task
@@ -75,7 +74,7 @@ def bundle_sha256(path: str) -> str:
             f"no emulator bundle at {path!r} (missing manifest.json); give the SuperNode "
             "--node-config \"emulator-path='/path/to/bundle'\" or let the server write one"
         )
-    return str(json.loads(manifest.read_text())["sha256"])
+    return str(read_manifest(path)["sha256"])
 
 
 def cached_emulator(path: str, expected_sha256: str = "") -> LoadedEmulator:

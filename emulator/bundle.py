@@ -24,6 +24,7 @@ from transformers import CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer
 from emulator.architectures import architecture_of, attention_projections, get_layers, hidden_size
 from emulator.assembly import Emulator, LayerEntry
 from emulator.config import EmulatorConfig
+from emulator.files import read_json, replacing, write_text
 from emulator.harmonizer import Harmonizer
 from emulator.rank_compression import LowRankLinear, projection_weight
 
@@ -48,13 +49,16 @@ def save_bundle(
         tokenizer: the tokenizer data owners must use.
         provenance: what the emulator was derived from (e.g. the source model's and the corpus's content
             hashes), stored as the manifest's ``provenance`` so a cache can check a bundle before reusing it.
+
+    Raises:
+        FileWriteError: a file could not be written (the manifest is written last, so a bundle left without
+            one is never loaded).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state, tied = _untied_state(emulator.model)
-    tmp = directory / (TENSORS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(directory / TENSORS)
+    with replacing(directory / TENSORS) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     tokenizer.save_pretrained(directory)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -75,7 +79,7 @@ def save_bundle(
         "tied": tied,
         "provenance": dict(provenance or {}),
     }
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_text(directory / MANIFEST, json.dumps(manifest, indent=1))  # last: a bundle is complete with it
     return directory
 
 
@@ -126,14 +130,17 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The bundle's manifest as a dict.
 
     Raises:
-        ValueError: the directory has no manifest, or one of an unknown format version.
+        ValueError: the directory has no manifest, one that is not JSON (truncated), or one of an unknown
+            format version.
     """
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise ValueError(
             f"{path} does not exist; {directory} is not an emulator bundle (see `scaleot build-emulator`)"
         )
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path)
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} holds no JSON object; it is not an emulator bundle manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: format_version={manifest.get('format_version')!r}, expected {FORMAT_VERSION}"

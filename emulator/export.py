@@ -12,8 +12,6 @@ Both are built with peft's and transformers' own code (``get_peft_model``, ``mer
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from emulator.adapters import load_adapter_state_, lora_config
 from emulator.architectures import architecture_of, get_layers
 from emulator.config import AdapterConfig
+from emulator.files import replacing
 from emulator.plug_in import plug_in_
 
 PLUG_IN_DIR = "plug-in"
@@ -86,12 +85,10 @@ def export_plug_in(
 def _save(
     model: torch.nn.Module, target: Path, tokenizer: PreTrainedTokenizerBase | None = None, **kwargs: object
 ) -> Path:
-    # Written beside the target and renamed into place: a reader never sees half a checkpoint.
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, **kwargs)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    # Written beside the target and renamed into place: a reader never sees half a checkpoint, and a failed
+    # write (a full disk) leaves the previous one and no temporary.
+    with replacing(target) as tmp:
+        model.save_pretrained(tmp, **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return target

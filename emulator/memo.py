@@ -14,13 +14,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emulator.evaluation import multiple_choice_accuracy
+from emulator.files import read_json, write_text
 from emulator.models import cache_dir, model_fingerprint
 from emulator.results import MCResult
 from emulator.tasks import MCExample
@@ -70,20 +70,26 @@ def memoised_accuracy(
         directory: where memo files live; default ``cache_dir() / "zero-shot"``.
         model_sha256: ``model_fingerprint(model)`` if the caller has it (else computed here).
 
+    A memo file that cannot be read (truncated, say) is named in a warning, and the examples are scored
+    again and the file rewritten.
+
     Raises:
         ValueError: no examples.
+        FileWriteError: the memo could not be written.
     """
     if not examples:
         raise ValueError("examples is empty; accuracy needs at least one example")
     directory = directory or cache_dir() / "zero-shot"
     path = directory / f"{memo_key(model, tokenizer, examples, max_length, model_sha256)}.json"
     if path.is_file():
-        values = json.loads(path.read_text())
-        log.info("zero-shot of %d examples: memoised in %s", len(examples), path)
-        return MCResult(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        try:
+            values = read_json(path)
+            result = MCResult(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+            log.info("zero-shot of %d examples: memoised in %s", len(examples), path)
+            return result
+        except (ValueError, TypeError, AttributeError) as error:  # damaged: scored again, then rewritten
+            log.warning("ignoring the zero-shot memo %s: %s", path, " ".join(str(error).split()))
     result = multiple_choice_accuracy(model, tokenizer, examples, batch_size, max_length, progress)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(dataclasses.asdict(result)))
-    tmp.rename(path)  # atomic: a reader never sees half a file
+    write_text(path, json.dumps(dataclasses.asdict(result)))  # atomic: a reader never sees half a file
     return result

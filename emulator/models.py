@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from emulator.architectures import architecture_of
+from emulator.files import read_json, replacing, write_text
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,11 @@ def _dequantised(
     from emulator.bundle import file_sha256  # lazy: the bundle module needs the emulator's assembly
 
     stamp, source = directory / _SOURCE_STAMP, file_sha256(Path(folder) / gguf_file)
-    current = stamp.is_file() and json.loads(stamp.read_text()).get("gguf_sha256") == source
+    try:
+        current = stamp.is_file() and read_json(stamp).get("gguf_sha256") == source
+    except ValueError as error:  # a damaged stamp: the copy is of unknown origin, so it is made again
+        log.warning("%s; dequantising again", error)
+        current = False
     if current and (directory / "model.safetensors").exists():
         tokenizer = _cached_tokenizer(folder, gguf_file, directory)
         return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), tokenizer
@@ -205,8 +210,7 @@ def _dequantised(
     for path in tmp.iterdir():
         path.replace(directory / path.name)  # file by file, atomically: other processes may be reading
     tmp.rmdir()
-    (directory / ".source.tmp").write_text(json.dumps({"gguf_sha256": source}))
-    (directory / ".source.tmp").replace(stamp)
+    write_text(stamp, json.dumps({"gguf_sha256": source}))
     return AutoModelForCausalLM.from_pretrained(
         directory, dtype=torch.float32
     ), AutoTokenizer.from_pretrained(directory)
@@ -222,7 +226,6 @@ def _save_dequantised(model: PreTrainedModel, directory: Path) -> None:
         if hasattr(config, attr):
             delattr(config, attr)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
     config.save_pretrained(directory)
-    tmp.rename(directory / "model.safetensors")  # atomic: a half-written cache is never taken as complete
+    with replacing(directory / "model.safetensors") as tmp:  # a half-written cache is never taken as complete
+        save_file(state, str(tmp), metadata={"format": "pt"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 import typing
@@ -21,7 +22,7 @@ from pathlib import Path
 from emulator.config import Method
 from simulations.config import add_set_option
 from simulations.export import export_arguments, run_export
-from simulations.runner import run_simulate, simulate_arguments
+from simulations.runner import RunInterrupted, run_simulate, simulate_arguments
 from simulations.studies.compare import compare_arguments, run_compare
 from strategies.records import RunFailedError
 
@@ -30,6 +31,7 @@ log = logging.getLogger("scaleot")
 SET_EXAMPLE = "FIELD=VALUE, e.g. harmonizer_loss=lm"  # --set of build-emulator and the study scripts
 EXIT_USAGE = 2  # argparse's own exit code for bad usage; bad values get the same
 EXIT_RUN_FAILED = 1  # a run that ended without a result (nothing trained, nodes missing, backend crashed)
+EXIT_SIGNAL = 128  # + the signal's number, as a shell reports a process a signal ended
 
 
 @dataclass(frozen=True)
@@ -252,21 +254,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name; ``sys.argv[1:]`` by default.
 
     Returns:
-        The exit status: 0 on success, 2 on bad input, 1 for a run that ended without a result (one
-        ``error:`` line on stderr, no traceback).
+        The exit status: 0 on success, 2 on bad input, 1 for a run that ended without a result or a file that
+        could not be written (one ``error:`` line on stderr, no traceback). SIGTERM or SIGINT during a run
+        ends the process at once with 128 + the signal's number, after its one line.
     """
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as error:
-        message = " ".join(str(error).split())  # one line, whatever the exception text holds
-        sys.stderr.write(f"error: {message}\n")
+        _error_line(error)
         return EXIT_USAGE
-    except RunFailedError as error:
-        sys.stderr.write(f"error: {' '.join(str(error).split())}\n")
+    except (RunFailedError, OSError) as error:  # OSError: a file that could not be written (a full disk)
+        _error_line(error)
         return EXIT_RUN_FAILED
+    except KeyboardInterrupt:  # Ctrl-C outside a run (a run raises RunInterrupted)
+        _error_line("interrupted")
+        return EXIT_SIGNAL + signal.SIGINT
+    except RunInterrupted as stop:
+        _error_line(stop)
+        # Now, not after the ServerApp thread's current step (a model load or scoring can take minutes):
+        # every file of the run is written atomically, so its directory is resumable as it is.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_SIGNAL + stop.signum)
     return 0
+
+
+def _error_line(error: BaseException | str) -> None:
+    sys.stderr.write(f"error: {' '.join(str(error).split())}\n")  # one line, whatever the text holds
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from emulator.config import (
     corpus_exclusion,
 )
 from emulator.config_parse import build_config, parse_assignment, parse_typed
+from emulator.files import read_json
 from strategies.privacy_config import DPConfig
 
 MISSING_NODES = ("fail", "proceed")  # what happens when fewer nodes than needed connect in time
@@ -284,8 +285,16 @@ def upgrade_keys(data: Any) -> Any:
 
 
 def read_run_json(path: str | Path) -> dict[str, Any]:
-    """A JSON file of a run directory (``config.json``, ``metrics.json``, ``state.json``), keys upgraded."""
-    return upgrade_keys(json.loads(Path(path).read_text()))
+    """A JSON file of a run directory (``config.json``, ``metrics.json``, ``state.json``), keys upgraded.
+
+    Raises:
+        ValueError: the file is missing, unreadable, not JSON (truncated, say) or not a JSON object; one line
+            that names it.
+    """
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not the object a run writes")
+    return upgrade_keys(data)
 
 
 def read_saved_config(path: str | Path) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emulator.assembly import build_emulator, derive_emulator, stage1_twin
-from emulator.bundle import load_emulator, save_bundle
+from emulator.bundle import load_emulator, read_manifest, save_bundle
 from emulator.config import EmulatorConfig
 from emulator.models import cache_dir, model_fingerprint
 
@@ -76,10 +76,18 @@ def ensure_bundle(
     directory = bundle_dir(model_name, spec)
     manifest = directory / "manifest.json"
     if manifest.is_file():
-        if json.loads(manifest.read_text()).get("provenance") == json.loads(json.dumps(spec)):
+        try:
+            built_from = read_manifest(directory).get("provenance")
+        except ValueError as error:  # a damaged manifest (truncated, say): the bundle is built again
+            log.warning("emulator: %s; rebuilding it", " ".join(str(error).split()))
+            built_from = None
+        if built_from == json.loads(json.dumps(spec)):
             log.info("emulator: reusing %s", directory)
             return directory
-        log.warning("emulator: %s was built from other inputs than its key says; rebuilding it", directory)
+        if built_from is not None:
+            log.warning(
+                "emulator: %s was built from other inputs than its key says; rebuilding it", directory
+            )
         shutil.rmtree(directory, ignore_errors=True)
     twin = stage1_twin(config)
     if twin is not None:  # SRC settings and importance-drop share the stage 1 of ScaleOT without SRC
@@ -92,7 +100,11 @@ def ensure_bundle(
         emulator = build_emulator(full_model, tokenizer, config, progress=True)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_bundle(emulator, tmp, model_name, tokenizer, provenance=spec)
+    try:
+        save_bundle(emulator, tmp, model_name, tokenizer, provenance=spec)
+    except BaseException:  # a full disk, say: no half bundle is left in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(directory)
     except OSError:  # another process finished the same bundle first

@@ -2,7 +2,9 @@
 
 The same export runs at the end of every run, into the run directory itself (``plug-in/`` and, for LoRA
 adapters, ``peft-adapter/``; see ``emulator.export``). It needs only the run directory: the run's
-``config.toml`` names the model and the adapter, ``adapter.safetensors`` holds the final global adapter.
+``config.toml`` names the model and the adapter, ``adapter.safetensors`` holds the final global adapter and
+``metrics.json`` the content hash of the model it was trained on, checked: by now the name or path may hold
+another model.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+_RUN_FILES = ("config.toml", "metrics.json", "adapter.safetensors")  # what an export reads
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
@@ -21,31 +26,66 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, 
         ``{"plug_in": path}`` plus ``{"peft_adapter": path}`` for LoRA adapters.
 
     Raises:
-        ValueError: ``run_dir`` has no ``config.toml`` or no final ``adapter.safetensors`` (an unfinished
-            run), or the adapter does not fit the model.
+        ValueError: ``run_dir`` has no ``config.toml``, ``metrics.json`` or final ``adapter.safetensors`` (an
+            unfinished run), one of them is unreadable, the model found under the run's name is not the one
+            it trained on, or the adapter does not fit the model.
+        FileWriteError: an artefact could not be written.
     """
     run_dir = Path(run_dir)
-    config_path, adapter_path = run_dir / "config.toml", run_dir / "adapter.safetensors"
-    for path in (config_path, adapter_path):
-        if not path.is_file():
-            raise ValueError(f"RUN_DIR={run_dir} is not a finished run directory: {path.name} is missing")
-    from safetensors.torch import load_file
-
+    missing = [name for name in _RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise ValueError(
+            f"RUN_DIR={run_dir} is not a finished run directory: {', '.join(missing)} {verb} missing"
+        )
     from emulator.adapters import adapter_layers
     from emulator.architectures import num_layers
     from emulator.export import export_plug_in
-    from emulator.models import load_model
+    from emulator.files import read_tensors
     from simulations.config import load_config
 
-    config = load_config(config_path)
-    model, tokenizer = load_model(config.model, device="cpu")
+    config = load_config(run_dir / "config.toml")
+    state = read_tensors(run_dir / "adapter.safetensors")  # before the model: a truncated file fails at once
+    model, tokenizer = load_run_full_model(run_dir, config.model)
     layers = adapter_layers(num_layers(model), config.emulator.adapter_bottom, config.emulator.adapter_top)
-    state = load_file(str(adapter_path))
     written = export_plug_in(
         model, tokenizer, state, layers, config.adapter, Path(out or run_dir), base_model=config.model
     )
     log.info("exported %s", ", ".join(str(p) for p in written.values()))
     return written
+
+
+def recorded_bundle(run_dir: Path) -> dict[str, str]:
+    """What a run recorded about its models (metrics.json's ``bundle``): the emulator bundle's ``path`` and
+    ``sha256``, and the full model's content hash ``model_sha256``.
+
+    Raises:
+        ValueError: metrics.json is missing or unreadable.
+    """
+    from simulations.config import read_run_json
+
+    return dict(read_run_json(run_dir / "metrics.json").get("bundle", {}))
+
+
+def load_run_full_model(run_dir: Path, model: str, device: str = "cpu") -> tuple[Any, Any]:
+    """The run's full model and tokenizer, loaded by its saved name or path and checked against the content
+    hash the run recorded: whatever sits at that name or path now may be another model.
+
+    Raises:
+        ValueError: the model loaded has another content hash than the run's (one line naming both).
+    """
+    from emulator.models import load_model, model_fingerprint
+
+    recorded = recorded_bundle(run_dir).get("model_sha256")
+    full, tokenizer = load_model(model, device=device)
+    if not recorded:
+        log.warning("%s recorded no model hash; model=%r is not checked against it", run_dir, model)
+    elif (actual := model_fingerprint(full)) != recorded:
+        raise ValueError(
+            f"model={model!r} now has content sha256 {actual[:12]}…, but the run in {run_dir} trained on "
+            f"{recorded[:12]}…: the model at that name or path changed since; put the run's model back there"
+        )
+    return full, tokenizer
 
 
 def export_arguments(parser: argparse.ArgumentParser) -> None:

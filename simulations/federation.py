@@ -31,6 +31,7 @@ from simulations.emulator_cache import ensure_bundle
 from simulations.export import export_run
 from simulations.outputs import (
     RunState,
+    has_checkpoint,
     load_checkpoint,
     plot_accuracy,
     save_checkpoint,
@@ -81,7 +82,11 @@ def run_federation(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
-    checkpoint = load_checkpoint(resume) if resume is not None else None
+    checkpoint = None
+    if resume is not None and has_checkpoint(resume):
+        checkpoint = load_checkpoint(resume)
+    elif resume is not None:  # stopped before its first round ended: it starts again from its zero-shot rows
+        log.info("%s stopped before any round finished; starting its round 1 again", resume)
     tracker = TensorBoardLog(run_dir / "tensorboard") if config.output.tensorboard else None
     with tracker or contextlib.nullcontext():  # the event files are closed however the run ends
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -232,6 +237,7 @@ def _strategy(
         fraction_train=fed.fraction,
         min_train_nodes=fed.min_clients,
         min_available_nodes=fed.num_clients,
+        num_partitions=fed.num_clients,
         evaluate_fn=evaluator,
         emulator_eval_every=config.evaluation.emulator_every,
         plug_in_eval_every=config.evaluation.plug_in_every,

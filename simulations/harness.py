@@ -5,15 +5,17 @@ per context); this module hands the same in-memory model to lm-eval's ``HFLM`` (
 that users can report on any task of the harness, or check our numbers against it. Needs the optional extra:
 ``pip install -e .[lmeval]``.
 
-Tasks are lm-eval task names (the hub datasets they name must be reachable) or paths of task YAML files; in a
-YAML file, ``dataset_kwargs.data_files`` may be relative to the file (``docs/lm-eval/scaleot_synthetic.yaml``
-scores a JSON file next to it, offline).
+Tasks are lm-eval task names (the hub datasets they name must be reachable) or paths of task YAML files, read
+by lm-eval's own loader (``include:``, ``!function``); in a YAML file, ``dataset_kwargs.data_files`` may be
+relative to the file (``docs/lm-eval/scaleot_synthetic.yaml`` scores a JSON file next to it, offline).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from emulator.files import one_line
 from emulator.tasks import MCExample
 
 log = logging.getLogger(__name__)
@@ -30,24 +33,64 @@ METRICS = ("acc", "acc_norm")
 
 
 def harness_tasks(specs: str) -> list[str | dict[str, Any]]:
-    """Comma-separated lm-eval task names and task YAML paths, as ``simple_evaluate`` takes them.
+    """Comma-separated lm-eval task names and task YAML paths, as ``simple_evaluate`` takes them, each one
+    built here (its dataset loaded) so that every problem shows before a model loads.
+
+    Task files are read with lm-eval's own loader, as its CLI reads them (``include:``, ``!function``).
 
     Raises:
-        ValueError: no task named, or a YAML path that does not exist or has no ``task`` key.
+        ValueError: no task named, a task file lm-eval cannot read, a name that is no lm-eval task, or a task
+            whose dataset cannot be loaded (offline, say); one line naming the task or file.
     """
     names = [s.strip() for s in specs.split(",") if s.strip()]
     if not names:
         raise ValueError(f"--harness={specs!r} names no task; give lm-eval task names or task YAML paths")
-    return [_yaml_task(Path(n)) if n.endswith((".yaml", ".yml")) else n for n in names]
+    tasks = [_yaml_task(Path(n)) if n.endswith((".yaml", ".yml")) else n for n in names]
+    manager = task_manager()
+    for name, task in zip(names, tasks, strict=True):
+        if isinstance(task, str) and task not in manager.all_tasks:
+            close = difflib.get_close_matches(task, manager.all_tasks, n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ValueError(
+                f"--harness task {task!r} is not an lm-eval task; {hint}`lm-eval ls tasks` lists them"
+            )
+        try:
+            manager.load([task])
+        except Exception as error:  # lm-eval's and datasets' own errors, of many kinds, as one line
+            raise ValueError(
+                f"--harness task {name}: lm-eval cannot load it: {type(error).__name__}: {one_line(error)}"
+            ) from None
+    return tasks
+
+
+@cache
+def task_manager() -> Any:
+    """lm-eval's ``TaskManager`` (indexing every task takes seconds: once per process).
+
+    Raises:
+        ValueError: lm-eval is not installed.
+    """
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError as error:
+        raise ValueError("--harness needs lm-evaluation-harness: pip install -e '.[lmeval]'") from error
+    return TaskManager()
 
 
 def _yaml_task(path: Path) -> dict[str, Any]:
-    import yaml  # PyYAML: an lm-eval dependency
-
     if not path.is_file():
         raise ValueError(f"--harness task file {path} does not exist")
-    config = yaml.safe_load(path.read_text())
-    if not isinstance(config, dict) or "task" not in config:
+    task_manager()  # lm-eval is installed
+    # lm-eval's own loader, the one its CLI uses for task files: it resolves `include:` and `!function`.
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    try:
+        config = load_yaml(path, resolve_func=True)
+    except Exception as error:  # YAML syntax, a missing include, a !function that does not import
+        raise ValueError(
+            f"--harness task file {path}: lm-eval cannot read it: {type(error).__name__}: {one_line(error)}"
+        ) from None
+    if "task" not in config:
         raise ValueError(f"--harness task file {path} has no 'task' key; see lm-eval's task guide")
     files = config.get("dataset_kwargs", {}).get("data_files")
     if files is not None:  # lm-eval resolves relative paths against the working directory; we use the file's
@@ -123,14 +166,20 @@ def harness_scores(
     Raises:
         ValueError: lm-eval is not installed.
     """
-    try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
-    except ImportError as error:
-        raise ValueError("--harness needs lm-evaluation-harness: pip install -e '.[lmeval]'") from error
+    manager = task_manager()  # lm-eval is installed
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     with torch.no_grad():
-        out = simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=0, log_samples=log_samples)
+        out = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            limit=limit,
+            num_fewshot=0,
+            log_samples=log_samples,
+            task_manager=manager,
+        )
     scores: dict[str, dict[str, Any]] = {
         task: {name.split(",")[0]: value for name, value in metrics.items() if isinstance(value, float)}
         for task, metrics in out["results"].items()
@@ -141,41 +190,48 @@ def harness_scores(
 
 
 def run_model(run_dir: Path, row: str, device: str = "cpu") -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The full model, the emulator with the final adapter, or the plug-in model of a finished run.
+    """The full model, the emulator with the final adapter, or the plug-in model of a finished run; each model
+    is checked against the content hash the run recorded (the name, path or cache entry may hold another by
+    now).
 
     Args:
-        run_dir: a run directory (``config.toml``, ``metrics.json`` naming its emulator bundle, and
-            ``adapter.safetensors`` for the two adapted rows).
+        run_dir: a run directory (``config.toml``, ``metrics.json`` naming its emulator bundle and the hashes,
+            and ``adapter.safetensors`` for the two adapted rows).
         row: one of ``ROWS``.
         device: where to load the model.
 
     Raises:
-        ValueError: an unknown row, or a directory that is not a finished run.
+        ValueError: an unknown row, a directory that is not a finished run, an unreadable run file, or a
+            model or emulator bundle other than the one the run trained with.
     """
     if row not in ROWS:
         raise ValueError(f"--row={row!r} is unknown; use one of {', '.join(ROWS)}")
-    from safetensors.torch import load_file
-
     from emulator.adapters import load_adapter_state_, prepare_adapter_
-    from emulator.bundle import load_emulator
-    from emulator.models import load_model
+    from emulator.bundle import load_emulator, read_manifest
+    from emulator.files import read_tensors
     from emulator.plug_in import plug_in_
     from simulations.config import load_config
+    from simulations.export import load_run_full_model, recorded_bundle
 
     paths = {name: run_dir / name for name in ("config.toml", "metrics.json", "adapter.safetensors")}
-    needed = ["config.toml"] if row == "full" else list(paths)
+    needed = ["config.toml", "metrics.json"] if row == "full" else list(paths)
     missing = [str(paths[name]) for name in needed if not paths[name].is_file()]
     if missing:
         raise ValueError(f"{run_dir} is not a finished run: {', '.join(missing)} missing")
     config = load_config(paths["config.toml"], [])
     if row == "full":
-        return load_model(config.model, device=device)
-    bundle = json.loads(paths["metrics.json"].read_text())["bundle"]["path"]
-    emulator, tokenizer = load_emulator(bundle, device=device)
+        return load_run_full_model(run_dir, config.model, device=device)
+    state = read_tensors(paths["adapter.safetensors"], device=device)  # before any model: fails at once
+    recorded = recorded_bundle(run_dir)
+    if (actual := read_manifest(recorded["path"])["sha256"]) != recorded.get("sha256", actual):
+        raise ValueError(
+            f"the emulator bundle {recorded['path']} now has sha256 {actual[:12]}…, but the run in {run_dir} "
+            f"trained with {recorded['sha256'][:12]}…; it was rebuilt or replaced since"
+        )
+    emulator, tokenizer = load_emulator(recorded["path"], device=device)
     positions = emulator.adapter_positions()
-    state = load_file(str(paths["adapter.safetensors"]), device=device)
     if row == "plug-in":
-        model, tokenizer = load_model(config.model, device=device)
+        model, tokenizer = load_run_full_model(run_dir, config.model, device=device)
         return plug_in_(model, state, sorted(positions), config.adapter), tokenizer
     prepare_adapter_(emulator.model, positions, config.adapter)
     load_adapter_state_(emulator.model, positions, state)

@@ -2,9 +2,12 @@
 
 Every file is written to a temporary name and renamed into place, and each round's checkpoint is a directory
 of its own, renamed into place before ``checkpoint/latest`` points to it: a run killed at any moment leaves
-the previous round's checkpoint and metrics intact. The newest two round checkpoints are kept, each with the
-sha256 of its files; a resume takes the newest one whose files match their hashes and refuses (and keeps,
-renamed ``refused-round-NNNN``) a truncated or tampered one.
+the previous round's checkpoint and metrics intact; a write that fails (a full disk) leaves no temporary and
+ends in one line naming the file (``emulator.files``). The newest two round checkpoints are kept, each with
+the sha256 of its files; a resume takes the round ``latest`` names, never a newer directory, and refuses (and
+keeps, renamed ``refused-round-NNNN``) a truncated or tampered one for the generation before it. A
+directory holds one run: a new run into a non-empty one is refused unless told to overwrite it
+(``prepare_run_dir``).
 
 Run directory:
     config.toml, config.json   the resolved run config
@@ -32,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
+from emulator.files import read_json, read_tensors, remove, remove_temporaries, replacing, write_text
 from emulator.results import MCResult, choice_spread, one_answer_note, privacy_gap
 from simulations.config import read_run_json
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN, final_rows
@@ -42,6 +46,21 @@ from strategies.records import RoundRecord
 _CHECKPOINT = "checkpoint"
 _GENERATIONS = 2  # round checkpoints kept: a damaged newest one still leaves one to resume from
 _HASHES = "hashes.json"
+# What a run writes into its directory (see the module docstring); an overwrite removes exactly these.
+RUN_FILES = (
+    "config.toml",
+    "config.json",
+    "metrics.json",
+    "adapter.safetensors",
+    "report.md",
+    "accuracy.png",
+    _CHECKPOINT,
+    "plug-in",
+    "peft-adapter",
+    "tensorboard",
+)
+_CLI_OPTIONS = "`--resume {run_dir}` to continue its run, or `--overwrite` to replace it"
+_LATEST = "latest"  # names the newest round directory of this run, written after the directory is in place
 _CHECKPOINT_FILES = ("adapter.safetensors", "strategy.safetensors", "state.json")
 
 log = logging.getLogger(__name__)
@@ -101,57 +120,101 @@ class Checkpoint:
     state: RunState
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
-    """Write a safetensors file atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    """Write a safetensors file atomically.
+
+    Raises:
+        FileWriteError: it could not be written (``path`` is then unchanged).
+    """
+    with replacing(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
 
 
 def save_checkpoint(
     run_dir: Path, adapter: Mapping[str, np.ndarray], strategy: Mapping[str, np.ndarray], state: RunState
 ) -> Path:
-    """Save the state after round ``len(state.history)`` with the hashes of its files; only the newest
-    ``_GENERATIONS`` round checkpoints are kept."""
+    """Save the state after round ``len(state.history)`` with the hashes of its files, then point
+    ``checkpoint/latest`` at it; only it and the generation before it are kept.
+
+    Raises:
+        FileWriteError: a file could not be written (the disk is full, say); the round's directory is then
+            not there, no temporary is left and ``latest`` still names the previous round.
+    """
     root = run_dir / _CHECKPOINT
     root.mkdir(parents=True, exist_ok=True)
     name = f"round-{len(state.history):04d}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_tensors(tmp / "adapter.safetensors", adapter)
-    write_tensors(tmp / "strategy.safetensors", strategy)
-    write_text(tmp / "state.json", json.dumps(state.to_dict(), indent=1))
-    hashes = {f: _sha256(tmp / f) for f in _CHECKPOINT_FILES}
-    write_text(tmp / _HASHES, json.dumps(hashes, indent=1))
-    shutil.rmtree(root / name, ignore_errors=True)
-    os.replace(tmp, root / name)
-    write_text(root / "latest", name)
-    for old in _generations(root)[_GENERATIONS:]:
+    with replacing(root / name) as tmp:
+        tmp.mkdir()
+        write_tensors(tmp / "adapter.safetensors", adapter)
+        write_tensors(tmp / "strategy.safetensors", strategy)
+        write_text(tmp / "state.json", json.dumps(state.to_dict(), indent=1))
+        hashes = {f: _sha256(tmp / f) for f in _CHECKPOINT_FILES}
+        write_text(tmp / _HASHES, json.dumps(hashes, indent=1))
+    write_text(root / _LATEST, name)
+    # Kept: this round and the newest before it. A newer one is a round a killed process renamed into
+    # place without naming it latest (this run resumed before it); it is never resumed from.
+    older = [p for p in _generations(root) if int(p.name[6:]) < len(state.history)]
+    for old in [p for p in _generations(root) if p.name != name and p not in older[: _GENERATIONS - 1]]:
         shutil.rmtree(old, ignore_errors=True)
     return root / name
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """The newest intact checkpoint of ``run_dir``.
+def prepare_run_dir(
+    run_dir: Path, resume: Path | None = None, overwrite: bool = False, options: str = _CLI_OPTIONS
+) -> None:
+    """Make ``run_dir`` ready for one run, before anything heavy starts: a directory holds one run only.
 
-    A round checkpoint whose files are missing, unreadable or differ from their recorded sha256 is refused
-    with a warning naming the file and the reason, renamed ``refused-round-NNNN`` (kept for inspection, never
-    overwritten), and the previous generation is used.
+    Continuing the run in ``run_dir`` (``resume`` is ``run_dir``) removes the temporaries a killed process
+    left there. A new run (or a resume written elsewhere) needs ``run_dir`` absent or empty; with
+    ``overwrite`` the files a run writes (``RUN_FILES``) are removed first, anything else is left alone.
+
+    Args:
+        options: how the user says "resume" and "overwrite", for the error message.
+
+    Raises:
+        ValueError: ``run_dir`` already holds files and ``overwrite`` is not set.
+    """
+    if resume is not None and Path(resume).resolve() == run_dir.resolve():
+        left = remove_temporaries(run_dir) + remove_temporaries(run_dir / _CHECKPOINT)
+        if left:
+            log.info("removed %d temporaries a killed run left in %s", len(left), run_dir)
+        return
+    present = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if not present:
+        return
+    if not overwrite:
+        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+        raise ValueError(
+            f"run directory {run_dir} already holds {shown}; a run directory holds one run: give a new "
+            f"directory, or {options.format(run_dir=run_dir)}"
+        )
+    removed = [name for name in present if name in RUN_FILES or (name.startswith(".") and ".tmp-" in name)]
+    for name in removed:
+        remove(run_dir / name)
+    log.warning("overwriting %s: removed %s", run_dir, ", ".join(removed) or "nothing (no run files)")
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` has any round checkpoint (intact or not) or a ``checkpoint/latest``."""
+    root = run_dir / _CHECKPOINT
+    return (root / _LATEST).is_file() or bool(_generations(root))
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """The newest intact checkpoint of ``run_dir``'s own run: the round ``checkpoint/latest`` names, or an
+    earlier generation.
+
+    A round directory newer than ``latest`` is never resumed from (a write that did not finish, or another
+    run's). A round checkpoint whose files are missing, unreadable or differ from their recorded sha256 is
+    refused with a warning naming the file and the reason, renamed ``refused-round-NNNN`` (kept for
+    inspection, never overwritten), and the previous generation is used.
 
     Raises:
         ValueError: ``run_dir`` has no intact checkpoint (the reasons of every refusal are listed).
     """
     root = run_dir / _CHECKPOINT
     refusals = []
-    for directory in _generations(root):
+    for directory in _own_generations(root):
         try:
             return _read_checkpoint(directory)
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -162,9 +225,27 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     raise ValueError(f"{run_dir} has no intact checkpoint to resume from{why}")
 
 
+def _own_generations(root: Path) -> list[Path]:
+    """Round directories up to the one ``latest`` names, newest first (all of them without ``latest``: a run
+    killed before it first wrote it)."""
+    found = _generations(root)
+    latest = root / _LATEST
+    if not latest.is_file():
+        return found
+    name = latest.read_text().strip()
+    if not (name.startswith("round-") and name[6:].isdigit()):
+        raise ValueError(f"{latest} names {name[:40]!r}, not a round-NNNN checkpoint")
+    newer = [p for p in found if int(p.name[6:]) > int(name[6:])]
+    for path in newer:
+        log.warning(
+            "ignoring %s: newer than %s (%s), so not this run's last finished round", path, latest, name
+        )
+    return [p for p in found if p not in newer]
+
+
 def _read_checkpoint(directory: Path) -> Checkpoint:
     hashes_path = directory / _HASHES
-    hashes = json.loads(hashes_path.read_text()) if hashes_path.is_file() else None
+    hashes = read_json(hashes_path) if hashes_path.is_file() else None
     if hashes is None:  # written before checkpoints carried hashes: loaded unverified
         log.warning("checkpoint %s has no %s; its files cannot be verified", directory, _HASHES)
     for name in _CHECKPOINT_FILES:
@@ -178,8 +259,8 @@ def _read_checkpoint(directory: Path) -> Checkpoint:
             )
     state = RunState.from_dict(read_run_json(directory / "state.json"))
     return Checkpoint(
-        adapter=load_file(str(directory / "adapter.safetensors")),
-        strategy=load_file(str(directory / "strategy.safetensors")),
+        adapter=read_tensors(directory / "adapter.safetensors", framework="numpy"),
+        strategy=read_tensors(directory / "strategy.safetensors", framework="numpy"),
         state=state,
     )
 
@@ -343,14 +424,19 @@ def new_figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Save a matplotlib figure as a PNG atomically, and close it."""
+    """Save a matplotlib figure as a PNG atomically, and close it.
+
+    Raises:
+        FileWriteError: it could not be written (``path`` is then unchanged).
+    """
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

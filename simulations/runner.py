@@ -13,13 +13,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from emulator.files import one_line
 from simulations.config import (
     RunConfig,
     SimulationConfig,
     add_set_option,
+    check_resumable,
     load_config,
     read_run_json,
     resume_config,
@@ -27,6 +35,8 @@ from simulations.config import (
 from strategies.records import RunFailedError
 
 log = logging.getLogger(__name__)
+
+RAY_CONNECT_TIMEOUT_S = 10.0  # how long simulation.ray_address gets to accept a connection
 
 # Quiet, offline-friendly defaults; what the user set wins. HF_HUB_OFFLINE stays the user's choice.
 _ENVIRONMENT = {
@@ -46,20 +56,36 @@ _ENVIRONMENT = {
 }
 
 
-def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> dict[str, Any]:
+def simulate(
+    config: RunConfig, run_dir: Path, resume: Path | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Run ``config`` on Ray with one simulated SuperNode per client; return the final metrics.json content.
+
+    Before anything heavy: ``run_dir`` must be empty (or ``resume`` itself, or ``overwrite`` set), and a
+    cluster at ``simulation.ray_address`` must answer. Ray is started here, before Flower's engine, so that
+    a backend that cannot start ends the run before any model loads, and SIGTERM / SIGINT stop the run at any
+    stage (``RunInterrupted``); every file is written atomically, so the directory stays resumable.
 
     Args:
         config: the validated run config.
         run_dir: where outputs go (created if needed).
         resume: a run directory whose newest checkpoint to continue (usually ``run_dir``).
+        overwrite: a new run may replace the run files already in ``run_dir``.
 
     Raises:
-        RunFailedError: nothing was trained, nodes were missing, or the Ray backend failed (the reason says
-            which); metrics.json then has ``status`` ``failed`` or is not finished.
+        ValueError: ``run_dir`` already holds files (see ``outputs.prepare_run_dir``).
+        RunFailedError: nothing was trained, nodes were missing, the Ray cluster did not answer or the Ray
+            backend failed (the reason says which); metrics.json then has ``status`` ``failed`` or is not
+            finished.
+        RunInterrupted: SIGTERM or SIGINT arrived.
         RuntimeError: the run ended without finishing (the ServerApp's own exceptions propagate as they are).
     """
     quiet_environment()
+    from simulations.outputs import prepare_run_dir  # torch: not at import (`scaleot --help` stays fast)
+
+    prepare_run_dir(run_dir, resume, overwrite)
+    if config.simulation.ray_address:
+        check_ray_address(config.simulation.ray_address)
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
@@ -81,14 +107,22 @@ def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> di
         "supported path, see docs/deployment.md)"
     )
     try:
-        run_simulation(
-            server_app=server_app_for(config, run_dir, resume, check=watch.check),
-            client_app=client_app,
-            num_supernodes=config.federation.num_clients,
-            backend_name="ray",
-            backend_config=backend,
-            verbose_logging=False,
-        )
+        start_ray(backend["init_args"], watch)
+        with stop_on_signals(watch):
+            run_simulation(
+                server_app=server_app_for(config, run_dir, resume, check=watch.check),
+                client_app=client_app,
+                num_supernodes=config.federation.num_clients,
+                backend_name="ray",
+                backend_config=backend,
+                verbose_logging=False,
+            )
+    except RunInterrupted as stop:
+        raise RunInterrupted(
+            stop.signum,
+            f"stopped by {stop.name}; {run_dir} keeps every finished round: "
+            f"`scaleot simulate --resume {run_dir}` continues the run",
+        ) from None
     except RunFailedError:
         raise
     except RuntimeError as error:
@@ -98,6 +132,8 @@ def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> di
             raise
         watch.fail(error)  # the ServerApp thread ends at its next step instead of waiting for clients
         raise RunFailedError(f"the simulation backend failed: {watch.reason}") from error
+    finally:
+        _stop_ray()
     metrics = _status(run_dir)
     if metrics.get("status") == "failed":
         raise RunFailedError(metrics.get("reason", f"the run failed; see {run_dir}"))
@@ -106,15 +142,102 @@ def simulate(config: RunConfig, run_dir: Path, resume: Path | None = None) -> di
     return metrics
 
 
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT stopped a run. A ``BaseException``, like ``KeyboardInterrupt``: Flower's engine
+    wraps every ``Exception`` into a logged ``RuntimeError``, and nothing should catch this as a failure."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(message or f"stopped by {self.name}")
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail at once when nothing answers at ``simulation.ray_address``: Ray itself retries "Failed to connect
+    to GCS" for ever, ignoring SIGTERM while it does. ``auto`` is left to Ray (it fails at once without a
+    local cluster).
+
+    Raises:
+        ValueError: the address is not ``auto``, ``host:port`` or ``ray://host:port``.
+        RunFailedError: no TCP connection to it within ``timeout`` seconds.
+    """
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"config simulation.ray_address={address!r} is invalid; it must be auto, host:port or "
+            "ray://host:port"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise RunFailedError(
+            f"no Ray cluster answers at simulation.ray_address={address!r} ({one_line(error)} within "
+            f"{timeout:g} s); start it (`ray start --head --port={port}`) or correct the address"
+        ) from None
+
+
+def start_ray(init_args: dict[str, Any], watch: BackendWatch) -> None:
+    """``ray.init`` with Flower's backend arguments, as Flower's ``RayBackend`` would call it (which then
+    finds Ray running and uses it).
+
+    Raises:
+        RunFailedError: Ray did not start or connect (its reason in the message).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    # As Flower's RayBackend does: workers import the apps with this driver's sys.path.
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PYTHONPATH"] = pythonpath
+    try:
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+    except Exception as error:  # whatever Ray raises, it is the backend's reason, reported in one line
+        watch.fail(error)
+        raise RunFailedError(f"the simulation backend failed: {watch.reason}") from None
+
+
+def _stop_ray() -> None:
+    # Flower's backend shuts Ray down when its loop ends; this covers an end before the loop started.
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@contextmanager
+def stop_on_signals(watch: BackendWatch) -> Iterator[None]:
+    """SIGTERM and SIGINT raise ``RunInterrupted`` in the main thread (which then leaves Flower's engine,
+    stopping Ray) and tell the ServerApp thread to stop at its next step. Installed after ``ray.init``,
+    whose own SIGTERM handler it replaces; a no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        watch.stop(f"stopped by {signal.Signals(signum).name}")
+        raise RunInterrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
 class BackendWatch:
-    """Tells the ServerApp thread that the simulation backend died, so it stops instead of waiting.
+    """Tells the ServerApp thread that the run must stop (the simulation backend died, or a signal came),
+    so it stops instead of waiting.
 
     ``run_simulation`` runs the ServerApp in a thread of its own and raises in the main thread when Ray fails
     (to start, or later); without this the ServerApp would go on loading, scoring and waiting for clients.
     """
 
     def __init__(self) -> None:
-        self.reason = ""
+        self.reason = ""  # the backend's failure
+        self.stopped = ""  # why the run was stopped from outside
 
     def fail(self, error: BaseException) -> None:
         root = error
@@ -122,14 +245,19 @@ class BackendWatch:
             root = root.__cause__
         self.reason = " ".join(f"{type(root).__name__}: {root}".split())[:500]
 
+    def stop(self, reason: str) -> None:
+        self.stopped = reason
+
     def check(self) -> None:
-        """Raise if the backend has failed.
+        """Raise if the backend has failed or the run was stopped.
 
         Raises:
-            RunFailedError: the simulation backend failed (its reason in the message).
+            RunFailedError: the simulation backend failed (its reason in the message), or the run was stopped.
         """
         if self.reason:
             raise RunFailedError(f"the simulation backend failed: {self.reason}")
+        if self.stopped:
+            raise RunFailedError(self.stopped)
 
 
 def _status(run_dir: Path) -> dict[str, Any]:
@@ -192,7 +320,16 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", type=Path, help="continue the run in this directory from its last checkpoint"
     )
-    parser.add_argument("--out", type=Path, help="run directory (default: <output.dir>/<name>-<timestamp>)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="run directory, absent or empty for a new run (default: <output.dir>/<name>-<timestamp>)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="a new run into --out replaces the run files already there (by default it is refused)",
+    )
     parser.add_argument(
         "--bundle-only",
         action="store_true",
@@ -207,7 +344,10 @@ def run_simulate(args: argparse.Namespace) -> None:
     from simulations.server_app import new_run_dir
 
     if args.resume is not None:
+        if args.overwrite:
+            raise ValueError("--overwrite starts a new run over an old one; it does not go with --resume")
         config = resume_config(args.resume, args.overrides)
+        check_resumable(args.resume, config)  # here too: before Ray starts, not after
         run_dir = args.out or args.resume
     elif args.config:
         config = load_config(args.config, args.overrides)
@@ -217,7 +357,7 @@ def run_simulate(args: argparse.Namespace) -> None:
     if args.bundle_only:
         print(prepare_bundle(config))
         return
-    metrics = simulate(config, Path(run_dir), resume=args.resume)
+    metrics = simulate(config, Path(run_dir), resume=args.resume, overwrite=args.overwrite)
     for name, row in metrics["results"].items():
         log.info("%-12s %5.1f ± %.1f %%", name, 100 * row["acc"], 100 * row["acc_stderr"])
 

@@ -89,10 +89,20 @@ def await_nodes(
 
 
 def handshake(
-    grid: Grid, nodes: list[int], emulator_path: str, sha256: str, timeout: float, roster: Roster
+    grid: Grid,
+    nodes: list[int],
+    emulator_path: str,
+    sha256: str,
+    timeout: float,
+    roster: Roster,
+    num_partitions: int = 0,
 ) -> None:
     """Ask ``nodes`` to load the emulator; record each one's partition in ``roster.partitions``, or why it
-    is refused (the handshake failed, or it loaded another emulator) in ``roster.refused``."""
+    is refused in ``roster.refused``: the handshake failed, it loaded another emulator, its partition id is
+    outside ``[0, num_partitions)`` or it splits the data into another number of partitions (when
+    ``num_partitions`` is given), or a connected node already holds its partition (one partition trained
+    twice would count its data double). Replies are taken by node id, so which of two nodes claiming one
+    partition keeps it does not depend on arrival order."""
     if not nodes:
         return
     config = ConfigRecord({wire.EMULATOR_PATH: emulator_path, wire.EMULATOR_SHA256: sha256})
@@ -100,17 +110,25 @@ def handshake(
         Message(RecordDict({wire.CONFIG: config}), dst_node_id=n, message_type=wire.QUERY_EMULATOR_TYPE)
         for n in nodes
     ]
-    answered = set()
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    replies = sorted(grid.send_and_receive(messages, timeout=timeout), key=lambda r: r.metadata.src_node_id)
+    connected = set(grid.get_node_ids())
+    for reply in replies:
         node = reply.metadata.src_node_id
-        answered.add(node)
-        problem, partition = _handshake_problem(reply, sha256)
+        problem, partition = _handshake_problem(reply, sha256, num_partitions)
+        holder = next((n for n, p in roster.partitions.items() if p == partition and n in connected), None)
+        if not problem and holder is not None:
+            problem = (
+                f"reports partition-id {partition}, which node {holder} already holds (check the nodes' "
+                "--node-config partition-id: the same data would be trained twice)"
+            )
         if problem:
             roster.refused[node] = problem
             log.warning("node %d refused: %s", node, problem)
         else:
+            for gone in [n for n, p in roster.partitions.items() if p == partition]:  # disconnected since
+                del roster.partitions[gone]
             roster.partitions[node] = partition
-    for node in sorted(set(nodes) - answered):  # asked again before the next round
+    for node in sorted(set(nodes) - {r.metadata.src_node_id for r in replies}):  # asked again next round
         log.warning(
             "node %d: no emulator handshake reply within %g s (federation.handshake_timeout)", node, timeout
         )
@@ -162,7 +180,7 @@ class SampledGrid:
         return getattr(self._grid, name)
 
 
-def _handshake_problem(reply: Message, sha256: str) -> tuple[str | None, int]:
+def _handshake_problem(reply: Message, sha256: str, num_partitions: int) -> tuple[str | None, int]:
     if reply.has_error():
         return f"emulator handshake failed: {last_line(reply.error.reason)}", -1
     info = reply.content.config_records.get(wire.INFO)
@@ -171,4 +189,13 @@ def _handshake_problem(reply: Message, sha256: str) -> tuple[str | None, int]:
     theirs = info.get(wire.INFO_EMULATOR_SHA256, "")
     if sha256 and theirs != sha256:
         return f"loaded emulator {str(theirs)[:12]}…, the server's is {sha256[:12]}…", -1
-    return None, int(info[wire.INFO_PARTITION_ID])
+    partition, split = int(info[wire.INFO_PARTITION_ID]), info.get(wire.INFO_NUM_PARTITIONS)
+    if num_partitions and not 0 <= partition < num_partitions:
+        return f"reports partition-id {partition}, outside [0, num-partitions={num_partitions})", -1
+    if num_partitions and split is not None and split != num_partitions:
+        return (
+            f"splits the data into num-partitions={split}, the run into {num_partitions} "
+            "(federation.num_clients): its partition would overlap others",
+            -1,
+        )
+    return None, partition

@@ -125,8 +125,10 @@ class OffsiteTuning:
     Contract with the client:
     - ``query.emulator`` (once per node): config ``emulator-path`` (the bundle the server wrote; a node's own
       ``emulator-path`` node config takes precedence) and ``emulator-sha256``. The client loads the emulator
-      bundle (never the full model) and replies with a ConfigRecord ``info`` holding ``partition-id`` and the
-      ``emulator-sha256`` of what it loaded. Nodes that fail or load another emulator are never sampled.
+      bundle (never the full model) and replies with a ConfigRecord ``info`` holding ``partition-id``,
+      ``num-partitions`` and the ``emulator-sha256`` of what it loaded. Nodes that fail, load another
+      emulator, report a partition outside the run's or one another connected node holds are never sampled
+      (the reason is in the round's rejections).
     - ``train`` (each round, sampled nodes only): ArrayRecord ``arrays`` = the global adapter (fp32, keys
       ``"{original block index}.{name in block}"``; nothing else crosses the wire), ConfigRecord ``config`` =
       the training settings (``strategies.wire.ClientSettings``) plus ``server-round`` (and ``proximal-mu``).
@@ -140,6 +142,9 @@ class OffsiteTuning:
         emulator_sha256: the bundle manifest's hash; a node reporting another is refused ("" skips the check).
         seed: run seed; sampling depends on (seed, round).
         fraction_train, min_train_nodes, min_available_nodes: as in Flower's FedAvg; sampling is done here.
+        num_partitions: how many partitions the data is split into; a node reporting a partition id outside
+            ``[0, num_partitions)``, another count, or a partition a connected node holds is refused at the
+            handshake with its reason (0: not checked).
         evaluate_fn: server-side evaluation ``(round, adapter, with_emulator) -> metrics``; None skips it.
         emulator_eval_every: evaluate the emulator fine-tuned every k rounds and in the last (0: last only).
         plug_in_eval_every: evaluate plug-in every k rounds, in the last and with every emulator evaluation
@@ -169,6 +174,7 @@ class OffsiteTuning:
         fraction_train: float = 1.0,
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
+        num_partitions: int = 0,
         evaluate_fn: EvaluateFn | None = None,
         emulator_eval_every: int = 1,
         plug_in_eval_every: int = 1,
@@ -189,6 +195,7 @@ class OffsiteTuning:
         self.sample_fraction = fraction_train
         self.sample_min_nodes = min_train_nodes
         self.wait_for_nodes = min_available_nodes
+        self.num_partitions = num_partitions
         self.evaluate_fn = evaluate_fn
         self.emulator_eval_every = emulator_eval_every
         self.plug_in_eval_every = plug_in_eval_every
@@ -263,7 +270,15 @@ class OffsiteTuning:
         wait_for = self.wait_for_nodes if flower_round == 1 else self.sample_min_nodes
         connected = await_nodes(grid, wait_for, self.node_timeout, self.proceed_without_nodes, self.check)
         new = [n for n in connected if n not in self.partitions and n not in self.refused]
-        handshake(grid, new, self.emulator_path, self.emulator_sha256, self.handshake_timeout, self)
+        handshake(
+            grid,
+            new,
+            self.emulator_path,
+            self.emulator_sha256,
+            self.handshake_timeout,
+            self,
+            self.num_partitions,
+        )
         record.rejections += [f"node {n}: {self.refused[n]}" for n in new if n in self.refused]
         k = max(int(len(connected) * self.sample_fraction), self.sample_min_nodes)
         chosen = choose_nodes(self.partitions, connected, k, self.seed, server_round)

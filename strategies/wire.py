@@ -205,6 +205,7 @@ NODE_NUM_THREADS = wire_key("", "num_threads")
 
 # --- info keys (client -> server) ----------------------------------------------------------------------
 INFO_PARTITION_ID = NODE_PARTITION_ID  # handshake: the partition this node holds
+INFO_NUM_PARTITIONS = NODE_NUM_PARTITIONS  # handshake: into how many partitions it splits the data
 INFO_EMULATOR_SHA256 = EMULATOR_SHA256  # handshake: the hash of the bundle the node loaded
 INFO_WORKER = "worker"  # train reply: where the client ran (Ray node id in a simulation, else host name)
 

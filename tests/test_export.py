@@ -16,7 +16,7 @@ from emulator.adapters import adapter_layers, adapter_state, prepare_adapter_
 from emulator.architectures import num_layers
 from emulator.config import AdapterConfig
 from emulator.export import PEFT_ADAPTER_DIR, PLUG_IN_DIR, export_plug_in
-from emulator.models import TINY_CONFIGS
+from emulator.models import TINY_CONFIGS, model_fingerprint
 from emulator.plug_in import plug_in_
 
 _TEXT = "Question: how do you open a jar?\nAnswer: twist the lid"
@@ -95,6 +95,8 @@ def test_scaleot_export_writes_both_artefacts_of_a_run_dir(tmp_path, capsys):
     run_dir.mkdir()
     (run_dir / "config.toml").write_text(config.to_toml())
     save_file(state, str(run_dir / "adapter.safetensors"))
+    recorded = {"bundle": {"model_sha256": model_fingerprint(tiny("tiny-gpt2")[0])}}  # what the run hashed
+    (run_dir / "metrics.json").write_text(json.dumps(recorded))
 
     assert main(["export", str(run_dir), "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.splitlines() == [

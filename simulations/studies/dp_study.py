@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_dir = args.out / label.replace("=", "").replace(" ", "-")
         metrics_path = run_dir / "metrics.json"
         done = metrics_path.is_file() and read_run_json(metrics_path).get("status") == "finished"
-        runs[label] = read_run_json(metrics_path) if done else simulate(config, run_dir)
+        resume = run_dir if (run_dir / "config.json").is_file() else None  # a run stopped earlier continues
+        runs[label] = read_run_json(metrics_path) if done else simulate(config, run_dir, resume=resume)
         log.info("%s done", label)
     table = markdown(runs, args.clipping_norm)
     (args.out / "dp.md").write_text(table)

@@ -152,7 +152,7 @@ def _run_child(args: argparse.Namespace) -> None:
     args.child.mkdir(parents=True, exist_ok=True)
     sampler = _RoundSampler(args.child / "rss.json")
     logging.getLogger("strategies.offsite").addHandler(sampler)
-    metrics = simulate(config, args.child)
+    metrics = simulate(config, args.child, overwrite=True)  # each child measures afresh
     timing = {r["round"]: {k: r[k] for k in ("seconds", "eval_seconds")} for r in metrics["rounds"]}
     rows = [row | timing[row["round"]] for row in sampler.rows]
     result = {

@@ -1,0 +1,141 @@
+"""The file boundary: every file a user or an earlier run hands us is read here, every file a run keeps is
+written here.
+
+A read that fails ends in one ``ValueError`` line naming the file and what is wrong with it (missing,
+unreadable, truncated, not JSON, not a safetensors file); callers add what to do about it. A write goes to a
+temporary name beside its target and is renamed into place (``replacing``): a failure, a full disk say,
+leaves the previous target as it was and no temporary behind, and ends in one ``FileWriteError`` line naming
+the target and the reason. Torch-free, so configs and run files can be read without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from safetensors import SafetensorError
+
+
+class FileWriteError(OSError):
+    """A file or directory could not be written; ``str()`` is one line naming it and the reason."""
+
+
+def read_json(path: str | Path) -> Any:
+    """The parsed JSON of ``path``.
+
+    Raises:
+        ValueError: the file is missing or unreadable, or is not valid JSON (truncated, say); one line that
+            names the file.
+    """
+    path = Path(path)
+    text = _read(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}; "
+            f"{len(text)} characters): truncated or edited"
+        ) from None
+
+
+def read_tensors(
+    path: str | Path, framework: Literal["pt", "numpy"] = "pt", device: str = "cpu"
+) -> dict[str, Any]:
+    """The tensors of a safetensors file, as torch tensors on ``device`` or as NumPy arrays.
+
+    Raises:
+        ValueError: the file is missing, unreadable or not a complete safetensors file; one line that names
+            the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    try:
+        if framework == "numpy":
+            from safetensors.numpy import load_file as load_numpy
+
+            return load_numpy(str(path))
+        from safetensors.torch import load_file as load_torch
+
+        return load_torch(str(path), device=device)
+    except (SafetensorError, OSError) as error:
+        reason = one_line(error)
+        raise ValueError(f"{path} is not a readable safetensors file ({reason}): truncated?") from None
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically.
+
+    Raises:
+        FileWriteError: it could not be written (``path`` is then unchanged).
+    """
+    with replacing(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` to write a file or a directory into; renamed onto ``target`` (an
+    existing directory there is removed first) when the block ends without error.
+
+    On any error the temporary is removed; an ``OSError`` or a safetensors write error (the disk filled, a
+    permission) becomes a ``FileWriteError`` naming ``target``, a failure inside a nested ``replacing``
+    keeps the innermost file's name.
+
+    Raises:
+        FileWriteError: the temporary could not be written or renamed.
+    """
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and target.is_dir():
+            shutil.rmtree(target)  # os.replace cannot replace a non-empty directory
+        os.replace(tmp, target)
+    except BaseException as error:
+        remove(tmp)
+        if isinstance(error, FileWriteError):  # from a nested write: named where it was to end up
+            raise FileWriteError(str(error).replace(str(tmp), str(target))) from None
+        if isinstance(error, (OSError, SafetensorError)):
+            raise FileWriteError(f"cannot write {target}: {one_line(error)}") from None
+        raise
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_temporaries(directory: Path) -> list[Path]:
+    """Remove what ``replacing`` leaves when its process is killed mid-write (``.NAME.tmp-PID``) from
+    ``directory``; returns what was removed."""
+    found = sorted(directory.glob(".*.tmp-*")) if directory.is_dir() else []
+    for path in found:
+        remove(path)
+    return found
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (an ``OSError``'s reason without the errno prefix)."""
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} cannot be read: {one_line(error)}") from None

@@ -1,0 +1,142 @@
+"""No hang: a Ray cluster address with nothing listening fails at once in one line, and SIGTERM / SIGINT stop
+a run at any stage, leaving a directory `--resume` continues (issue 23 §5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simulations.cli import main
+
+CONFIG = "simulations/configs/tiny.toml"
+ROOT = Path(__file__).resolve().parent.parent
+SCALEOT = Path(sys.executable).parent / "scaleot"
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound once by the OS, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_ray_address_with_nothing_listening_fails_at_once_before_any_model_loads(tmp_path, capsys):
+    port = free_port()
+    run_dir = tmp_path / "run"
+    began = time.monotonic()
+    code = main(
+        [
+            "simulate",
+            "--config",
+            CONFIG,
+            "--set",
+            f"simulation.ray_address='127.0.0.1:{port}'",
+            "--out",
+            str(run_dir),
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == [
+        f"error: no Ray cluster answers at simulation.ray_address='127.0.0.1:{port}' (Connection refused "
+        f"within 10 s); start it (`ray start --head --port={port}`) or correct the address"
+    ], err
+    assert time.monotonic() - began < 20  # it retried for over ten minutes
+    assert not run_dir.exists()  # nothing loaded, nothing written
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+    assert (
+        main(
+            ["simulate", "--config", CONFIG, "--set", "simulation.ray_address='head'", "--out", str(run_dir)]
+        )
+        == 2
+    )
+    assert "simulation.ray_address='head' is invalid; it must be auto, host:port or ray://host:port" in (
+        capsys.readouterr().err
+    )
+
+
+def start(run_dir: Path, log: Path, *args: str) -> subprocess.Popen:
+    """`scaleot simulate` in a session of its own (so every Ray process it leaves can be stopped)."""
+    return subprocess.Popen(
+        [str(SCALEOT), "simulate", *args],
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def stop_session(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def wait_for(proc: subprocess.Popen, log: Path, ready, what: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the run ended before {what}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.2)
+
+
+def stopped_by(proc: subprocess.Popen, log: Path, signum: int, run_dir: Path) -> None:
+    """Send ``signum`` to the run's own process only; it must end at once with its one line."""
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    try:
+        code = proc.wait(timeout=30)
+    finally:
+        stop_session(proc)
+    assert time.monotonic() - sent < 30
+    name = signal.Signals(signum).name
+    last = log.read_text().strip().splitlines()[-1]
+    assert code == 128 + signum, log.read_text()[-3000:]
+    assert last == (
+        f"error: stopped by {name}; {run_dir} keeps every finished round: "
+        f"`scaleot simulate --resume {run_dir}` continues the run"
+    )
+
+
+@pytest.mark.slow
+def test_sigint_while_loading_and_sigterm_mid_round_stop_at_once_and_the_run_resumes_to_its_end(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--config", CONFIG, "--set", "federation.rounds=2", "--out", str(run_dir)]
+
+    # SIGINT while the model owner is still preparing (before any round): resumed, it starts round 1 again.
+    log = tmp_path / "first.log"
+    proc = start(run_dir, log, *args)
+    wait_for(proc, log, lambda: (run_dir / "config.json").is_file(), "the run directory's config")
+    stopped_by(proc, log, signal.SIGINT, run_dir)
+    assert not (run_dir / "checkpoint").exists()
+
+    # Resumed, then SIGTERM while round 2 is under way.
+    log = tmp_path / "second.log"
+    proc = start(run_dir, log, "--resume", str(run_dir))
+    wait_for(proc, log, lambda: (run_dir / "checkpoint" / "latest").is_file(), "round 1's checkpoint")
+    stopped_by(proc, log, signal.SIGTERM, run_dir)
+    assert (run_dir / "checkpoint" / "latest").read_text() == "round-0001"
+
+    # Resumed again, it finishes from round 1's checkpoint.
+    log = tmp_path / "third.log"
+    proc = start(run_dir, log, "--resume", str(run_dir))
+    try:
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        stop_session(proc)
+    assert "resuming" in log.read_text() and "after round 1" in log.read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and [r["round"] for r in metrics["rounds"]] == [1, 2]
