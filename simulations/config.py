@@ -410,6 +410,7 @@ def resume_config(run_dir: Path, overrides: Sequence[str]) -> RunConfig:
 # config-file keys. Flower accepts only --run-config keys that pyproject declares; pyproject declares the main
 # experiment keys too (value "" there: keep the config file's), and `overrides` reaches every other key.
 RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME, RUN_OVERRIDES = "config-file", "run-dir", "resume", "overrides"
+RUN_OVERWRITE = "overwrite"  # read by the ServerApp (simulations.server_app.run_dir_of), not a config key
 UNSET = ""  # a declared experiment key left at this value keeps the config file's value
 
 
@@ -418,7 +419,8 @@ def from_flower_run_config(run_config: Mapping[str, Any], root: Path) -> tuple[R
 
     Keys: ``config-file`` (relative to ``root``), ``run-dir`` ("" for a new directory), ``resume`` (continue
     ``run-dir`` from its checkpoint, with the config it was started with: ``config-file`` is then ignored and
-    only ``RESUMABLE`` keys may change), ``overrides`` (space-separated ``section.key=value``, shell-quoted).
+    only ``RESUMABLE`` keys may change), ``overrides`` (space-separated ``section.key=value``, shell-quoted),
+    ``overwrite`` (left to the ServerApp: a new run may replace the run in ``run-dir``).
     Any other key is a dotted config key (``federation.rounds``): unless it is ``""`` it overrides the config
     file, and ``overrides`` comes last.
 
@@ -433,7 +435,7 @@ def from_flower_run_config(run_config: Mapping[str, Any], root: Path) -> tuple[R
     overrides = [
         f"{key}={tomli_w.dumps({'v': value})[4:].strip()}"
         for key, value in run_config.items()
-        if key not in (RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME, RUN_OVERRIDES) and value != UNSET
+        if key not in (RUN_CONFIG_FILE, RUN_DIR, RUN_RESUME, RUN_OVERRIDES, RUN_OVERWRITE) and value != UNSET
     ]
     overrides += shlex.split(
         parse_typed(run_config.get(RUN_OVERRIDES, ""), str, f"run config {RUN_OVERRIDES}")

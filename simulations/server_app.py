@@ -1,7 +1,8 @@
 """The model owner's Flower ServerApp.
 
 ``app`` is the component ``flwr run`` loads (pyproject ``[tool.flwr.app.components]``): it reads the run
-config (``config-file`` plus dotted overrides, optional ``run-dir`` and ``resume``). ``server_app_for``
+config (``config-file`` plus dotted overrides, optional ``run-dir``, ``resume`` and ``overwrite``: a
+``run-dir`` holding a run is refused unless resumed or overwritten). ``server_app_for``
 builds the same app around an already parsed config, for ``run_simulation`` (whose run config is empty).
 """
 
@@ -9,30 +10,49 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from simulations.config import RunConfig, from_flower_run_config
+from emulator.config_parse import parse_typed
+from simulations.config import RUN_OVERWRITE, RunConfig, from_flower_run_config
 from simulations.federation import run_federation
+from simulations.outputs import prepare_run_dir
 
 log = logging.getLogger(__name__)
 app = ServerApp()
 _ROOT = Path(__file__).resolve().parent.parent  # the app directory (the repository, or the unpacked FAB)
 _PACKAGES = ("simulations", "strategies", "clients", "emulator")
+_FLWR_OPTIONS = '--run-config "resume=true" to continue its run, or "overwrite=true" to replace it'
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """`flwr run` entry point: parse the run config once, then run the federation."""
     _ensure_logging()
-    config, run_dir, resume = from_flower_run_config(context.run_config, _ROOT)
-    directory = Path(run_dir) if run_dir else new_run_dir(config)
+    config, directory, resume = run_dir_of(context.run_config)
     log.info("ServerApp from %s, run directory %s", _ROOT, directory)
     _warn_backend_keys(config)
     run_federation(grid, config, directory, resume=directory if resume else None)
+
+
+def run_dir_of(run_config: Mapping[str, Any]) -> tuple[RunConfig, Path, bool]:
+    """The parsed run config, the run directory (made ready for one run) and the resume flag.
+
+    Raises:
+        ValueError: the run config is invalid, ``overwrite`` goes with ``resume``, or ``run-dir`` already
+            holds files of a run and neither ``resume`` nor ``overwrite`` is set.
+    """
+    overwrite = parse_typed(run_config.get(RUN_OVERWRITE, False), bool, f"run config {RUN_OVERWRITE}")
+    config, run_dir, resume = from_flower_run_config(run_config, _ROOT)
+    if overwrite and resume:
+        raise ValueError("run config overwrite=true starts a new run over an old one; not with resume=true")
+    directory = Path(run_dir) if run_dir else new_run_dir(config)
+    prepare_run_dir(directory, directory if resume else None, overwrite, options=_FLWR_OPTIONS)
+    return config, directory, resume
 
 
 def _warn_backend_keys(config: RunConfig) -> None:

@@ -74,6 +74,28 @@ def test_a_new_run_into_a_directory_holding_a_run_is_refused_in_one_line_before_
     assert "--overwrite starts a new run over an old one; it does not go with --resume" in error_line(capsys)
 
 
+def test_flwr_run_into_a_run_dir_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+
+    from simulations.server_app import run_dir_of
+
+    def run_config(args: str) -> dict:  # what the ServerApp gets for `flwr run . --run-config ARGS`
+        return get_fused_config_from_dir(Path.cwd(), parse_config_args([args]))
+
+    run_dir = tmp_path / "D"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match=r'or "overwrite=true" to replace it$'):
+        run_dir_of(run_config(f"run-dir='{run_dir}'"))
+    with pytest.raises(ValueError, match="already holds metrics.json"):
+        run_dir_of(run_config(f"run-dir='{run_dir}' overwrite='false'"))  # a string, read as it says
+    (run_dir / "config.toml").write_text(Path(CONFIG).read_text())
+    with pytest.raises(ValueError, match="overwrite=true starts a new run over an old one; not with resume"):
+        run_dir_of(run_config(f"run-dir='{run_dir}' overwrite=true resume=true"))
+    _, directory, resume = run_dir_of(run_config(f"run-dir='{run_dir}' overwrite=true"))
+    assert (directory, resume) == (run_dir, False) and list(run_dir.iterdir()) == []
+
+
 def test_overwrite_removes_the_old_runs_files_and_nothing_else(tmp_path):
     run_dir = tmp_path / "D"
     save_checkpoint(run_dir, arrays(1.0), {}, state(2))
