@@ -43,6 +43,28 @@ def read_json(path: str | Path) -> Any:
         ) from None
 
 
+def read_jsonl(path: str | Path) -> list[Any]:
+    """The records of a JSON Lines file (blank lines skipped); ``[]`` when it does not exist.
+
+    Raises:
+        ValueError: a line is not valid JSON (a write cut short, say); one line naming the file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(_read(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} line {number} is not valid JSON ({error.msg}): cut short or edited; remove that line"
+            ) from None
+    return records
+
+
 def read_tensors(
     path: str | Path, framework: Literal["pt", "numpy"] = "pt", device: str = "cpu"
 ) -> dict[str, Any]:

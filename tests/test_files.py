@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors import SafetensorError
 
-from emulator.files import FileWriteError, read_json, read_tensors, replacing
+from emulator.files import FileWriteError, read_json, read_jsonl, read_tensors, replacing
 from emulator.results import MCResult
 from simulations import outputs
 from simulations.config import read_run_json
@@ -90,6 +90,14 @@ def test_a_truncated_json_file_is_one_line_naming_it(tmp_path):
     assert message.startswith(f"{path} is not valid JSON (") and "\n" not in message
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'nope.json'} does not exist$"):
         read_json(tmp_path / "nope.json")
+
+
+def test_a_results_file_whose_last_append_was_cut_short_names_the_line(tmp_path):
+    path = tmp_path / "transfer.jsonl"
+    path.write_text('{"spec": "method=full"}\n\n{"spec": "method=sca')  # a study killed mid-append
+    with pytest.raises(ValueError, match=rf"^{path} line 3 is not valid JSON \(.*\): cut short or edited"):
+        read_jsonl(path)
+    assert read_jsonl(tmp_path / "absent.jsonl") == []
 
 
 def test_a_truncated_safetensors_file_is_one_line_naming_it(tmp_path):

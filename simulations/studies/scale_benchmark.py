@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from emulator.files import read_json
 from simulations.config import add_set_option
 
 log = logging.getLogger("scaleot.scale_benchmark")
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("%s: %s", label, " ".join(overrides + args.overrides))
         run_dir = out / label.replace(" ", "-").replace("/", "-per-")
         subprocess.run([*child, "--child", str(run_dir)], check=True)
-        results[label] = json.loads((run_dir / "scale.json").read_text())
+        results[label] = read_json(run_dir / "scale.json")
     (out / "scale.json").write_text(json.dumps(results, indent=2))
     print(report(results))
     log.info("runs and JSON in %s", out)

@@ -29,6 +29,7 @@ from typing import Any
 
 from emulator.bundle import load_emulator
 from emulator.evaluation import multiple_choice_accuracy
+from emulator.files import read_json
 from emulator.models import load_model
 from emulator.probe import ProbeConfig, steal_
 from emulator.results import MCResult, paired_difference
@@ -148,7 +149,7 @@ def _merged(path: Path, rows: list[dict[str, Any]], probe: ProbeConfig, n: int) 
     # Rows of other methods from an earlier run of the same probe on the same test examples are kept.
     if not path.is_file():
         return rows
-    old = json.loads(path.read_text())
+    old = read_json(path)
     if old.get("probe") != vars(probe) or old.get("test_examples") != n:
         return rows
     new = {r["method"] for r in rows}
@@ -160,7 +161,7 @@ def stolen_accuracies(out: Path) -> dict[str, list[float]]:
     path = out / STEAL_FILE
     if not path.is_file():
         return {}
-    return {r["method"]: r["stolen_zs"] for r in json.loads(path.read_text())["rows"]}
+    return {r["method"]: r["stolen_zs"] for r in read_json(path)["rows"]}
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from emulator.config import AdapterConfig, EmulatorConfig, corpus_exclusion
 from emulator.config_parse import parse_assignment, parse_typed
 from emulator.data import training_batches
 from emulator.evaluation import multiple_choice_accuracy
+from emulator.files import read_json, read_jsonl, write_text
 from emulator.models import load_model, model_fingerprint
 from emulator.plug_in import plug_in_
 from emulator.results import MCResult, paired_difference, privacy_gap
@@ -157,14 +158,13 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model(args.model, device=args.device)
     # Reused only for the same model content, task and seed; anything else is scored again.
     key = {"model": model_fingerprint(model), "task": args.task, "seed": args.seed}
-    saved = json.loads(zs_path.read_text()) if zs_path.exists() else {}
+    saved = read_json(zs_path) if zs_path.exists() else {}
     if saved.get("key") != key:
         saved = {"key": key, "result": _as_dict(multiple_choice_accuracy(model, tokenizer, task.test))}
-        zs_path.write_text(json.dumps(saved))
+        write_text(zs_path, json.dumps(saved))
     full_zs = saved["result"]
     del model
-    lines = args.out.read_text().splitlines() if args.out.exists() else []
-    done = {json.loads(line).get("spec") for line in lines if line.strip()}
+    done = {row.get("spec") for row in read_jsonl(args.out)}
     for text in args.setting:
         if text in done:
             log.info("%s: already in %s, skipped", text, args.out)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         log.info("%s done in %.0f s: plug-in %.3f", row["setting"], row["wall_s"], row["plug_in"]["acc"])
-    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(args.out)
     print(table(rows, full_zs))
 
 
