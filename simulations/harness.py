@@ -223,6 +223,8 @@ def run_model(run_dir: Path, row: str, device: str = "cpu") -> tuple[nn.Module, 
         return load_run_full_model(run_dir, config.model, device=device)
     state = read_tensors(paths["adapter.safetensors"], device=device)  # before any model: fails at once
     recorded = recorded_bundle(run_dir)
+    if "path" not in recorded:
+        raise ValueError(f"{paths['metrics.json']} records no emulator bundle: not a finished run")
     if (actual := read_manifest(recorded["path"])["sha256"]) != recorded.get("sha256", actual):
         raise ValueError(
             f"the emulator bundle {recorded['path']} now has sha256 {actual[:12]}…, but the run in {run_dir} "
