@@ -125,7 +125,7 @@ def test_declared_experiment_keys_override_the_config_file_and_unset_ones_keep_i
 
 def test_every_declared_experiment_key_is_a_run_config_key():
     declared = flower_run_config()
-    for key in set(declared) - {"config-file", "overrides", "run-dir", "resume"}:
+    for key in set(declared) - {"config-file", "overrides", "run-dir", "resume", "overwrite"}:
         node = RunConfig()
         for part in key.split("."):
             assert hasattr(node, part), f"pyproject [tool.flwr.app.config] declares unknown key {key}"
