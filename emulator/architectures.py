@@ -145,14 +145,24 @@ def set_layers_(model: nn.Module, layers: list[nn.Module], source_index: list[in
     parent_path, _, name = arch.layers.rpartition(".")
     parent = model.get_submodule(parent_path)
     setattr(parent, name, nn.ModuleList(layers))
+    set_layer_config_(model, layer_config(model), source_index)
     config = model.config
-    for key in arch.per_layer_config:
-        values = getattr(config, key, None)
-        if values is not None:
-            setattr(config, key, [values[i] for i in source_index])
     # Llama-style models iterate over layers[: config.num_hidden_layers]; GPT-2 keeps n_layer.
     if hasattr(config, "num_hidden_layers"):
         config.num_hidden_layers = len(layers)
+
+
+def layer_config(model: nn.Module) -> dict[str, list]:
+    """The model's per-layer config lists (``Architecture.per_layer_config``), copied: ``{key: values}``."""
+    keys = architecture_of(model).per_layer_config
+    return {k: list(v) for k in keys if (v := getattr(model.config, k, None)) is not None}
+
+
+def set_layer_config_(model: nn.Module, values: dict[str, list], source_index: list[int]) -> None:
+    """Set each per-layer config list of ``model`` to ``values[key]`` re-indexed: position p gets
+    ``values[key][source_index[p]]`` (the attention type, rope flag, ... of the block standing there)."""
+    for key, per_layer in values.items():
+        setattr(model.config, key, [per_layer[i] for i in source_index])
 
 
 def attention_projections(model: nn.Module, block: nn.Module) -> dict[str, nn.Module]:

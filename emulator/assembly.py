@@ -8,6 +8,9 @@ corpus; ``full`` is the full model itself (the ``full`` fine-tuning baseline). `
 issue 9) runs ScaleOT's stage 1 and drops the blocks ScaleOT would replace, without harmonizers, so a gain
 over LayerDrop can be split between the ranking and the harmonizers. SRC applies to kept middle blocks of
 every method when ``rank_keep < 1`` (``src_layers='least-important'``: the lowest-scored ``src_share``).
+``crash`` (CRaSh's layer sharing, ``emulator.layer_sharing``) removes the blocks uniform LayerDrop removes and
+fills each place with a copy of its nearest kept middle block; ``share_replaced`` puts such a copy before each
+ScaleOT harmonizer. Copies are made again after SRC, so a copy is always its source as shipped.
 
 Ours: the emulator owns every tensor it holds (embeddings and LM head included, copied): it is an independent
 artefact that gets shipped, moved, fine-tuned and saved, and an alias into the model owner's full model would
@@ -24,7 +27,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -34,12 +37,16 @@ from emulator.blocks import lowest_per_group, middle_blocks, replacement_groups,
 from emulator.config import EmulatorConfig
 from emulator.distillation import distill_middle_
 from emulator.layer_replace import dynamic_layer_replace
+from emulator.layer_sharing import SharedBlockHarmonizer, share_blocks_, share_plan
 from emulator.rank_compression import compress_attention_
-from emulator.surgery import count_parameters, frozen_view, reindex_attention_
+from emulator.surgery import count_parameters, frozen_view, reindex_attention_, shared_copy
 
 log = logging.getLogger(__name__)
 
-LayerKind = Literal["adapter", "original", "compressed", "harmonizer", "dropped"]
+LayerKind = Literal[
+    "adapter", "original", "compressed", "harmonizer", "shared", "shared+harmonizer", "dropped"
+]
+_KINDS: tuple[LayerKind, ...] = get_args(LayerKind)
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,13 @@ class LayerEntry:
 
     Attributes:
         original: index of the block in the full model.
-        kind: ``adapter``, ``original`` (kept as is), ``compressed`` (SRC), ``harmonizer`` (replaced) or
+        kind: ``adapter``, ``original`` (kept as is), ``compressed`` (SRC), ``harmonizer`` (replaced),
+            ``shared`` (a copy of block ``source``), ``shared+harmonizer`` (that copy, then the harmonizer) or
             ``dropped``.
         position: index in the emulator's layer list; None for a dropped block.
         ranks: kept rank per attention projection path (``compressed`` only).
         factorized: projections stored as ``LowRankLinear`` factors (``compressed`` only).
+        source: original index of the kept block whose copy stands here (``shared*`` only).
     """
 
     original: int
@@ -60,15 +69,18 @@ class LayerEntry:
     position: int | None
     ranks: dict[str, int] = field(default_factory=dict)
     factorized: tuple[str, ...] = ()
+    source: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        values = {
             "original": self.original,
             "kind": self.kind,
             "position": self.position,
             "ranks": dict(self.ranks),
             "factorized": list(self.factorized),
         }
+        # Written only where set: the manifests of methods without sharing stay as they were.
+        return values | ({"source": self.source} if self.source is not None else {})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LayerEntry:
@@ -78,6 +90,7 @@ class LayerEntry:
             position=values["position"],
             ranks={k: int(v) for k, v in values.get("ranks", {}).items()},
             factorized=tuple(values.get("factorized", ())),
+            source=None if values.get("source") is None else int(values["source"]),
         )
 
 
@@ -126,13 +139,17 @@ class Emulator:
         return f"{counts}; {self.num_parameters:,} of {self.full_num_parameters:,} parameters ({share:.1%})"
 
     def describe(self) -> str:
-        """One line per kind (``adapter: 0 1 28 29``, ``harmonizer: 5 9``, ...) and one for the sizes."""
+        """One line per kind (``adapter: 0 1 28 29``, ``harmonizer: 5 9``, ``shared: 3←2``, ...) and one for
+        the sizes."""
         lines = []
-        for kind in ("adapter", "original", "compressed", "harmonizer", "dropped"):
+        for kind in _KINDS:
             entries = [e for e in self.layer_map if e.kind == kind]
             if entries:
                 ranks = _rank_summary(entries[0]) if kind == "compressed" else ""
-                lines.append(f"{kind}{ranks}: {' '.join(str(e.original) for e in entries)}")
+                blocks = [
+                    f"{e.original}←{e.source}" if e.source is not None else str(e.original) for e in entries
+                ]
+                lines.append(f"{kind}{ranks}: {' '.join(blocks)}")
         share = self.num_parameters / max(self.full_num_parameters, 1)
         lines.append(f"parameters: {self.num_parameters:,} / {self.full_num_parameters:,} ({share:.1%})")
         return "\n".join(lines)
@@ -170,7 +187,8 @@ def build_emulator(
         The emulator, frozen, on the model's device.
 
     Raises:
-        ValueError: the adapters leave no middle block, or ``alpha`` replaces nothing per group (scaleot).
+        ValueError: the adapters leave no middle block, ``alpha`` replaces nothing per group (scaleot), or
+            layer sharing is asked for but ``alpha`` keeps no middle block to copy.
     """
     start = time.perf_counter()
     num_layers = len(get_layers(model))
@@ -194,7 +212,8 @@ def build_emulator(
         if config.method == "scaleot":
             harmonizers = {i: stage1.harmonizers[i] for i in replaced}
     kept = _kept_middle(config, middle, replaced)
-    emulator_model, layer_map = _assemble(model, config, middle, kept, harmonizers)
+    sources = share_plan(config, middle, kept, replaced)
+    emulator_model, layer_map = _assemble(model, config, middle, kept, harmonizers, sources)
     if config.method == "uniform+distill":
         positions = [e.position for e in layer_map if e.kind == "original"]
         curves = (
@@ -204,6 +223,7 @@ def build_emulator(
             [],
         )
     layer_map = _compress_(emulator_model, layer_map, config, scores)
+    share_blocks_(emulator_model, layer_map)
     emulator = Emulator(
         model=emulator_model,
         config=config,
@@ -256,6 +276,7 @@ def derive_emulator(base: Emulator, config: EmulatorConfig) -> Emulator:
     if config.method == "importance-drop":
         layer_map = _drop_harmonizers_(model, layer_map)
     layer_map = _compress_(model, layer_map, config, base.scores)
+    share_blocks_(model, layer_map)
     return Emulator(
         model=model,
         config=config,
@@ -306,7 +327,7 @@ def _uniform_kept(middle: list[int], keep: int) -> list[int]:
 
 
 def _kept_middle(config: EmulatorConfig, middle: list[int], replaced: list[int]) -> list[int]:
-    if config.method in ("uniform", "uniform+distill"):
+    if config.method in ("uniform", "uniform+distill", "crash"):
         keep = len(middle) - round_half_up(config.alpha * len(middle))
         return _uniform_kept(middle, keep)
     if config.method == "importance-drop":
@@ -320,24 +341,33 @@ def _assemble(
     middle: list[int],
     kept: list[int],
     harmonizers: dict[int, nn.Module],
+    sources: dict[int, int],
 ) -> tuple[nn.Module, list[LayerEntry]]:
     view = frozen_view(model)
     originals = list(get_layers(view))
     modules: list[nn.Module] = []
     layer_map: list[LayerEntry] = []
     for index, block in enumerate(originals):
+        source = sources.get(index)
+        copied = shared_copy(originals[source], index) if source is not None else None
         if index not in middle:
             kind, module = "adapter", block
         elif index in harmonizers:
             kind, module = "harmonizer", harmonizers[index]
+            if copied is not None:
+                kind, module = "shared+harmonizer", SharedBlockHarmonizer(copied, module)
         elif index in kept:
             kind, module = "original", block
+        elif copied is not None:
+            kind, module = "shared", copied
         else:
             layer_map.append(LayerEntry(index, "dropped", None))
             continue
-        layer_map.append(LayerEntry(index, kind, len(modules)))
+        layer_map.append(LayerEntry(index, kind, len(modules), source=source))
         modules.append(module)
-    set_layers_(view, modules, [e.original for e in layer_map if e.position is not None])
+    # A copy stands for its source in the per-layer config (attention type, rope), as it runs like it.
+    placed = [e for e in layer_map if e.position is not None]
+    set_layers_(view, modules, [e.original if e.source is None else e.source for e in placed])
     emulator_model = copy.deepcopy(
         view
     )  # the emulator's own tensors; nothing aliases the full model any more

@@ -7,6 +7,11 @@ build time, stage-1 loss curve, and the sha256 of the tensor file). ``load_emula
 causal LM from the bundle alone: a skeleton from the emulator's transformers config (one decoder layer per
 emulator position), the harmonizer and low-rank modules put in by the layer map, then a strict load of the
 tensors.
+
+Shared blocks (``crash``, ``share_replaced``) share their source's tensors in the emulator, so the tensor file
+holds them once (the other names are listed as ``tied``), and the loader ties them again
+(``layer_sharing.share_blocks_``): a loaded emulator takes the memory of the built one, and training a
+shared tensor (the model-stealing probe does) changes it at every place it stands, as in the built one.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from emulator.assembly import Emulator, LayerEntry
 from emulator.config import EmulatorConfig
 from emulator.files import read_json, replacing, write_text
 from emulator.harmonizer import Harmonizer
+from emulator.layer_sharing import SharedBlockHarmonizer, share_blocks_
 from emulator.rank_compression import LowRankLinear, projection_weight
 
 FORMAT_VERSION = 1
@@ -181,11 +187,14 @@ def _skeleton(
     transposed = architecture_of(model).transposed
     layers = get_layers(model)  # already one block per emulator position: the config describes the emulator
     for entry in layer_map:
-        if entry.kind == "harmonizer":
+        if entry.kind in ("harmonizer", "shared+harmonizer"):
             harmonizer = Harmonizer(
                 hidden_size(model), config.stage1.harmonizer_rank, config.stage1.harmonizer_activation
+            ).to(dtype)
+            shared = entry.kind == "shared+harmonizer"  # its block is made by share_blocks_ below
+            layers[entry.position] = (
+                SharedBlockHarmonizer(layers[entry.position], harmonizer) if shared else harmonizer
             )
-            layers[entry.position] = harmonizer.to(dtype)
         for path in entry.factorized:
             block = layers[entry.position]
             module = attention_projections(model, block)[path]
@@ -193,6 +202,7 @@ def _skeleton(
             low = LowRankLinear(d_in, d_out, entry.ranks[path], bias=module.bias is not None).to(dtype)
             parent, _, name = path.rpartition(".")
             setattr(block.get_submodule(parent), name, low)
+    share_blocks_(model, layer_map)  # after the sources took their final (low-rank) form
     return model
 
 

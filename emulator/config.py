@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from emulator.config_parse import build_config, default_of, flatten_sections, nest_flat_keys
 
-Method = Literal["scaleot", "uniform", "uniform+distill", "full", "importance-drop"]
+Method = Literal["scaleot", "uniform", "uniform+distill", "full", "importance-drop", "crash"]
 Selection = Literal["importance", "uniform"]
 # harmonizer_loss is one term or a "+"-joined mix of these (e.g. "hidden+kl"): see emulator.layer_replace.
 HARMONIZER_LOSS_TERMS = ("lm", "local", "hidden", "kl")
@@ -50,6 +50,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "uniform+distill": {"method": "uniform+distill", "rank_keep": 1.0},
     "scaleot": {"method": "scaleot"},
     "importance-drop": {"method": "importance-drop", "rank_keep": 1.0},
+    "crash": {"method": "crash", "rank_keep": 1.0},  # CRaSh (Zhang et al., EMNLP 2023): sharing, no SRC
 }
 
 
@@ -60,6 +61,7 @@ METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
     "importance-drop": ("data", "stage1", "src"),
     "uniform+distill": ("data", "distill", "src"),
     "uniform": ("src",),
+    "crash": ("src",),
     "full": (),
 }
 
@@ -207,7 +209,8 @@ class EmulatorConfig:
 
     flat_keys: ClassVar[bool] = True  # build_config: section fields may be written at the top level
 
-    # What compresses the middle: scaleot (harmonizers + SRC), uniform LayerDrop (+ distill), full (none).
+    # What compresses the middle: scaleot (harmonizers + SRC), uniform LayerDrop (+ distill), crash (uniform
+    # LayerDrop's removed blocks filled by copies of their nearest kept block), full (none).
     method: Method = "scaleot"
     adapter_bottom: int = 2  # (paper) adapter blocks at the bottom, Offsite-Tuning's sandwich
     adapter_top: int = 2  # (paper) adapter blocks at the top
@@ -218,6 +221,9 @@ class EmulatorConfig:
     # many spread evenly as uniform LayerDrop spreads them (our ablation: harmonizers without the ranking).
     # Keyed only when set, so the bundles built before the field existed keep their keys.
     selection: Selection = field(default="importance", metadata={"key_when_default": False})
+    # ScaleOT with CRaSh's layer sharing: a replaced block's place holds a copy of its nearest kept middle
+    # block, then its harmonizer, which stage 1 trains as that copy's correction. Keyed only when set.
+    share_replaced: bool = field(default=False, metadata={"key_when_default": False})
     log_every: int = field(default=10, metadata={"shapes_emulator": False})  # a progress line every k steps
     data: PublicDataConfig = field(default_factory=PublicDataConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
@@ -227,6 +233,8 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         _check_choice(self, "method", Method)
         _check_choice(self, "selection", Selection)
+        if not isinstance(self.share_replaced, bool):
+            raise ValueError(f"emulator.share_replaced={self.share_replaced!r} must be true or false")
         for name in ("adapter_bottom", "adapter_top"):
             _check_int(self, name, low=0)
         _check_int(self, "log_every", low=1)
@@ -243,6 +251,16 @@ class EmulatorConfig:
             raise ValueError(
                 f"emulator.selection='uniform' places harmonizers, which method={self.method!r} has not; "
                 "use it with method='scaleot' (uniform LayerDrop is method='uniform')"
+            )
+        if self.share_replaced and self.method != "scaleot":
+            hint = "; method='crash' shares without harmonizers" if self.method != "crash" else ""
+            raise ValueError(
+                f"emulator.share_replaced=true puts a harmonizer after each shared block, which "
+                f"method={self.method!r} has not; use it with method='scaleot'{hint}"
+            )
+        if self.method == "crash" and self.alpha == 1:
+            raise ValueError(
+                "emulator.alpha=1 with method='crash' keeps no middle block to share; use alpha < 1"
             )
         if self.method == "uniform+distill" and self.distill.distill_steps == 0:
             raise ValueError(

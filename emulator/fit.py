@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emulator.architectures import hidden_size, num_layers, position_limit
-from emulator.blocks import lowest_per_group, replacement_groups
+from emulator.blocks import lowest_per_group, replacement_groups, round_half_up
 from emulator.config import AdapterConfig, EmulatorConfig
 
 
@@ -103,6 +103,19 @@ def _check_emulator(emulator: EmulatorConfig, depth: int, width: int) -> None:
             emulator.alpha,
             f"a share that groups of {sizes} can replace (they would replace {len(replaced)} of {middle} "
             f"middle blocks, {share:.2f}); raise group_size or use replace_scope='global'",
+        )
+        _require(
+            not emulator.share_replaced or len(replaced) < middle,
+            "emulator.alpha",
+            emulator.alpha,
+            f"small enough to keep a middle block for share_replaced to copy (it replaces all {middle})",
+        )
+    if emulator.method == "crash":
+        _require(
+            round_half_up(emulator.alpha * middle) < middle,
+            "emulator.alpha",
+            emulator.alpha,
+            f"small enough to keep one of the {middle} middle blocks for method='crash' to copy",
         )
 
 

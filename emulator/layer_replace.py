@@ -17,6 +17,11 @@ Reconstruction (ScaleOT published no code; every choice is a field of ``Emulator
   compound, as the adapters will see them (issue 9); they share one teacher and one student pass;
 - masks sampled for training (harmonizer and policy steps) replace ``round(ρ·|G|)`` blocks per group,
   ``ρ = train_replace_ratio`` (the paper samples about half; 0 means α); stage 2 replaces ``round(α·|G|)``;
+- ``share_replaced`` (ours, after CRaSh's layer sharing): a replaced block's place holds a copy of the nearest
+  block the mask keeps, then its harmonizer, in every mixed network (harmonizer and policy steps), so each
+  harmonizer learns to correct a shared block rather than to stand in for a whole one; ``local`` regresses
+  block i's output from the output, on block i's input, of the nearest block the step's mask keeps other
+  than i (one mask per step, every harmonizer trained);
 - policy step: ``N_c`` masks scored without gradient on one held-out batch, ``R_j = exp(−ℓ_j)``, advantage
   ``r_j = R_j − mean R`` (``relative``: divided by ``mean R``, which makes η independent of the loss level),
   and ``s_i += η Σ_j r_j m_j[i] σ(s_i)(1−σ(s_i))`` (``paper``) or ``s_i += η Σ_j r_j (m_j[i] − σ(s_i))``
@@ -37,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emulator.architectures import get_layers, hidden_size
+from emulator.architectures import get_layers, hidden_size, layer_config, set_layer_config_
 from emulator.blocks import (
     lowest_per_group,
     middle_blocks,
@@ -47,7 +52,8 @@ from emulator.blocks import (
 )
 from emulator.config import EmulatorConfig, loss_terms
 from emulator.harmonizer import Harmonizer, make_harmonizers
-from emulator.surgery import backbone, capture_blocks, frozen_view, lm_loss
+from emulator.layer_sharing import SharedBlockHarmonizer, share_sources
+from emulator.surgery import BlockRecord, backbone, capture_blocks, frozen_view, lm_loss, shared_copy
 
 log = logging.getLogger(__name__)
 
@@ -127,34 +133,70 @@ def policy_update_(
 
 @dataclass
 class _MixedNetwork:
-    """The frozen view of the model whose middle blocks can each be switched to its harmonizer."""
+    """The frozen view of the model whose middle blocks can each be switched to its harmonizer (with
+    ``share``: to a copy of the nearest kept block followed by its harmonizer)."""
 
     view: nn.Module
     originals: list[nn.Module]
     harmonizers: dict[int, Harmonizer]
     middle: list[int]
+    share: bool = False
+    layer_config: dict[str, list] = field(default_factory=dict)  # the view's per-layer config as loaded
+    _shared: dict[tuple[int, int], SharedBlockHarmonizer] = field(default_factory=dict)  # (slot, source)
 
     def use_mask_(self, keep: torch.Tensor) -> None:
-        """Put the original block where ``keep`` (M,) is True and the harmonizer elsewhere, in place."""
+        """Put the original block where ``keep`` (M,) is True and the harmonizer (or shared block and
+        harmonizer) elsewhere, in place."""
         layers = get_layers(self.view)
+        removed = [i for k, i in enumerate(self.middle) if not keep[k]]
+        kept = [i for k, i in enumerate(self.middle) if keep[k]]
+        sources = share_sources(removed, kept) if self.share else {}
         for k, index in enumerate(self.middle):
-            layers[index] = self.originals[index] if keep[k] else self.harmonizers[index]
+            if keep[k]:
+                layers[index] = self.originals[index]
+            elif self.share:
+                layers[index] = self._shared_slot(index, sources[index])
+            else:
+                layers[index] = self.harmonizers[index]
+        if self.share:  # a copy runs as its source does (attention type, rope), as in the assembled emulator
+            source_index = [sources.get(p, p) for p in range(len(layers))]
+            set_layer_config_(self.view, self.layer_config, source_index)
+
+    def _shared_slot(self, index: int, source: int) -> SharedBlockHarmonizer:
+        if (index, source) not in self._shared:
+            block = shared_copy(self.originals[source], index)
+            self._shared[index, source] = SharedBlockHarmonizer(block, self.harmonizers[index])
+        return self._shared[index, source]
 
     def lm_loss(self, batch: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """LM cross-entropy of the network mixed by ``keep``, through the model's own forward."""
         self.use_mask_(keep)
         return lm_loss(self.view, batch)
 
-    def local_loss(self, batch: torch.Tensor, norm: str) -> torch.Tensor:
-        """Mean normalised MSE between each harmonizer and its block, on the full model's hidden states."""
+    def local_loss(self, batch: torch.Tensor, norm: str, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean normalised MSE between each harmonizer and its block, on the full model's hidden states.
+
+        With ``share``, harmonizer i takes the output of the nearest block ``keep`` (M,) keeps, i excluded,
+        run on block i's input: it learns to correct that block toward block i.
+        """
         self.use_mask_(torch.ones(len(self.middle), dtype=torch.bool))
-        with torch.no_grad(), capture_blocks(get_layers(self.view), self.middle) as record:
+        layers = get_layers(self.view)
+        with torch.no_grad(), capture_blocks(layers, self.middle, arguments=self.share) as record:
             backbone(self.view)(input_ids=batch, use_cache=False)
         losses = [
-            normalized_mse(self.harmonizers[i](record.inputs[i]), record.outputs[i], norm)
+            normalized_mse(self.harmonizers[i](self._local_input(record, i, keep)), record.outputs[i], norm)
             for i in self.middle
         ]
         return torch.stack(losses).mean()
+
+    def _local_input(self, record: BlockRecord, index: int, keep: torch.Tensor | None) -> torch.Tensor:
+        if not self.share:
+            return record.inputs[index]
+        others = [i for i in self.middle if i != index]
+        kept = [i for k, i in enumerate(self.middle) if keep[k] and i != index] or others
+        source = share_sources([index], kept)[index]
+        with torch.no_grad():  # the shared block is frozen: only the harmonizer after it learns
+            return record.call(self.originals[source], source, record.inputs[index])  # (B, T, d)
 
     def context_losses(
         self, batch: torch.Tensor, keep: torch.Tensor, terms: set[str], norm: str
@@ -222,10 +264,16 @@ def dynamic_layer_replace(
     middle = middle_blocks(len(get_layers(view)), config.adapter_bottom, config.adapter_top)
     groups = replacement_groups(len(middle), config.stage1.group_size, config.stage1.replace_scope)
     for name, ratio in (("alpha", config.alpha), ("train_replace_ratio", train_ratio(config))):
-        if not lowest_per_group(torch.zeros(len(middle)), groups, ratio):
+        replaced = lowest_per_group(torch.zeros(len(middle)), groups, ratio)
+        if not replaced:
             raise ValueError(
                 f"emulator.{name}={ratio} replaces no block in groups of {[len(g) for g in groups]}; "
                 "raise it or group_size, or use replace_scope='global'"
+            )
+        if config.share_replaced and len(replaced) == len(middle):
+            raise ValueError(
+                f"emulator.{name}={ratio} replaces all {len(middle)} middle blocks, so share_replaced=true "
+                "has no kept block to share; lower it"
             )
     ref = next(view.parameters())
     harmonizers = make_harmonizers(
@@ -237,7 +285,9 @@ def dynamic_layer_replace(
         ref.dtype,
         config.data.seed,
     )
-    net = _MixedNetwork(view, list(get_layers(view)), harmonizers, middle)
+    net = _MixedNetwork(
+        view, list(get_layers(view)), harmonizers, middle, config.share_replaced, layer_config(view)
+    )
     params = [p for h in harmonizers.values() for p in h.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.stage1.harmonizer_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.data.seed)
@@ -282,12 +332,14 @@ def _harmonizer_loss(
     weights |= {"hidden": config.stage1.hidden_weight, "kl": config.stage1.kl_weight}
     if len(terms) == 1:
         weights = dict.fromkeys(weights, 1.0)  # a single term is the loss itself
+    in_context = set(terms) - {"local"}
+    # One mask per step; local regression needs one only to choose what each harmonizer corrects (sharing).
+    needs_mask = bool(in_context) or (net.share and "local" in terms)
+    keep = sample_mask(scores, groups, train_ratio(config), generator) if needs_mask else None
     total = torch.zeros((), device=batch.device)
     if "local" in terms:
-        total = total + weights["local"] * net.local_loss(batch, config.stage1.local_norm)
-    in_context = set(terms) - {"local"}
+        total = total + weights["local"] * net.local_loss(batch, config.stage1.local_norm, keep)
     if in_context:
-        keep = sample_mask(scores, groups, train_ratio(config), generator)
         losses = net.context_losses(batch, keep, in_context, config.stage1.local_norm)
         total = total + sum(weights[t] * loss for t, loss in losses.items())
     return total

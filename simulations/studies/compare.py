@@ -11,6 +11,8 @@ Every method is one federated simulation through ``simulations.runner.simulate``
 - ``uniform``: Offsite-Tuning's LayerDrop at each listed α (SRC off: ``rank_keep = 1`` unless set).
 - ``uniform+distill``: the same, the kept middle blocks distilled on the public corpus.
 - ``importance-drop``: ScaleOT's stage 1, then the blocks it would replace are dropped (no harmonizers).
+- ``crash``: CRaSh's layer sharing: uniform LayerDrop's removed blocks each filled by a copy of its nearest
+  kept block (no training). ScaleOT with sharing is a ``scaleot`` setting: ``{share_replaced = true}``.
 - ``scaleot``: each listed setting (α, β, any other emulator field), plus the cartesian product of
   ``--sweep``.
 
@@ -73,6 +75,7 @@ class CompareConfig:
     uniform: tuple[Setting, ...] = ({"alpha": 0.25}, {"alpha": 0.5})  # Offsite-Tuning's LayerDrop
     uniform_distill: tuple[Setting, ...] = ({"alpha": 0.25},)  # LayerDrop + distillation (costly: one α)
     importance_drop: tuple[Setting, ...] = ()  # stage-1 ranking without harmonizers (issue 9)
+    crash: tuple[Setting, ...] = ()  # CRaSh: LayerDrop's removed blocks filled by their nearest kept block
     # (task, seed) cells, e.g. [{task = "piqa", seed = 0}]; empty: the base task and seed.
     runs: tuple[Setting, ...] = ()
 
@@ -125,8 +128,8 @@ def parse_sweep(items: Sequence[str]) -> list[dict[str, Any]]:
 def plan(
     base: RunConfig, compare: CompareConfig, sweep: Sequence[Setting] = ()
 ) -> list[tuple[Method, RunConfig]]:
-    """Every method with its run config: ``full``, the uniform, uniform+distill and scaleot settings, then the
-    sweep. Methods that come to the same emulator are run once (the first is kept).
+    """Every method with its run config: ``full``, the uniform, uniform+distill, importance-drop, crash and
+    scaleot settings, then the sweep. Methods that come to the same emulator are run once (the first is kept).
 
     Raises:
         ValueError: a setting that makes an invalid emulator config.
@@ -135,6 +138,7 @@ def plan(
     methods += [Method.of("uniform", s) for s in compare.uniform]
     methods += [Method.of("uniform+distill", s) for s in compare.uniform_distill]
     methods += [Method.of("importance-drop", s) for s in compare.importance_drop]
+    methods += [Method.of("crash", s) for s in compare.crash]
     methods += [Method.of("scaleot", s) for s in (*compare.scaleot, *sweep)]
     planned: dict[EmulatorConfig, tuple[Method, RunConfig]] = {}
     for method in methods:

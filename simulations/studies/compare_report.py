@@ -211,7 +211,13 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """The privacy-utility picture: plug-in (y) against emulator fine-tuned (x) accuracy, one point per
     emulator; the diagonal (no privacy gap) and full fine-tuning / zero-shot as horizontal lines."""
     fig, ax = new_figure((6.5, 5))
-    colors = {"uniform": "C1", "uniform+distill": "C2", "importance-drop": "C3", "scaleot": "C0"}
+    colors = {
+        "uniform": "C1",
+        "uniform+distill": "C2",
+        "importance-drop": "C3",
+        "crash": "C4",
+        "scaleot": "C0",
+    }
     points = [r for r in rows if r["kind"] in colors and r["plug_in"] and r["emulator_ft"]]
     for kind, color in colors.items():
         mine = [r for r in points if r["kind"] == kind]

@@ -42,7 +42,7 @@ from simulations.studies.compare import load_compare, plan
 log = logging.getLogger("scaleot.steal_study")
 
 STEAL_FILE = "steal.json"
-KINDS = ("uniform", "uniform+distill", "scaleot")
+KINDS = ("uniform", "uniform+distill", "importance-drop", "crash", "scaleot")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -91,7 +91,7 @@ def _label(config: EmulatorConfig, adapter: AdapterConfig, lr: float) -> str:
         f", {config.stage1.harmonizer_loss}/{config.stage1.local_norm}, {config.stage1.stage1_steps} st"
         if config.method == "scaleot"
         else ""
-    )
+    ) + (", shared" if config.share_replaced else "")
     return f"{config.method} α={config.alpha} β={config.src.rank_keep}{extra} ({adapter.mode}, lr {lr:g})"
 
 
