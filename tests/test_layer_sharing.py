@@ -15,7 +15,7 @@ from conftest import TINY, tiny
 from safetensors.torch import load_file
 
 from emulator.architectures import architecture_of, get_layers
-from emulator.assembly import Emulator, build_emulator
+from emulator.assembly import Emulator, build_emulator, derive_emulator, stage1_twin
 from emulator.bundle import TENSORS, load_emulator, save_bundle
 from emulator.config import EmulatorConfig
 from emulator.fit import check_fits
@@ -164,6 +164,24 @@ def test_scaleot_sharing_with_identity_harmonizers_is_crash_at_the_same_blocks(n
     assert shared(scaleot) == shared(crash) and shared(crash)
     assert {e.kind for e in scaleot.layer_map if e.source is not None} == {"shared+harmonizer"}
     assert torch.equal(logits(scaleot.model), logits(crash.model))
+
+
+def test_scaleot_sharing_with_src_derived_from_its_saved_twin_equals_built(tmp_path):
+    # The bundle cache derives SRC settings from the saved emulator without SRC: the copies must follow
+    # their sources into their low-rank form there too.
+    model, tokenizer = tiny("tiny-llama")
+    values = dict(alpha=0.5, rank_keep=0.5, share_replaced=True)
+    twin = stage1_twin(EmulatorConfig.of(batch_size=4, stage1_steps=2, **values))
+    save_bundle(build(model, tokenizer, **twin.to_dict()), tmp_path, "tiny-llama", tokenizer)
+    derived = derive_emulator(load_emulator(tmp_path)[0], twin.updated(rank_keep=0.5))
+    built = build(model, tokenizer, **values)
+    assert derived.layer_map == built.layer_map and derived.num_parameters == built.num_parameters
+    assert {e.kind for e in built.layer_map} >= {"compressed", "shared+harmonizer"}
+    torch.testing.assert_close(logits(derived.model), logits(built.model))
+    layers, position = get_layers(derived.model), {e.original: e.position for e in derived.layer_map}
+    for entry in (e for e in derived.layer_map if e.source is not None):
+        copy_, source = layers[entry.position].block, layers[position[entry.source]]
+        assert all(a is b for a, b in zip(copy_.parameters(), source.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("loss", ["local", "hidden", "kl"])
