@@ -192,7 +192,7 @@ class _MixedNetwork:
     def _local_input(self, record: BlockRecord, index: int, keep: torch.Tensor | None) -> torch.Tensor:
         if not self.share:
             return record.inputs[index]
-        others = [i for i in self.middle if i != index]
+        others = [i for i in self.middle if i != index]  # when the mask keeps block i alone
         kept = [i for k, i in enumerate(self.middle) if keep[k] and i != index] or others
         source = share_sources([index], kept)[index]
         with torch.no_grad():  # the shared block is frozen: only the harmonizer after it learns
