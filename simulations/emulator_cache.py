@@ -41,7 +41,7 @@ def provenance(model_sha256: str, config: EmulatorConfig) -> dict[str, Any]:
     """What a bundle of ``config`` is derived from: the model's content hash, the emulator settings that shape
     it and, for the methods that read the public corpus, the sha256 of the corpus's text."""
     spec: dict[str, Any] = {"model": model_sha256, "emulator": config.build_dict(), "format": _FORMAT}
-    if config.method in ("scaleot", "importance-drop", "uniform+distill"):
+    if config.traits.reads_corpus:
         from emulator.data import public_corpus
 
         text = public_corpus("train", config.data.corpus, exclude=config.data.corpus_exclude)

@@ -26,6 +26,7 @@ from emulator.bundle import load_emulator
 from emulator.data import public_corpus
 from emulator.fit import check_fits
 from emulator.models import load_model, model_fingerprint
+from emulator.results import FULL_ZS, PLUG_IN
 from emulator.tasks import MCExample, load_task
 from simulations.config import RunConfig, check_resumable
 from simulations.emulator_cache import ensure_bundle
@@ -42,7 +43,7 @@ from simulations.outputs import (
     write_tensors,
     write_text,
 )
-from simulations.server_eval import FULL_ZS, PLUG_IN, ServerEvaluator, initial_adapter
+from simulations.server_eval import ServerEvaluator, initial_adapter
 from simulations.tracking import TensorBoardLog
 from strategies import wire
 from strategies.offsite import OffsiteTuning, offsite_strategy
@@ -118,7 +119,7 @@ def run_federation(
             config.adapter,
             evaluation.batch_size,
             evaluation.max_length,
-            emulator_is_full=config.emulator.method == "full",
+            emulator_is_full=not config.emulator.traits.compresses,
             full_model_sha256=model_sha256,  # hashed once per run, for the bundle key and the zero-shot memo
             progress=evaluation.progress,
         )

@@ -314,7 +314,7 @@ def test_a_dp_run_in_which_every_client_fails_exits_1_with_the_reason(clipping, 
     assert last.startswith("error: no client reply was aggregated in any of the 2 round(s)"), last
     assert "fails on purpose" in last
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and set(metrics["results"]) == {"Full-ZS", "Emulator-ZS"}
+    assert metrics["status"] == "failed" and set(metrics["results"]) == {"full_zs", "emulator_zs"}
     assert all(
         r["empty"] and len(r["rejections"]) == r["sampled"] == 2 and not r["privacy"]
         for r in metrics["rounds"]

@@ -16,7 +16,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from emulator.results import MEASURES, MCResult
+from emulator.results import MEASURES, ROW_LABELS, MCResult
 from simulations.config import load_config
 from simulations.outputs import RunState, load_checkpoint, save_checkpoint, write_metrics, write_report
 from simulations.runner import BackendWatch
@@ -77,7 +77,7 @@ def strategy(evaluated: list | None = None, **kwargs):
     def evaluate(server_round, arrays, with_emulator):
         evaluated.append(server_round)
         plug_in = {f"{wire.PLUG_IN}_{m}": 0.6 for m in MEASURES}
-        return plug_in | {f"{wire.EMULATOR}_{m}": 0.4 for m in MEASURES} | {wire.EVAL_N: 4.0}
+        return plug_in | {f"{wire.EMULATOR_FT}_{m}": 0.4 for m in MEASURES} | {wire.EVAL_N: 4.0}
 
     return offsite_strategy(
         "fedavg",
@@ -119,7 +119,8 @@ def test_an_untrained_run_fails_with_its_reason_and_no_fine_tuned_rows(tmp_path)
     assert not (tmp_path / "adapter.safetensors").exists()
     report = (tmp_path / "report.md").read_text()
     assert "**Run failed:** no client reply was aggregated" in report
-    assert PLUG_IN not in report.split("| round |")[0] and EMULATOR_FT not in report.split("| round |")[0]
+    results_table = report.split("| round |")[0]
+    assert ROW_LABELS[PLUG_IN] not in results_table and ROW_LABELS[EMULATOR_FT] not in results_table
 
 
 def test_some_empty_rounds_are_counted_in_the_summary_and_report(tmp_path):

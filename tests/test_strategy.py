@@ -142,7 +142,7 @@ def test_start_runs_rounds_evaluates_on_schedule_and_resumes():
 
     def evaluate(server_round, arrays, with_emulator):
         metrics = {wire.PLUG_IN_ACC: 0.5, wire.PLUG_IN_ACC_STDERR: 0.1}
-        return {**metrics, wire.EMULATOR_ACC: 0.4} if with_emulator else metrics
+        return {**metrics, wire.EMULATOR_FT_ACC: 0.4} if with_emulator else metrics
 
     saved = []
     strategy = make(
@@ -150,7 +150,7 @@ def test_start_runs_rounds_evaluates_on_schedule_and_resumes():
     )
     result = strategy.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=3)
     assert [r.round for r in saved] == [1, 2, 3]
-    assert [r.emulator_acc for r in saved] == [None, None, 0.4]
+    assert [r.emulator_ft_acc for r in saved] == [None, None, 0.4]
     assert saved[-1].privacy_gap == pytest.approx(0.1)
     assert saved[0].bytes_per_client == adapter().count_bytes()
 

@@ -246,7 +246,8 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
 
     from emulator.assembly import build_emulator
     from emulator.bundle import save_bundle
-    from emulator.config import METHOD_PRESETS, EmulatorConfig
+    from emulator.config import EmulatorConfig
+    from emulator.methods import METHODS
     from emulator.models import load_model
 
     model, tokenizer = load_model(args.model)
@@ -255,21 +256,20 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
         common |= {"harmonizer_rank": 16, "batch_size": 2, "seq_len": 32}
     configs = {
         f"scaleot α={args.alpha:g} β={args.rank_keep:g}": {
-            **METHOD_PRESETS["scaleot"],
+            **METHODS["scaleot"].preset,
             "rank_keep": args.rank_keep,
         },
-        f"uniform+distill α={args.alpha:g}": METHOD_PRESETS["uniform+distill"],
-        f"uniform α={args.alpha:g}": METHOD_PRESETS["uniform"],
+        f"uniform+distill α={args.alpha:g}": METHODS["uniform+distill"].preset,
+        f"uniform α={args.alpha:g}": METHODS["uniform"].preset,
     }
     built = {}
     for label, values in configs.items():
         config = EmulatorConfig.from_dict(common | values)
         emulator = build_emulator(model, tokenizer, config, progress=False)
-        steps = {"scaleot": config.stage1.stage1_steps, "uniform+distill": config.distill.distill_steps}.get(
-            config.method, 0
-        )
+        steps_field = config.traits.steps_field
+        steps = config.to_dict()[steps_field] if steps_field else 0
         built[label] = {"seconds": emulator.build_seconds, "steps": steps, "bundle": None}
-        if config.method != "uniform+distill":  # same shape as uniform: one step measurement covers both
+        if not config.traits.distills:  # same shape as without distillation: one step measurement covers both
             path = save_bundle(emulator, directory / config.method, args.model, tokenizer)
             built[label]["bundle"] = str(path)
         log.info("built %s in %.1f s", label, emulator.build_seconds)
