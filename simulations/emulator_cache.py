@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from emulator.assembly import build_emulator, derive_emulator, stage1_twin
 from emulator.bundle import load_emulator, read_manifest, save_bundle
 from emulator.config import EmulatorConfig
+from emulator.files import replacing
 from emulator.models import cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,9 @@ def ensure_bundle(
     else:
         log.info("emulator: building %s (%s) into %s", config.method, model_name, directory)
         emulator = build_emulator(full_model, tokenizer, config, progress=True)
-    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # A full disk, say, leaves no half bundle in the cache; another process that finished the same bundle
+    # first keeps its own.
+    with replacing(directory, keep_existing=True) as tmp:
         save_bundle(emulator, tmp, model_name, tokenizer, provenance=spec)
-    except BaseException:  # a full disk, say: no half bundle is left in the cache
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        tmp.rename(directory)
-    except OSError:  # another process finished the same bundle first
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("emulator: built in %.1f s", emulator.build_seconds)
     return directory
