@@ -29,6 +29,7 @@ from strategies.offsite import offsite_strategy
 from strategies.privacy import DifferentialPrivacy
 from strategies.privacy_config import DPConfig
 from strategies.records import nothing_trained_reason, progress_line
+from strategies.settings import EmulatorOffer, ServerEvaluation
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 5  # client.local_steps of the fake clients: every reply reports it (DP's unweighted average)
@@ -53,10 +54,10 @@ def dp_strategy(clipping: str, num_sampled: int, evaluated: list | None = None, 
 
     return offsite_strategy(
         "fedavg",
-        emulator_path="/bundle",
+        offer=EmulatorOffer("/bundle"),
         privacy=privacy,
         weighted_by_key=wire.TRAIN_STEPS,
-        evaluate_fn=evaluate,
+        evaluation=ServerEvaluation(evaluate),
     )
 
 
