@@ -196,8 +196,9 @@ def build_emulator(
     replaced: list[int] = []
     scores: dict[int, float] = {}
     curves: tuple[list[float], list[float]] = ([], [])
-    staged = config.method in ("scaleot", "importance-drop") and config.alpha > 0
-    needs_data = staged or config.method == "uniform+distill"
+    traits = config.traits
+    staged = traits.stage1 and config.alpha > 0
+    needs_data = staged or traits.distills
     train, heldout = _split_blocks(public_blocks, tokenizer, config) if needs_data else (None, None)
     harmonizers = {}
     if staged:
@@ -209,12 +210,12 @@ def build_emulator(
         if config.selection == "uniform":  # as many blocks, spread as uniform LayerDrop spreads its kept ones
             kept_uniform = _uniform_kept(middle, len(middle) - len(replaced))
             replaced = [i for i in middle if i not in kept_uniform]
-        if config.method == "scaleot":
+        if traits.harmonizers:
             harmonizers = {i: stage1.harmonizers[i] for i in replaced}
     kept = _kept_middle(config, middle, replaced)
     sources = share_plan(config, middle, kept, replaced)
     emulator_model, layer_map = _assemble(model, config, middle, kept, harmonizers, sources)
-    if config.method == "uniform+distill":
+    if traits.distills:
         positions = [e.position for e in layer_map if e.kind == "original"]
         curves = (
             distill_middle_(
@@ -249,9 +250,10 @@ def stage1_twin(config: EmulatorConfig) -> EmulatorConfig | None:
     Stage 1 is the costly part of a build; ``importance-drop`` and SRC settings only change what happens
     after it, so ``derive_emulator`` makes them from the twin's emulator instead of repeating stage 1.
     """
-    if config.method not in ("scaleot", "importance-drop") or config.alpha == 0:
+    base = config.traits.derived_from
+    if base is None or config.alpha == 0:
         return None
-    twin = config.updated(method="scaleot", rank_keep=1.0)
+    twin = config.updated(method=base, rank_keep=1.0)
     return None if twin.build_dict() == config.build_dict() else twin
 
 
@@ -273,7 +275,7 @@ def derive_emulator(base: Emulator, config: EmulatorConfig) -> Emulator:
         )
     start = time.perf_counter()
     model, layer_map = copy.deepcopy(base.model), list(base.layer_map)
-    if config.method == "importance-drop":
+    if not config.traits.harmonizers:  # the twin's harmonizers: their blocks are dropped instead
         layer_map = _drop_harmonizers_(model, layer_map)
     layer_map = _compress_(model, layer_map, config, base.scores)
     share_blocks_(model, layer_map)
@@ -327,12 +329,13 @@ def _uniform_kept(middle: list[int], keep: int) -> list[int]:
 
 
 def _kept_middle(config: EmulatorConfig, middle: list[int], replaced: list[int]) -> list[int]:
-    if config.method in ("uniform", "uniform+distill", "crash"):
+    traits = config.traits
+    if traits.removes == "uniform":
         keep = len(middle) - round_half_up(config.alpha * len(middle))
         return _uniform_kept(middle, keep)
-    if config.method == "importance-drop":
+    if traits.removes == "lowest-scores" and not traits.harmonizers:
         return [i for i in middle if i not in replaced]
-    return list(middle)  # scaleot: every middle block has a place (original or harmonizer)
+    return list(middle)  # full, and harmonizers: every middle block has a place (original or harmonizer)
 
 
 def _assemble(

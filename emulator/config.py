@@ -6,8 +6,9 @@ are our reconstruction (ScaleOT released no code), each kept as a field so it ca
 the one entry point for parsed TOML / Flower run config; it accepts ``rank-keep`` as well as ``rank_keep``.
 
 ``EmulatorConfig`` is nested by stage: ``data`` (the public corpus), ``stage1`` (harmonizers and policy),
-``distill`` (``uniform+distill``) and ``src`` (Selective Rank Compression); ``METHOD_SECTIONS`` says which
-ones each method reads, and the bundle cache keys an emulator on exactly those (``build_dict``). Users
+``distill`` (``uniform+distill``) and ``src`` (Selective Rank Compression); each method's entry in
+``emulator.methods`` says which ones it reads, and the bundle cache keys an emulator on exactly those
+(``build_dict``). Users
 write the keys flat, as TOML ``[emulator]`` always had them (``harmonizer_rank``, ``--set
 emulator.alpha=0.5``): field names are unique across sections, so a flat key has one home;
 ``[emulator.stage1]`` tables work too, and ``to_dict`` writes the flat form. In code:
@@ -22,8 +23,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Literal, get_args
 
 from emulator.config_parse import build_config, default_of, flatten_sections, nest_flat_keys
+from emulator.methods import METHODS, MethodSpec, method_spec, methods_with
 
-Method = Literal["scaleot", "uniform", "uniform+distill", "full", "importance-drop", "crash"]
 Selection = Literal["importance", "uniform"]
 # harmonizer_loss is one term or a "+"-joined mix of these (e.g. "hidden+kl"): see emulator.layer_replace.
 HARMONIZER_LOSS_TERMS = ("lm", "local", "hidden", "kl")
@@ -41,29 +42,6 @@ ReplaceScope = Literal["group", "global"]
 # is a split by class, and clients may learn to give one answer to everything); dirichlet-length the input
 # (feature skew: the same Dirichlet draw per quartile of context length, answer positions left as they come).
 PARTITION_SCHEMES = ("iid", "dirichlet", "dirichlet-length")
-
-# The one table of method presets: what each method sets in the emulator section before a caller's own values
-# (which win). Offsite-Tuning's LayerDrop baselines have no SRC; full compresses nothing.
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "full": {"method": "full", "alpha": 0.0, "rank_keep": 1.0},
-    "uniform": {"method": "uniform", "rank_keep": 1.0},
-    "uniform+distill": {"method": "uniform+distill", "rank_keep": 1.0},
-    "scaleot": {"method": "scaleot"},
-    "importance-drop": {"method": "importance-drop", "rank_keep": 1.0},
-    "crash": {"method": "crash", "rank_keep": 1.0},  # CRaSh (Zhang et al., EMNLP 2023): sharing, no SRC
-}
-
-
-# The sections each method reads when it builds an emulator, besides the top level; ``src`` only while SRC is
-# on (rank_keep < 1). The bundle cache keys an emulator on exactly these (``EmulatorConfig.build_dict``).
-METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
-    "scaleot": ("data", "stage1", "src"),
-    "importance-drop": ("data", "stage1", "src"),
-    "uniform+distill": ("data", "distill", "src"),
-    "uniform": ("src",),
-    "crash": ("src",),
-    "full": (),
-}
 
 
 def corpus_exclusion(task: str) -> str:
@@ -211,7 +189,7 @@ class EmulatorConfig:
 
     # What compresses the middle: scaleot (harmonizers + SRC), uniform LayerDrop (+ distill), crash (uniform
     # LayerDrop's removed blocks filled by copies of their nearest kept block), full (none).
-    method: Method = "scaleot"
+    method: str = "scaleot"  # a key of emulator.methods.METHODS
     adapter_bottom: int = 2  # (paper) adapter blocks at the bottom, Offsite-Tuning's sandwich
     adapter_top: int = 2  # (paper) adapter blocks at the top
     alpha: float = (
@@ -231,7 +209,7 @@ class EmulatorConfig:
     src: SrcConfig = field(default_factory=SrcConfig)
 
     def __post_init__(self) -> None:
-        _check_choice(self, "method", Method)
+        method_spec(self.method)
         _check_choice(self, "selection", Selection)
         if not isinstance(self.share_replaced, bool):
             raise ValueError(f"emulator.share_replaced={self.share_replaced!r} must be true or false")
@@ -241,37 +219,45 @@ class EmulatorConfig:
         _check_float(self, "alpha", 0.0, 1.0, "[0, 1]")
         self._check_combinations()
 
+    @property
+    def traits(self) -> MethodSpec:
+        """What this config's method does (``emulator.methods``): the one place a method is told apart."""
+        return METHODS[self.method]
+
     def _check_combinations(self) -> None:
-        if self.src.src_layers == "least-important" and self.method not in ("scaleot", "importance-drop"):
+        traits = self.traits
+        if self.src.src_layers == "least-important" and not traits.stage1:
             raise ValueError(
                 f"emulator.src_layers='least-important' needs stage-1 scores, which method={self.method!r} "
-                "has not; use src_layers='all' or method 'scaleot' / 'importance-drop'"
+                f"has not; use src_layers='all' or method {_names(stage1=True, sep=' / ')}"
             )
-        if self.selection == "uniform" and self.method != "scaleot":
+        if self.selection == "uniform" and not traits.harmonizers:
             raise ValueError(
                 f"emulator.selection='uniform' places harmonizers, which method={self.method!r} has not; "
-                "use it with method='scaleot' (uniform LayerDrop is method='uniform')"
+                f"use it with method={_names(harmonizers=True)} (uniform LayerDrop is method='uniform')"
             )
-        if self.share_replaced and self.method != "scaleot":
-            hint = "; method='crash' shares without harmonizers" if self.method != "crash" else ""
+        if self.share_replaced and not traits.harmonizers:
+            sharing = _names(shares=True)
+            hint = f"; method={sharing} shares without harmonizers" if not traits.shares else ""
             raise ValueError(
                 f"emulator.share_replaced=true puts a harmonizer after each shared block, which "
-                f"method={self.method!r} has not; use it with method='scaleot'{hint}"
+                f"method={self.method!r} has not; use it with method={_names(harmonizers=True)}{hint}"
             )
-        if self.method == "crash" and self.alpha == 1:
+        if traits.shares and self.alpha == 1:
             raise ValueError(
-                "emulator.alpha=1 with method='crash' keeps no middle block to share; use alpha < 1"
+                f"emulator.alpha=1 with method={self.method!r} keeps no middle block to share; use alpha < 1"
             )
-        if self.method == "uniform+distill" and self.distill.distill_steps == 0:
+        if traits.distills and self.distill.distill_steps == 0:
+            undistilled = _names(removes=traits.removes, fills=traits.fills, distills=False)
             raise ValueError(
-                "emulator.distill_steps=0 with method='uniform+distill' distils nothing; "
-                "use method='uniform' or distill_steps >= 1"
+                f"emulator.distill_steps=0 with method={self.method!r} distils nothing; "
+                f"use method={undistilled} or distill_steps >= 1"
             )
-        if self.method == "full" and (self.alpha != 0 or self.src.rank_keep != 1):
+        if not traits.compresses and (self.alpha != 0 or self.src.rank_keep != 1):
             asked = [f"alpha={self.alpha}"] * (self.alpha != 0)
             asked += [f"rank_keep={self.src.rank_keep}"] * (self.src.rank_keep != 1)
             raise ValueError(
-                f"emulator.method='full' compresses nothing, but {' and '.join(asked)} "
+                f"emulator.method={self.method!r} compresses nothing, but {' and '.join(asked)} "
                 f"{'ask' if len(asked) > 1 else 'asks'} for compression; set alpha=0 and rank_keep=1.0 "
                 "(or use EmulatorConfig.full())"
             )
@@ -291,7 +277,7 @@ class EmulatorConfig:
     @classmethod
     def full(cls, **overrides: Any) -> EmulatorConfig:
         """The no-compression config of the ``full`` fine-tuning baseline (alpha 0, rank_keep 1)."""
-        return cls.of(**{**METHOD_PRESETS["full"], **overrides})
+        return cls.of(**{**METHODS["full"].preset, **overrides})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EmulatorConfig:
@@ -312,8 +298,9 @@ class EmulatorConfig:
         return flatten_sections(asdict(self), self)
 
     def sections_used(self) -> tuple[str, ...]:
-        """The sections this config's method reads when it builds (``METHOD_SECTIONS``; SRC only when on)."""
-        return tuple(s for s in METHOD_SECTIONS[self.method] if s != "src" or self.src.enabled)
+        """The sections this config's method reads when it builds (``MethodSpec.sections``; SRC only when
+        on)."""
+        return tuple(s for s in self.traits.sections if s != "src" or self.src.enabled)
 
     def build_dict(self) -> dict[str, Any]:
         """What shapes the emulator this config builds: the top-level fields (logging aside) and the sections
@@ -326,6 +313,11 @@ class EmulatorConfig:
             and (f.metadata.get("key_when_default", True) or getattr(self, f.name) != f.default)
         }
         return top | {name: _shaping(getattr(self, name)) for name in self.sections_used()}
+
+
+def _names(sep: str = " or ", **traits: Any) -> str:
+    # The methods with these traits, as an error message suggests them: 'scaleot' / 'importance-drop'.
+    return sep.join(map(repr, methods_with(**traits)))
 
 
 def _shaping(section: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,10 +101,32 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically.
+
+    Raises:
+        FileWriteError: it could not be written (``path`` is then unchanged).
+    """
+    with replacing(Path(path)) as tmp:
+        tmp.write_bytes(data)
+
+
+def temporary_path(target: Path) -> Path:
+    """A fresh name beside ``target`` to write it under first: ``.NAME.tmp-PID-RANDOM``. Unique per process
+    and per call, so two processes (or two threads of one) filling the same cache entry never write into
+    each other's temporary; ``remove_temporaries`` finds what a killed writer left."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 @contextmanager
-def replacing(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target`` to write a file or a directory into; renamed onto ``target`` (an
-    existing directory there is removed first) when the block ends without error.
+def replacing(target: Path, keep_existing: bool = False) -> Iterator[Path]:
+    """A temporary path beside ``target`` (``temporary_path``) to write a file or a directory into; renamed
+    onto ``target`` when the block ends without error.
+
+    Args:
+        target: the file or directory to write.
+        keep_existing: a directory already at ``target`` when the block ends (another process finished the
+            same cache entry first) is kept and the new one dropped; by default it is removed and replaced.
 
     On any error the temporary is removed; an ``OSError`` or a safetensors write error (the disk filled, a
     permission) becomes a ``FileWriteError`` naming ``target``, a failure inside a nested ``replacing``
@@ -112,13 +135,17 @@ def replacing(target: Path) -> Iterator[Path]:
     Raises:
         FileWriteError: the temporary could not be written or renamed.
     """
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    remove(tmp)
+    tmp = temporary_path(target)
     try:
         yield tmp
-        if tmp.is_dir() and target.is_dir():
+        if tmp.is_dir() and target.is_dir() and not keep_existing:
             shutil.rmtree(target)  # os.replace cannot replace a non-empty directory
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (keep_existing and target.is_dir()):
+                raise
+            remove(tmp)  # another process finished the same directory first: theirs is kept
     except BaseException as error:
         remove(tmp)
         if isinstance(error, FileWriteError):  # from a nested write: named where it was to end up
@@ -137,7 +164,7 @@ def remove(path: Path) -> None:
 
 
 def remove_temporaries(directory: Path) -> list[Path]:
-    """Remove what ``replacing`` leaves when its process is killed mid-write (``.NAME.tmp-PID``) from
+    """Remove what ``replacing`` leaves when its process is killed mid-write (``.NAME.tmp-PID-RANDOM``) from
     ``directory``; returns what was removed."""
     found = sorted(directory.glob(".*.tmp-*")) if directory.is_dir() else []
     for path in found:

@@ -32,8 +32,9 @@ def check_fits(
     Args:
         model: the full model (a supported family).
         emulator: the emulator settings (checked: adapter counts vs depth; for the methods that read the
-            public corpus, ``seq_len`` vs positions; for scaleot, ``harmonizer_rank`` vs width and
-            ``group_size`` / ``alpha`` vs the middle).
+            public corpus, ``seq_len`` vs positions; for those with harmonizers, ``harmonizer_rank`` vs
+            width; for those that run stage 1, ``group_size`` / ``alpha`` vs the middle; for those that
+            share blocks, that ``alpha`` keeps one).
         adapter: the adapter settings (checked: ``lora_rank`` vs width in LoRA mode).
         lengths: further token budgets by field name, e.g. ``{"client.max_length": 256}``, each checked
             against the position limit.
@@ -44,7 +45,7 @@ def check_fits(
             model's limit.
     """
     limit, width = position_limit(model), hidden_size(model)
-    if emulator is not None and emulator.method in ("scaleot", "uniform+distill"):
+    if emulator is not None and emulator.traits.reads_corpus:  # stage 1 or distillation: seq_len blocks
         lengths = {**(lengths or {}), "emulator.seq_len": emulator.data.seq_len}
     for name, value in (lengths or {}).items():
         _require(value <= limit, name, value, f"<= {limit}, the model's position limit")
@@ -70,14 +71,15 @@ def _check_emulator(emulator: EmulatorConfig, depth: int, width: int) -> None:
         f"< {depth}, the model's number of blocks (at least one middle block)",
     )
     middle = depth - adapters
-    if emulator.method == "scaleot":
+    traits = emulator.traits
+    if traits.harmonizers:
         _require(
             emulator.stage1.harmonizer_rank <= width,
             "emulator.harmonizer_rank",
             emulator.stage1.harmonizer_rank,
             f"<= {width}, the model's hidden size",
         )
-    if emulator.method in ("scaleot", "importance-drop"):
+    if traits.stage1:
         if emulator.stage1.replace_scope == "group":
             _require(
                 emulator.stage1.group_size <= middle,
@@ -110,12 +112,12 @@ def _check_emulator(emulator: EmulatorConfig, depth: int, width: int) -> None:
             emulator.alpha,
             f"small enough to keep a middle block for share_replaced to copy (it replaces all {middle})",
         )
-    if emulator.method == "crash":
+    if traits.shares:
         _require(
             round_half_up(emulator.alpha * middle) < middle,
             "emulator.alpha",
             emulator.alpha,
-            f"small enough to keep one of the {middle} middle blocks for method='crash' to copy",
+            f"small enough to keep one of the {middle} middle blocks for method={emulator.method!r} to copy",
         )
 
 

@@ -93,7 +93,7 @@ def share_plan(
     Raises:
         ValueError: sharing is asked for but no middle block is kept.
     """
-    if config.method == "crash":
+    if config.traits.shares:
         return share_sources([i for i in middle if i not in kept], kept)
     if config.share_replaced:
         return share_sources(replaced, [i for i in middle if i not in replaced])

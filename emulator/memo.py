@@ -10,7 +10,6 @@ split therefore misses the memo instead of reading a stale result.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -84,12 +83,13 @@ def memoised_accuracy(
     if path.is_file():
         try:
             values = read_json(path)
-            result = MCResult(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+            result = MCResult.from_row(values)
             log.info("zero-shot of %d examples: memoised in %s", len(examples), path)
             return result
-        except (ValueError, TypeError, AttributeError) as error:  # damaged: scored again, then rewritten
+        # Damaged (truncated, or not a row): scored again, then rewritten.
+        except (ValueError, TypeError, AttributeError, KeyError) as error:
             log.warning("ignoring the zero-shot memo %s: %s", path, " ".join(str(error).split()))
     result = multiple_choice_accuracy(model, tokenizer, examples, batch_size, max_length, progress)
     directory.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(dataclasses.asdict(result)))  # atomic: a reader never sees half a file
+    write_text(path, json.dumps(result.to_row()))  # atomic: a reader never sees half a file
     return result

@@ -25,7 +25,7 @@ from transformers import (
 
 from emulator.architectures import architecture_of
 from emulator.assets import cache_root
-from emulator.files import read_json, replacing, write_text
+from emulator.files import read_json, remove, replacing, temporary_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,20 @@ def load_tokenizer() -> PreTrainedTokenizerBase:
 def _cached_tokenizer(folder: str, gguf_file: str, directory: Path) -> PreTrainedTokenizerBase:
     if not (directory / "tokenizer.json").exists():
         directory.mkdir(parents=True, exist_ok=True)
-        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(directory)
+        _save_tokenizer(folder, gguf_file, directory)
     return AutoTokenizer.from_pretrained(directory)
+
+
+def _save_tokenizer(folder: str, gguf_file: str, directory: Path) -> None:
+    # Written beside the model, then renamed in file by file, each atomically: other processes may be reading.
+    staging = temporary_path(directory / "tokenizer")
+    try:
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(staging)
+        # tokenizer.json last: its presence is what tells a reader the tokenizer is complete.
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == "tokenizer.json"):
+            path.replace(directory / path.name)
+    finally:
+        remove(staging)
 
 
 def _tiny_model(name: str, seed: int) -> PreTrainedModel:
@@ -205,11 +217,7 @@ def _dequantised(
     log.info("dequantising %s (once per GGUF content; later loads use %s)", gguf_file, directory)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     _save_dequantised(model, directory)
-    tmp = directory / ".tokenizer.tmp"
-    AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(tmp)
-    for path in tmp.iterdir():
-        path.replace(directory / path.name)  # file by file, atomically: other processes may be reading
-    tmp.rmdir()
+    _save_tokenizer(folder, gguf_file, directory)
     write_text(stamp, json.dumps({"gguf_sha256": source}))
     return AutoModelForCausalLM.from_pretrained(
         directory, dtype=torch.float32

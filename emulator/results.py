@@ -1,5 +1,6 @@
 """Evaluation results, torch-free: the typed row every consumer reads (round records, metrics.json,
-report.md, the comparison, the studies), the privacy gap and the paired difference of two methods."""
+report.md, the comparison, the studies), the names of the rows, the privacy gap and the paired difference
+of two methods."""
 
 from __future__ import annotations
 
@@ -11,6 +12,17 @@ from typing import Any
 # The measures of a results row, in the order rows and metric names list them (``plug_in_acc`` etc.).
 MEASURES = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 PER_EXAMPLE = ("correct", "correct_norm", "predicted")
+
+# The results rows (Offsite-Tuning's Table 1), one name each wherever a row is named in data: metrics.json's
+# and state.json's results, the server's metric names (``plug_in_acc``: ``strategies.wire``), the round
+# records' fields, the comparison's and the studies' columns, ``scaleot eval --row``. ``ROW_LABELS`` is how
+# reports, logs and plots show them to people.
+FULL_ZS = "full_zs"  # the full model, zero-shot
+EMULATOR_ZS = "emulator_zs"  # the emulator, zero-shot
+EMULATOR_FT = "emulator_ft"  # the emulator with the fine-tuned (global) adapter: what the data owners hold
+PLUG_IN = "plug_in"  # the full model with the fine-tuned adapter plugged in: what the model owner gets
+ROWS = (FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN)
+ROW_LABELS = {FULL_ZS: "Full-ZS", EMULATOR_ZS: "Emulator-ZS", EMULATOR_FT: "Emulator-FT", PLUG_IN: "Plug-in"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,19 @@ class MCResult:
         """Read a row written by ``measures`` or ``to_row`` (per-example lists absent: empty)."""
         lists = {k: tuple(int(v) for v in row.get(k, ())) for k in PER_EXAMPLE}
         return cls(**{m: float(row[m]) for m in MEASURES}, n=int(row["n"]), **lists)
+
+    def to_metrics(self, row: str) -> dict[str, float]:
+        """The measures as flat metrics named after ``row`` (``plug_in_acc``, ...; ``n`` left out), as the
+        server evaluation hands them to the strategy; ``from_metrics`` reads them back."""
+        return {f"{row}_{m}": v for m, v in self.measures().items() if m != "n"}
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, float], row: str, n: int) -> MCResult | None:
+        """Row ``row`` of flat metrics written by ``to_metrics`` (None when they hold none of it), scored on
+        ``n`` examples."""
+        if f"{row}_acc" not in metrics:
+            return None
+        return cls.from_row({m: metrics[f"{row}_{m}"] for m in MEASURES} | {"n": n})
 
     def with_per_example(self, per_example: Mapping[str, Sequence[int]] | None) -> MCResult:
         """This result with the per-example lists in ``per_example`` (``correct`` etc.) filled in."""

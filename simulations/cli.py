@@ -14,14 +14,14 @@ import os
 import signal
 import sys
 import time
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator.config import Method
+from emulator.methods import METHODS
+from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN
 from simulations.config import add_set_option
-from simulations.export import export_arguments, run_export
+from simulations.export import RUN_ROWS, export_arguments, run_export
 from simulations.runner import RunInterrupted, run_simulate, simulate_arguments
 from simulations.studies.compare import compare_arguments, run_compare
 from strategies.records import RunFailedError
@@ -47,6 +47,10 @@ class Command:
 # ------------------------------------------------------------------------------------------------------ eval
 
 
+# ``--row`` as scripts wrote it before the results rows had one name each.
+_OLD_ROW_NAMES = {"full": FULL_ZS, "emulator": EMULATOR_FT, "plug-in": PLUG_IN}
+
+
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
@@ -63,7 +67,10 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--run", dest="run_dir", default=None, help="score a model of this run directory, not --model"
     )
     parser.add_argument(
-        "--row", choices=("full", "emulator", "plug-in"), default="plug-in", help="with --run"
+        "--row",
+        choices=(*RUN_ROWS, *_OLD_ROW_NAMES),
+        default=PLUG_IN,
+        help=f"with --run: {', '.join(RUN_ROWS)}",
     )
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument(
@@ -94,8 +101,9 @@ def _run_eval(args: argparse.Namespace) -> None:
     tasks = harness_tasks(args.harness) if args.harness else _our_examples(args)
     start = time.perf_counter()
     if args.run_dir is not None:  # not `args.run`: that is the subcommand's function
-        label = f"{args.run_dir} ({args.row})"
-        model, tokenizer = run_model(Path(args.run_dir), args.row, device=args.device)
+        row = _OLD_ROW_NAMES.get(args.row, args.row)
+        label = f"{args.run_dir} ({row})"
+        model, tokenizer = run_model(Path(args.run_dir), row, device=args.device)
     else:
         from emulator.models import load_model
 
@@ -142,7 +150,7 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
-    parser.add_argument("--method", choices=typing.get_args(Method), default="scaleot")
+    parser.add_argument("--method", choices=tuple(METHODS), default="scaleot")
     parser.add_argument(
         "--alpha", type=float, default=None, help="fraction of middle blocks replaced / dropped"
     )
@@ -161,20 +169,21 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     """Build an emulator of a model and save it as a bundle; prints the layer map, sizes and build time."""
     from emulator.assembly import build_emulator
     from emulator.bundle import save_bundle
-    from emulator.config import METHOD_PRESETS, EmulatorConfig
+    from emulator.config import EmulatorConfig
     from emulator.config_parse import parse_assignment
     from emulator.fit import check_fits
     from emulator.models import load_model
 
-    # Only full takes its preset: build-emulator --method uniform keeps SRC at its default, as it always has.
-    values: dict[str, object] = (
-        dict(METHOD_PRESETS["full"]) if args.method == "full" else {"method": args.method}
-    )
+    # Only a method that compresses nothing takes its preset (alpha 0, no SRC): build-emulator --method
+    # uniform keeps SRC at its default, as it always has.
+    traits = METHODS[args.method]
+    values: dict[str, object] = traits.preset if not traits.compresses else {"method": args.method}
     for name, value in (("alpha", args.alpha), ("rank_keep", args.rank_keep)):
         if value is not None:
             values[name] = value
     if args.steps is not None:
-        values["distill_steps" if args.method == "uniform+distill" else "stage1_steps"] = args.steps
+        # A method that trains nothing ignores it (stage1_steps is in none of its sections).
+        values[traits.steps_field or "stage1_steps"] = args.steps
     values.update(parse_assignment(item, "--set", SET_EXAMPLE) for item in args.set)
     config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
     model, tokenizer = load_model(args.model, device=args.device)

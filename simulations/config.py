@@ -30,6 +30,7 @@ from emulator.config import (
 )
 from emulator.config_parse import build_config, parse_assignment, parse_typed
 from emulator.files import read_json
+from emulator.results import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
 from strategies.privacy_config import DPConfig
 
 MISSING_NODES = ("fail", "proceed")  # what happens when fewer nodes than needed connect in time
@@ -267,17 +268,27 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 # ``plug_in_acc``, ``evaluation.plugin_every`` ``plug_in_every``). Files of older runs are read with the new
 # names, so a run directory from before can still be resumed, reused by compare or reported.
 # ``client.checkpoint_middle`` became ``checkpoint_blocks`` when checkpointing took in the adapter blocks too.
-_RENAMED_PREFIX = ("plugin_", "plug_in_")
-_RENAMED = {"checkpoint_middle": "checkpoint_blocks"}
+# The results rows got one name each (emulator.results.ROWS): metrics.json's and state.json's rows were keyed
+# by their labels ("Emulator-FT") and the round records' emulator fine-tuned metrics were ``emulator_acc*``.
+_RENAMED_PREFIXES = (("plugin_", "plug_in_"), ("emulator_acc", "emulator_ft_acc"))
+_RENAMED = {
+    "checkpoint_middle": "checkpoint_blocks",
+    "Full-ZS": FULL_ZS,
+    "Emulator-ZS": EMULATOR_ZS,
+    "Emulator-FT": EMULATOR_FT,
+    "Plug-in": PLUG_IN,
+}
 
 
 def upgrade_keys(data: Any) -> Any:
-    """Parsed JSON / TOML with each key written before a rename (``_RENAMED_PREFIX``, ``_RENAMED``) given its
-    new name."""
-    old, new = _RENAMED_PREFIX
+    """Parsed JSON / TOML with each key written before a rename (``_RENAMED_PREFIXES``, ``_RENAMED``) given
+    its new name."""
 
     def renamed(key: str) -> str:
-        return new + key.removeprefix(old) if key.startswith(old) else _RENAMED.get(key, key)
+        for old, new in _RENAMED_PREFIXES:
+            if key.startswith(old):
+                return new + key.removeprefix(old)
+        return _RENAMED.get(key, key)
 
     if isinstance(data, Mapping):
         return {renamed(k): upgrade_keys(v) for k, v in data.items()}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from emulator.assembly import build_emulator, derive_emulator, stage1_twin
 from emulator.bundle import load_emulator, read_manifest, save_bundle
 from emulator.config import EmulatorConfig
+from emulator.files import replacing
 from emulator.models import cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def provenance(model_sha256: str, config: EmulatorConfig) -> dict[str, Any]:
     """What a bundle of ``config`` is derived from: the model's content hash, the emulator settings that shape
     it and, for the methods that read the public corpus, the sha256 of the corpus's text."""
     spec: dict[str, Any] = {"model": model_sha256, "emulator": config.build_dict(), "format": _FORMAT}
-    if config.method in ("scaleot", "importance-drop", "uniform+distill"):
+    if config.traits.reads_corpus:
         from emulator.data import public_corpus
 
         text = public_corpus("train", config.data.corpus, exclude=config.data.corpus_exclude)
@@ -98,16 +98,9 @@ def ensure_bundle(
     else:
         log.info("emulator: building %s (%s) into %s", config.method, model_name, directory)
         emulator = build_emulator(full_model, tokenizer, config, progress=True)
-    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # A full disk, say, leaves no half bundle in the cache; another process that finished the same bundle
+    # first keeps its own.
+    with replacing(directory, keep_existing=True) as tmp:
         save_bundle(emulator, tmp, model_name, tokenizer, provenance=spec)
-    except BaseException:  # a full disk, say: no half bundle is left in the cache
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        tmp.rename(directory)
-    except OSError:  # another process finished the same bundle first
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("emulator: built in %.1f s", emulator.build_seconds)
     return directory

@@ -14,9 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN
+
 log = logging.getLogger(__name__)
 
 _RUN_FILES = ("config.toml", "metrics.json", "adapter.safetensors")  # what an export reads
+# The results rows whose model a finished run directory rebuilds (simulations.harness.run_model).
+RUN_ROWS = (FULL_ZS, EMULATOR_FT, PLUG_IN)
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
@@ -62,9 +66,9 @@ def recorded_bundle(run_dir: Path) -> dict[str, str]:
     Raises:
         ValueError: metrics.json is missing or unreadable.
     """
-    from simulations.config import read_run_json
+    from simulations.outputs import read_metrics
 
-    return dict(read_run_json(run_dir / "metrics.json").get("bundle", {}))
+    return dict(read_metrics(run_dir, required=True).get("bundle", {}))
 
 
 def load_run_full_model(run_dir: Path, model: str, device: str = "cpu") -> tuple[Any, Any]:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clients.partition import partition
 from clients.runtime import bundle_sha256
+from emulator.adapters import AdapterState
 from emulator.bundle import load_emulator
 from emulator.data import public_corpus
 from emulator.fit import check_fits
 from emulator.models import load_model, model_fingerprint
+from emulator.results import FULL_ZS, PLUG_IN
 from emulator.tasks import MCExample, load_task
 from simulations.config import RunConfig, check_resumable
 from simulations.emulator_cache import ensure_bundle
 from simulations.export import export_run
 from simulations.outputs import (
+    Checkpoint,
     RunState,
     gain_line,
     has_checkpoint,
@@ -42,12 +46,13 @@ from simulations.outputs import (
     write_tensors,
     write_text,
 )
-from simulations.server_eval import FULL_ZS, PLUG_IN, ServerEvaluator, initial_adapter
+from simulations.server_eval import ServerEvaluator, initial_adapter
 from simulations.tracking import TensorBoardLog
 from strategies import wire
 from strategies.offsite import OffsiteTuning, offsite_strategy
 from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason
+from strategies.settings import EmulatorOffer, Sampling, ServerEvaluation
 from strategies.wire import ClientSettings
 
 log = logging.getLogger(__name__)
@@ -84,74 +89,136 @@ def run_federation(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
-    checkpoint = None
-    if resume is not None and has_checkpoint(resume):
-        checkpoint = load_checkpoint(resume)
-    elif resume is not None:  # stopped before its first round ended: it starts again from its zero-shot rows
-        log.info("%s stopped before any round finished; starting its round 1 again", resume)
+    checkpoint = _checkpoint(resume)
     tracker = TensorBoardLog(run_dir / "tensorboard") if config.output.tensorboard else None
     with tracker or contextlib.nullcontext():  # the event files are closed however the run ends
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        owner = _prepare(config, checkpoint, resume, check)
+        arrays = _rounds(grid, config, owner, run_dir, tracker, checkpoint, check)
+        _finish(run_dir, config, owner.state, arrays)  # raises RunFailedError when nothing was trained
+    return owner.state
 
-        # Model owner: the task first (its data is checked before any model loads), the full model, the
-        # emulator bundle the clients load.
-        check()
-        task = load_task(config.task, seed=config.seed)
-        check_partition(config, task.train)
-        check_corpus(config)
-        full_model, tokenizer = load_run_model(config, device)
-        model_sha256 = model_fingerprint(full_model)
-        check()
-        bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer, model_sha256)
-        check()
-        sha256 = bundle_sha256(str(bundle))
-        emulator, _ = load_emulator(bundle, device=device)
-        positions = emulator.adapter_positions()
-        test = task.test[: config.evaluation.test_limit] if config.evaluation.test_limit else task.test
-        evaluation = config.evaluation
-        evaluator = ServerEvaluator(
-            full_model,
-            emulator.model,
-            positions,
-            tokenizer,
-            test,
-            config.adapter,
-            evaluation.batch_size,
-            evaluation.max_length,
-            emulator_is_full=config.emulator.method == "full",
-            full_model_sha256=model_sha256,  # hashed once per run, for the bundle key and the zero-shot memo
-            progress=evaluation.progress,
+
+@dataclass
+class _Owner:
+    """What the model owner holds once prepared: the evaluator, the run state so far, the global adapter and
+    the emulator bundle (path and sha256) the clients load."""
+
+    evaluator: ServerEvaluator
+    state: RunState
+    arrays: ArrayRecord
+    bundle: str
+    sha256: str
+
+
+def _checkpoint(resume: Path | None) -> Checkpoint | None:
+    if resume is not None and has_checkpoint(resume):
+        return load_checkpoint(resume)
+    if resume is not None:  # stopped before its first round ended: it starts again from its zero-shot rows
+        log.info("%s stopped before any round finished; starting its round 1 again", resume)
+    return None
+
+
+def _prepare(
+    config: RunConfig, checkpoint: Checkpoint | None, resume: Path | None, check: Callable[[], None]
+) -> _Owner:
+    """The model owner's side before any round: the task first (its data is checked before any model loads),
+    the full model, the emulator bundle the clients load, the evaluator and the run state (the zero-shot
+    rows of a new run, or the checkpoint's)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    check()
+    task = load_task(config.task, seed=config.seed)
+    check_partition(config, task.train)
+    check_corpus(config)
+    full_model, tokenizer = load_run_model(config, device)
+    model_sha256 = model_fingerprint(full_model)
+    check()
+    bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer, model_sha256)
+    check()
+    sha256 = bundle_sha256(str(bundle))
+    emulator, _ = load_emulator(bundle, device=device)
+    positions = emulator.adapter_positions()
+    test = task.test[: config.evaluation.test_limit] if config.evaluation.test_limit else task.test
+    evaluator = _evaluator(config, full_model, emulator.model, positions, tokenizer, test, model_sha256)
+    adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
+    check()
+    state, arrays = _start(evaluator, adapter, checkpoint, resume, sha256)
+    state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
+    state.task_source = task.source
+    return _Owner(evaluator, state, arrays, str(bundle), sha256)
+
+
+def _evaluator(
+    config: RunConfig,
+    full_model: PreTrainedModel,
+    emulator_model: torch.nn.Module,
+    positions: dict[int, int],
+    tokenizer: PreTrainedTokenizerBase,
+    test: list[MCExample],
+    model_sha256: str,
+) -> ServerEvaluator:
+    evaluation = config.evaluation
+    return ServerEvaluator(
+        full_model,
+        emulator_model,
+        positions,
+        tokenizer,
+        test,
+        config.adapter,
+        evaluation.batch_size,
+        evaluation.max_length,
+        emulator_is_full=not config.emulator.traits.compresses,
+        full_model_sha256=model_sha256,  # hashed once per run, for the bundle key and the zero-shot memo
+        progress=evaluation.progress,
+    )
+
+
+def _start(
+    evaluator: ServerEvaluator,
+    adapter: AdapterState,
+    checkpoint: Checkpoint | None,
+    resume: Path | None,
+    sha256: str,
+) -> tuple[RunState, ArrayRecord]:
+    """A new run's state (its zero-shot rows scored now) and initial adapter, or the checkpoint's.
+
+    Raises:
+        ValueError: the checkpoint's adapter was trained on another emulator bundle.
+    """
+    if checkpoint is None:
+        state = RunState(zero_shot=evaluator.zero_shot(), per_example=dict(evaluator.per_example))
+        return state, ArrayRecord(adapter)
+    state = checkpoint.state
+    if state.bundle.get("sha256") not in (None, sha256):
+        raise ValueError(
+            f"--resume {resume}: its adapter was trained on emulator sha256 "
+            f"{state.bundle['sha256'][:12]}…, this run's is {sha256[:12]}… (the model, corpus or "
+            "emulator changed); start a new run"
         )
-        adapter = initial_adapter(emulator.model, positions, config.adapter, config.seed)
+    log.info("resuming %s after round %d", resume, len(state.history))
+    return state, ArrayRecord({k: Array(v) for k, v in checkpoint.adapter.items()})
 
-        check()
-        if checkpoint is None:
-            state = RunState(zero_shot=evaluator.zero_shot(), per_example=dict(evaluator.per_example))
-            arrays = ArrayRecord(adapter)
-        else:
-            state = checkpoint.state
-            arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.adapter.items()})
-            if state.bundle.get("sha256") not in (None, sha256):
-                raise ValueError(
-                    f"--resume {resume}: its adapter was trained on emulator sha256 "
-                    f"{state.bundle['sha256'][:12]}…, this run's is {sha256[:12]}… (the model, corpus or "
-                    "emulator changed); start a new run"
-                )
-            log.info("resuming %s after round %d", resume, len(state.history))
-        state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
-        state.task_source = task.source
 
-        check()
-        strategy = _strategy(config, str(bundle), sha256, evaluator, run_dir, state, tracker, check)
-        if checkpoint is not None:
-            strategy.restore_(state.history, checkpoint.strategy)
-        remaining = config.federation.rounds - len(state.history)
-        if remaining > 0:
-            settings = _client_settings(config, str(bundle), sha256)
-            result = strategy.start(grid, arrays, num_rounds=remaining, train_config=settings.to_record())
-            arrays = result.arrays if len(result.arrays) else arrays
-        _finish(run_dir, config, state, arrays)  # raises RunFailedError when nothing was trained
-    return state
+def _rounds(
+    grid: Grid,
+    config: RunConfig,
+    owner: _Owner,
+    run_dir: Path,
+    tracker: TensorBoardLog | None,
+    checkpoint: Checkpoint | None,
+    check: Callable[[], None],
+) -> ArrayRecord:
+    """The federated rounds still to run (all of them, or those after the checkpoint's); returns the final
+    global adapter."""
+    check()
+    strategy = _strategy(config, owner, run_dir, tracker, check)
+    if checkpoint is not None:
+        strategy.restore_(owner.state.history, checkpoint.strategy)
+    remaining = config.federation.rounds - len(owner.state.history)
+    if remaining <= 0:
+        return owner.arrays
+    settings = _client_settings(config, owner.bundle, owner.sha256)
+    result = strategy.start(grid, owner.arrays, num_rounds=remaining, train_config=settings.to_record())
+    return result.arrays if len(result.arrays) else owner.arrays
 
 
 def check_simulated_federation(grid: Grid, num_clients: int, poll_s: float = 1.0, polls: int = 120) -> None:
@@ -224,15 +291,12 @@ def check_partition(config: RunConfig, train: list[MCExample]) -> None:
 
 def _strategy(
     config: RunConfig,
-    bundle: str,
-    sha256: str,
-    evaluator: ServerEvaluator,
+    owner: _Owner,
     run_dir: Path,
-    state: RunState,
     tracker: TensorBoardLog | None,
     check: Callable[[], None],
 ) -> OffsiteTuning:
-    fed = config.federation
+    fed, state, evaluator = config.federation, owner.state, owner.evaluator
 
     def on_round_end(record: RoundRecord, arrays: ArrayRecord) -> None:
         state.history = list(strategy.history)
@@ -244,26 +308,32 @@ def _strategy(
 
     strategy = offsite_strategy(
         fed.strategy,
-        emulator_path=bundle,
-        emulator_sha256=sha256,
-        seed=config.seed,
-        fraction_train=fed.fraction,
-        min_train_nodes=fed.min_clients,
-        min_available_nodes=fed.num_clients,
-        num_partitions=fed.num_clients,
-        evaluate_fn=evaluator,
-        emulator_eval_every=config.evaluation.emulator_every,
-        plug_in_eval_every=config.evaluation.plug_in_every,
+        offer=EmulatorOffer(
+            owner.bundle, owner.sha256, num_partitions=fed.num_clients, timeout=fed.handshake_timeout
+        ),
+        sampling=_sampling(config),
+        evaluation=ServerEvaluation(
+            evaluator, config.evaluation.emulator_every, config.evaluation.plug_in_every
+        ),
         on_round_end=on_round_end,
-        node_timeout=fed.node_timeout,
-        proceed_without_nodes=fed.on_missing_nodes == "proceed",
-        handshake_timeout=fed.handshake_timeout,
-        round_timeout=fed.round_timeout,
         check=check,
         **_privacy_kwargs(config),
         **fed.strategy_kwargs,
     )
     return strategy
+
+
+def _sampling(config: RunConfig) -> Sampling:
+    fed = config.federation
+    return Sampling(
+        seed=config.seed,
+        fraction_train=fed.fraction,
+        min_train_nodes=fed.min_clients,
+        min_available_nodes=fed.num_clients,
+        node_timeout=fed.node_timeout,
+        proceed_without_nodes=fed.on_missing_nodes == "proceed",
+        round_timeout=fed.round_timeout,
+    )
 
 
 def _privacy_kwargs(config: RunConfig) -> dict[str, Any]:

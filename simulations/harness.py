@@ -24,11 +24,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emulator.files import one_line
+from emulator.results import FULL_ZS, PLUG_IN
 from emulator.tasks import MCExample
+from simulations.export import RUN_ROWS
 
 log = logging.getLogger(__name__)
 
-ROWS = ("full", "emulator", "plug-in")
 METRICS = ("acc", "acc_norm")
 
 
@@ -197,15 +198,15 @@ def run_model(run_dir: Path, row: str, device: str = "cpu") -> tuple[nn.Module, 
     Args:
         run_dir: a run directory (``config.toml``, ``metrics.json`` naming its emulator bundle and the hashes,
             and ``adapter.safetensors`` for the two adapted rows).
-        row: one of ``ROWS``.
+        row: one of ``simulations.export.RUN_ROWS``.
         device: where to load the model.
 
     Raises:
         ValueError: an unknown row, a directory that is not a finished run, an unreadable run file, or a
             model or emulator bundle other than the one the run trained with.
     """
-    if row not in ROWS:
-        raise ValueError(f"--row={row!r} is unknown; use one of {', '.join(ROWS)}")
+    if row not in RUN_ROWS:
+        raise ValueError(f"--row={row!r} is unknown; use one of {', '.join(RUN_ROWS)}")
     from emulator.adapters import load_adapter_state_, prepare_adapter_
     from emulator.bundle import load_emulator, read_manifest
     from emulator.files import read_tensors
@@ -214,12 +215,12 @@ def run_model(run_dir: Path, row: str, device: str = "cpu") -> tuple[nn.Module, 
     from simulations.export import load_run_full_model, recorded_bundle
 
     paths = {name: run_dir / name for name in ("config.toml", "metrics.json", "adapter.safetensors")}
-    needed = ["config.toml", "metrics.json"] if row == "full" else list(paths)
+    needed = ["config.toml", "metrics.json"] if row == FULL_ZS else list(paths)
     missing = [str(paths[name]) for name in needed if not paths[name].is_file()]
     if missing:
         raise ValueError(f"{run_dir} is not a finished run: {', '.join(missing)} missing")
     config = load_config(paths["config.toml"], [])
-    if row == "full":
+    if row == FULL_ZS:
         return load_run_full_model(run_dir, config.model, device=device)
     state = read_tensors(paths["adapter.safetensors"], device=device)  # before any model: fails at once
     recorded = recorded_bundle(run_dir)
@@ -232,7 +233,7 @@ def run_model(run_dir: Path, row: str, device: str = "cpu") -> tuple[nn.Module, 
         )
     emulator, tokenizer = load_emulator(recorded["path"], device=device)
     positions = emulator.adapter_positions()
-    if row == "plug-in":
+    if row == PLUG_IN:
         model, tokenizer = load_run_full_model(run_dir, config.model, device=device)
         return plug_in_(model, state, sorted(positions), config.adapter), tokenizer
     prepare_adapter_(emulator.model, positions, config.adapter)

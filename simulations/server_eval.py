@@ -27,23 +27,27 @@ from emulator.config import AdapterConfig
 from emulator.evaluation import multiple_choice_accuracy
 from emulator.memo import memoised_accuracy
 from emulator.plug_in import plug_in_
-from emulator.results import MEASURES, MCResult, choice_spread, one_answer_note
+from emulator.results import (
+    EMULATOR_FT,
+    EMULATOR_ZS,
+    FULL_ZS,
+    PER_EXAMPLE,
+    PLUG_IN,
+    ROW_LABELS,
+    MCResult,
+    choice_spread,
+    one_answer_note,
+)
 from emulator.tasks import MCExample
 from strategies import wire
 
 log = logging.getLogger(__name__)
 
-FULL_ZS, EMULATOR_ZS, EMULATOR_FT, PLUG_IN = "Full-ZS", "Emulator-ZS", "Emulator-FT", "Plug-in"
-
 
 def per_example(result: MCResult) -> dict[str, list[int]]:
     """Per-example correctness (JSON-friendly), in test order, for paired comparisons, and the choice picked
     for each example (for ``emulator.results.choice_spread``)."""
-    return {
-        "correct": list(result.correct),
-        "correct_norm": list(result.correct_norm),
-        "predicted": list(result.predicted),
-    }
+    return {k: list(getattr(result, k)) for k in PER_EXAMPLE}
 
 
 def initial_adapter(
@@ -105,8 +109,10 @@ class ServerEvaluator:
     def zero_shot(self) -> dict[str, MCResult]:
         """Full-ZS and Emulator-ZS rows (before any adapter is plugged in)."""
         start = time.perf_counter()
-        full = self._zero_shot(self.full_model, FULL_ZS, self.full_model_sha256)
-        emulator = full if self.emulator_is_full else self._zero_shot(self.emulator_model, EMULATOR_ZS)
+        full = self._zero_shot(self.full_model, ROW_LABELS[FULL_ZS], self.full_model_sha256)
+        emulator = (
+            full if self.emulator_is_full else self._zero_shot(self.emulator_model, ROW_LABELS[EMULATOR_ZS])
+        )
         self.per_example |= {FULL_ZS: per_example(full), EMULATOR_ZS: per_example(emulator)}
         log.info(
             "zero-shot on %d test examples: full %.1f %%, emulator %.1f %% (%.1f s)",
@@ -121,14 +127,14 @@ class ServerEvaluator:
         """Plug-in (and emulator fine-tuned) metrics of the global adapter, named by ``strategies.wire``."""
         state = arrays.to_torch_state_dict()
         plug_in_(self.full_model, state, sorted(self.positions), self.adapter)
-        plugged = self._score(self.full_model, f"{PLUG_IN} (round {server_round})")
+        plugged = self._score(self.full_model, f"{ROW_LABELS[PLUG_IN]} (round {server_round})")
         self.per_example[PLUG_IN] = per_example(plugged)
-        metrics = _named(wire.PLUG_IN, plugged)
+        metrics = plugged.to_metrics(wire.PLUG_IN)
         if with_emulator:
-            name = f"{EMULATOR_FT} (round {server_round})"
+            name = f"{ROW_LABELS[EMULATOR_FT]} (round {server_round})"
             emulator = plugged if self.emulator_is_full else self._score_emulator(state, name)
             self.per_example[EMULATOR_FT] = per_example(emulator)
-            metrics |= _named(wire.EMULATOR, emulator)
+            metrics |= emulator.to_metrics(wire.EMULATOR_FT)
         return metrics | {wire.EVAL_N: float(len(self.examples))}
 
     def _score_emulator(self, state: AdapterState, name: str) -> MCResult:
@@ -155,20 +161,3 @@ class ServerEvaluator:
         if note := one_answer_note(name, choice_spread(result.predicted)):
             log.warning("%s", note)
         return result
-
-
-def final_rows(
-    zero_shot: Mapping[str, MCResult], last: Mapping[str, float] | None, emulator: Mapping[str, float] | None
-) -> dict[str, MCResult]:
-    """The results table: zero-shot rows, then the last plug-in and emulator fine-tuned evaluations (read
-    from the metrics ``ServerEvaluator`` returned; their per-example lists are the caller's to add)."""
-    rows = dict(zero_shot)
-    for name, prefix, metrics in ((EMULATOR_FT, wire.EMULATOR, emulator), (PLUG_IN, wire.PLUG_IN, last)):
-        if metrics and f"{prefix}_acc" in metrics:
-            row = {m: metrics[f"{prefix}_{m}"] for m in MEASURES}
-            rows[name] = MCResult.from_row(row | {"n": int(metrics.get(wire.EVAL_N, 0))})
-    return rows
-
-
-def _named(prefix: str, result: MCResult) -> dict[str, float]:
-    return {f"{prefix}_{m}": float(getattr(result, m)) for m in MEASURES}

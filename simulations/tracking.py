@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 _FIELDS = {
     "train/loss": "train_loss",
     "eval/plug_in_acc": "plug_in_acc",
-    "eval/emulator_acc": "emulator_acc",
+    "eval/emulator_ft_acc": "emulator_ft_acc",
     "eval/privacy_gap": "privacy_gap",
     "clients/aggregated": "aggregated",
     "clients/rejected": "rejected",

@@ -47,6 +47,7 @@ from strategies.nodes import CheckedGrid, SampledGrid, await_nodes, choose_nodes
 from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, fill_accuracies, progress_line
 from strategies.replies import AdapterSpec, majority_metric_keys, reply_problem
+from strategies.settings import EmulatorOffer, Sampling, ServerEvaluation
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,6 @@ _OWNED_KWARGS = frozenset(
 )
 # Server-optimiser state of Flower's strategies that must survive a checkpoint (FedOpt family, FedAvgM).
 _STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
-
-# (server_round, global adapter, evaluate the emulator too?) -> metrics named by wire.PLUG_IN_ACC etc.
-EvaluateFn = Callable[[int, ArrayRecord, bool], Mapping[str, float]]
 
 
 def strategy_parameters(name: str) -> list[str]:
@@ -138,24 +136,11 @@ class OffsiteTuning:
       with ``num-examples`` (> 0) and ``train_loss``. Any other reply is dropped with a logged reason.
 
     Args:
-        emulator_path: bundle directory sent in the handshake (simulation: a path every client can read).
-        emulator_sha256: the bundle manifest's hash; a node reporting another is refused ("" skips the check).
-        seed: run seed; sampling depends on (seed, round).
-        fraction_train, min_train_nodes, min_available_nodes: as in Flower's FedAvg; sampling is done here.
-        num_partitions: how many partitions the data is split into; a node reporting a partition id outside
-            ``[0, num_partitions)``, another count, or a partition a connected node holds is refused at the
-            handshake with its reason (0: not checked).
-        evaluate_fn: server-side evaluation ``(round, adapter, with_emulator) -> metrics``; None skips it.
-        emulator_eval_every: evaluate the emulator fine-tuned every k rounds and in the last (0: last only).
-        plug_in_eval_every: evaluate plug-in every k rounds, in the last and with every emulator evaluation
-            (0: those only); a round evaluating nothing has no accuracies in its record.
+        offer: the emulator bundle the handshake offers, and what it checks (``strategies.settings``).
+        sampling: which nodes train each round and how long the server waits for them; sampling is done
+            here, the base strategy's own ``fraction_train`` etc. are not used (default: ``Sampling()``).
+        evaluation: the server-side evaluation and its schedule (default: none).
         on_round_end: called with the finished ``RoundRecord`` and the global adapter (checkpointing).
-        handshake_timeout: seconds to wait for the emulator handshake replies.
-        node_timeout: seconds to wait before a round for the nodes it needs: ``min_available_nodes`` before
-            the first round of ``start``, ``min_train_nodes`` later (a dead node does not stall the run).
-        proceed_without_nodes: after ``node_timeout``, train on the nodes connected instead of raising.
-        round_timeout: seconds to wait for train replies; replies not in by then are recorded as missing,
-            and a reply to an earlier round's message is never aggregated.
         check: called before each round and while waiting for nodes; raises to end the run (the
             simulation backend died).
         privacy: central DP (``strategies.privacy``): its Flower wrapper goes around the base strategy's
@@ -168,42 +153,20 @@ class OffsiteTuning:
     def __init__(
         self,
         *,
-        emulator_path: str,
-        emulator_sha256: str = "",
-        seed: int = 0,
-        fraction_train: float = 1.0,
-        min_train_nodes: int = 1,
-        min_available_nodes: int = 1,
-        num_partitions: int = 0,
-        evaluate_fn: EvaluateFn | None = None,
-        emulator_eval_every: int = 1,
-        plug_in_eval_every: int = 1,
+        offer: EmulatorOffer,
+        sampling: Sampling | None = None,
+        evaluation: ServerEvaluation | None = None,
         on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None,
-        handshake_timeout: float = 600.0,
-        node_timeout: float = 600.0,
-        proceed_without_nodes: bool = False,
-        round_timeout: float = 3600.0,
         check: Callable[[], None] | None = None,
         privacy: DifferentialPrivacy | None = None,
         **base_kwargs: Any,
     ) -> None:
         # The base strategy sends to every node it is shown; the mixin shows it only the sampled ones.
         super().__init__(fraction_train=1.0, min_train_nodes=0, min_available_nodes=0, **base_kwargs)
-        self.emulator_path = emulator_path
-        self.emulator_sha256 = emulator_sha256
-        self.seed = seed
-        self.sample_fraction = fraction_train
-        self.sample_min_nodes = min_train_nodes
-        self.wait_for_nodes = min_available_nodes
-        self.num_partitions = num_partitions
-        self.evaluate_fn = evaluate_fn
-        self.emulator_eval_every = emulator_eval_every
-        self.plug_in_eval_every = plug_in_eval_every
+        self.offer = offer
+        self.sampling = sampling or Sampling()
+        self.evaluation = evaluation or ServerEvaluation()
         self.on_round_end = on_round_end
-        self.handshake_timeout = handshake_timeout
-        self.node_timeout = node_timeout
-        self.proceed_without_nodes = proceed_without_nodes
-        self.round_timeout = round_timeout
         self.check = check
         self.privacy = privacy
         if privacy is not None:
@@ -224,11 +187,11 @@ class OffsiteTuning:
             logging.INFO,
             "\t├──> Offsite-tuning: sample %.2f of the nodes (at least %d) by (seed %d, round); wait for %d; "
             "emulator %s",
-            self.sample_fraction,
-            self.sample_min_nodes,
-            self.seed,
-            self.wait_for_nodes,
-            self.emulator_path,
+            self.sampling.fraction_train,
+            self.sampling.min_train_nodes,
+            self.sampling.seed,
+            self.sampling.min_available_nodes,
+            self.offer.path,
         )
         if self.privacy is not None:
             self.privacy.summary()  # the DP settings, then the base strategy's
@@ -246,7 +209,7 @@ class OffsiteTuning:
         self._spec = AdapterSpec.of(initial_arrays)
         self._offset = len(self.history)
         self._last_round = self._offset + num_rounds
-        kwargs.setdefault("timeout", self.round_timeout)
+        kwargs.setdefault("timeout", self.sampling.round_timeout)
         if self.check is not None:  # every wait for replies (handshakes, rounds) also watches the backend
             grid = CheckedGrid(grid, self.check)
         return super().start(
@@ -262,26 +225,21 @@ class OffsiteTuning:
         self._round_start = time.monotonic()
         record = self._record = RoundRecord(round=server_round)
         self._sampled = []
+        sampling, offer = self.sampling, self.offer
         if self.privacy is not None:
-            self.privacy.seed_round_(self.seed, server_round)
+            self.privacy.seed_round_(sampling.seed, server_round)
         if self.check is not None:
             self.check()
         # All nodes before the first round; later, enough to sample (a node that died is not waited for).
-        wait_for = self.wait_for_nodes if flower_round == 1 else self.sample_min_nodes
-        connected = await_nodes(grid, wait_for, self.node_timeout, self.proceed_without_nodes, self.check)
-        new = [n for n in connected if n not in self.partitions and n not in self.refused]
-        handshake(
-            grid,
-            new,
-            self.emulator_path,
-            self.emulator_sha256,
-            self.handshake_timeout,
-            self,
-            self.num_partitions,
+        wait_for = sampling.min_available_nodes if flower_round == 1 else sampling.min_train_nodes
+        connected = await_nodes(
+            grid, wait_for, sampling.node_timeout, sampling.proceed_without_nodes, self.check
         )
+        new = [n for n in connected if n not in self.partitions and n not in self.refused]
+        handshake(grid, new, offer.path, offer.sha256, offer.timeout, self, offer.num_partitions)
         record.rejections += [f"node {n}: {self.refused[n]}" for n in new if n in self.refused]
-        k = max(int(len(connected) * self.sample_fraction), self.sample_min_nodes)
-        chosen = choose_nodes(self.partitions, connected, k, self.seed, server_round)
+        k = max(int(len(connected) * sampling.fraction_train), sampling.min_train_nodes)
+        chosen = choose_nodes(self.partitions, connected, k, sampling.seed, server_round)
         if not chosen:
             log.warning("round %d: no node has loaded the emulator; nothing to train", server_round)
             return []
@@ -316,7 +274,7 @@ class OffsiteTuning:
         unanswered = sorted(set(self._sampled) - {m.metadata.src_node_id for m in replies})
         for node in unanswered[: max(0, len(self._sampled) - len(replies))]:
             record.missing += 1
-            record.rejections.append(f"node {node}: no reply within {self.round_timeout:g} s")
+            record.rejections.append(f"node {node}: no reply within {self.sampling.round_timeout:g} s")
             log.warning("round %d: no reply from node %d within the round timeout", server_round, node)
         valid = []
         for msg in replies:
@@ -386,16 +344,17 @@ class OffsiteTuning:
             return None
         server_round += self._offset
         record = self._current_record(server_round)
-        with_emulator = _due(server_round, self.emulator_eval_every, self._last_round)
+        schedule = self.evaluation
+        with_emulator = _due(server_round, schedule.emulator_every, self._last_round)
         # An adapter no round has changed is the initial one: scoring it would report untrained numbers.
         trained = not record.empty or any(not r.empty for r in self.history)
         evaluate = (
-            self.evaluate_fn is not None
+            schedule.evaluate_fn is not None
             and trained
-            and (with_emulator or _due(server_round, self.plug_in_eval_every, self._last_round))
+            and (with_emulator or _due(server_round, schedule.plug_in_every, self._last_round))
         )
         start = time.monotonic()
-        metrics = dict(self.evaluate_fn(server_round, arrays, with_emulator)) if evaluate else {}
+        metrics = dict(schedule.evaluate_fn(server_round, arrays, with_emulator)) if evaluate else {}
         fill_accuracies(record, metrics)
         record.eval_seconds = time.monotonic() - start
         record.seconds = time.monotonic() - self._round_start

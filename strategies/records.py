@@ -20,8 +20,8 @@ class RoundRecord:
     train_loss: float | None = None
     plug_in_acc: float | None = None
     plug_in_acc_stderr: float | None = None
-    emulator_acc: float | None = None
-    emulator_acc_stderr: float | None = None
+    emulator_ft_acc: float | None = None
+    emulator_ft_acc_stderr: float | None = None
     privacy_gap: float | None = None  # plug-in minus emulator fine-tuned (design §3); larger is more private
     sampled: int = 0
     replied: int = 0
@@ -85,9 +85,9 @@ def fill_accuracies(record: RoundRecord, metrics: Mapping[str, float]) -> None:
     record.evaluation = {k: float(v) for k, v in metrics.items()}
     record.plug_in_acc = metrics.get(wire.PLUG_IN_ACC)
     record.plug_in_acc_stderr = metrics.get(wire.PLUG_IN_ACC_STDERR)
-    record.emulator_acc = metrics.get(wire.EMULATOR_ACC)
-    record.emulator_acc_stderr = metrics.get(wire.EMULATOR_ACC_STDERR)
-    record.privacy_gap = privacy_gap(record.plug_in_acc, record.emulator_acc)
+    record.emulator_ft_acc = metrics.get(wire.EMULATOR_FT_ACC)
+    record.emulator_ft_acc_stderr = metrics.get(wire.EMULATOR_FT_ACC_STDERR)
+    record.privacy_gap = privacy_gap(record.plug_in_acc, record.emulator_ft_acc)
 
 
 def progress_line(record: RoundRecord, last_round: int) -> str:
@@ -109,6 +109,6 @@ def progress_line(record: RoundRecord, last_round: int) -> str:
     dp = f", ε {epsilon:.2f}" if isinstance(epsilon, float) else ""
     return (
         f"round {record.round}/{last_round}: loss {loss}, plug-in acc {pct(record.plug_in_acc)}, "
-        f"emulator acc {pct(record.emulator_acc)}, clients {record.aggregated}/{record.sampled} "
+        f"emulator FT acc {pct(record.emulator_ft_acc)}, clients {record.aggregated}/{record.sampled} "
         f"({record.rejected} dropped, {record.missing} no reply){dp}, {record.seconds:.1f} s"
     )

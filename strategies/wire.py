@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from emulator import results
 from emulator.config import AdapterConfig, TrainConfig
 from emulator.config_parse import declared_type, parse_typed
 
@@ -250,12 +251,12 @@ TRAIN_SECONDS = metric_key("train_seconds")
 STEP_SECONDS = metric_key("step_seconds")
 PEAK_MEMORY = metric_key("peak_memory_bytes")
 
-# --- server-side evaluation results (evaluate_fn -> strategy): "{prefix}_{measure}", measures from -------
-# emulator.results.MEASURES
-PLUG_IN = "plug_in"  # full model + global adapter
-EMULATOR = "emulator"  # emulator + global adapter (emulator fine-tuned)
-PLUG_IN_ACC = "plug_in_acc"
-PLUG_IN_ACC_STDERR = "plug_in_acc_stderr"
-EMULATOR_ACC = "emulator_acc"
-EMULATOR_ACC_STDERR = "emulator_acc_stderr"
+# --- server-side evaluation results (evaluate_fn -> strategy): "{row}_{measure}" (MCResult.to_metrics), ---
+# rows and measures from emulator.results
+PLUG_IN = results.PLUG_IN  # full model + global adapter
+EMULATOR_FT = results.EMULATOR_FT  # emulator + global adapter (emulator fine-tuned)
+PLUG_IN_ACC = f"{PLUG_IN}_acc"
+PLUG_IN_ACC_STDERR = f"{PLUG_IN}_acc_stderr"
+EMULATOR_FT_ACC = f"{EMULATOR_FT}_acc"
+EMULATOR_FT_ACC_STDERR = f"{EMULATOR_FT}_acc_stderr"
 EVAL_N = "eval_n"  # number of test examples scored

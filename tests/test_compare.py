@@ -159,7 +159,7 @@ def test_quick_compare_writes_every_row_the_paired_column_and_the_plot(quick_com
     assert (quick_compare / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     # Per-example correctness is in each run's metrics.json (the paired column is computed from it).
     metrics = json.loads((quick_compare / "full" / "metrics.json").read_text())
-    assert len(metrics["results"]["Plug-in"]["correct"]) == metrics["results"]["Plug-in"]["n"]
+    assert len(metrics["results"]["plug_in"]["correct"]) == metrics["results"]["plug_in"]["n"]
     # The compare file turns the per-run plug-in export off: the adapter stays, plug-in/ is not written.
     assert (quick_compare / "full" / "adapter.safetensors").is_file()
     assert not (quick_compare / "full" / "plug-in").exists()
@@ -243,6 +243,7 @@ def test_a_cell_seed_that_is_not_an_integer_is_refused_in_one_line(seed):
 
 
 def _metrics(directory: Path, plug_in: list[int], emulator_ft: list[int] | None) -> None:
+    # Rows named as runs named them before each row had one name: read back under today's names.
     results = {"Plug-in": {"correct": plug_in}}
     if emulator_ft is not None:
         results["Emulator-FT"] = {"correct": emulator_ft}

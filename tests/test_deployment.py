@@ -280,7 +280,7 @@ def test_tls_supernodes_train_and_one_killed_after_round_one_does_not_stall_late
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["status"] == "finished", procs.tail()
         assert [r.get("status") for r in runs.get("runs", [])] == ["finished:completed"], runs
-        assert "Plug-in" in metrics["results"]
+        assert "plug_in" in metrics["results"]
         rounds = metrics["rounds"]
         assert [r["round"] for r in rounds] == [1, 2, 3]
         assert rounds[0]["aggregated"] == 3 and rounds[0]["rejected"] == 0

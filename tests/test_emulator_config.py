@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from emulator.config import METHOD_PRESETS, EmulatorConfig
+from emulator.config import EmulatorConfig
+from emulator.methods import METHODS
 
 
 def test_defaults_are_valid_and_round_trip():
@@ -175,7 +176,7 @@ def test_every_flat_key_has_one_home():
         ({"method": "uniform+distill", "rank_keep": 1.0}, {"stage1_steps": 7}, {"distill_steps": 7}),
         ({"method": "uniform+distill", "rank_keep": 1.0}, {"harmonizer_loss": "kl"}, {"batch_size": 2}),
         (
-            METHOD_PRESETS["full"],
+            METHODS["full"].preset,
             {"stage1_steps": 7, "seq_len": 64, "src_rank": "energy"},
             {"adapter_top": 1},
         ),

@@ -78,7 +78,7 @@ def test_a_run_in_which_every_client_fails_exits_non_zero_without_fine_tuned_row
     assert log.count("NOTHING AGGREGATED") == 2
     saved = metrics(run_dir)
     assert saved["status"] == "failed" and saved["reason"] == last.removeprefix("error: ")
-    assert set(saved["results"]) == {"Full-ZS", "Emulator-ZS"} and saved["privacy_gap"] is None
+    assert set(saved["results"]) == {"full_zs", "emulator_zs"} and saved["privacy_gap"] is None
     assert all(r["empty"] and r["plug_in_acc"] is None for r in saved["rounds"])
     assert not (run_dir / "adapter.safetensors").exists()
     assert "Run failed" in (run_dir / "report.md").read_text()
@@ -96,7 +96,7 @@ def test_a_run_in_which_every_client_would_fail_for_a_data_reason_stops_before_a
     assert "federation.num_clients=4, partition='dirichlet' cannot split" in last, last
     assert "round 1/" not in log and not (run_dir / "adapter.safetensors").exists()
     results = metrics(run_dir).get("results", {}) if (run_dir / "metrics.json").exists() else {}
-    assert not {"Emulator-FT", "Plug-in"} & set(results)
+    assert not {"emulator_ft", "plug_in"} & set(results)
 
 
 ROUND_TIMEOUT, SLOW_SECONDS = 30, 45  # timeout < slow < 2 × timeout: a late reply lands in the next round

@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 from safetensors import SafetensorError
 
-from emulator.files import FileWriteError, read_json, read_jsonl, read_tensors, replacing
+from emulator.files import (
+    FileWriteError,
+    read_json,
+    read_jsonl,
+    read_tensors,
+    remove_temporaries,
+    replacing,
+    temporary_path,
+    write_text,
+)
 from emulator.results import MCResult
 from simulations import outputs
 from simulations.config import read_run_json
@@ -153,3 +162,31 @@ def test_a_truncated_bundle_manifest_is_named_and_the_cache_rebuilds_it(tmp_path
         "manifest.json is not valid JSON" in r.message and "rebuilding" in r.message for r in caplog.records
     )
     assert read_manifest(bundle)["format_version"]
+
+
+def test_two_writers_of_one_file_never_share_a_temporary(tmp_path):
+    # Two processes, or two threads of one (the in-process backend), may fill the same cache entry at once: a
+    # temporary named after the process alone would be written by both.
+    target = tmp_path / "entry.json"
+    with replacing(target) as first, replacing(target) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_text("1")
+        second.write_text("2")
+    assert target.read_text() == "1" and temporaries(tmp_path) == []
+    left = temporary_path(target)  # what a writer killed mid-write leaves is found by its name
+    left.write_text("half")
+    assert remove_temporaries(tmp_path) == [left]
+
+
+def test_a_directory_another_writer_finished_first_is_kept(tmp_path):
+    target = tmp_path / "bundle"
+    with replacing(target, keep_existing=True) as mine:
+        mine.mkdir()
+        (mine / "manifest.json").write_text("mine")
+        target.mkdir()  # meanwhile another process renamed its complete bundle into place
+        write_text(target / "manifest.json", "theirs")
+    assert (target / "manifest.json").read_text() == "theirs" and temporaries(tmp_path) == []
+    with replacing(target) as again:  # by default a directory is replaced
+        again.mkdir()
+        (again / "manifest.json").write_text("new")
+    assert (target / "manifest.json").read_text() == "new"

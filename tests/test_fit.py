@@ -34,6 +34,13 @@ def test_max_length_beyond_gpt2_positions_fails_before_any_round_or_build(tmp_pa
     [
         ("tiny-gpt2", ["evaluation.max_length=513"], "evaluation.max_length=513", "<= 512"),
         ("tiny-llama", ["emulator.seq_len=600"], "emulator.seq_len=600", "<= 512"),
+        # importance-drop runs stage 1 on seq_len blocks too (it went unchecked before the method registry).
+        (
+            "tiny-llama",
+            ["emulator.method='importance-drop'", "emulator.seq_len=600"],
+            "seq_len=600",
+            "<= 512",
+        ),
         ("tiny-opt", ["emulator.adapter_bottom=4", "emulator.adapter_top=4"], "adapter_top=8", "< 8"),
         ("tiny-llama", ["emulator.harmonizer_rank=65"], "emulator.harmonizer_rank=65", "<= 64"),
         ("tiny-qwen2", ["emulator.group_size=5"], "emulator.group_size=5", "<= 4"),

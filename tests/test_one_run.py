@@ -27,6 +27,7 @@ from simulations.server_eval import EMULATOR_ZS, FULL_ZS
 from strategies import wire
 from strategies.offsite import offsite_strategy
 from strategies.records import RoundRecord
+from strategies.settings import EmulatorOffer, Sampling
 
 CONFIG = "simulations/configs/tiny.toml"
 ROW = {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "n": 4}
@@ -280,7 +281,9 @@ def test_nodes_claiming_one_partition_or_one_outside_the_run_are_refused_with_th
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     # Node 2 says partition 0 as node 1 does; node 3 says 7 of 4; node 4 splits the data into 3 parts.
     grid = Grid({1: (0, 4), 2: (0, 4), 3: (7, 4), 4: (1, 3), 5: (2, 4)})
-    strategy = offsite_strategy("fedavg", emulator_path="/bundle", num_partitions=4, node_timeout=5.0)
+    strategy = offsite_strategy(
+        "fedavg", offer=EmulatorOffer("/bundle", num_partitions=4), sampling=Sampling(node_timeout=5.0)
+    )
     strategy.start(grid, ArrayRecord({"0.w": Array(np.zeros((2,), dtype=np.float32))}), num_rounds=1)
     (record,) = strategy.history
     assert strategy.partitions == {1: 0, 5: 2}

@@ -17,7 +17,7 @@ def evaluated(server_round: int, acc: float | None) -> RoundRecord:
     record = RoundRecord(round=server_round)
     if acc is not None:
         metrics = {f"{wire.PLUG_IN}_{m}": 0.1 for m in MEASURES} | {wire.PLUG_IN_ACC: acc}
-        metrics |= {f"{wire.EMULATOR}_{m}": 0.2 for m in MEASURES} | {wire.EVAL_N: 2.0}
+        metrics |= {f"{wire.EMULATOR_FT}_{m}": 0.2 for m in MEASURES} | {wire.EVAL_N: 2.0}
         fill_accuracies(record, metrics)
     return record
 
@@ -98,3 +98,27 @@ def test_the_gain_over_zero_shot_is_paired_on_the_same_examples():
     # +3 of 8 examples, differences (1,0,0,0,1,0,0,1): mean 0.375, stdev 0.518, se 0.183
     assert line.startswith("Gain = plug-in − full zero-shot = +37.5 ± 18.3 points (paired on the same 8 ")
     assert gain_line(plug_in, None) == "" and gain_line(row([1, 0]), zero_shot) == ""
+
+
+def test_rows_written_under_their_old_names_are_read_under_todays(tmp_path):
+    # Before each results row had one name, state.json and metrics.json keyed rows by their labels
+    # ("Emulator-FT") and the round records called the emulator fine-tuned metrics "emulator_acc*": such a
+    # run is still resumed, reused by compare and reported with the same numbers.
+    from simulations.config import read_run_json
+
+    state = RunState(
+        zero_shot={FULL_ZS: MCResult.from_row(ROW)}, per_example={EMULATOR_FT: {"correct": [0, 1]}}
+    )
+    state.history = [evaluated(1, 0.75)]
+    old = json.dumps(state.to_dict())
+    for row, label in ((FULL_ZS, "Full-ZS"), (EMULATOR_FT, "Emulator-FT")):
+        old = old.replace(f'"{row}"', f'"{label}"')
+    old = old.replace('"emulator_ft_acc', '"emulator_acc')
+    assert '"Full-ZS"' in old and '"emulator_acc_stderr"' in old and "emulator_ft" not in old
+    (tmp_path / "state.json").write_text(old)
+    restored = RunState.from_dict(read_run_json(tmp_path / "state.json"))
+    assert (
+        restored.history[0].emulator_ft_acc == 0.2
+        and restored.history[0].privacy_gap == state.history[0].privacy_gap
+    )
+    assert restored.rows() == state.rows()

@@ -29,6 +29,7 @@ from strategies.offsite import offsite_strategy
 from strategies.privacy import DifferentialPrivacy
 from strategies.privacy_config import DPConfig
 from strategies.records import nothing_trained_reason, progress_line
+from strategies.settings import EmulatorOffer, ServerEvaluation
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 5  # client.local_steps of the fake clients: every reply reports it (DP's unweighted average)
@@ -53,10 +54,10 @@ def dp_strategy(clipping: str, num_sampled: int, evaluated: list | None = None, 
 
     return offsite_strategy(
         "fedavg",
-        emulator_path="/bundle",
+        offer=EmulatorOffer("/bundle"),
         privacy=privacy,
         weighted_by_key=wire.TRAIN_STEPS,
-        evaluate_fn=evaluate,
+        evaluation=ServerEvaluation(evaluate),
     )
 
 
@@ -314,7 +315,7 @@ def test_a_dp_run_in_which_every_client_fails_exits_1_with_the_reason(clipping, 
     assert last.startswith("error: no client reply was aggregated in any of the 2 round(s)"), last
     assert "fails on purpose" in last
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and set(metrics["results"]) == {"Full-ZS", "Emulator-ZS"}
+    assert metrics["status"] == "failed" and set(metrics["results"]) == {"full_zs", "emulator_zs"}
     assert all(
         r["empty"] and len(r["rejections"]) == r["sampled"] == 2 and not r["privacy"]
         for r in metrics["rounds"]

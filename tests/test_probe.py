@@ -53,7 +53,11 @@ def test_steal_rows_and_the_comparison_column(tmp_path):
 
     assert stolen_accuracies(tmp_path) == {}
     (tmp_path / STEAL_FILE).write_text(json.dumps({"rows": [row]}))
-    assert stolen_accuracies(tmp_path) == {"uniform α=0.5": [0.5, 0.1]}
+    assert stolen_accuracies(tmp_path) == {"uniform α=0.5": stolen.measures()}
+    # steal.json written before MCResult had one serialiser held [acc, stderr] pairs.
+    old = row | {"full_zs": [0.75, 0.1], "emulator_zs": [0.25, 0.1], "stolen_zs": [0.5, 0.1]}
+    (tmp_path / STEAL_FILE).write_text(json.dumps({"rows": [old]}))
+    assert stolen_accuracies(tmp_path) == {"uniform α=0.5": {"acc": 0.5, "acc_stderr": 0.1}}
     rows = [{"method": "uniform α=0.5", "stolen_zs": {"acc": 0.5, "acc_stderr": 0.1}} | _EMPTY_ROW]
     table = markdown(rows, RunConfig())
     assert "stolen ZS (probe) |" in table and "| 50.0 ± 10.0 |" in table

@@ -16,7 +16,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from emulator.results import MEASURES, MCResult
+from emulator.results import MEASURES, ROW_LABELS, MCResult
 from simulations.config import load_config
 from simulations.outputs import RunState, load_checkpoint, save_checkpoint, write_metrics, write_report
 from simulations.runner import BackendWatch
@@ -25,6 +25,7 @@ from strategies import wire
 from strategies.nodes import await_nodes
 from strategies.offsite import offsite_strategy
 from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason, progress_line
+from strategies.settings import EmulatorOffer, Sampling, ServerEvaluation
 
 SHAPES = {"0.mlp.weight": (4, 3), "7.norm.weight": (4,)}
 ROW = {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "n": 4}
@@ -77,13 +78,13 @@ def strategy(evaluated: list | None = None, **kwargs):
     def evaluate(server_round, arrays, with_emulator):
         evaluated.append(server_round)
         plug_in = {f"{wire.PLUG_IN}_{m}": 0.6 for m in MEASURES}
-        return plug_in | {f"{wire.EMULATOR}_{m}": 0.4 for m in MEASURES} | {wire.EVAL_N: 4.0}
+        return plug_in | {f"{wire.EMULATOR_FT}_{m}": 0.4 for m in MEASURES} | {wire.EVAL_N: 4.0}
 
     return offsite_strategy(
         "fedavg",
-        emulator_path="/bundle",
-        evaluate_fn=None if evaluated is None else evaluate,
-        node_timeout=kwargs.pop("node_timeout", 5.0),
+        offer=EmulatorOffer("/bundle"),
+        sampling=kwargs.pop("sampling", Sampling(node_timeout=5.0)),
+        evaluation=ServerEvaluation(None if evaluated is None else evaluate),
         **kwargs,
     )
 
@@ -119,7 +120,8 @@ def test_an_untrained_run_fails_with_its_reason_and_no_fine_tuned_rows(tmp_path)
     assert not (tmp_path / "adapter.safetensors").exists()
     report = (tmp_path / "report.md").read_text()
     assert "**Run failed:** no client reply was aggregated" in report
-    assert PLUG_IN not in report.split("| round |")[0] and EMULATOR_FT not in report.split("| round |")[0]
+    results_table = report.split("| round |")[0]
+    assert ROW_LABELS[PLUG_IN] not in results_table and ROW_LABELS[EMULATOR_FT] not in results_table
 
 
 def test_some_empty_rounds_are_counted_in_the_summary_and_report(tmp_path):
@@ -153,7 +155,9 @@ def test_waiting_for_nodes_ends_with_an_error_or_proceeds_as_configured():
 def test_after_a_node_dies_later_rounds_wait_only_for_enough_nodes_to_sample():
     # Three nodes, min_clients=2: the first round needs all three, later rounds two (issue 14 §4).
     grid = Grid({1: 0, 2: 1, 3: 2}, trained)
-    run = strategy(min_available_nodes=3, min_train_nodes=2, fraction_train=1.0, node_timeout=0.5)
+    run = strategy(
+        sampling=Sampling(min_available_nodes=3, min_train_nodes=2, fraction_train=1.0, node_timeout=0.5)
+    )
     # Node 3 dies after round 1, node 2 after round 3.
     run.on_round_end = lambda record, arrays: grid.partition_of.pop({1: 3, 3: 2}.get(record.round), None)
     # Fewer than min_clients later on is an error after node_timeout, not a wait without end.
@@ -163,7 +167,7 @@ def test_after_a_node_dies_later_rounds_wait_only_for_enough_nodes_to_sample():
 
 
 def test_missing_replies_are_recorded_and_a_reply_to_another_round_is_never_aggregated():
-    run = strategy(fraction_train=1.0)
+    run = strategy(sampling=Sampling(fraction_train=1.0, node_timeout=5.0))
     grid = Grid({1: 0, 2: 1, 3: 2}, trained)
     run.set_adapter_spec(adapter())
     run.start(grid, adapter(0.0), num_rounds=1)  # round 1: all three reply

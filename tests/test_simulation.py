@@ -26,7 +26,7 @@ def test_three_rounds_with_rows_bytes_and_a_dropped_client(full_run, failing_par
     assert metrics["status"] == "finished"
     rounds = metrics["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert {"Full-ZS", "Emulator-ZS", "Emulator-FT", "Plug-in"} <= set(metrics["results"])
+    assert {"full_zs", "emulator_zs", "emulator_ft", "plug_in"} <= set(metrics["results"])
     assert all(0 <= row["acc"] <= 1 and row["acc_stderr"] > 0 for row in metrics["results"].values())
     assert all(r["plug_in_acc"] is not None and r["train_loss"] is not None for r in rounds)
 
@@ -108,7 +108,7 @@ def test_eval_run_rows_rebuild_the_runs_plug_in_and_emulator(full_run):
     config = load_config(full_run / "config.toml")
     test = load_task(config.task, seed=config.seed).test[: config.evaluation.test_limit]
     results = json.loads((full_run / "metrics.json").read_text())["results"]
-    for row, name in (("plug-in", "Plug-in"), ("emulator", "Emulator-FT"), ("full", "Full-ZS")):
+    for row in ("plug_in", "emulator_ft", "full_zs"):
         model, tokenizer = run_model(full_run, row)
         result = multiple_choice_accuracy(model, tokenizer, test, batch_size=config.evaluation.batch_size)
-        assert list(result.correct) == results[name]["correct"], row
+        assert list(result.correct) == results[row]["correct"], row

@@ -12,6 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from strategies import wire
 from strategies.nodes import sample_partitions
 from strategies.offsite import offsite_strategy, strategy_parameters
+from strategies.settings import EmulatorOffer, Sampling, ServerEvaluation
 
 SHAPES = {"0.mlp.weight": (4, 3), "7.mlp.weight": (3, 4), "7.norm.weight": (4,)}
 
@@ -39,7 +40,7 @@ def reply(node: int, arrays: ArrayRecord, examples: int = 10, loss: float = 1.0)
 
 
 def make(name: str = "fedavg", **kwargs) -> object:
-    strategy = offsite_strategy(name, emulator_path="/bundle", **kwargs)
+    strategy = offsite_strategy(name, offer=kwargs.pop("offer", EmulatorOffer("/bundle")), **kwargs)
     strategy.set_adapter_spec(adapter())
     return strategy
 
@@ -114,7 +115,7 @@ def test_other_flower_strategies_aggregate(name, kwargs):
 def test_sampling_depends_on_seed_and_round_not_on_node_ids():
     picks = []
     for node_ids in ([5, 9, 2, 7, 3, 8], [61, 12, 33, 48, 90, 77]):
-        strategy = make(fraction_train=0.5, seed=3)
+        strategy = make(sampling=Sampling(fraction_train=0.5, seed=3))
         grid = FakeGrid({n: p for p, n in enumerate(node_ids)})
         rounds = []
         for server_round in (1, 2, 3):
@@ -128,7 +129,7 @@ def test_sampling_depends_on_seed_and_round_not_on_node_ids():
 
 
 def test_handshake_refuses_failing_or_foreign_emulators():
-    strategy = make(emulator_sha256="a" * 64)
+    strategy = make(offer=EmulatorOffer("/bundle", sha256="a" * 64))
     grid = FakeGrid({1: 0, 2: 1, 3: 2}, sha={1: "a" * 64, 2: "b" * 64}, fail_handshake={3})
     messages = list(strategy.configure_train(1, adapter(), ConfigRecord(), grid))
     assert [m.metadata.dst_node_id for m in messages] == [1]
@@ -142,22 +143,24 @@ def test_start_runs_rounds_evaluates_on_schedule_and_resumes():
 
     def evaluate(server_round, arrays, with_emulator):
         metrics = {wire.PLUG_IN_ACC: 0.5, wire.PLUG_IN_ACC_STDERR: 0.1}
-        return {**metrics, wire.EMULATOR_ACC: 0.4} if with_emulator else metrics
+        return {**metrics, wire.EMULATOR_FT_ACC: 0.4} if with_emulator else metrics
 
     saved = []
     strategy = make(
-        "fedadam", evaluate_fn=evaluate, emulator_eval_every=0, on_round_end=lambda r, a: saved.append(r)
+        "fedadam",
+        evaluation=ServerEvaluation(evaluate, emulator_every=0),
+        on_round_end=lambda r, a: saved.append(r),
     )
     result = strategy.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=3)
     assert [r.round for r in saved] == [1, 2, 3]
-    assert [r.emulator_acc for r in saved] == [None, None, 0.4]
+    assert [r.emulator_ft_acc for r in saved] == [None, None, 0.4]
     assert saved[-1].privacy_gap == pytest.approx(0.1)
     assert saved[0].bytes_per_client == adapter().count_bytes()
 
     # Resume after round 2 with the saved server-optimiser state: same final adapter.
-    first = make("fedadam", evaluate_fn=evaluate)
+    first = make("fedadam", evaluation=ServerEvaluation(evaluate))
     two = first.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=2)
-    resumed = make("fedadam", evaluate_fn=evaluate)
+    resumed = make("fedadam", evaluation=ServerEvaluation(evaluate))
     resumed.restore_(first.history, first.state_arrays())
     final = resumed.start(FakeGrid({7: 0, 8: 1}, client=client), two.arrays, num_rounds=1)
     assert [r.round for r in resumed.history] == [1, 2, 3]
@@ -215,7 +218,7 @@ def test_plug_in_is_evaluated_on_its_schedule_and_always_in_the_last_round():
         calls.append((server_round, with_emulator))
         return {wire.PLUG_IN_ACC: 0.5, wire.PLUG_IN_ACC_STDERR: 0.1}
 
-    strategy = make(evaluate_fn=evaluate, emulator_eval_every=2, plug_in_eval_every=0)
+    strategy = make(evaluation=ServerEvaluation(evaluate, emulator_every=2, plug_in_every=0))
     strategy.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=3)
     assert calls == [(2, True), (3, True)]  # with the emulator's schedule and in the last round only
     assert [r.plug_in_acc for r in strategy.history] == [None, 0.5, 0.5]

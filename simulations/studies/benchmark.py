@@ -246,7 +246,8 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
 
     from emulator.assembly import build_emulator
     from emulator.bundle import save_bundle
-    from emulator.config import METHOD_PRESETS, EmulatorConfig
+    from emulator.config import EmulatorConfig
+    from emulator.methods import METHODS
     from emulator.models import load_model
 
     model, tokenizer = load_model(args.model)
@@ -255,21 +256,25 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
         common |= {"harmonizer_rank": 16, "batch_size": 2, "seq_len": 32}
     configs = {
         f"scaleot α={args.alpha:g} β={args.rank_keep:g}": {
-            **METHOD_PRESETS["scaleot"],
+            **METHODS["scaleot"].preset,
             "rank_keep": args.rank_keep,
         },
-        f"uniform+distill α={args.alpha:g}": METHOD_PRESETS["uniform+distill"],
-        f"uniform α={args.alpha:g}": METHOD_PRESETS["uniform"],
+        f"uniform+distill α={args.alpha:g}": METHODS["uniform+distill"].preset,
+        f"uniform α={args.alpha:g}": METHODS["uniform"].preset,
     }
     built = {}
     for label, values in configs.items():
         config = EmulatorConfig.from_dict(common | values)
         emulator = build_emulator(model, tokenizer, config, progress=False)
-        steps = {"scaleot": config.stage1.stage1_steps, "uniform+distill": config.distill.distill_steps}.get(
-            config.method, 0
-        )
-        built[label] = {"seconds": emulator.build_seconds, "steps": steps, "bundle": None}
-        if config.method != "uniform+distill":  # same shape as uniform: one step measurement covers both
+        steps_field = config.traits.steps_field
+        steps = config.to_dict()[steps_field] if steps_field else 0
+        built[label] = {
+            "method": config.method,
+            "seconds": emulator.build_seconds,
+            "steps": steps,
+            "bundle": None,
+        }
+        if not config.traits.distills:  # same shape as without distillation: one step measurement covers both
             path = save_bundle(emulator, directory / config.method, args.model, tokenizer)
             built[label]["bundle"] = str(path)
         log.info("built %s in %.1f s", label, emulator.build_seconds)
@@ -387,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import torch
 
+    from emulator.methods import method_spec
     from emulator.models import load_model
     from simulations.studies.throughput import gemm_throughput, measure_scoring, scoring_table
 
@@ -404,15 +410,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         if "builds" in sections:
             builds = build_emulators(args, directory)
         if "clients" in sections:
-            bundles = {n: b["bundle"] for n, b in builds.items() if b["bundle"]}
+            bundles = {n: (b["bundle"], b["method"]) for n, b in builds.items() if b["bundle"]}
             if not bundles:
-                bundles = {
-                    f"scaleot α={args.alpha:g} β={args.rank_keep:g}": scaleot_bundle(args, model, tokenizer)
-                }
+                label = f"scaleot α={args.alpha:g} β={args.rank_keep:g}"
+                bundles = {label: (scaleot_bundle(args, model, tokenizer), "scaleot")}
             del model  # the children load their own
             jobs = {"full model" + _path(v): ("full", v) for v in ("old", "new")}
-            for name, bundle in bundles.items():
-                for variant in ("old", "new", "ckpt") if name.startswith("scaleot") else ("new",):
+            for name, (bundle, method) in bundles.items():
+                # The method under study on every code path, the baselines on the default one.
+                proposed = method_spec(method).role == "proposed"
+                for variant in ("old", "new", "ckpt") if proposed else ("new",):
                     jobs[name + _path(variant)] = (bundle, variant)
             clients = measure_clients(jobs, args)
         if "overhead" in sections:

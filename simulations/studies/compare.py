@@ -46,15 +46,16 @@ from typing import Any
 
 from emulator.config import EmulatorConfig
 from emulator.config_parse import build_config, parse_value, split_assignment
+from emulator.methods import METHODS
 from simulations.config import (
     RunConfig,
     add_set_option,
     apply_overrides,
     read_config_file,
-    read_run_json,
     read_saved_config,
 )
-from simulations.studies.methods import Method, Setting
+from simulations.outputs import read_metrics
+from simulations.studies.methods import Method, Setting, compared_kinds, is_upper_bound, settings_field
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +135,19 @@ def plan(
     Raises:
         ValueError: a setting that makes an invalid emulator config.
     """
-    methods = [Method.of("full")]
-    methods += [Method.of("uniform", s) for s in compare.uniform]
-    methods += [Method.of("uniform+distill", s) for s in compare.uniform_distill]
-    methods += [Method.of("importance-drop", s) for s in compare.importance_drop]
-    methods += [Method.of("crash", s) for s in compare.crash]
-    methods += [Method.of("scaleot", s) for s in (*compare.scaleot, *sweep)]
+    methods = [Method.of(kind, s) for kind in compared_kinds() for s in _settings(compare, kind, sweep)]
     planned: dict[EmulatorConfig, tuple[Method, RunConfig]] = {}
     for method in methods:
         emulator = method.emulator(base.emulator)
         planned.setdefault(emulator, (method, replace(base, emulator=emulator)))
     return list(planned.values())
+
+
+def _settings(compare: CompareConfig, kind: str, sweep: Sequence[Setting]) -> Sequence[Setting]:
+    if is_upper_bound(kind):
+        return [{}]  # once: it compresses nothing, so no setting changes it
+    listed = getattr(compare, settings_field(kind))
+    return (*listed, *sweep) if METHODS[kind].role == "proposed" else listed
 
 
 def load_compare(
@@ -203,8 +206,7 @@ def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
             raise ValueError(
                 f"{run_dir} holds a run of another config; remove it or give compare another --out"
             )
-        metrics_path = run_dir / "metrics.json"
-        metrics = read_run_json(metrics_path) if metrics_path.is_file() else {}
+        metrics = read_metrics(run_dir)
         if metrics.get("status") == "finished":
             if metrics.get("bundle", {}).get("model_sha256") != _model_sha256(config.model):
                 raise ValueError(

@@ -22,9 +22,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emulator.bundle import read_manifest
-from emulator.results import ONE_ANSWER_SHARE, paired_difference, privacy_gap
+from emulator.methods import METHODS
+from emulator.results import (
+    EMULATOR_FT,
+    EMULATOR_ZS,
+    FULL_ZS,
+    ONE_ANSWER_SHARE,
+    PLUG_IN,
+    ROWS,
+    paired_difference,
+    privacy_gap,
+)
 from simulations.outputs import new_figure, pct, save_figure, write_text
-from simulations.server_eval import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
+from simulations.studies.methods import is_reference, is_upper_bound, pairs_with_reference
 from strategies import wire
 
 if TYPE_CHECKING:
@@ -67,10 +77,7 @@ def method_row(
         "alpha": metrics["config"]["emulator"]["alpha"],
         "rank_keep": metrics["config"]["emulator"]["rank_keep"],
         **_bundle_facts(metrics.get("bundle", {}).get("path")),
-        "full_zs": accuracy(results.get(FULL_ZS)),
-        "emulator_zs": accuracy(results.get(EMULATOR_ZS)),
-        "emulator_ft": accuracy(emulator_ft),
-        "plug_in": accuracy(plug_in),
+        **{row: accuracy(results.get(row)) for row in ROWS},
         "privacy_gap": privacy_gap(plug_in, emulator_ft),
         "vs_full": _paired(plug_in, reference),
         "step_seconds": _client_mean(metrics, wire.STEP_SECONDS),
@@ -91,10 +98,10 @@ def zero_shot_row(full_metrics: Mapping[str, Any], reference: Mapping[str, Any] 
         **_bundle_facts(full_metrics.get("bundle", {}).get("path")),  # the full bundle: the full model's size
         "emulator_bytes": None,
         "build_seconds": 0.0,
-        "full_zs": accuracy(full_zs),
-        "emulator_zs": None,
-        "emulator_ft": None,
-        "plug_in": accuracy(full_zs),
+        FULL_ZS: accuracy(full_zs),
+        EMULATOR_ZS: None,
+        EMULATOR_FT: None,
+        PLUG_IN: accuracy(full_zs),
         "privacy_gap": None,
         "vs_full": _paired(full_zs, reference),
         "step_seconds": None,
@@ -111,18 +118,18 @@ def comparison_rows(methods: Sequence[Method], labels: Sequence[str], results: M
     Every emulator row other than uniform's also carries ``vs_uniform``: its plug-in minus the plug-in of
     uniform LayerDrop at the same α, paired (the paper's claim is that ScaleOT beats it at equal compression).
     """
-    full = next((results[m] for m in methods if m.kind == "full" and m in results), None)
+    full = next((results[m] for m in methods if is_upper_bound(m.kind) and m in results), None)
     reference = full["results"].get(PLUG_IN) if full else None
     uniform = {
         results[m]["config"]["emulator"]["alpha"]: results[m]["results"].get(PLUG_IN)
         for m in methods
-        if m.kind == "uniform" and m in results
+        if is_reference(m.kind) and m in results
     }
     rows = [zero_shot_row(full, reference)] if full else []
     for method, label in zip(methods, labels, strict=True):
         if method in results:
             row = method_row(label, method.kind, results[method], reference)
-            if method.kind not in ("uniform", "full"):
+            if pairs_with_reference(method.kind):
                 row["vs_uniform"] = _paired(
                     results[method]["results"].get(PLUG_IN), uniform.get(row["alpha"])
                 )
@@ -150,7 +157,7 @@ def write_comparison(
     stolen = stolen_accuracies(out)
     for row in rows:
         if row["method"] in stolen:
-            row["stolen_zs"] = dict(zip(("acc", "acc_stderr"), stolen[row["method"]], strict=True))
+            row["stolen_zs"] = accuracy(stolen[row["method"]])
     runs = {m.label(base.emulator): m.slug(base.emulator) for m in methods if m in results}
     data = {"base_config": json.loads(base.to_json()), "runs": runs, "rows": rows, "failed": failed}
     write_text(out / "comparison.json", json.dumps(data, indent=1))
@@ -167,7 +174,7 @@ def markdown(
     """comparison.md: the setting, one table row per method (accuracies in %), the methods that failed
     (no row: nothing of theirs may be read as a result), how to read it, the plot."""
     fed, client = base.federation, base.client
-    n = next((r["plug_in"]["n"] for r in rows if r.get("plug_in")), 0)
+    n = next((r[PLUG_IN]["n"] for r in rows if r.get(PLUG_IN)), 0)
     steps = f"{client.local_steps} steps" if client.local_steps else f"{client.local_epochs:g} epochs"
     lines = [
         f"# {base.model} on {base.task}: ScaleOT and baselines",
@@ -211,34 +218,30 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """The privacy-utility picture: plug-in (y) against emulator fine-tuned (x) accuracy, one point per
     emulator; the diagonal (no privacy gap) and full fine-tuning / zero-shot as horizontal lines."""
     fig, ax = new_figure((6.5, 5))
-    colors = {
-        "uniform": "C1",
-        "uniform+distill": "C2",
-        "importance-drop": "C3",
-        "crash": "C4",
-        "scaleot": "C0",
-    }
-    points = [r for r in rows if r["kind"] in colors and r["plug_in"] and r["emulator_ft"]]
+    emulators = [kind for kind in METHODS if not is_upper_bound(kind)]  # a colour per kind, in registry order
+    colors = {kind: f"C{i}" for i, kind in enumerate(emulators)}
+    points = [r for r in rows if r["kind"] in colors and r[PLUG_IN] and r[EMULATOR_FT]]
     for kind, color in colors.items():
         mine = [r for r in points if r["kind"] == kind]
         if mine:
             ax.errorbar(
-                [100 * r["emulator_ft"]["acc"] for r in mine],
-                [100 * r["plug_in"]["acc"] for r in mine],
-                xerr=[100 * r["emulator_ft"]["acc_stderr"] for r in mine],
-                yerr=[100 * r["plug_in"]["acc_stderr"] for r in mine],
+                [100 * r[EMULATOR_FT]["acc"] for r in mine],
+                [100 * r[PLUG_IN]["acc"] for r in mine],
+                xerr=[100 * r[EMULATOR_FT]["acc_stderr"] for r in mine],
+                yerr=[100 * r[PLUG_IN]["acc_stderr"] for r in mine],
                 fmt="o",
                 capsize=3,
                 color=color,
                 label=kind,
             )
     for r in points:
-        xy = (100 * r["emulator_ft"]["acc"], 100 * r["plug_in"]["acc"])
+        xy = (100 * r[EMULATOR_FT]["acc"], 100 * r[PLUG_IN]["acc"])
         ax.annotate(r["method"], xy, textcoords="offset points", xytext=(5, 5), fontsize=8)
-    for kind, style, name in (("full", "-", "full fine-tune"), ("zero-shot", ":", "zero-shot")):
-        level = next((r["plug_in"]["acc"] for r in rows if r["kind"] == kind and r["plug_in"]), None)
-        if level is not None:
-            ax.axhline(100 * level, linestyle=style, color="k", alpha=0.6, label=name)
+    full = next((r for r in rows if is_upper_bound(r["kind"]) and r[PLUG_IN]), None)
+    zero_shot = next((r for r in rows if r["kind"] == "zero-shot" and r[PLUG_IN]), None)
+    for row, style, name in ((full, "-", "full fine-tune"), (zero_shot, ":", "zero-shot")):
+        if row is not None:
+            ax.axhline(100 * row[PLUG_IN]["acc"], linestyle=style, color="k", alpha=0.6, label=name)
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     span = [min(x0, y0), max(x1, y1)]
     ax.plot(span, span, "--", color="grey", linewidth=1, label="plug-in = emulator FT (Δ = 0)")
@@ -260,10 +263,10 @@ def _table_line(r: Mapping[str, Any]) -> str:
     cells = [
         r["method"],
         "–" if r.get("emulator_params") is None else f"{r['emulator_params'] / 1e6:.1f}M ({ratio:.2f})",
-        acc(r["full_zs"]),
-        acc(r["emulator_zs"]),
-        acc(r["emulator_ft"]),
-        acc(r["plug_in"]),
+        acc(r[FULL_ZS]),
+        acc(r[EMULATOR_ZS]),
+        acc(r[EMULATOR_FT]),
+        acc(r[PLUG_IN]),
         _number(r["privacy_gap"], 100, "+.1f"),
         _difference(r.get("vs_full")),
         _difference(r.get("vs_uniform")),

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emulator.config_parse import parse_typed
-from emulator.results import paired_difference
-from simulations.config import read_run_json
-from simulations.outputs import write_text
-from simulations.server_eval import EMULATOR_FT, PLUG_IN
+from emulator.results import EMULATOR_FT, PLUG_IN, paired_difference
+from simulations.outputs import read_metrics, write_text
+from simulations.studies.methods import is_reference, is_upper_bound, pairs_with_reference
 
 if TYPE_CHECKING:
     from simulations.config import RunConfig
@@ -118,35 +117,34 @@ def _cell_results(
 
     results = {}
     for method, config in methods:
-        path = directory / method.slug(cell.emulator) / "metrics.json"
-        metrics = read_run_json(path) if path.is_file() else {}
+        metrics = read_metrics(directory / method.slug(cell.emulator))
         if metrics.get("status") != "finished":
             continue
         rows = metrics["results"]
         results[Method.label(method, cell.emulator)] = {
             "kind": method.kind,
             "alpha": config.emulator.alpha,
-            "plug_in": tuple(rows[PLUG_IN]["correct"]),
-            "emulator_ft": tuple(rows[EMULATOR_FT]["correct"]) if EMULATOR_FT in rows else None,
+            PLUG_IN: tuple(rows[PLUG_IN]["correct"]),
+            EMULATOR_FT: tuple(rows[EMULATOR_FT]["correct"]) if EMULATOR_FT in rows else None,
         }
     return results
 
 
 def _cell_estimates(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Estimate]]:
-    full = next((r for r in results.values() if r["kind"] == "full"), None)
-    uniform = [r for r in results.values() if r["kind"] == "uniform"]
+    full = next((r for r in results.values() if is_upper_bound(r["kind"])), None)
+    uniform = [r for r in results.values() if is_reference(r["kind"])]
     estimates = {}
     for label, r in results.items():
-        plug = r["plug_in"]
-        row = {"plug_in": _mean(plug)}
-        if r["emulator_ft"] is not None and r["kind"] != "full":
-            row["emulator_ft"] = _mean(r["emulator_ft"])
-            row["gap"] = paired_difference(plug, r["emulator_ft"])
+        plug = r[PLUG_IN]
+        row = {PLUG_IN: _mean(plug)}
+        if r[EMULATOR_FT] is not None and not is_upper_bound(r["kind"]):
+            row[EMULATOR_FT] = _mean(r[EMULATOR_FT])
+            row["gap"] = paired_difference(plug, r[EMULATOR_FT])
         if full is not None and r is not full:
-            row["vs_full"] = paired_difference(plug, full["plug_in"])
+            row["vs_full"] = paired_difference(plug, full[PLUG_IN])
         same = next((u for u in uniform if u["alpha"] == r["alpha"]), uniform[0] if uniform else None)
-        if same is not None and r["kind"] not in ("uniform", "full"):
-            row["vs_uniform"] = paired_difference(plug, same["plug_in"])
+        if same is not None and pairs_with_reference(r["kind"]):
+            row["vs_uniform"] = paired_difference(plug, same[PLUG_IN])
         estimates[label] = row
     return estimates
 
@@ -180,7 +178,7 @@ def _combine(rows: Sequence[Mapping[str, Estimate]], complete: int) -> dict[str,
     }
 
 
-_COLUMNS = ("emulator_ft", "plug_in", "gap", "vs_full", "vs_uniform")
+_COLUMNS = (EMULATOR_FT, PLUG_IN, "gap", "vs_full", "vs_uniform")
 _HEADER = (
     "| method | emulator FT | plug-in | Δ (paired) | plug-in − full (paired) | plug-in − uniform (paired) |"
 )
@@ -197,9 +195,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
         lines += [f"## {title}", "", _HEADER, "|---|---|---|---|---|---|"]
         for label in summary["methods"]:
             if label in rows:
-                cells_ = [
-                    _cell(rows[label].get(k), signed=k not in ("emulator_ft", "plug_in")) for k in _COLUMNS
-                ]
+                cells_ = [_cell(rows[label].get(k), signed=k not in (EMULATOR_FT, PLUG_IN)) for k in _COLUMNS]
                 lines.append(f"| {label} | " + " | ".join(cells_) + " |")
         lines.append("")
     lines.append(
@@ -233,26 +229,22 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
         rows = [rows[label] for _, rows in groups if label in rows]
         ax.bar(
             xs,
-            [100 * r["plug_in"][0] for r in rows],
+            [100 * r[PLUG_IN][0] for r in rows],
             width,
             label=label,
             color=f"C{i}",
             alpha=0.85,
-            yerr=[100 * r["plug_in"][1] for r in rows],
+            yerr=[100 * r[PLUG_IN][1] for r in rows],
             capsize=2,
         )
-        ft = [(x, 100 * r["emulator_ft"][0]) for x, r in zip(xs, rows, strict=True) if "emulator_ft" in r]
+        ft = [(x, 100 * r[EMULATOR_FT][0]) for x, r in zip(xs, rows, strict=True) if EMULATOR_FT in r]
         if ft:
             ax.plot(*zip(*ft, strict=True), "D", **_FT_MARKER)
     ax.plot([], [], "D", label="emulator fine-tuned", **_FT_MARKER)
     ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
     ax.set_ylabel("plug-in accuracy (%) ± standard error")
     low = min(
-        100 * r[k][0]
-        for _, rows in groups
-        for r in rows.values()
-        for k in ("plug_in", "emulator_ft")
-        if k in r
+        100 * r[k][0] for _, rows in groups for r in rows.values() for k in (PLUG_IN, EMULATOR_FT) if k in r
     )
     ax.set_ylim(max(0.0, low - 10), None)
     # Beside the axes: inside, a legend of eight or more methods covered the bars.

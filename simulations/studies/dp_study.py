@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.config import add_set_option, read_run_json
+from simulations.config import add_set_option
 
 log = logging.getLogger("scaleot.dp_study")
 
@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     from simulations.config import load_config
+    from simulations.outputs import read_metrics
     from simulations.runner import simulate
 
     runs: dict[str, Any] = {}
@@ -58,10 +59,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for label, privacy in settings:
         config = load_config(args.config, [*args.overrides, *privacy])
         run_dir = args.out / label.replace("=", "").replace(" ", "-")
-        metrics_path = run_dir / "metrics.json"
-        done = metrics_path.is_file() and read_run_json(metrics_path).get("status") == "finished"
+        recorded = read_metrics(run_dir)
+        done = recorded.get("status") == "finished"
         resume = run_dir if (run_dir / "config.json").is_file() else None  # a run stopped earlier continues
-        runs[label] = read_run_json(metrics_path) if done else simulate(config, run_dir, resume=resume)
+        runs[label] = recorded if done else simulate(config, run_dir, resume=resume)
         log.info("%s done", label)
     table = markdown(runs, args.clipping_norm)
     (args.out / "dp.md").write_text(table)
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def markdown(runs: Mapping[str, Mapping[str, Any]], clipping_norm: float) -> str:
     """One line per run: z, ε, noise std, plug-in, emulator FT, plug-in − full ZS (paired)."""
-    from emulator.results import paired_difference
+    from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN, paired_difference
     from simulations.outputs import pct
 
     lines = [
@@ -81,7 +82,7 @@ def markdown(runs: Mapping[str, Mapping[str, Any]], clipping_norm: float) -> str
     ]
     for label, metrics in runs.items():
         results, last = metrics["results"], metrics["rounds"][-1]
-        plug_in, full = results["Plug-in"], results["Full-ZS"]
+        plug_in, full, emulator_ft = results[PLUG_IN], results[FULL_ZS], results[EMULATOR_FT]
         epsilon = last.get("privacy", {}).get("epsilon")
         mean, stderr = paired_difference(tuple(plug_in["correct"]), tuple(full["correct"]))
         noise = last.get("privacy", {}).get("noise_std")
@@ -89,7 +90,7 @@ def markdown(runs: Mapping[str, Mapping[str, Any]], clipping_norm: float) -> str
         lines.append(
             f"| {label} | {spent} "
             f"| {'–' if noise is None else f'{noise:.2g}'} | {pct(plug_in['acc'], plug_in['acc_stderr'])} "
-            f"| {pct(results['Emulator-FT']['acc'], results['Emulator-FT']['acc_stderr'])} "
+            f"| {pct(emulator_ft['acc'], emulator_ft['acc_stderr'])} "
             f"| {pct(full['acc'], full['acc_stderr'])} | {100 * mean:+.1f} ± {100 * stderr:.1f} |"
         )
     return "\n".join(lines) + "\n"

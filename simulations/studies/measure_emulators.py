@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import torch
 
 from emulator.bundle import load_emulator
-from emulator.config import METHOD_PRESETS, EmulatorConfig, corpus_exclusion
+from emulator.config import EmulatorConfig, corpus_exclusion
 from emulator.config_parse import parse_assignment
 from emulator.data import corpus_blocks, public_corpus
 from emulator.evaluation import multiple_choice_accuracy, perplexity
+from emulator.methods import method_spec
 from emulator.models import load_model
 from emulator.results import MCResult
 from emulator.surgery import count_parameters
@@ -94,8 +95,9 @@ def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig
     for alpha in args.alphas:
         for method in args.methods:
             # The baselines as `scaleot compare` runs them (no SRC); --rank-keep is ScaleOT's β.
-            base = {"corpus_exclude": exclude, **extra, **METHOD_PRESETS[method], "alpha": alpha}
-            if method == "scaleot":
+            traits = method_spec(method)
+            base = {"corpus_exclude": exclude, **extra, **traits.preset, "alpha": alpha}
+            if traits.harmonizers:  # the stage-1 loss variants
                 for variant in args.losses:
                     loss, _, norm = variant.partition("/")
                     values = {
@@ -111,7 +113,7 @@ def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig
                             EmulatorConfig.from_dict({**values, **({"local_norm": norm} if norm else {})}),
                         )
                     )
-            elif method == "uniform+distill":
+            elif traits.distills:
                 configs.append(
                     ("kd", EmulatorConfig.from_dict({**base, "distill_steps": args.distill_steps}))
                 )
@@ -202,11 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _row_dict(row: Row) -> dict:
     values = dict(vars(row))
     acc = row.accuracy
-    values["accuracy"] = (
-        None
-        if acc is None
-        else {k: getattr(acc, k) for k in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n")}
-    )
+    values["accuracy"] = None if acc is None else acc.to_row()
     return values
 
 

@@ -30,9 +30,10 @@ from typing import Any
 from emulator.bundle import load_emulator
 from emulator.evaluation import multiple_choice_accuracy
 from emulator.files import read_json
+from emulator.methods import METHODS
 from emulator.models import load_model
 from emulator.probe import ProbeConfig, steal_
-from emulator.results import MCResult, paired_difference
+from emulator.results import EMULATOR_ZS, FULL_ZS, MCResult, paired_difference
 from emulator.tasks import load_task
 from simulations.config import add_set_option
 from simulations.emulator_cache import ensure_bundle
@@ -42,7 +43,7 @@ from simulations.studies.compare import load_compare, plan
 log = logging.getLogger("scaleot.steal_study")
 
 STEAL_FILE = "steal.json"
-KINDS = ("uniform", "uniform+distill", "importance-drop", "crash", "scaleot")
+KINDS = tuple(kind for kind, traits in METHODS.items() if traits.compresses)  # the emulators, no full
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -115,9 +116,9 @@ def steal_row(label: str, full: MCResult, before: MCResult, stolen: MCResult) ->
     mean, stderr = paired_difference(stolen.correct, full.correct)
     return {
         "method": label,
-        "full_zs": [full.acc, full.acc_stderr],
-        "emulator_zs": [before.acc, before.acc_stderr],
-        "stolen_zs": [stolen.acc, stolen.acc_stderr],
+        FULL_ZS: full.measures(),
+        EMULATOR_ZS: before.measures(),
+        "stolen_zs": stolen.measures(),
         "stolen_minus_full": [mean, stderr],
         "recovered": (stolen.acc - before.acc) / gap if gap > 0 else None,
     }
@@ -138,7 +139,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         recovered = "–" if r["recovered"] is None else f"{100 * r['recovered']:.0f} %"
         diff = r["stolen_minus_full"]
         lines.append(
-            f"| {r['method']} | {pct(*r['full_zs'])} | {pct(*r['emulator_zs'])} | {pct(*r['stolen_zs'])} | "
+            f"| {r['method']} | {_pct(r[FULL_ZS])} | {_pct(r[EMULATOR_ZS])} | {_pct(r['stolen_zs'])} | "
             f"{100 * diff[0]:+.1f} ± {100 * diff[1]:.1f} | {recovered} | "
             f"{r['trained_parameters'] / 1e6:.1f}M | {r['seconds']:.0f} |"
         )
@@ -153,15 +154,28 @@ def _merged(path: Path, rows: list[dict[str, Any]], probe: ProbeConfig, n: int) 
     if old.get("probe") != vars(probe) or old.get("test_examples") != n:
         return rows
     new = {r["method"] for r in rows}
-    return [r for r in old["rows"] if r["method"] not in new] + rows
+    return [r for r in _rows(old) if r["method"] not in new] + rows
 
 
-def stolen_accuracies(out: Path) -> dict[str, list[float]]:
-    """Method label -> [stolen zero-shot acc, stderr] from ``out/steal.json``; {} if the study has not run."""
+def stolen_accuracies(out: Path) -> dict[str, dict[str, float]]:
+    """Method label -> its stolen zero-shot measures (``MCResult.measures``) from ``out/steal.json``; {} if
+    the study has not run."""
     path = out / STEAL_FILE
     if not path.is_file():
         return {}
-    return {r["method"]: r["stolen_zs"] for r in read_json(path)["rows"]}
+    return {r["method"]: r["stolen_zs"] for r in _rows(read_json(path))}
+
+
+def _pct(row: Mapping[str, float]) -> str:
+    return pct(row["acc"], row["acc_stderr"])
+
+
+def _rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    # steal.json rows written before the results rows had one serialiser held [acc, stderr] pairs.
+    def measures(value: Any) -> Any:
+        return dict(zip(("acc", "acc_stderr"), value, strict=True)) if isinstance(value, list) else value
+
+    return [{k: measures(v) if k.endswith("_zs") else v for k, v in r.items()} for r in data["rows"]]
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ from emulator.config_parse import parse_assignment, parse_typed
 from emulator.data import training_batches
 from emulator.evaluation import multiple_choice_accuracy
 from emulator.files import read_json, read_jsonl, write_text
+from emulator.methods import method_spec
 from emulator.models import load_model, model_fingerprint
 from emulator.plug_in import plug_in_
-from emulator.results import MCResult, paired_difference, privacy_gap
+from emulator.results import EMULATOR_FT, EMULATOR_ZS, PLUG_IN, MCResult, paired_difference, privacy_gap
 from emulator.tasks import load_task
 from emulator.training import train_adapter
 from simulations.emulator_cache import ensure_bundle
@@ -52,14 +53,14 @@ def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) ->
     """Build, fine-tune and score one emulator setting; returns a JSON-able row."""
     adapter = AdapterConfig(mode=setting.pop("adapter_mode", args.adapter_mode))
     lr = parse_typed(setting.pop("lr", args.lr), float, "--setting lr")
-    if setting.get("method") == "full":
+    if not method_spec(setting.get("method", EmulatorConfig.method)).compresses:
         emu_config = EmulatorConfig.full()
     else:  # stage 1 must never see the evaluated task (see emulator.english_corpus)
         emu_config = EmulatorConfig.from_dict({"corpus_exclude": corpus_exclusion(args.task), **setting})
     model, tokenizer = load_model(args.model, device=args.device)
     emulator, _ = load_emulator(ensure_bundle(args.model, emu_config, model, tokenizer), device=args.device)
     score = lambda m: multiple_choice_accuracy(m, tokenizer, task.test, batch_size=args.eval_batch)  # noqa: E731
-    emu_zs = score(emulator.model) if emu_config.method != "full" and not args.skip_emulator_zs else None
+    emu_zs = score(emulator.model) if emu_config.traits.compresses and not args.skip_emulator_zs else None
     positions = emulator.adapter_positions()
     prepare_adapter_(emulator.model, positions, adapter)
     batches = training_batches(
@@ -78,38 +79,45 @@ def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) ->
         "train_s": trained.seconds,
         "step_s": trained.seconds / trained.steps,
         "train_loss": trained.mean_loss,
-        "emu_zs": _as_dict(emu_zs),
-        "emu_ft": _as_dict(emu_ft),
-        "plug_in": _as_dict(plug),
+        EMULATOR_ZS: _as_row(emu_zs),
+        EMULATOR_FT: _as_row(emu_ft),
+        PLUG_IN: _as_row(plug),
     }
 
 
 def _label(config: EmulatorConfig, adapter: AdapterConfig, lr: float) -> str:
-    if config.method == "full":
-        return f"full ({adapter.mode}, lr {lr:g})"
+    if not config.traits.compresses:
+        return f"{config.method} ({adapter.mode}, lr {lr:g})"
     extra = (
         f", {config.stage1.harmonizer_loss}/{config.stage1.local_norm}, {config.stage1.stage1_steps} st"
-        if config.method == "scaleot"
+        if config.traits.harmonizers
         else ""
     ) + (", shared" if config.share_replaced else "")
     return f"{config.method} α={config.alpha} β={config.src.rank_keep}{extra} ({adapter.mode}, lr {lr:g})"
 
 
-def _as_dict(result: MCResult | None) -> dict[str, Any] | None:
-    if result is None:
-        return None
-    return {
-        "acc": result.acc,
-        "acc_norm": result.acc_norm,
-        "acc_stderr": result.acc_stderr,
-        "correct": list(result.correct),
-        "correct_norm": list(result.correct_norm),
-    }
+def _uncompressed(method: str) -> bool:
+    return not method_spec(method).compresses
+
+
+def _as_row(result: MCResult | None) -> dict[str, Any] | None:
+    return None if result is None else result.to_row()
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    return [_upgraded(row) for row in read_jsonl(path)]
+
+
+def _upgraded(row: dict[str, Any]) -> dict[str, Any]:
+    # Rows written before the results rows had one name each called the emulator's "emu_zs" and "emu_ft".
+    old = {"emu_zs": EMULATOR_ZS, "emu_ft": EMULATOR_FT}
+    return {old.get(k, k): v for k, v in row.items()}
 
 
 def table(rows: list[dict[str, Any]], full_zs: dict[str, Any]) -> str:
     """Markdown table in %; Δ = plug-in − emulator FT; 'vs full' is the paired plug-in difference to full."""
-    reference = next((r for r in rows if r["setting"].startswith("full")), None)
+    # A row's setting label starts with its method (_label).
+    reference = next((r for r in rows if _uncompressed(r["setting"].split(" ", 1)[0])), None)
     lines = [
         f"Full zero-shot: acc {100 * full_zs['acc']:.1f} ± {100 * full_zs['acc_stderr']:.1f}, "
         f"acc_norm {100 * full_zs['acc_norm']:.1f} (n = {len(full_zs['correct'])})",
@@ -118,11 +126,11 @@ def table(rows: list[dict[str, Any]], full_zs: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        zs = "–" if r["emu_zs"] is None else f"{100 * r['emu_zs']['acc']:.1f}"
-        plug, ft = r["plug_in"], r["emu_ft"]
+        zs = "–" if r[EMULATOR_ZS] is None else f"{100 * r[EMULATOR_ZS]['acc']:.1f}"
+        plug, ft = r[PLUG_IN], r[EMULATOR_FT]
         gap = 100 * privacy_gap(plug, ft)
         if reference is not None and r is not reference:
-            d, se = paired_difference(tuple(plug["correct"]), tuple(reference["plug_in"]["correct"]))
+            d, se = paired_difference(tuple(plug["correct"]), tuple(reference[PLUG_IN]["correct"]))
             vs = f"{100 * d:+.1f} ± {100 * se:.1f}"
         else:
             vs = "–"
@@ -160,11 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     key = {"model": model_fingerprint(model), "task": args.task, "seed": args.seed}
     saved = read_json(zs_path) if zs_path.exists() else {}
     if saved.get("key") != key:
-        saved = {"key": key, "result": _as_dict(multiple_choice_accuracy(model, tokenizer, task.test))}
+        saved = {"key": key, "result": _as_row(multiple_choice_accuracy(model, tokenizer, task.test))}
         write_text(zs_path, json.dumps(saved))
     full_zs = saved["result"]
     del model
-    done = {row.get("spec") for row in read_jsonl(args.out)}
+    done = {row.get("spec") for row in _read_rows(args.out)}
     for text in args.setting:
         if text in done:
             log.info("%s: already in %s, skipped", text, args.out)
@@ -174,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         row["wall_s"], row["spec"] = time.perf_counter() - start, text
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        log.info("%s done in %.0f s: plug-in %.3f", row["setting"], row["wall_s"], row["plug_in"]["acc"])
-    rows = read_jsonl(args.out)
+        log.info("%s done in %.0f s: plug-in %.3f", row["setting"], row["wall_s"], row[PLUG_IN]["acc"])
+    rows = _read_rows(args.out)
     print(table(rows, full_zs))
 
 
