@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FakeGrid
 from dp_accounting import GaussianDpEvent
 from dp_accounting.rdp import RdpAccountant
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
-from test_strategy import FakeGrid
 
 from emulator.bundle import load_emulator
 from emulator.config import AdapterConfig
@@ -74,21 +74,6 @@ def moved_by(msg: Message, norm: float, steps: int = STEPS) -> Message:
     )
 
 
-class LossyGrid(FakeGrid):
-    """A FakeGrid on which the train replies of ``lost`` nodes never come (cut off by the round timeout)."""
-
-    def __init__(self, partition_of, client, lost=()):
-        super().__init__(partition_of, client=client)
-        self.lost = set(lost)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        train = wire.QUERY_EMULATOR_TYPE
-        kept = [
-            m for m in messages if m.metadata.message_type == train or m.metadata.dst_node_id not in self.lost
-        ]
-        return [self._answer(m) for m in kept]
-
-
 @pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
 def test_a_dp_run_in_which_every_client_fails_has_empty_rounds_with_the_reasons(clipping):
     # Issue 23 §1: Flower's wrapper, outermost, skipped a round with an error reply before the offsite
@@ -115,7 +100,7 @@ def test_noise_is_sized_for_the_updates_averaged_so_epsilon_is_never_understated
     # average of 1: an effective multiplier of 0.5 (ε ≈ 10.7) while the record said 4.73.
     z, clip = 1.0, 1.0
     strategy = dp_strategy(clipping, 2, noise_multiplier=z, clipping_norm=clip)
-    grid = LossyGrid({1: 0, 2: 1}, client=lambda m: moved_by(m, 1e-3), lost={2})
+    grid = FakeGrid({1: 0, 2: 1}, client=lambda m: None if m.metadata.dst_node_id == 2 else moved_by(m, 1e-3))
     result = strategy.start(grid, zeros(), num_rounds=1)
     record = strategy.history[0]
     assert (record.sampled, record.aggregated, record.missing) == (2, 1, 1)
