@@ -1,32 +1,24 @@
 """No hang: a Ray cluster address with nothing listening fails at once in one line, and SIGTERM / SIGINT stop
-a run at any stage, leaving a directory `--resume` continues (issue 23 §5)."""
+a run at any stage, leaving a directory `--resume` continues (issue 23 §5), on either backend (in-process in
+the default tier, Ray in the system tier)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import stop_session
+from conftest import ROOT, free_port, sets, stop_session
+from conftest import TINY_CONFIG as CONFIG
 
 from simulations.cli import main
 
-CONFIG = "simulations/configs/tiny.toml"
-ROOT = Path(__file__).resolve().parent.parent
 SCALEOT = Path(sys.executable).parent / "scaleot"
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound once by the OS, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_ray_address_with_nothing_listening_fails_at_once_before_any_model_loads(tmp_path, capsys):
@@ -105,9 +97,20 @@ def stopped_by(proc: subprocess.Popen, log: Path, signum: int, run_dir: Path) ->
 
 
 @pytest.mark.slow
-def test_sigint_while_loading_and_sigterm_mid_round_stop_at_once_and_the_run_resumes_to_its_end(tmp_path):
+@pytest.mark.parametrize("backend", ["inprocess", pytest.param("ray", marks=pytest.mark.system)])
+def test_sigint_while_loading_and_sigterm_mid_round_stop_at_once_and_the_run_resumes_to_its_end(
+    backend, tmp_path
+):
+    # In-process the ServerApp runs in the main thread; on Ray in a thread of Flower's while the main thread
+    # runs the engine (whose SIGTERM handler ray.init installs): each stops at once, resumable.
     run_dir = tmp_path / "run"
-    args = ["--config", CONFIG, "--set", "federation.rounds=2", "--out", str(run_dir)]
+    args = [
+        "--config",
+        CONFIG,
+        *sets("federation.rounds=2", f"simulation.backend={backend}"),
+        "--out",
+        str(run_dir),
+    ]
 
     # SIGINT while the model owner is still preparing (before any round): resumed, it starts round 1 again.
     log = tmp_path / "first.log"
