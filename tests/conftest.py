@@ -38,6 +38,7 @@ from strategies import wire  # noqa: E402
 TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]  # one tiny random model per family
 TINY_CONFIG = "simulations/configs/tiny.toml"
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # this environment's console scripts: scaleot, flwr, ray, flower-*
 
 
 @pytest.fixture(scope="session")
@@ -168,12 +169,24 @@ class FakeGrid:
 
 def scaleot(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """The ``scaleot`` console script of this environment, run from the repository root; asserts exit 0."""
-    scaleot_bin = Path(sys.executable).parent / "scaleot"
     result = subprocess.run(
-        [str(scaleot_bin), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [str(BIN / "scaleot"), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+def start_scaleot(log: Path, *args: str) -> subprocess.Popen:
+    """The ``scaleot`` console script in a session of its own (``stop_session`` then ends every process it
+    leaves, Ray's too), its output in ``log``."""
+    return subprocess.Popen(
+        [str(BIN / "scaleot"), *args],
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 INPROCESS = (

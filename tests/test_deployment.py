@@ -16,14 +16,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, signal_group
+from conftest import BIN, ROOT, free_port, signal_group
 from conftest import TINY_CONFIG as CONFIG
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file
@@ -32,8 +31,6 @@ from simulations.config import load_config
 from simulations.runner import prepare_bundle
 
 pytestmark = pytest.mark.system
-
-BIN = Path(sys.executable).parent
 
 
 def run(args: list, env: dict, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import INPROCESS, ROOT, full_run_args, sets, stop_session
+from conftest import INPROCESS, ROOT, full_run_args, sets, start_scaleot, stop_session
 from conftest import TINY_CONFIG as CONFIG
 from safetensors.torch import load_file
 
@@ -28,20 +27,10 @@ from simulations.cli import main
 from simulations.config import load_config
 from strategies.nodes import sample_partitions
 
-SCALEOT = Path(sys.executable).parent / "scaleot"
-
 
 def start(run_dir: Path, *args: str) -> subprocess.Popen:
-    """`scaleot simulate` in a session of its own, its log in ``run_dir.log``."""
-    log = open(f"{run_dir}.log", "w")  # noqa: SIM115 (closed by the child's exit)
-    return subprocess.Popen(
-        [str(SCALEOT), "simulate", *args],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    """`scaleot simulate ARGS` in a session of its own, its log in ``run_dir.log``."""
+    return start_scaleot(Path(f"{run_dir}.log"), "simulate", *args)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900) -> int:

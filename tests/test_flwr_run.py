@@ -14,17 +14,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, signal_group
+from conftest import BIN, ROOT, free_port, signal_group
 from flwr.superlink.grid import InMemoryGrid
 
 from simulations.federation import check_simulated_federation
-
-BIN = Path(sys.executable).parent
 
 
 class _SimulatedGrid(InMemoryGrid):

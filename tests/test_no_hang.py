@@ -5,7 +5,6 @@ the default tier, Ray in the system tier)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,12 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, sets, stop_session
 from conftest import TINY_CONFIG as CONFIG
+from conftest import free_port, sets, start_scaleot, stop_session
 
 from simulations.cli import main
-
-SCALEOT = Path(sys.executable).parent / "scaleot"
 
 
 def test_a_ray_address_with_nothing_listening_fails_at_once_before_any_model_loads(tmp_path, capsys):
@@ -55,18 +52,6 @@ def test_a_ray_address_with_nothing_listening_fails_at_once_before_any_model_loa
     )
     assert "simulation.ray_address='head' is invalid; it must be auto, host:port or ray://host:port" in (
         capsys.readouterr().err
-    )
-
-
-def start(run_dir: Path, log: Path, *args: str) -> subprocess.Popen:
-    """`scaleot simulate` in a session of its own (so every Ray process it leaves can be stopped)."""
-    return subprocess.Popen(
-        [str(SCALEOT), "simulate", *args],
-        cwd=ROOT,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
 
@@ -114,21 +99,21 @@ def test_sigint_while_loading_and_sigterm_mid_round_stop_at_once_and_the_run_res
 
     # SIGINT while the model owner is still preparing (before any round): resumed, it starts round 1 again.
     log = tmp_path / "first.log"
-    proc = start(run_dir, log, *args)
+    proc = start_scaleot(log, "simulate", *args)
     wait_for(proc, log, lambda: (run_dir / "config.json").is_file(), "the run directory's config")
     stopped_by(proc, log, signal.SIGINT, run_dir)
     assert not (run_dir / "checkpoint").exists()
 
     # Resumed, then SIGTERM while round 2 is under way.
     log = tmp_path / "second.log"
-    proc = start(run_dir, log, "--resume", str(run_dir))
+    proc = start_scaleot(log, "simulate", "--resume", str(run_dir))
     wait_for(proc, log, lambda: (run_dir / "checkpoint" / "latest").is_file(), "round 1's checkpoint")
     stopped_by(proc, log, signal.SIGTERM, run_dir)
     assert (run_dir / "checkpoint" / "latest").read_text() == "round-0001"
 
     # Resumed again, it finishes from round 1's checkpoint.
     log = tmp_path / "third.log"
-    proc = start(run_dir, log, "--resume", str(run_dir))
+    proc = start_scaleot(log, "simulate", "--resume", str(run_dir))
     try:
         assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
     finally:

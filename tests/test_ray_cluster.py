@@ -15,15 +15,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, free_port
+from conftest import BIN, ROOT, free_port
 
 pytestmark = pytest.mark.system
 
-BIN = Path(sys.executable).parent
 HEAD_IP, WORKER_IP = "127.0.0.1", "127.0.0.2"  # two loopback addresses: two Ray nodes on one machine
 
 
