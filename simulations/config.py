@@ -34,6 +34,8 @@ from emulator.results import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
 from strategies.privacy_config import DPConfig
 
 MISSING_NODES = ("fail", "proceed")  # what happens when fewer nodes than needed connect in time
+INPROCESS = "inprocess"  # simulation.backend: every client in the run's own process (simulations.inprocess)
+BACKENDS = ("ray", INPROCESS)
 
 
 @dataclass(frozen=True)
@@ -124,14 +126,18 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """The Ray backend of ``flwr.simulation.run_simulation``."""
+    """The backend of ``scaleot simulate``: Ray under ``flwr.simulation.run_simulation``, or in-process."""
 
+    # ray: Flower's simulation engine, one process per ClientApp actor; inprocess: every client in the run's
+    # own process, one after another (no Ray; for tests and debugging: simulations/inprocess.py)
+    backend: str = "ray"
     client_num_cpus: float = 0  # CPUs per ClientApp actor; 0: all cores, i.e. one actor (one emulator copy)
     client_num_gpus: float = -1  # GPUs per actor; -1: 1 when CUDA is present, else 0
     ray_address: str = ""  # join an existing Ray cluster ("auto" or "ray://host:10001"); "": start one
     ray_init_args: dict[str, Any] = field(default_factory=dict)  # further ray.init keyword arguments
 
     def __post_init__(self) -> None:
+        _check(self.backend in BACKENDS, "simulation.backend", self.backend, f"one of {', '.join(BACKENDS)}")
         _check(self.client_num_cpus >= 0, "simulation.client_num_cpus", self.client_num_cpus, ">= 0 (0: all)")
         _check(
             self.client_num_gpus >= -1,
@@ -146,6 +152,10 @@ class SimulationConfig:
             reserved,
             "free of address (use ray_address) and runtime_env",
         )
+        if self.backend == INPROCESS:
+            for name in ("ray_address", "ray_init_args"):
+                value = getattr(self, name)
+                _check(not value, f"simulation.{name}", value, "empty with simulation.backend='inprocess'")
 
 
 @dataclass(frozen=True)
@@ -205,6 +215,13 @@ class RunConfig:
                 allowed,
             )
         self._exclude_task_from_corpus()
+        if self.simulation.backend == INPROCESS:
+            # A client that exits would end the run's own process; a slow one cannot be cut off by the round
+            # timeout when clients run one after another.
+            for name in ("crash_partitions", "slow_partitions"):
+                ids = list(getattr(self.federation, name))
+                allowed = "empty with simulation.backend='inprocess' (it needs client processes: use 'ray')"
+                _check(not ids, f"federation.{name}", ids, allowed)
 
     def _exclude_task_from_corpus(self) -> None:
         # Stage 1 must never see the evaluated task: the Wikipedia corpus is checked not to hold it.

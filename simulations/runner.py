@@ -1,11 +1,12 @@
-"""``scaleot simulate``: a run on Flower's simulation runtime with the Ray backend.
+"""``scaleot simulate``: a run on Flower's simulation runtime with the Ray backend, or in this process.
 
 It calls ``flwr.simulation.run_simulation``, deprecated in Flower 1.42 (flwr is pinned below 1.43), because it
 runs in-process and takes any ``ray.init`` argument and fractional CPUs per client; ``flwr run .`` runs the
 same apps but passes only a few backend settings (docs/deployment.md, "Two ways to run a simulation"). It is
 wrapped here alone, so swapping it touches one function. ``context.run_config`` is empty under it, so the
 ServerApp is built around the parsed config (``server_app_for``); the ClientApp needs no run config (the
-server sends its settings with each message).
+server sends its settings with each message). ``simulation.backend = "inprocess"`` runs the same apps with
+every client in this process instead (``simulations.inprocess``): no Ray, for tests and debugging.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from emulator.files import one_line
 from simulations.config import (
+    INPROCESS,
     RunConfig,
     SimulationConfig,
     add_set_option,
@@ -59,12 +61,14 @@ _ENVIRONMENT = {
 def simulate(
     config: RunConfig, run_dir: Path, resume: Path | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Run ``config`` on Ray with one simulated SuperNode per client; return the final metrics.json content.
+    """Run ``config`` with one simulated SuperNode per client; return the final metrics.json content.
 
-    Before anything heavy: ``run_dir`` must be empty (or ``resume`` itself, or ``overwrite`` set), and a
-    cluster at ``simulation.ray_address`` must answer. Ray is started here, before Flower's engine, so that
-    a backend that cannot start ends the run before any model loads, and SIGTERM / SIGINT stop the run at any
-    stage (``RunInterrupted``); every file is written atomically, so the directory stays resumable.
+    The backend is ``simulation.backend``: Flower's simulation engine on Ray, or every client in this process
+    (``simulations.inprocess``). Before anything heavy: ``run_dir`` must be empty (or ``resume`` itself, or
+    ``overwrite`` set), and a cluster at ``simulation.ray_address`` must answer. Ray is started here, before
+    Flower's engine, so that a backend that cannot start ends the run before any model loads, and SIGTERM /
+    SIGINT stop the run at any stage (``RunInterrupted``); every file is written atomically, so the directory
+    stays resumable.
 
     Args:
         config: the validated run config.
@@ -86,22 +90,34 @@ def simulate(
     prepare_run_dir(run_dir, resume, overwrite)
     if config.simulation.ray_address:
         check_ray_address(config.simulation.ray_address)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = _run_inprocess if config.simulation.backend == INPROCESS else _run_ray
+    try:
+        run(config, run_dir, resume)
+    except RunInterrupted as stop:
+        raise RunInterrupted(
+            stop.signum,
+            f"stopped by {stop.name}; {run_dir} keeps every finished round: "
+            f"`scaleot simulate --resume {run_dir}` continues the run",
+        ) from None
+    metrics = _status(run_dir)
+    if metrics.get("status") == "failed":
+        raise RunFailedError(metrics.get("reason", f"the run failed; see {run_dir}"))
+    if metrics.get("status") != "finished":
+        raise RuntimeError(f"the simulation stopped before finishing; see {run_dir} and the log above")
+    return metrics
+
+
+def _run_ray(config: RunConfig, run_dir: Path, resume: Path | None) -> None:
+    """The run on Flower's simulation engine with the Ray backend (``simulate``'s default)."""
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
     from simulations.server_app import server_app_for
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     watch = BackendWatch()
     backend = backend_config(config.simulation)
-    log.info(
-        "simulating %d clients × %d rounds (%s) into %s; Ray: %s",
-        config.federation.num_clients,
-        config.federation.rounds,
-        config.federation.strategy,
-        run_dir,
-        backend,
-    )
+    _log_start(config, run_dir, f"Ray: {backend}")
     log.info(
         "running on flwr.simulation.run_simulation (deprecated in Flower 1.42; `flwr run .` is the "
         "supported path, see docs/deployment.md)"
@@ -117,12 +133,6 @@ def simulate(
                 backend_config=backend,
                 verbose_logging=False,
             )
-    except RunInterrupted as stop:
-        raise RunInterrupted(
-            stop.signum,
-            f"stopped by {stop.name}; {run_dir} keeps every finished round: "
-            f"`scaleot simulate --resume {run_dir}` continues the run",
-        ) from None
     except RunFailedError:
         raise
     except RuntimeError as error:
@@ -134,12 +144,34 @@ def simulate(
         raise RunFailedError(f"the simulation backend failed: {watch.reason}") from error
     finally:
         _stop_ray()
-    metrics = _status(run_dir)
-    if metrics.get("status") == "failed":
-        raise RunFailedError(metrics.get("reason", f"the run failed; see {run_dir}"))
-    if metrics.get("status") != "finished":
-        raise RuntimeError(f"the simulation stopped before finishing; see {run_dir} and the log above")
-    return metrics
+
+
+def _run_inprocess(config: RunConfig, run_dir: Path, resume: Path | None) -> None:
+    """The run with every client in this process (``simulation.backend = "inprocess"``): the ServerApp runs
+    in this thread, so a signal's ``RunInterrupted`` ends it where it is."""
+    from clients.client_app import app as client_app
+    from simulations.inprocess import run_inprocess
+    from simulations.server_app import server_app_for
+
+    watch = BackendWatch()
+    _log_start(config, run_dir, "in this process, clients one after another")
+    with stop_on_signals(watch):
+        run_inprocess(
+            server_app_for(config, run_dir, resume, check=watch.check),
+            client_app,
+            config.federation.num_clients,
+        )
+
+
+def _log_start(config: RunConfig, run_dir: Path, backend: str) -> None:
+    log.info(
+        "simulating %d clients × %d rounds (%s) into %s; %s",
+        config.federation.num_clients,
+        config.federation.rounds,
+        config.federation.strategy,
+        run_dir,
+        backend,
+    )
 
 
 class RunInterrupted(BaseException):

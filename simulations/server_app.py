@@ -58,7 +58,8 @@ def run_dir_of(run_config: Mapping[str, Any]) -> tuple[RunConfig, Path, bool]:
 def _warn_backend_keys(config: RunConfig) -> None:
     # Under `flwr run` Flower's --federation-config (or the SuperLink's federation) sizes the Ray backend.
     sim = config.simulation
-    ignored = [k for k, on in (("ray_address", sim.ray_address), ("ray_init_args", sim.ray_init_args)) if on]
+    ignored = ["backend"] if sim.backend != "ray" else []
+    ignored += [k for k, on in (("ray_address", sim.ray_address), ("ray_init_args", sim.ray_init_args)) if on]
     ignored += ["client_num_gpus"] if sim.client_num_gpus >= 0 else []
     if ignored:
         log.warning(

@@ -14,22 +14,31 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import zipfile
 from pathlib import Path
+from uuid import uuid4
 
-import pytest
-from transformers import PreTrainedTokenizerBase
+# Before torch loads OpenMP, which reads it once: spinning idle threads made 2-thread torch steps ~50x slower
+# on a busy 2-core machine (simulations/runner.py sets the same for a run's own process).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from emulator import assets
-from emulator.bigbench import ARCHIVE_TASKS, bigbench_source
-from emulator.models import load_model, load_tokenizer
+import pytest  # noqa: E402
+from flwr.app import ConfigRecord, Error, Message, RecordDict  # noqa: E402
+from transformers import PreTrainedTokenizerBase  # noqa: E402
+
+from emulator import assets  # noqa: E402
+from emulator.bigbench import ARCHIVE_TASKS, bigbench_source  # noqa: E402
+from emulator.models import load_model, load_tokenizer  # noqa: E402
+from strategies import wire  # noqa: E402
 
 TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]  # one tiny random model per family
 TINY_CONFIG = "simulations/configs/tiny.toml"
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # this environment's console scripts: scaleot, flwr, ray, flower-*
 
 
 @pytest.fixture(scope="session")
@@ -85,24 +94,110 @@ def write_olmo_wheel(
     return path
 
 
+def signal_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to process group ``pgid`` (a process started with ``start_new_session=True`` leads the
+    group of its own pid), if it still exists. The one way tests stop what they started: by id, never by
+    name."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def stop_session(proc: subprocess.Popen) -> None:
     """SIGKILL a process started with ``start_new_session=True`` and everything in its session (its Ray
     processes too), then reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    signal_group(proc.pid)
     proc.wait(timeout=30)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on (bound once by the OS, then released)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class FakeGrid:
+    """Stands in for Flower's Grid in unit tests of the strategy: a fake of the network only.
+
+    Node ``n`` answers the emulator handshake with partition ``partition_of[n]`` (and, when given, the
+    partition count ``reports[n]`` and the emulator hash ``sha[n]``; the nodes in ``fail_handshake`` fail it);
+    other messages go to ``client(msg)``, whose ``None`` is a reply that never comes. Replies are pulled
+    as Flower's grids give them: by the id ``push_messages`` gave each message.
+    """
+
+    def __init__(self, partition_of, client=None, *, reports=None, sha=None, fail_handshake=()):
+        self.partition_of, self.client = dict(partition_of), client
+        self.reports, self.sha, self.fail_handshake = reports or {}, sha or {}, set(fail_handshake)
+        self.handshakes = 0
+        self._pushed: dict[str, Message] = {}
+
+    def get_node_ids(self):
+        return list(self.partition_of)
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            ids.append(str(uuid4()))
+            msg.metadata.__dict__["_message_id"] = ids[-1]
+            self._pushed[ids[-1]] = msg
+        return ids
+
+    def pull_messages(self, message_ids):
+        answers = [self._answer(self._pushed.pop(i)) for i in message_ids if i in self._pushed]
+        return [a for a in answers if a is not None]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self.pull_messages(self.push_messages(messages))
+
+    def _answer(self, msg):
+        node = msg.metadata.dst_node_id
+        if msg.metadata.message_type != wire.QUERY_EMULATOR_TYPE:
+            return self.client(msg)
+        self.handshakes += 1
+        if node in self.fail_handshake:
+            return Message(Error(1, "FileNotFoundError: no bundle"), reply_to=msg)
+        info = {
+            wire.INFO_PARTITION_ID: self.partition_of[node],
+            wire.INFO_EMULATOR_SHA256: self.sha.get(node, ""),
+        }
+        if node in self.reports:
+            info[wire.INFO_NUM_PARTITIONS] = self.reports[node]
+        return Message(RecordDict({wire.INFO: ConfigRecord(info)}), reply_to=msg)
 
 
 def scaleot(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """The ``scaleot`` console script of this environment, run from the repository root; asserts exit 0."""
-    scaleot_bin = Path(sys.executable).parent / "scaleot"
     result = subprocess.run(
-        [str(scaleot_bin), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [str(BIN / "scaleot"), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+def start_scaleot(log: Path, *args: str) -> subprocess.Popen:
+    """The ``scaleot`` console script in a session of its own (``stop_session`` then ends every process it
+    leaves, Ray's too), its output in ``log``."""
+    return subprocess.Popen(
+        [str(BIN / "scaleot"), *args],
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+INPROCESS = (
+    "--set",
+    "simulation.backend=inprocess",
+)  # `scaleot simulate` options: no Ray, clients in-process
+
+
+def sets(*overrides: str) -> list[str]:
+    """``--set`` options, one per override."""
+    return [a for o in overrides for a in ("--set", o)]
 
 
 @pytest.fixture(scope="session")
@@ -125,15 +220,27 @@ def full_run_args(failing_partition: int) -> list[str]:
         "federation.rounds=3",
         "output.tensorboard=true",
     ]
-    return ["--config", TINY_CONFIG, *[a for o in overrides for a in ("--set", o)]]
+    return ["--config", TINY_CONFIG, *sets(*overrides)]
 
 
 @pytest.fixture(scope="session")
 def full_run(tmp_path_factory, failing_partition) -> Path:
-    """One uninterrupted Ray simulation (``full_run_args``) shared by the modules that inspect its outputs
-    (test_simulation) or compare a resumed run's adapter with it (test_simulation, test_faults): a Ray start
-    costs tens of seconds on 2 cores. Its stderr is in ``stderr.log``. Tests must not modify it."""
+    """The default tier's one Ray simulation (``full_run_args``, through the ``scaleot`` console script),
+    shared by the modules that inspect its outputs or compare another run's adapter with it (test_simulation,
+    test_faults): a Ray start costs tens of seconds on 2 cores. Its stderr is in ``stderr.log``. Tests must
+    not modify it."""
     run_dir = tmp_path_factory.mktemp("full")
     result = scaleot("simulate", *full_run_args(failing_partition), "--out", str(run_dir))
     (run_dir / "stderr.log").write_text(result.stderr)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def inprocess_full_run(tmp_path_factory, failing_partition) -> Path:
+    """``full_run``'s options on the in-process backend, run in this process (``scaleot.main``): the
+    reference of the in-process resume tests, and what test_simulation checks against the Ray run."""
+    from simulations.cli import main
+
+    run_dir = tmp_path_factory.mktemp("inprocess-full")
+    assert main(["simulate", *full_run_args(failing_partition), *INPROCESS, "--out", str(run_dir)]) == 0
     return run_dir

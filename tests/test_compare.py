@@ -1,16 +1,17 @@
 """`scaleot compare`: method planning, sweeps, the compare file, reuse of finished runs, and the outputs.
 
-The end-to-end test runs `scaleot compare --quick` (four Ray simulations, ~2 minutes on 2 busy cores), then
-reruns it, which must reuse every finished method.
+The end-to-end test runs `scaleot compare --quick` (five simulations, on the in-process backend in this
+process), then reruns it, which must reuse every finished method.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
-from conftest import scaleot
+from conftest import INPROCESS
 
 from simulations.config import load_config
 from simulations.studies.compare import CompareConfig, load_compare, parse_sweep, plan, run_method
@@ -122,8 +123,10 @@ def test_a_failed_run_is_started_over_not_resumed_and_kept_aside(tmp_path, monke
 
 @pytest.fixture(scope="module")
 def quick_compare(tmp_path_factory) -> Path:
+    from simulations.cli import main
+
     out = tmp_path_factory.mktemp("compare")
-    scaleot("compare", "--config", CONFIG, "--quick", "--out", str(out), timeout=900)
+    assert main(["compare", "--config", CONFIG, "--quick", *INPROCESS, "--out", str(out)]) == 0
     return out
 
 
@@ -166,22 +169,15 @@ def test_quick_compare_writes_every_row_the_paired_column_and_the_plot(quick_com
 
 
 @pytest.mark.slow
-def test_rerun_reuses_every_finished_method(quick_compare):
+def test_rerun_reuses_every_finished_method(quick_compare, caplog):
+    from simulations.cli import main
+
     before = (quick_compare / "comparison.json").read_text()
     # The sweep point is the configured ScaleOT setting: parsed, planned once, nothing new to run.
-    result = scaleot(
-        "compare",
-        "--config",
-        CONFIG,
-        "--quick",
-        "--out",
-        str(quick_compare),
-        "--sweep",
-        "alpha=0.5",
-        "rank_keep=0.8",
-        timeout=900,
-    )
-    assert result.stderr.count(": reused in") == 5 and ": ran in" not in result.stderr
+    args = ["compare", "--config", CONFIG, "--quick", *INPROCESS, "--out", str(quick_compare)]
+    with caplog.at_level(logging.INFO):
+        assert main([*args, "--sweep", "alpha=0.5", "rank_keep=0.8"]) == 0
+    assert caplog.text.count(": reused in") == 5 and ": ran in" not in caplog.text
     assert json.loads((quick_compare / "comparison.json").read_text())["rows"] == json.loads(before)["rows"]
 
 

@@ -16,30 +16,21 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import BIN, ROOT, free_port, signal_group
+from conftest import TINY_CONFIG as CONFIG
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 
 from simulations.config import load_config
 from simulations.runner import prepare_bundle
 
-pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-CONFIG = "simulations/configs/tiny.toml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.system
 
 
 def run(args: list, env: dict, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -71,27 +62,20 @@ class Processes:
 
     def stop(self) -> None:
         for _, proc, _ in reversed(self.started):
-            _signal_group(proc, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
         for _, proc, log in reversed(self.started):
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=15)
-            _signal_group(proc, signal.SIGKILL)  # children left in the group (serverapp, clientapp)
+            signal_group(proc.pid, signal.SIGKILL)  # children left in the group (serverapp, clientapp)
             log.close()
 
     def tail(self) -> str:
         return "\n".join(
             f"--- {n}.log\n{(self.logs / f'{n}.log').read_text()[-3000:]}" for n, _, _ in self.started
         )
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # start_new_session: the group id is the leader's pid
-    except ProcessLookupError:
-        pass
 
 
 def make_certificates(directory: Path) -> None:
@@ -269,7 +253,7 @@ def test_tls_supernodes_train_and_one_killed_after_round_one_does_not_stall_late
                 assert time.monotonic() < deadline, f"round 1 did not finish\n{procs.tail()}"
                 time.sleep(1)
             _, node2, _ = next(p for p in procs.started if p[0] == "supernode2")
-            _signal_group(node2, signal.SIGKILL)
+            signal_group(node2.pid, signal.SIGKILL)
             while json.loads((run_dir / "metrics.json").read_text())["status"] == "running":
                 assert time.monotonic() < deadline, f"the run hangs after a SuperNode died\n{procs.tail()}"
                 time.sleep(2)

@@ -1,46 +1,36 @@
-"""Faults on Flower's real simulation engine with the Ray backend (issue 12 Faults, issue 14 items 1 and 4).
+"""Faults end to end, `scaleot simulate` on tiny.toml (tiny-llama, synthetic task) (issue 12 Faults, issue 14
+items 1 and 4).
 
-Each test runs `scaleot simulate` on tiny.toml (tiny-llama, synthetic task) in a process of its own, started
-in a new session: every process it leaves (the Ray head, actors) is stopped by that session's id. The faults:
-every client failing, a client process dying mid-round, a client slower than the round timeout, the server
-killed mid-round then resumed from a damaged checkpoint, a Ray backend that cannot start, and fewer nodes
-than ``federation.num_clients``.
+On the in-process backend, in this process (the default tier): every client failing, and every client failing
+for a data reason. On Flower's real simulation engine with the Ray backend (the system tier), each run in a
+process of its own started in a new session, so that every process it leaves (the Ray head, actors) is stopped
+by that session's id: a client process dying mid-round, a client slower than the round timeout, the server
+killed mid-round then resumed from a damaged checkpoint, a Ray backend that cannot start, and fewer nodes than
+``federation.num_clients``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import full_run_args, stop_session
+from conftest import INPROCESS, ROOT, full_run_args, sets, start_scaleot, stop_session
+from conftest import TINY_CONFIG as CONFIG
 from safetensors.torch import load_file
 
+from simulations.cli import main
 from simulations.config import load_config
 from strategies.nodes import sample_partitions
 
-pytestmark = pytest.mark.slow
-
-CONFIG = "simulations/configs/tiny.toml"
-ROOT = Path(__file__).resolve().parent.parent
-SCALEOT = Path(sys.executable).parent / "scaleot"
-
 
 def start(run_dir: Path, *args: str) -> subprocess.Popen:
-    """`scaleot simulate` in a session of its own, its log in ``run_dir.log``."""
-    log = open(f"{run_dir}.log", "w")  # noqa: SIM115 (closed by the child's exit)
-    return subprocess.Popen(
-        [str(SCALEOT), "simulate", *args],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    """`scaleot simulate ARGS` in a session of its own, its log in ``run_dir.log``."""
+    return start_scaleot(Path(f"{run_dir}.log"), "simulate", *args)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900) -> int:
@@ -67,12 +57,22 @@ def sampled(config_overrides: list[str], server_round: int) -> list[int]:
     return sample_partitions(fed.num_clients, k, config.seed, server_round)
 
 
-def test_a_run_in_which_every_client_fails_exits_non_zero_without_fine_tuned_rows(tmp_path):
+def inprocess(run_dir: Path, capsys, caplog, *args: str) -> tuple[int, str, str]:
+    """`scaleot simulate --out run_dir ARGS` on the in-process backend, in this process: its exit status, its
+    last stderr line and its log."""
+    with caplog.at_level(logging.INFO):
+        rc = main(["simulate", "--out", str(run_dir), *INPROCESS, *args])
+    return rc, capsys.readouterr().err.strip().splitlines()[-1], caplog.text
+
+
+@pytest.mark.slow
+def test_a_run_in_which_every_client_fails_exits_non_zero_without_fine_tuned_rows(tmp_path, capsys, caplog):
     # Issue 14 §1, its own input.
     run_dir = tmp_path / "all-fail"
-    rc, log = simulate(run_dir, "--config", CONFIG, "--set", "federation.fail_partitions=[0,1,2,3]")
+    rc, last, log = inprocess(
+        run_dir, capsys, caplog, "--config", CONFIG, *sets("federation.fail_partitions=[0,1,2,3]")
+    )
     assert rc == 1, log[-3000:]
-    last = log.strip().splitlines()[-1]
     assert last.startswith("error: no client reply was aggregated in any of the 2 round(s)"), last
     assert "most common client failure (4 of 4): client error" in last and "fails on purpose" in last
     assert log.count("NOTHING AGGREGATED") == 2
@@ -84,15 +84,17 @@ def test_a_run_in_which_every_client_fails_exits_non_zero_without_fine_tuned_row
     assert "Run failed" in (run_dir / "report.md").read_text()
 
 
-def test_a_run_in_which_every_client_would_fail_for_a_data_reason_stops_before_any_round(tmp_path):
+@pytest.mark.slow
+def test_a_run_in_which_every_client_would_fail_for_a_data_reason_stops_before_any_round(
+    tmp_path, capsys, caplog
+):
     # A label skew so extreme (Dirichlet alpha 1e-4) that no draw gives every client an example: every client
     # would fail to build its partition. The server splits the train set once before any round (the clients'
     # own split), so the run ends there with the reason, instead of training nothing for a round.
     run_dir = tmp_path / "no-partition"
     overrides = ["federation.partition=dirichlet", "federation.dirichlet_alpha=0.0001", "federation.rounds=1"]
-    rc, log = simulate(run_dir, "--config", CONFIG, *[a for o in overrides for a in ("--set", o)])
+    rc, last, log = inprocess(run_dir, capsys, caplog, "--config", CONFIG, *sets(*overrides))
     assert rc != 0, log[-3000:]
-    last = log.strip().splitlines()[-1]
     assert "federation.num_clients=4, partition='dirichlet' cannot split" in last, last
     assert "round 1/" not in log and not (run_dir / "adapter.safetensors").exists()
     results = metrics(run_dir).get("results", {}) if (run_dir / "metrics.json").exists() else {}
@@ -131,6 +133,7 @@ def faulty_run(tmp_path_factory) -> tuple[Path, dict, str]:
     return run_dir, {"crash": crash, "slow": slow}, log
 
 
+@pytest.mark.system
 def test_a_client_process_that_dies_mid_round_is_recorded_and_later_rounds_go_on(faulty_run):
     run_dir, parts, log = faulty_run
     rounds = metrics(run_dir)["rounds"]
@@ -148,6 +151,7 @@ def test_a_client_process_that_dies_mid_round_is_recorded_and_later_rounds_go_on
     assert metrics(run_dir)["status"] == "finished"
 
 
+@pytest.mark.system
 def test_a_client_slower_than_the_round_timeout_is_cut_off_and_its_late_reply_never_mixed_in(faulty_run):
     run_dir, parts, _ = faulty_run
     second, third = metrics(run_dir)["rounds"][1:]
@@ -167,6 +171,7 @@ def test_a_client_slower_than_the_round_timeout_is_cut_off_and_its_late_reply_ne
     assert third["replied"] == third["sampled"] - 1
 
 
+@pytest.mark.system
 def test_the_server_killed_mid_round_resumes_past_a_damaged_checkpoint_to_the_same_adapter(
     full_run, failing_partition, tmp_path
 ):
@@ -199,6 +204,7 @@ def test_the_server_killed_mid_round_resumes_past_a_damaged_checkpoint_to_the_sa
         assert final[key].equal(expected[key]), key
 
 
+@pytest.mark.system
 def test_a_backend_that_cannot_start_ends_the_run_at_once_with_its_reason(tmp_path):
     # Ray refuses an object store this small: the backend crashes while the server is still loading.
     run_dir = tmp_path / "no-ray"
@@ -219,6 +225,7 @@ def test_a_backend_that_cannot_start_ends_the_run_at_once_with_its_reason(tmp_pa
     assert "round 1/" not in log  # no round was started, no client waited for
 
 
+@pytest.mark.system
 def test_fewer_nodes_than_num_clients_is_a_clear_error_never_a_hang(tmp_path):
     # Two SuperNodes for a config that needs four. In a simulation every SuperNode registers at once, so the
     # server says so as soon as the count settles (check_simulated_federation); a deployment, where nodes join

@@ -1,9 +1,9 @@
 """Flower's own run path: ``flwr run .`` against the local SuperLink the CLI starts (simulation runtime, Ray).
 
 The fast test pins the up-front check that a simulated federation has ``federation.num_clients`` SuperNodes.
-The slow one runs tiny.toml for one round with experiment keys given as ``--run-config`` (the declared keys of
-pyproject's ``[tool.flwr.app.config]``), then submits a run to a federation with too few SuperNodes, which
-must fail at once instead of waiting forever. ``flwr run`` exits 0 even when a run fails, so results are
+The system-tier one runs tiny.toml for one round with experiment keys given as ``--run-config`` (the declared
+keys of pyproject's ``[tool.flwr.app.config]``), then submits a run to a federation with too few SuperNodes,
+which must fail at once instead of waiting forever. ``flwr run`` exits 0 even when a run fails, so results are
 checked with ``flwr list --format json`` and in the run directory. FLWR_HOME and the SuperLink's ports are
 private to the test; the SuperLink (detached by the CLI, alive after ``flwr run``) is stopped by its process
 group, found by its port.
@@ -13,20 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from conftest import BIN, ROOT, free_port, signal_group
 from flwr.superlink.grid import InMemoryGrid
 
 from simulations.federation import check_simulated_federation
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 class _SimulatedGrid(InMemoryGrid):
@@ -46,23 +40,17 @@ def test_a_simulated_federation_with_too_few_supernodes_fails_at_once():
         check_simulated_federation(_SimulatedGrid([1, 2]), num_clients=4, poll_s=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def flwr_env(tmp_path) -> Iterator[dict[str, str]]:
     """Environment for ``flwr``: private FLWR_HOME and ports; stops the SuperLink the CLI leaves running."""
-    port = str(_free_port())
+    port = str(free_port())
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # flwr starts `flower-superlink` from PATH
         "PYTHONPATH": str(ROOT),
         "FLWR_HOME": str(tmp_path / "flwr-home"),
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -73,8 +61,8 @@ def flwr_env(tmp_path) -> Iterator[dict[str, str]]:
     found = subprocess.run(["pgrep", "-f", superlink], capture_output=True, text=True)
     for pid in found.stdout.split():
         try:
-            os.killpg(os.getpgid(int(pid)), signal.SIGKILL)  # detached: its own group, with superexec and Ray
-        except ProcessLookupError:
+            signal_group(os.getpgid(int(pid)))  # detached: its own group, with superexec and Ray
+        except ProcessLookupError:  # gone between pgrep and here
             pass
 
 
@@ -93,7 +81,7 @@ def _flwr_run(env: dict[str, str], federation: str, run_config: str) -> tuple[di
     return max(runs, key=lambda r: r["pending-at"]), log
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_flwr_run_takes_declared_keys_and_rejects_a_short_federation(flwr_env, tmp_path):
     run_dir = tmp_path / "run"
     keys = "federation.rounds=1 federation.num_clients=2 evaluation.test_limit=16"

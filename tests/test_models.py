@@ -16,7 +16,7 @@ def test_a_missing_gguf_file_is_a_one_line_error(tmp_path):
         load_model(str(tmp_path / "nope.gguf"))
 
 
-@pytest.mark.slow
+@pytest.mark.system  # dequantises SmolLM2's GGUF into a fresh cache: a minute on 2 cores
 def test_a_gguf_file_loads_like_the_embedded_model_and_is_dequantised_once(tmp_path, monkeypatch, caplog):
     reference, _ = load_model("smollm2-135m")  # the same GGUF, through the shared cache
     gguf = str(Path(_gguf_dir()) / _GGUF_FILE)

@@ -1,32 +1,21 @@
 """No hang: a Ray cluster address with nothing listening fails at once in one line, and SIGTERM / SIGINT stop
-a run at any stage, leaving a directory `--resume` continues (issue 23 §5)."""
+a run at any stage, leaving a directory `--resume` continues (issue 23 §5), on either backend (in-process in
+the default tier, Ray in the system tier)."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import stop_session
+from conftest import TINY_CONFIG as CONFIG
+from conftest import free_port, sets, start_scaleot, stop_session
 
 from simulations.cli import main
-
-CONFIG = "simulations/configs/tiny.toml"
-ROOT = Path(__file__).resolve().parent.parent
-SCALEOT = Path(sys.executable).parent / "scaleot"
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound once by the OS, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_ray_address_with_nothing_listening_fails_at_once_before_any_model_loads(tmp_path, capsys):
@@ -66,18 +55,6 @@ def test_a_ray_address_with_nothing_listening_fails_at_once_before_any_model_loa
     )
 
 
-def start(run_dir: Path, log: Path, *args: str) -> subprocess.Popen:
-    """`scaleot simulate` in a session of its own (so every Ray process it leaves can be stopped)."""
-    return subprocess.Popen(
-        [str(SCALEOT), "simulate", *args],
-        cwd=ROOT,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
 def wait_for(proc: subprocess.Popen, log: Path, ready, what: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
@@ -105,27 +82,38 @@ def stopped_by(proc: subprocess.Popen, log: Path, signum: int, run_dir: Path) ->
 
 
 @pytest.mark.slow
-def test_sigint_while_loading_and_sigterm_mid_round_stop_at_once_and_the_run_resumes_to_its_end(tmp_path):
+@pytest.mark.parametrize("backend", ["inprocess", pytest.param("ray", marks=pytest.mark.system)])
+def test_sigint_while_loading_and_sigterm_mid_round_stop_at_once_and_the_run_resumes_to_its_end(
+    backend, tmp_path
+):
+    # In-process the ServerApp runs in the main thread; on Ray in a thread of Flower's while the main thread
+    # runs the engine (whose SIGTERM handler ray.init installs): each stops at once, resumable.
     run_dir = tmp_path / "run"
-    args = ["--config", CONFIG, "--set", "federation.rounds=2", "--out", str(run_dir)]
+    args = [
+        "--config",
+        CONFIG,
+        *sets("federation.rounds=2", f"simulation.backend={backend}"),
+        "--out",
+        str(run_dir),
+    ]
 
     # SIGINT while the model owner is still preparing (before any round): resumed, it starts round 1 again.
     log = tmp_path / "first.log"
-    proc = start(run_dir, log, *args)
+    proc = start_scaleot(log, "simulate", *args)
     wait_for(proc, log, lambda: (run_dir / "config.json").is_file(), "the run directory's config")
     stopped_by(proc, log, signal.SIGINT, run_dir)
     assert not (run_dir / "checkpoint").exists()
 
     # Resumed, then SIGTERM while round 2 is under way.
     log = tmp_path / "second.log"
-    proc = start(run_dir, log, "--resume", str(run_dir))
+    proc = start_scaleot(log, "simulate", "--resume", str(run_dir))
     wait_for(proc, log, lambda: (run_dir / "checkpoint" / "latest").is_file(), "round 1's checkpoint")
     stopped_by(proc, log, signal.SIGTERM, run_dir)
     assert (run_dir / "checkpoint" / "latest").read_text() == "round-0001"
 
     # Resumed again, it finishes from round 1's checkpoint.
     log = tmp_path / "third.log"
-    proc = start(run_dir, log, "--resume", str(run_dir))
+    proc = start_scaleot(log, "simulate", "--resume", str(run_dir))
     try:
         assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
     finally:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from conftest import FakeGrid
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from emulator.results import MCResult
@@ -255,32 +256,18 @@ def test_a_resume_with_a_truncated_config_json_is_one_line_naming_it(tmp_path, c
 # --- one partition per node ---------------------------------------------------------------------------------
 
 
-class Grid:
-    """Nodes that answer the handshake with the partition (and count) their node config says, and train."""
-
-    def __init__(self, nodes: dict[int, tuple[int, int]]) -> None:
-        self.nodes = nodes  # node id -> (partition-id, num-partitions)
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        return [self._answer(m) for m in messages]
-
-    def _answer(self, msg):
-        partition, count = self.nodes[msg.metadata.dst_node_id]
-        if msg.metadata.message_type == wire.QUERY_EMULATOR_TYPE:
-            info = {wire.INFO_PARTITION_ID: partition, wire.INFO_NUM_PARTITIONS: count}
-            return Message(RecordDict({wire.INFO: ConfigRecord(info)}), reply_to=msg)
-        metrics = MetricRecord({wire.NUM_EXAMPLES: 10, wire.TRAIN_LOSS: 1.0})
-        trained = ArrayRecord({"0.w": Array(np.full((2,), float(partition), dtype=np.float32))})
-        return Message(RecordDict({wire.ARRAYS: trained, wire.METRICS: metrics}), reply_to=msg)
+def trained(msg: Message) -> Message:
+    metrics = MetricRecord({wire.NUM_EXAMPLES: 10, wire.TRAIN_LOSS: 1.0})
+    partition = float(msg.metadata.dst_node_id)  # any adapter of the right shape
+    adapter = ArrayRecord({"0.w": Array(np.full((2,), partition, dtype=np.float32))})
+    return Message(RecordDict({wire.ARRAYS: adapter, wire.METRICS: metrics}), reply_to=msg)
 
 
 def test_nodes_claiming_one_partition_or_one_outside_the_run_are_refused_with_their_reason():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     # Node 2 says partition 0 as node 1 does; node 3 says 7 of 4; node 4 splits the data into 3 parts.
-    grid = Grid({1: (0, 4), 2: (0, 4), 3: (7, 4), 4: (1, 3), 5: (2, 4)})
+    partition_of, reports = {1: 0, 2: 0, 3: 7, 4: 1, 5: 2}, {1: 4, 2: 4, 3: 4, 4: 3, 5: 4}
+    grid = FakeGrid(partition_of, trained, reports=reports)
     strategy = offsite_strategy(
         "fedavg", offer=EmulatorOffer("/bundle", num_partitions=4), sampling=Sampling(node_timeout=5.0)
     )
@@ -303,5 +290,5 @@ def test_a_partition_whose_node_is_gone_goes_to_the_node_that_now_reports_it():
 
     roster = Roster()
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    handshake(Grid({6: (0, 4)}), [6], "/bundle", "", 5.0, roster, num_partitions=4)
+    handshake(FakeGrid({6: 0}, reports={6: 4}), [6], "/bundle", "", 5.0, roster, num_partitions=4)
     assert roster.partitions == {6: 0} and roster.refused == {}

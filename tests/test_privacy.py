@@ -1,26 +1,28 @@
 """Differential privacy on the adapters: config checks, Flower's real DP wrappers inside the offsite strategy
-(failed rounds, noise sized for the updates averaged, adaptive clipping), the accountant, and a real Ray
-simulation with DP."""
+(failed rounds, noise sized for the updates averaged, adaptive clipping), the accountant, and whole runs with
+DP (on the in-process backend)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import INPROCESS, FakeGrid, sets
 from dp_accounting import GaussianDpEvent
 from dp_accounting.rdp import RdpAccountant
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
-from test_strategy import FakeGrid
 
 from emulator.bundle import load_emulator
 from emulator.config import AdapterConfig
+from simulations.cli import main
 from simulations.config import load_config
 from simulations.outputs import RunState, write_report
 from simulations.server_eval import initial_adapter
@@ -75,21 +77,6 @@ def moved_by(msg: Message, norm: float, steps: int = STEPS) -> Message:
     )
 
 
-class LossyGrid(FakeGrid):
-    """A FakeGrid on which the train replies of ``lost`` nodes never come (cut off by the round timeout)."""
-
-    def __init__(self, partition_of, client, lost=()):
-        super().__init__(partition_of, client=client)
-        self.lost = set(lost)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        train = wire.QUERY_EMULATOR_TYPE
-        kept = [
-            m for m in messages if m.metadata.message_type == train or m.metadata.dst_node_id not in self.lost
-        ]
-        return [self._answer(m) for m in kept]
-
-
 @pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
 def test_a_dp_run_in_which_every_client_fails_has_empty_rounds_with_the_reasons(clipping):
     # Issue 23 §1: Flower's wrapper, outermost, skipped a round with an error reply before the offsite
@@ -116,7 +103,7 @@ def test_noise_is_sized_for_the_updates_averaged_so_epsilon_is_never_understated
     # average of 1: an effective multiplier of 0.5 (ε ≈ 10.7) while the record said 4.73.
     z, clip = 1.0, 1.0
     strategy = dp_strategy(clipping, 2, noise_multiplier=z, clipping_norm=clip)
-    grid = LossyGrid({1: 0, 2: 1}, client=lambda m: moved_by(m, 1e-3), lost={2})
+    grid = FakeGrid({1: 0, 2: 1}, client=lambda m: None if m.metadata.dst_node_id == 2 else moved_by(m, 1e-3))
     result = strategy.start(grid, zeros(), num_rounds=1)
     record = strategy.history[0]
     assert (record.sampled, record.aggregated, record.missing) == (2, 1, 1)
@@ -295,11 +282,8 @@ def test_each_rounds_noise_depends_only_on_seed_and_round():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
-def test_a_dp_run_in_which_every_client_fails_exits_1_with_the_reason(clipping, tmp_path):
+def test_a_dp_run_in_which_every_client_fails_exits_1_with_the_reason(clipping, tmp_path, capsys):
     # Issue 23 §1, its own input (adaptive at its own defaults, which failed after the model load before).
-    import subprocess
-    import sys
-
     overrides = [
         "model=tiny-qwen2",
         f"privacy.clipping={clipping}",
@@ -307,11 +291,8 @@ def test_a_dp_run_in_which_every_client_fails_exits_1_with_the_reason(clipping, 
         "federation.fail_partitions=[0,1,2,3]",
     ]
     args = ["simulate", "--config", "simulations/configs/tiny.toml", "--out", str(tmp_path)]
-    args += [a for item in overrides for a in ("--set", item)]
-    scaleot_bin = Path(sys.executable).parent / "scaleot"
-    result = subprocess.run([str(scaleot_bin), *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 1, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
+    assert main([*args, *INPROCESS, *sets(*overrides)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: no client reply was aggregated in any of the 2 round(s)"), last
     assert "fails on purpose" in last
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -323,7 +304,7 @@ def test_a_dp_run_in_which_every_client_fails_exits_1_with_the_reason(clipping, 
 
 
 @pytest.mark.slow
-def test_dp_simulation_noises_the_adapter_and_reports_growing_epsilon(tmp_path):
+def test_dp_simulation_noises_the_adapter_and_reports_growing_epsilon(tmp_path, caplog):
     """tiny.toml, 3 rounds, clipping norm C = 1e-3: the clipped average moves the adapter by at most C a
     round, so a larger move is the noise; its size must match Flower's std z·C/m over every coordinate."""
     z, clip = 1.0, 1e-3
@@ -336,17 +317,14 @@ def test_dp_simulation_noises_the_adapter_and_reports_growing_epsilon(tmp_path):
         "evaluation.emulator_every=0",
     ]
     args = ["simulate", "--config", "simulations/configs/tiny.toml", "--out", str(tmp_path)]
-    for item in overrides:
-        args += ["--set", item]
-    from conftest import scaleot
-
-    result = scaleot(*args)
+    with caplog.at_level(logging.INFO):
+        assert main([*args, *INPROCESS, *sets(*overrides)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     rounds = metrics["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     epsilons = [r["privacy"]["epsilon"] for r in rounds]
     assert 0 < epsilons[0] < epsilons[1] < epsilons[2]
-    assert "ε" in result.stderr
+    assert "ε" in caplog.text
 
     sampled = rounds[0]["sampled"]
     assert all(r["privacy"]["noise_std"] == pytest.approx(z * clip / sampled) for r in rounds)

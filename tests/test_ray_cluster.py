@@ -10,28 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
+from conftest import BIN, ROOT, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 HEAD_IP, WORKER_IP = "127.0.0.1", "127.0.0.2"  # two loopback addresses: two Ray nodes on one machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HEAD_IP, 0))
-        return s.getsockname()[1]
 
 
 def _ray(*args: str, env: dict[str, str]) -> None:
@@ -58,7 +49,7 @@ def stop_cluster(temp_dir: str) -> None:
 def cluster() -> Iterator[str]:
     temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths live under it
     env = os.environ | {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
-    address = f"{HEAD_IP}:{_free_port()}"
+    address = f"{HEAD_IP}:{free_port(HEAD_IP)}"
     common = ["--num-cpus=1", "--object-store-memory=150000000", "--disable-usage-stats"]
     try:
         _ray(

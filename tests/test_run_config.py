@@ -75,6 +75,39 @@ def test_bad_values_are_rejected_before_any_heavy_work(override, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["simulation.backend=thread"],
+            "config simulation.backend='thread' is invalid; it must be one of ray, inprocess",
+        ),
+        (
+            ["simulation.backend=inprocess", "federation.crash_partitions=[1]"],
+            "config federation.crash_partitions=[1] is invalid; it must be empty with "
+            "simulation.backend='inprocess' (it needs client processes: use 'ray')",
+        ),
+        (
+            ["simulation.backend=inprocess", "federation.slow_partitions=[0]", "federation.slow_seconds=5"],
+            "config federation.slow_partitions=[0] is invalid; it must be empty with "
+            "simulation.backend='inprocess' (it needs client processes: use 'ray')",
+        ),
+        (
+            ["simulation.backend=inprocess", "simulation.ray_address=auto"],
+            "config simulation.ray_address='auto' is invalid; it must be empty with "
+            "simulation.backend='inprocess'",
+        ),
+    ],
+)
+def test_what_the_inprocess_backend_cannot_do_is_refused_in_one_line(overrides, message):
+    with pytest.raises(ValueError) as error:
+        load_config(ROOT / "simulations/configs/tiny.toml", overrides)
+    assert str(error.value) == message
+    # The Ray backend takes each of these (the test hooks included).
+    ray = [o.replace("inprocess", "ray") for o in overrides if o != "simulation.backend=thread"]
+    assert load_config(ROOT / "simulations/configs/tiny.toml", ray).simulation.backend == "ray"
+
+
 def test_flower_run_config_names_the_file_overrides_and_run_options():
     run_config = {
         "config-file": "simulations/configs/tiny.toml",

@@ -1,7 +1,7 @@
 """Never report a wrong result (issue 14 items 1 and 4; issue 12 checkpoints): empty rounds are marked, an
 untrained run fails with its reason and no fine-tuned rows, every wait has a limit, checkpoints are verified.
 
-The strategy runs Flower's own ``Strategy.start`` loop on a stand-in grid (a fake only of the network);
+The strategy runs Flower's own ``Strategy.start`` loop on conftest's ``FakeGrid`` (a fake of the network);
 outputs and checkpoints are real files. The same faults on Ray are in ``tests/test_faults.py``.
 """
 
@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -39,25 +40,6 @@ def task_identity():
 
 def adapter(value: float = 0.0) -> ArrayRecord:
     return ArrayRecord({k: Array(np.full(s, value, dtype=np.float32)) for k, s in SHAPES.items()})
-
-
-class Grid:
-    """Stands in for Flower's grid: nodes answer the handshake, train messages go to ``client``."""
-
-    def __init__(self, partition_of: dict[int, int], client) -> None:
-        self.partition_of, self.client = dict(partition_of), client
-
-    def get_node_ids(self):
-        return list(self.partition_of)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        return [r for m in messages if (r := self._answer(m)) is not None]
-
-    def _answer(self, msg):
-        if msg.metadata.message_type == wire.QUERY_EMULATOR_TYPE:
-            info = {wire.INFO_PARTITION_ID: self.partition_of[msg.metadata.dst_node_id]}
-            return Message(RecordDict({wire.INFO: ConfigRecord(info)}), reply_to=msg)
-        return self.client(msg)
 
 
 def trained(msg: Message) -> Message:
@@ -93,7 +75,7 @@ def test_rounds_in_which_every_client_fails_are_marked_and_nothing_is_scored(cap
     evaluated: list[int] = []
     run = strategy(evaluated)
     with caplog.at_level(logging.INFO, logger="strategies.offsite"):
-        run.start(Grid({1: 0, 2: 1, 3: 2}, failed), adapter(0.0), num_rounds=2)
+        run.start(FakeGrid({1: 0, 2: 1, 3: 2}, failed), adapter(0.0), num_rounds=2)
     assert [r.empty for r in run.history] == [True, True]
     assert all(r.aggregated == 0 and r.rejected == 3 for r in run.history)
     assert evaluated == []  # the untrained adapter is never scored: no plug-in or emulator numbers exist
@@ -127,7 +109,7 @@ def test_an_untrained_run_fails_with_its_reason_and_no_fine_tuned_rows(tmp_path)
 def test_some_empty_rounds_are_counted_in_the_summary_and_report(tmp_path):
     evaluated: list[int] = []
     run = strategy(evaluated)
-    grid = Grid({1: 0, 2: 1}, lambda m: failed(m) if run._record.round == 2 else trained(m))
+    grid = FakeGrid({1: 0, 2: 1}, lambda m: failed(m) if run._record.round == 2 else trained(m))
     run.start(grid, adapter(0.0), num_rounds=3)
     assert [r.empty for r in run.history] == [False, True, False]
     assert evaluated == [1, 2, 3]  # a trained adapter is scored even in a round that changed nothing
@@ -142,19 +124,19 @@ def test_some_empty_rounds_are_counted_in_the_summary_and_report(tmp_path):
 
 
 def test_waiting_for_nodes_ends_with_an_error_or_proceeds_as_configured():
-    grid = Grid({1: 0, 2: 1}, trained)
+    grid = FakeGrid({1: 0, 2: 1}, trained)
     with pytest.raises(RunFailedError, match=r"only 2 of 3 nodes connected after waiting 0.3 s"):
         await_nodes(grid, 3, timeout=0.3)
     assert await_nodes(grid, 3, timeout=0.3, proceed=True) == {1, 2}
     with pytest.raises(RunFailedError, match="backend failed: boom"):
         await_nodes(grid, 3, timeout=60, check=_raise("the simulation backend failed: boom"))
     with pytest.raises(RunFailedError, match="only 0 of 1 nodes"):
-        await_nodes(Grid({}, trained), 1, timeout=0.2, proceed=True)  # proceeding needs someone
+        await_nodes(FakeGrid({}, trained), 1, timeout=0.2, proceed=True)  # proceeding needs someone
 
 
 def test_after_a_node_dies_later_rounds_wait_only_for_enough_nodes_to_sample():
     # Three nodes, min_clients=2: the first round needs all three, later rounds two (issue 14 §4).
-    grid = Grid({1: 0, 2: 1, 3: 2}, trained)
+    grid = FakeGrid({1: 0, 2: 1, 3: 2}, trained)
     run = strategy(
         sampling=Sampling(min_available_nodes=3, min_train_nodes=2, fraction_train=1.0, node_timeout=0.5)
     )
@@ -168,7 +150,7 @@ def test_after_a_node_dies_later_rounds_wait_only_for_enough_nodes_to_sample():
 
 def test_missing_replies_are_recorded_and_a_reply_to_another_round_is_never_aggregated():
     run = strategy(sampling=Sampling(fraction_train=1.0, node_timeout=5.0))
-    grid = Grid({1: 0, 2: 1, 3: 2}, trained)
+    grid = FakeGrid({1: 0, 2: 1, 3: 2}, trained)
     run.set_adapter_spec(adapter())
     run.start(grid, adapter(0.0), num_rounds=1)  # round 1: all three reply
     messages = list(run.configure_train(2, adapter(0.0), ConfigRecord(), grid))
@@ -258,33 +240,16 @@ def test_a_client_process_that_died_is_named_as_such_in_the_reason():
 def test_waiting_for_replies_stops_when_the_backend_dies_and_ends_at_the_timeout():
     from strategies.nodes import CheckedGrid
 
-    class Silent(Grid):
-        """Pushes and never answers node 2 (a dead backend, or a client slower than the timeout)."""
-
-        def push_messages(self, messages):
-            self.sent = list(messages)
-            return [str(m.metadata.dst_node_id) for m in self.sent]
-
-        def pull_messages(self, message_ids):
-            answer = [
-                m
-                for m in self.sent
-                if str(m.metadata.dst_node_id) in message_ids and m.metadata.dst_node_id == 1
-            ]
-            replies = [trained(m) for m in answer]
-            for reply in replies:
-                reply.metadata.__dict__["_reply_to_message_id"] = "1"
-            return replies
+    def silent():  # node 2 never answers (a dead backend, or a client slower than the timeout)
+        return FakeGrid({}, lambda m: trained(m) if m.metadata.dst_node_id == 1 else None)
 
     messages = [Message(RecordDict({}), dst_node_id=n, message_type="train") for n in (1, 2)]
     began = time.monotonic()
-    replies = CheckedGrid(Silent({}, None), check=lambda: None, poll=0.05).send_and_receive(
-        messages, timeout=0.5
-    )
+    replies = CheckedGrid(silent(), check=lambda: None, poll=0.05).send_and_receive(messages, timeout=0.5)
     assert [r.metadata.src_node_id for r in replies] == [1] and 0.5 <= time.monotonic() - began < 5
     dead = BackendWatch()
     dead.reason = "ValueError: Ray did not start"
     began = time.monotonic()
     with pytest.raises(RunFailedError, match="Ray did not start"):
-        CheckedGrid(Silent({}, None), check=dead.check, poll=0.05).send_and_receive(messages, timeout=3600)
+        CheckedGrid(silent(), check=dead.check, poll=0.05).send_and_receive(messages, timeout=3600)
     assert time.monotonic() - began < 5

@@ -1,8 +1,10 @@
-"""End to end on Flower's simulation runtime with the real Ray backend: `scaleot simulate` on tiny.toml.
+"""End to end: `scaleot simulate` on tiny.toml, on Flower's simulation runtime with the real Ray backend and
+on the in-process backend.
 
-Three runs (each Ray start costs ~10 s): the uninterrupted 3-round run with one client that raises (conftest's
-``full_run``, shared with test_faults), and a run stopped after round 1 then resumed; together they check
-rounds, rows, bytes, fault tolerance and resume.
+conftest's ``full_run`` is the default tier's one Ray simulation: the uninterrupted 3-round run with one
+client that raises (rounds, rows, bytes, fault tolerance, outputs). The same options in-process
+(``inprocess_full_run``) must train the same adapter and score the same rows: what lets every other end-to-end
+test run without Ray. A run stopped after round 1 then resumed (in-process) must reach that adapter too.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import json
 
 import pytest
 import torch
+from conftest import INPROCESS, sets
 from conftest import TINY_CONFIG as CONFIG
-from conftest import scaleot
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 
@@ -67,23 +69,40 @@ def test_a_run_with_tensorboard_on_writes_each_rounds_metrics(full_run):
     assert set(scalars["eval/plug_in_acc"]) == {1, 2, 3}
 
 
-def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, failing_partition, tmp_path):
+def test_the_inprocess_backend_trains_what_ray_trains(full_run, inprocess_full_run):
+    # Same config and seed: the same sampled clients, the same dropped one, the same adapter to the bit, the
+    # same rows (to each test example). Only placement and timing may differ.
+    ray, inprocess = (load_file(str(d / "adapter.safetensors")) for d in (full_run, inprocess_full_run))
+    assert ray.keys() == inprocess.keys()
+    for key in ray:
+        assert ray[key].equal(inprocess[key]), key
+    ray, inprocess = (json.loads((d / "metrics.json").read_text()) for d in (full_run, inprocess_full_run))
+    assert inprocess["results"] == ray["results"] and inprocess["zero_shot"] == ray["zero_shot"]
+    same = [
+        *("round", "train_loss", "plug_in_acc", "plug_in_acc_stderr", "emulator_acc", "emulator_acc_stderr"),
+        *("sampled", "replied", "rejected", "missing", "aggregated", "empty", "sampled_partitions"),
+        *("bytes_sent", "bytes_received", "bytes_per_client", "evaluation"),
+    ]
+    for a, b in zip(ray["rounds"], inprocess["rounds"], strict=True):
+        assert {k: a[k] for k in same} == {k: b[k] for k in same}
+        # Node ids are the runtime's own; each rejection is the client that raised, on both.
+        assert len(a["rejections"]) == len(b["rejections"])
+        assert all("fails on purpose" in r for r in a["rejections"] + b["rejections"])
+    assert load_config(inprocess_full_run / "config.toml").simulation.backend == "inprocess"
+
+
+def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(
+    inprocess_full_run, failing_partition, tmp_path
+):
+    from simulations.cli import main
+
     run_dir = tmp_path / "stopped"
-    scaleot(
-        "simulate",
-        "--config",
-        CONFIG,
-        "--out",
-        str(run_dir),
-        "--set",
-        f"federation.fail_partitions=[{failing_partition}]",
-        "--set",
-        "federation.rounds=1",
-    )
+    one_round = sets(f"federation.fail_partitions=[{failing_partition}]", "federation.rounds=1")
+    assert main(["simulate", "--config", CONFIG, *INPROCESS, *one_round, "--out", str(run_dir)]) == 0
     stopped = json.loads((run_dir / "metrics.json").read_text())
     assert [r["round"] for r in stopped["rounds"]] == [1]
 
-    scaleot("simulate", "--resume", str(run_dir), "--set", "federation.rounds=3")
+    assert main(["simulate", "--resume", str(run_dir), *sets("federation.rounds=3")]) == 0
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
     assert resumed["rounds"][0] == stopped["rounds"][0]  # nothing written by round 1 was lost
@@ -91,7 +110,7 @@ def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(full_run, fai
 
     final, reference = (
         load_file(str(run_dir / "adapter.safetensors")),
-        load_file(str(full_run / "adapter.safetensors")),
+        load_file(str(inprocess_full_run / "adapter.safetensors")),
     )
     assert final.keys() == reference.keys()
     for key in reference:

@@ -111,7 +111,7 @@ def test_a_task_extracted_from_another_archive_is_extracted_again(tmp_path, monk
     assert read_bigbench_task("tiny_task") == {"version": 3}
 
 
-@pytest.mark.slow
+@pytest.mark.system  # dequantises SmolLM2's GGUF into a fresh cache: a minute on 2 cores
 def test_a_dequantised_copy_of_unknown_origin_is_dequantised_again(tmp_path, monkeypatch, tokenizer):
     # A copy without the GGUF's hash (here: another model's weights put in its place) is never loaded as
     # SmolLM2; it is dequantised again from the GGUF, and the stamp written.

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -175,37 +176,6 @@ def test_strategy_parameters_list_the_base_arguments():
         ValueError, match="federation.strategy='fedfoo' is unknown; use one of fedavg, fedprox"
     ):
         strategy_parameters("fedfoo")
-
-
-class FakeGrid:
-    """Stands in for Flower's Grid: answers the emulator handshake and routes train messages to ``client``."""
-
-    def __init__(self, partition_of, client=None, sha=None, fail_handshake=()):
-        self.partition_of, self.client, self.sha = (
-            partition_of,
-            client,
-            sha or dict.fromkeys(partition_of, ""),
-        )
-        self.fail_handshake, self.handshakes = set(fail_handshake), 0
-
-    def get_node_ids(self):
-        return list(self.partition_of)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        return [self._answer(m) for m in messages]
-
-    def _answer(self, msg):
-        node = msg.metadata.dst_node_id
-        if msg.metadata.message_type != wire.QUERY_EMULATOR_TYPE:
-            return self.client(msg)
-        self.handshakes += 1
-        if node in self.fail_handshake:
-            return Message(Error(1, "FileNotFoundError: no bundle"), reply_to=msg)
-        info = {
-            wire.INFO_PARTITION_ID: self.partition_of[node],
-            wire.INFO_EMULATOR_SHA256: self.sha.get(node, ""),
-        }
-        return Message(RecordDict({wire.INFO: ConfigRecord(info)}), reply_to=msg)
 
 
 def test_plug_in_is_evaluated_on_its_schedule_and_always_in_the_last_round():
