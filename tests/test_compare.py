@@ -216,7 +216,8 @@ def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
     assert [(c.task, c.seed) for c in configs] == list(zip(tasks, [0, 0, 0, 0, 0, 0, 1], strict=True))
     for config in configs:
         labels = [m.label(config.emulator) for m, _ in plan(config, settings)]
-        assert labels[:3] == ["full", "uniform α=0.25", "importance-drop α=0.25"] and len(labels) == 5
+        assert labels[:4] == ["full", "uniform α=0.25", "importance-drop α=0.25", "crash α=0.25"]
+        assert len(labels) == 6  # and ScaleOT without and with SRC
         assert all(
             c.emulator.data.corpus_exclude == config.task
             for _, c in plan(config, settings)
