@@ -68,7 +68,7 @@ def _text(value: Any) -> str:
 
 # The order a comparison runs and lists its methods in: the upper bound, the baselines (the reference first,
 # then the rest), the method under study last; within a role, the registry's order.
-_ROLE_ORDER = {"upper-bound": 0, "reference": 1, "baseline": 1, "proposed": 2}
+_ROLE_ORDER = {"upper-bound": 0, "reference": 1, "baseline": 2, "proposed": 3}
 
 
 def compared_kinds() -> list[str]:
