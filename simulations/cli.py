@@ -209,7 +209,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "simulate",
-        "run a federated offsite-tuning experiment on Flower's Ray simulation",
+        "run a federated offsite-tuning experiment on Flower's simulation (Ray, or in-process)",
         simulate_arguments,
         run_simulate,
     ),

@@ -371,7 +371,7 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> None:
-    """``scaleot simulate``: parse and validate the config, then run it on Ray."""
+    """``scaleot simulate``: parse and validate the config, then run it (``simulate``)."""
     quiet_environment()  # before torch is imported: OpenMP reads its settings once
     from simulations.server_app import new_run_dir
 

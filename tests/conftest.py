@@ -1,8 +1,10 @@
-"""Shared test fixtures and helpers: keep this minimal.
+"""Shared test fixtures and helpers, each in one place: keep this minimal.
 
 Test modules import the plain helpers (``from conftest import TINY, tiny``): pytest puts ``tests/`` on
 ``sys.path`` for its rootdir conftest, and a cached function can be called from module-level helpers where a
-fixture cannot.
+fixture cannot. Tiers (pyproject): fast tests start no Ray (``no_ray_in_fast_tests``); ``slow`` ones run whole
+runs in this process on the in-process backend (``INPROCESS``), SmolLM2, and the one Ray run ``full_run``;
+``system`` ones start processes of their own (``start_scaleot``, ``stop_session``, ``signal_group``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]  # one tiny random 
 TINY_CONFIG = "simulations/configs/tiny.toml"
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # this environment's console scripts: scaleot, flwr, ray, flower-*
+
+
+@pytest.fixture(autouse=True)
+def no_ray_in_fast_tests(request, monkeypatch):
+    """A fast test (neither ``slow`` nor ``system``) that would start Ray fails instead: a bare ``pytest``
+    starts none. A whole run belongs on the in-process backend (``INPROCESS``) or in a marked test."""
+    if request.node.get_closest_marker("slow") or request.node.get_closest_marker("system"):
+        return
+    from simulations import runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a fast test started Ray; run it with conftest.INPROCESS or mark it slow")
+
+    monkeypatch.setattr(runner, "start_ray", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 untrained run fails with its reason and no fine-tuned rows, every wait has a limit, checkpoints are verified.
 
 The strategy runs Flower's own ``Strategy.start`` loop on conftest's ``FakeGrid`` (a fake of the network);
-outputs and checkpoints are real files. The same faults on Ray are in ``tests/test_faults.py``.
+outputs and checkpoints are real files. The same faults end to end are in ``tests/test_faults.py``.
 """
 
 from __future__ import annotations
