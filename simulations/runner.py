@@ -31,7 +31,6 @@ from simulations.config import (
     add_set_option,
     check_resumable,
     load_config,
-    read_run_json,
     resume_config,
 )
 from strategies.records import RunFailedError
@@ -293,8 +292,9 @@ class BackendWatch:
 
 
 def _status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "metrics.json"
-    return read_run_json(path) if path.is_file() else {}
+    from simulations.outputs import read_metrics  # torch: not at import
+
+    return read_metrics(run_dir)
 
 
 def backend_config(sim: SimulationConfig) -> dict[str, Any]:
@@ -390,8 +390,12 @@ def run_simulate(args: argparse.Namespace) -> None:
         print(prepare_bundle(config))
         return
     metrics = simulate(config, Path(run_dir), resume=args.resume, overwrite=args.overwrite)
+    from emulator.results import ROW_LABELS
+
     for name, row in metrics["results"].items():
-        log.info("%-12s %5.1f ± %.1f %%", name, 100 * row["acc"], 100 * row["acc_stderr"])
+        log.info(
+            "%-12s %5.1f ± %.1f %%", ROW_LABELS.get(name, name), 100 * row["acc"], 100 * row["acc_stderr"]
+        )
 
 
 def prepare_bundle(config: RunConfig) -> Path:
