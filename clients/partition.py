@@ -11,7 +11,7 @@ import random
 import warnings
 
 from emulator.config import PARTITION_SCHEMES
-from emulator.tasks import MCExample
+from emulator.data.tasks import MCExample
 
 log = logging.getLogger(__name__)
 

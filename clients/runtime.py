@@ -21,12 +21,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from clients.partition import partition
-from emulator.adapters import AdapterState, load_adapter_state_, prepare_adapter_
-from emulator.bundle import load_emulator, read_manifest
 from emulator.config import AdapterConfig
-from emulator.data import training_batches
-from emulator.tasks import MCExample, TaskSplits, load_task
-from emulator.training import TrainResult, client_seed, train_adapter
+from emulator.data.encoding import training_batches
+from emulator.data.tasks import MCExample, TaskSplits, load_task
+from emulator.scaleot.bundle import load_emulator, read_manifest
+from emulator.tuning.adapters import AdapterState, load_adapter_state_, prepare_adapter_
+from emulator.tuning.training import TrainResult, client_seed, train_adapter
 from strategies.wire import ClientSettings, NodeSettings
 
 log = logging.getLogger(__name__)

@@ -62,7 +62,7 @@ class AssetError(ValueError):
 
 
 def cache_root() -> Path:
-    """Root of the caches; ``SCALEOT_CACHE`` overrides (the same rule as ``emulator.models.cache_dir``)."""
+    """Root of the caches; ``SCALEOT_CACHE`` overrides (the same rule as ``emulator.lm.models.cache_dir``)."""
     return Path(os.environ.get("SCALEOT_CACHE", Path.home() / ".cache" / "scaleot"))
 
 

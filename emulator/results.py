@@ -31,7 +31,8 @@ class MCResult:
 
     Attributes:
         acc: fraction of examples whose correct choice has the highest log-likelihood.
-        acc_norm: the same with log-likelihoods divided by ``emulator.evaluation.choice_length`` (lm-eval's).
+        acc_norm: the same with log-likelihoods divided by ``emulator.evaluation.scoring.choice_length``
+            (lm-eval's).
         acc_stderr, acc_norm_stderr: standard errors of the two means.
         n: number of examples.
         correct, correct_norm: per-example 1/0, in the order of the examples given.

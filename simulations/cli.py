@@ -20,9 +20,9 @@ from pathlib import Path
 
 from emulator.methods import METHODS
 from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN
-from simulations.config import add_set_option
-from simulations.export import RUN_ROWS, export_arguments, run_export
+from simulations.run_config import add_set_option
 from simulations.runner import RunInterrupted, run_simulate, simulate_arguments
+from simulations.server.export_run import RUN_ROWS, export_arguments, run_export
 from simulations.studies.compare import compare_arguments, run_compare
 from strategies.records import RunFailedError
 
@@ -91,8 +91,8 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise ValueError("give one of --task (our scorer) and --harness (lm-evaluation-harness)")
     import torch
 
-    from emulator.fit import check_fits
-    from emulator.memo import memoised_accuracy
+    from emulator.evaluation.memo import memoised_accuracy
+    from emulator.scaleot.fit import check_fits
     from simulations.harness import harness_scores, harness_tasks, run_model
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -105,7 +105,7 @@ def _run_eval(args: argparse.Namespace) -> None:
         label = f"{args.run_dir} ({row})"
         model, tokenizer = run_model(Path(args.run_dir), row, device=args.device)
     else:
-        from emulator.models import load_model
+        from emulator.lm.models import load_model
 
         label, (model, tokenizer) = args.model, load_model(args.model, device=args.device)
     check_fits(model, lengths={"--max-length": args.max_length})
@@ -138,7 +138,7 @@ def _print_harness(label: str, scores: dict[str, dict[str, float]]) -> None:
 
 
 def _our_examples(args: argparse.Namespace) -> list:
-    from emulator.tasks import load_task
+    from emulator.data.tasks import load_task
 
     return getattr(load_task(args.task, seed=args.seed), args.split)[: args.limit]
 
@@ -167,12 +167,12 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_build_emulator(args: argparse.Namespace) -> None:
     """Build an emulator of a model and save it as a bundle; prints the layer map, sizes and build time."""
-    from emulator.assembly import build_emulator
-    from emulator.bundle import save_bundle
     from emulator.config import EmulatorConfig
     from emulator.config_parse import parse_assignment
-    from emulator.fit import check_fits
-    from emulator.models import load_model
+    from emulator.lm.models import load_model
+    from emulator.scaleot.assembly import build_emulator
+    from emulator.scaleot.bundle import save_bundle
+    from emulator.scaleot.fit import check_fits
 
     # Only a method that compresses nothing takes its preset (alpha 0, no SRC): build-emulator --method
     # uniform keeps SRC at its default, as it always has.

@@ -1,9 +1,9 @@
 """Scores through lm-evaluation-harness itself: any lm-eval task, on the full, emulator or plug-in model.
 
-Our own scorer (``emulator.evaluation``) follows lm-eval's multiple-choice definitions and is faster (one pass
-per context); this module hands the same in-memory model to lm-eval's ``HFLM`` (``pretrained=<model>``) so
-that users can report on any task of the harness, or check our numbers against it. Needs the optional extra:
-``pip install -e .[lmeval]``.
+Our own scorer (``emulator.evaluation.scoring``) follows lm-eval's multiple-choice definitions and is faster
+(one pass per context); this module hands the same in-memory model to lm-eval's ``HFLM``
+(``pretrained=<model>``) so that users can report on any task of the harness, or check our numbers against it.
+Needs the optional extra: ``pip install -e .[lmeval]``.
 
 Tasks are lm-eval task names (the hub datasets they name must be reachable) or paths of task YAML files, read
 by lm-eval's own loader (``include:``, ``!function``); in a YAML file, ``dataset_kwargs.data_files`` may be
@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from emulator.data.tasks import MCExample
 from emulator.files import one_line
 from emulator.results import FULL_ZS, PLUG_IN
-from emulator.tasks import MCExample
-from simulations.export import RUN_ROWS
+from simulations.server.export_run import RUN_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def write_task(examples: list[MCExample], directory: Path, name: str) -> Path:
 
     Each choice's delimiter (its leading whitespace, the same for all) becomes lm-eval's ``target_delimiter``
     and the choices are stored without it, as lm-eval's own tasks store them; scored by lm-eval, the task
-    gives the acc and acc_norm our scorer gives on the same model (``tests/test_lm_eval_conformance.py``).
+    gives the acc and acc_norm our scorer gives on the same model
+    (``tests/emulator/evaluation/test_lm_eval_conformance.py``).
 
     Returns:
         The YAML path, for ``harness_tasks``.
@@ -198,7 +199,7 @@ def run_model(run_dir: Path, row: str, device: str = "cpu") -> tuple[nn.Module, 
     Args:
         run_dir: a run directory (``config.toml``, ``metrics.json`` naming its emulator bundle and the hashes,
             and ``adapter.safetensors`` for the two adapted rows).
-        row: one of ``simulations.export.RUN_ROWS``.
+        row: one of ``simulations.server.export_run.RUN_ROWS``.
         device: where to load the model.
 
     Raises:
@@ -207,12 +208,12 @@ def run_model(run_dir: Path, row: str, device: str = "cpu") -> tuple[nn.Module, 
     """
     if row not in RUN_ROWS:
         raise ValueError(f"--row={row!r} is unknown; use one of {', '.join(RUN_ROWS)}")
-    from emulator.adapters import load_adapter_state_, prepare_adapter_
-    from emulator.bundle import load_emulator, read_manifest
     from emulator.files import read_tensors
-    from emulator.plug_in import plug_in_
-    from simulations.config import load_config
-    from simulations.export import load_run_full_model, recorded_bundle
+    from emulator.scaleot.bundle import load_emulator, read_manifest
+    from emulator.tuning.adapters import load_adapter_state_, prepare_adapter_
+    from emulator.tuning.plug_in import plug_in_
+    from simulations.run_config import load_config
+    from simulations.server.export_run import load_run_full_model, recorded_bundle
 
     paths = {name: run_dir / name for name in ("config.toml", "metrics.json", "adapter.safetensors")}
     needed = ["config.toml", "metrics.json"] if row == FULL_ZS else list(paths)

@@ -5,8 +5,9 @@ What runs is what runs on Ray: the ServerApp (``server_app_for``, in this thread
 (``clients.client_app.app``, called as ``app(message, context)`` with a ``Context`` per node whose node config
 holds ``partition-id`` / ``num-partitions`` and whose state lasts the run), real training and real outputs.
 Only the transport differs: no Ray and no client processes, so a run starts in seconds, and with the same seed
-it trains the adapter a Ray run trains (tests/test_simulation.py checks both on one config). As Flower's
-simulation engine does, a ClientApp that raises sends an error reply, and the round goes on without it.
+it trains the adapter a Ray run trains (tests/simulations/test_simulation.py checks both on one config). As
+Flower's simulation engine does, a ClientApp that raises sends an error reply, and the round goes on without
+it.
 
 Ours, not Flower's: clients run one after another, so a round takes as long as all its clients together and
 ``federation.round_timeout`` cuts no client off; the test hooks that need a process per client

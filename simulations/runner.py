@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.files import one_line
-from simulations.config import (
+from simulations.run_config import (
     INPROCESS,
     RunConfig,
     SimulationConfig,
@@ -84,7 +84,9 @@ def simulate(
         RuntimeError: the run ended without finishing (the ServerApp's own exceptions propagate as they are).
     """
     quiet_environment()
-    from simulations.outputs import prepare_run_dir  # torch: not at import (`scaleot --help` stays fast)
+    from simulations.server.outputs import (
+        prepare_run_dir,  # torch: not at import (`scaleot --help` stays fast)
+    )
 
     prepare_run_dir(run_dir, resume, overwrite)
     if config.simulation.ray_address:
@@ -112,7 +114,7 @@ def _run_ray(config: RunConfig, run_dir: Path, resume: Path | None) -> None:
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from simulations.server_app import server_app_for
+    from simulations.server.app import server_app_for
 
     watch = BackendWatch()
     backend = backend_config(config.simulation)
@@ -150,7 +152,7 @@ def _run_inprocess(config: RunConfig, run_dir: Path, resume: Path | None) -> Non
     in this thread, so a signal's ``RunInterrupted`` ends it where it is."""
     from clients.client_app import app as client_app
     from simulations.inprocess import run_inprocess
-    from simulations.server_app import server_app_for
+    from simulations.server.app import server_app_for
 
     watch = BackendWatch()
     _log_start(config, run_dir, "in this process, clients one after another")
@@ -292,7 +294,7 @@ class BackendWatch:
 
 
 def _status(run_dir: Path) -> dict[str, Any]:
-    from simulations.outputs import read_metrics  # torch: not at import
+    from simulations.server.outputs import read_metrics  # torch: not at import
 
     return read_metrics(run_dir)
 
@@ -373,7 +375,7 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_simulate(args: argparse.Namespace) -> None:
     """``scaleot simulate``: parse and validate the config, then run it (``simulate``)."""
     quiet_environment()  # before torch is imported: OpenMP reads its settings once
-    from simulations.server_app import new_run_dir
+    from simulations.server.app import new_run_dir
 
     if args.resume is not None:
         if args.overwrite:
@@ -400,8 +402,8 @@ def run_simulate(args: argparse.Namespace) -> None:
 
 def prepare_bundle(config: RunConfig) -> Path:
     """Build or reuse the emulator bundle ``config`` would distribute; the ServerApp finds the same one."""
-    from simulations.emulator_cache import ensure_bundle
-    from simulations.federation import load_run_model
+    from simulations.server.bundle_cache import ensure_bundle
+    from simulations.server.federation import load_run_model
 
     model, tokenizer = load_run_model(config)
     return ensure_bundle(config.model, config.emulator, model, tokenizer)

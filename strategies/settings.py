@@ -1,8 +1,8 @@
 """The offsite strategy's settings, one group per concern: the emulator the handshake offers, which nodes are
 sampled each round and how long the server waits for them, and when the server evaluates.
 
-``simulations.federation`` fills them from the run config (``federation.*``, ``evaluation.*``); the strategy
-(``strategies.offsite.OffsiteTuning``) reads them. Torch- and Flower-free.
+``simulations.server.federation`` fills them from the run config (``federation.*``, ``evaluation.*``); the
+strategy (``strategies.offsite.OffsiteTuning``) reads them. Torch- and Flower-free.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ class ClientSettings:
     Attributes:
         emulator_path: the bundle the server wrote (used when the node config names none).
         emulator_sha256: manifest hash of that bundle; a client holding another emulator refuses to train.
-        task: task name (``emulator.tasks.load_task``); the client trains on its partition of the train split.
+        task: task name (``emulator.data.tasks.load_task``); the client trains on its partition of the train
+            split.
         partition_scheme: one of ``emulator.config.PARTITION_SCHEMES`` (what each skews is said there).
         dirichlet_alpha: concentration of the Dirichlet split (smaller: more skewed).
         adapter: full adapter blocks or LoRA on them.
@@ -221,7 +222,8 @@ class TrainMetrics:
         train_steps: optimiser steps taken.
         train_seconds: wall time of local training.
         step_seconds: ``train_seconds / train_steps``.
-        peak_memory_bytes: peak memory during local training (``emulator.memory``: CUDA tensors or RSS).
+        peak_memory_bytes: peak memory during local training (``emulator.tuning.memory``: CUDA tensors or
+            RSS).
     """
 
     num_examples: int

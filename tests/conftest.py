@@ -33,8 +33,8 @@ from flwr.app import ConfigRecord, Error, Message, RecordDict  # noqa: E402
 from transformers import PreTrainedTokenizerBase  # noqa: E402
 
 from emulator import assets  # noqa: E402
-from emulator.bigbench import ARCHIVE_TASKS, bigbench_source  # noqa: E402
-from emulator.models import load_model, load_tokenizer  # noqa: E402
+from emulator.data.bigbench import ARCHIVE_TASKS, bigbench_source  # noqa: E402
+from emulator.lm.models import load_model, load_tokenizer  # noqa: E402
 from strategies import wire  # noqa: E402
 
 TINY = ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-qwen2"]  # one tiny random model per family
@@ -219,7 +219,7 @@ def sets(*overrides: str) -> list[str]:
 @pytest.fixture(scope="session")
 def failing_partition() -> int:
     """A partition of tiny.toml that round 1 samples (sampling depends only on (seed, round))."""
-    from simulations.config import load_config
+    from simulations.run_config import load_config
     from strategies.nodes import sample_partitions
 
     config = load_config(ROOT / TINY_CONFIG)

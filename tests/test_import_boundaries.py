@@ -37,9 +37,9 @@ def loaded_frameworks(*modules: str) -> list[str]:
     [
         (("emulator",), "flwr"),  # the model owner's side never needs Flower
         (("strategies",), "torch"),  # the strategy handles numpy arrays and Flower records only
-        (("emulator.config", "emulator.config_parse", "simulations.config"), "torch"),  # the config layer
-        (("emulator.config", "emulator.config_parse", "simulations.config"), "flwr"),
-        (("emulator.config", "emulator.config_parse", "simulations.config"), "peft"),
+        (("emulator.config", "emulator.config_parse", "simulations.run_config"), "torch"),  # the config layer
+        (("emulator.config", "emulator.config_parse", "simulations.run_config"), "flwr"),
+        (("emulator.config", "emulator.config_parse", "simulations.run_config"), "peft"),
         # `scaleot --help` and the wire keys stay light: flwr only where a record is built or a run starts.
         (("simulations.cli", "strategies.wire", "strategies.records"), "flwr"),
         (("simulations.cli",), "torch"),

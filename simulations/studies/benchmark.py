@@ -11,12 +11,12 @@ In one run, on one model at one batch size and sequence length (``--sections`` p
    checkpointing of the frozen blocks (``ckpt``), side by side in one run so that ratios are free of the
    machine's drift. Each is measured in a fresh child process that holds only that model, as
    a client does: it loads the model (emulator bundle or full model), makes the adapter blocks trainable and
-   runs ``emulator.training.train_adapter`` on fixed-length batches of random tokens whose last positions
-   carry the labels, as many as the task's answers have (the context carries no loss),
+   runs ``emulator.tuning.training.train_adapter`` on fixed-length batches of random tokens whose last
+   positions carry the labels, as many as the task's answers have (the context carries no loss),
    ``--warmup`` steps first, then ``--steps`` timed ones. Step time is the median over the timed steps, the
    fastest of ``--repeats`` passes over all the children (bursts of other work only slow steps down);
-   memory is ``emulator.memory.PeakMemory`` (CUDA: peak tensor memory; CPU: the process's peak resident set,
-   Python and torch included, shown with the part above the loaded model).
+   memory is ``emulator.tuning.memory.PeakMemory`` (CUDA: peak tensor memory; CPU: the process's peak resident
+   set, Python and torch included, shown with the part above the loaded model).
 2. **The FLOP bound of each client model relative to the full model.** Training FLOPs per token are counted
    from the parameters a token goes through, as ``4·P + 2·P_adapter``: ``2·P`` for the forward pass, ``2·P``
    for the gradients with respect to activations (they flow from the loss down to the bottom adapter block,
@@ -143,8 +143,8 @@ def random_batches(
 
 def answer_lengths(tokenizer: Any, model_name: str, seq_len: int, count: int = 256) -> list[int]:
     """Token counts of the correct answers of the first ``count`` training examples of the model's task."""
-    from emulator.data import IGNORE_INDEX, encode_example
-    from emulator.tasks import load_task
+    from emulator.data.encoding import IGNORE_INDEX, encode_example
+    from emulator.data.tasks import load_task
 
     examples = load_task(TASKS.get(model_name, "synthetic")).train[:count]
     encoded = [encode_example(tokenizer, ex.context, ex.choices[ex.label], seq_len) for ex in examples]
@@ -166,13 +166,13 @@ def measure_client(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """In this (child) process: load ``spec`` (``full`` or a bundle directory), train, measure."""
     import torch
 
-    from emulator.adapters import adapter_layers, prepare_adapter_
-    from emulator.architectures import num_layers
-    from emulator.bundle import load_emulator
     from emulator.config import AdapterConfig, EmulatorConfig
-    from emulator.memory import current_rss
-    from emulator.models import load_model
-    from emulator.training import train_adapter
+    from emulator.lm.architectures import num_layers
+    from emulator.lm.models import load_model
+    from emulator.scaleot.bundle import load_emulator
+    from emulator.tuning.adapters import adapter_layers, prepare_adapter_
+    from emulator.tuning.memory import current_rss
+    from emulator.tuning.training import train_adapter
     from simulations.studies.throughput import training_flops
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -244,11 +244,11 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
     """Build ScaleOT, uniform+distill and uniform emulators (timed); save ScaleOT and uniform as bundles."""
     import gc
 
-    from emulator.assembly import build_emulator
-    from emulator.bundle import save_bundle
     from emulator.config import EmulatorConfig
+    from emulator.lm.models import load_model
     from emulator.methods import METHODS
-    from emulator.models import load_model
+    from emulator.scaleot.assembly import build_emulator
+    from emulator.scaleot.bundle import save_bundle
 
     model, tokenizer = load_model(args.model)
     common = {"alpha": args.alpha, "stage1_steps": args.build_steps, "distill_steps": args.build_steps}
@@ -289,7 +289,7 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
 def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, float]]:
     """Per round of a short simulation: wall, evaluation and client-training seconds, and the rest."""
     from emulator.config import EmulatorConfig, TrainConfig
-    from simulations.config import EvaluationConfig, FederationConfig, RunConfig
+    from simulations.run_config import EvaluationConfig, FederationConfig, RunConfig
     from simulations.runner import simulate
     from strategies import wire
 
@@ -319,7 +319,7 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
 def scaleot_bundle(args: argparse.Namespace, model: nn.Module, tokenizer: Any) -> str:
     """The ScaleOT emulator bundle of the benchmark's settings, from the cache (built once)."""
     from emulator.config import EmulatorConfig
-    from simulations.emulator_cache import ensure_bundle
+    from simulations.server.bundle_cache import ensure_bundle
 
     values = {"method": "scaleot", "alpha": args.alpha, "rank_keep": args.rank_keep}
     values["stage1_steps"] = args.build_steps
@@ -392,8 +392,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import torch
 
+    from emulator.lm.models import load_model
     from emulator.methods import method_spec
-    from emulator.models import load_model
     from simulations.studies.throughput import gemm_throughput, measure_scoring, scoring_table
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -47,14 +47,14 @@ from typing import Any
 from emulator.config import EmulatorConfig
 from emulator.config_parse import build_config, parse_value, split_assignment
 from emulator.methods import METHODS
-from simulations.config import (
+from simulations.run_config import (
     RunConfig,
     add_set_option,
     apply_overrides,
     read_config_file,
     read_saved_config,
 )
-from simulations.outputs import read_metrics
+from simulations.server.outputs import read_metrics
 from simulations.studies.methods import Method, Setting, compared_kinds, is_upper_bound, settings_field
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
 @functools.cache
 def _model_sha256(name: str) -> str:
     # Once per model name and process: a finished run is reused only for the same weights.
-    from emulator.models import load_model, model_fingerprint
+    from emulator.lm.models import load_model, model_fingerprint
 
     return model_fingerprint(load_model(name)[0])
 

@@ -6,10 +6,10 @@ One row per method, read back from each run's metrics.json and emulator bundle m
 - the privacy gap Δ = plug-in − emulator fine-tuned (design §3; larger is more private);
 - plug-in's paired difference to ``full`` on the same test examples (``paired_difference``: the examples'
   shared difficulty cancels, so the error is much smaller than either accuracy's);
-- the client's cost: seconds per training step and peak memory (``emulator.memory``: CUDA tensor memory, or
-  the client process's resident set on CPU, runtime included), averaged over clients (weighted by examples,
-  as FedAvg aggregates metrics) and rounds; adapter bytes per client per round (down + up); the emulator's
-  parameters (and share of the full model's), bundle size and build time.
+- the client's cost: seconds per training step and peak memory (``emulator.tuning.memory``: CUDA tensor
+  memory, or the client process's resident set on CPU, runtime included), averaged over clients (weighted by
+  examples, as FedAvg aggregates metrics) and rounds; adapter bytes per client per round (down + up); the
+  emulator's parameters (and share of the full model's), bundle size and build time.
 The ``zero-shot`` row is the full model untouched: its plug-in is the full model's zero-shot accuracy.
 """
 
@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emulator.bundle import read_manifest
 from emulator.methods import METHODS
 from emulator.results import (
     EMULATOR_FT,
@@ -33,12 +32,13 @@ from emulator.results import (
     paired_difference,
     privacy_gap,
 )
-from simulations.outputs import new_figure, pct, save_figure, write_text
+from emulator.scaleot.bundle import read_manifest
+from simulations.server.outputs import new_figure, pct, save_figure, write_text
 from simulations.studies.methods import is_reference, is_upper_bound, pairs_with_reference
 from strategies import wire
 
 if TYPE_CHECKING:
-    from simulations.config import RunConfig
+    from simulations.run_config import RunConfig
     from simulations.studies.methods import Method
 
 log = logging.getLogger(__name__)

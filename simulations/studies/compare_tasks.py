@@ -10,7 +10,7 @@ resumed, so the whole command is resumable). The summary (summary.md, summary.js
 - the mean over tasks of each of these.
 
 Statistics (ours): within a cell, a paired difference is the mean of the per-example differences ± its
-standard error (``emulator.evaluation.paired_difference``). Seeds of one task are averaged with
+standard error (``emulator.evaluation.scoring.paired_difference``). Seeds of one task are averaged with
 ``se = sqrt(Σ se_s²) / S`` and tasks with ``se = sqrt(Σ se_t²) / T``, treating seeds and tasks as independent
 samples (the seeds' test splits are different draws of the same task, so this slightly understates the error).
 """
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from emulator.config_parse import parse_typed
 from emulator.results import EMULATOR_FT, PLUG_IN, paired_difference
-from simulations.outputs import read_metrics, write_text
+from simulations.server.outputs import read_metrics, write_text
 from simulations.studies.methods import is_reference, is_upper_bound, pairs_with_reference
 
 if TYPE_CHECKING:
-    from simulations.config import RunConfig
+    from simulations.run_config import RunConfig
     from simulations.studies.compare import CompareConfig, Method, Setting
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ _FT_MARKER = {"color": "white", "markeredgecolor": "black", "markersize": 5, "li
 def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     """summary.png: per task and for the mean over tasks, one bar per method (plug-in % ± standard error),
     with the method's emulator fine-tuned accuracy as a white diamond on its bar (Δ is the distance)."""
-    from simulations.outputs import new_figure, save_figure
+    from simulations.server.outputs import new_figure, save_figure
 
     groups = [(t.removeprefix("bigbench:"), rows) for t, rows in summary["tasks"].items()]
     if summary["mean"] and len(summary["tasks"]) > 1:

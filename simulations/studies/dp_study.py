@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.config import add_set_option
+from simulations.run_config import add_set_option
 
 log = logging.getLogger("scaleot.dp_study")
 
@@ -40,9 +40,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     quiet_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from simulations.config import load_config
-    from simulations.outputs import read_metrics
+    from simulations.run_config import load_config
     from simulations.runner import simulate
+    from simulations.server.outputs import read_metrics
 
     runs: dict[str, Any] = {}
     settings = ([] if args.no_baseline else [("no DP", [])]) + [
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def markdown(runs: Mapping[str, Mapping[str, Any]], clipping_norm: float) -> str:
     """One line per run: z, ε, noise std, plug-in, emulator FT, plug-in − full ZS (paired)."""
     from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN, paired_difference
-    from simulations.outputs import pct
+    from simulations.server.outputs import pct
 
     lines = [
         f"Fixed clipping C = {clipping_norm:g}; ε at δ after the last round (RDP, no amplification).",

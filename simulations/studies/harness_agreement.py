@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from emulator.assets import read_documents
-from emulator.examples import MCExample
-from emulator.paper_tasks import PAPER_TASKS, SOURCE_ENV, derive_splits, task_source
+from emulator.data.examples import MCExample
+from emulator.data.paper_tasks import PAPER_TASKS, SOURCE_ENV, derive_splits, task_source
 from emulator.results import MCResult
 
 log = logging.getLogger("scaleot.harness_agreement")
@@ -132,7 +132,7 @@ def scored_documents(task: str, limit: int | None) -> tuple[list[dict[str, Any]]
         ValueError: not a paper task, the tasks read from the hub (``SCALEOT_TASK_SOURCE=hub``), or documents
             that no longer convert to exactly ``load_task(task).test[:limit]`` (the loader changed).
     """
-    from emulator.tasks import load_task
+    from emulator.data.tasks import load_task
 
     if task not in PAPER_TASKS:
         raise ValueError(f"task={task!r} is not a paper task; use one of {', '.join(PAPER_TASKS)}")
@@ -322,7 +322,7 @@ def measure(copy: HarnessCopy, model: Any, tokenizer: Any, batch_size: int = 16)
     Raises:
         ValueError: lm-eval cannot load the copy, or scores another number of documents than we do.
     """
-    from emulator.evaluation import multiple_choice_accuracy
+    from emulator.evaluation.scoring import multiple_choice_accuracy
     from simulations.harness import harness_scores, harness_tasks
 
     tasks = harness_tasks(str(copy.yaml_path))  # `scaleot eval --harness <yaml>`'s path
@@ -400,7 +400,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from emulator.models import load_model
+    from emulator.lm.models import load_model
 
     # Every copy and every prompt check first: data problems show before the model loads.
     copies, split_checks = [], {}

@@ -24,19 +24,19 @@ from dataclasses import dataclass
 
 import torch
 
-from emulator.bundle import load_emulator
 from emulator.config import EmulatorConfig, corpus_exclusion
 from emulator.config_parse import parse_assignment
-from emulator.data import corpus_blocks, public_corpus
-from emulator.evaluation import multiple_choice_accuracy, perplexity
+from emulator.data.corpus import corpus_blocks, public_corpus
+from emulator.data.tasks import load_task
+from emulator.evaluation.scoring import multiple_choice_accuracy, perplexity
+from emulator.lm.models import load_model
+from emulator.lm.surgery import count_parameters
 from emulator.methods import method_spec
-from emulator.models import load_model
 from emulator.results import MCResult
-from emulator.surgery import count_parameters
-from emulator.tasks import load_task
+from emulator.scaleot.bundle import load_emulator
 from simulations.cli import SET_EXAMPLE
-from simulations.config import add_set_option
-from simulations.emulator_cache import ensure_bundle
+from simulations.run_config import add_set_option
+from simulations.server.bundle_cache import ensure_bundle
 
 log = logging.getLogger("scaleot.measure")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.files import read_json
-from simulations.config import add_set_option
+from simulations.run_config import add_set_option
 
 log = logging.getLogger("scaleot.scale_benchmark")
 
@@ -146,7 +146,7 @@ def rss_snapshot() -> tuple[int, dict[int, int]]:
 
 
 def _run_child(args: argparse.Namespace) -> None:
-    from simulations.config import load_config
+    from simulations.run_config import load_config
     from simulations.runner import simulate
 
     config = load_config(args.config, args.overrides)

