@@ -5,11 +5,13 @@ A read that fails ends in one ``ValueError`` line naming the file and what is wr
 unreadable, truncated, not JSON, not a safetensors file); callers add what to do about it. A write goes to a
 temporary name beside its target and is renamed into place (``replacing``): a failure, a full disk say,
 leaves the previous target as it was and no temporary behind, and ends in one ``FileWriteError`` line naming
-the target and the reason. Torch-free, so configs and run files can be read without it.
+the target and the reason. A file's content hash (``file_sha256``: bundles, GGUF stamps) is taken here too.
+Torch-free, so configs and run files can be read without it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -170,6 +172,15 @@ def remove_temporaries(directory: Path) -> list[Path]:
     for path in found:
         remove(path)
     return found
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def one_line(error: BaseException) -> str:

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from emulator.assets import cache_root
-from emulator.files import read_json, remove, replacing, temporary_path, write_text
+from emulator.files import file_sha256, read_json, remove, replacing, temporary_path, write_text
 from emulator.lm.architectures import architecture_of
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,6 @@ def _dequantised(
     SmolLM2's 98 MB) is checked on every load, and a copy without it or from another GGUF (a file replaced
     in place) is dequantised again.
     """
-    from emulator.scaleot.bundle import file_sha256  # lazy: the bundle module needs the emulator's assembly
-
     stamp, source = directory / _SOURCE_STAMP, file_sha256(Path(folder) / gguf_file)
     try:
         current = stamp.is_file() and read_json(stamp).get("gguf_sha256") == source

@@ -16,7 +16,6 @@ shared tensor (the model-stealing probe does) changes it at every place it stand
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from torch import nn
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer
 
 from emulator.config import EmulatorConfig
-from emulator.files import read_json, replacing, write_text
+from emulator.files import file_sha256, read_json, replacing, write_text
 from emulator.lm.architectures import architecture_of, attention_projections, get_layers, hidden_size
 from emulator.scaleot.assembly import Emulator, LayerEntry
 from emulator.scaleot.harmonizer import Harmonizer
@@ -152,15 +151,6 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             f"{path}: format_version={manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
     return manifest
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _untied_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
