@@ -9,12 +9,14 @@ baselines: Offsite-Tuning's uniform LayerDrop and its distillation (``distillati
 """
 
 from emulator.scaleot.assembly import Emulator, LayerEntry, build_emulator, derive_emulator, stage1_twin
+from emulator.scaleot.blocks import adapter_layers
 from emulator.scaleot.bundle import load_emulator, read_manifest, save_bundle
 from emulator.scaleot.fit import check_fits
 
 __all__ = [
     "Emulator",
     "LayerEntry",
+    "adapter_layers",
     "build_emulator",
     "check_fits",
     "derive_emulator",

@@ -1,9 +1,10 @@
 """Middle blocks and how stage-1 and stage-2 methods train against them (shared by Dynamic LayerReplace,
 emulator assembly and distillation).
 
-Which blocks lie between the adapters, how they are grouped, which are chosen per group, and the two pieces
-every on-public-text training loop uses: endless shuffled token batches and a normalised MSE to the full
-model's hidden states (Offsite-Tuning's distillation loss and our per-token / per-dimension variants).
+Which blocks are the adapters (Offsite-Tuning's sandwich, kept by ScaleOT: the bottom and top blocks a data
+owner trains) and which lie between them, how those are grouped, which are chosen per group, and the two
+pieces every on-public-text training loop uses: endless shuffled token batches and a normalised MSE to the
+full model's hidden states (Offsite-Tuning's distillation loss and our per-token / per-dimension variants).
 """
 
 from __future__ import annotations
@@ -13,12 +14,24 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from emulator.tuning.adapters import adapter_layers
-
 
 def round_half_up(x: float) -> int:
     """``round`` as people expect it (Python's rounds halves to even: round(0.5) == 0)."""
     return math.floor(x + 0.5 + 1e-9)
+
+
+def adapter_layers(num_layers: int, bottom: int, top: int) -> list[int]:
+    """Original indices of the adapter blocks: the first ``bottom`` and the last ``top``.
+
+    Raises:
+        ValueError: the adapters would leave no middle block to compress.
+    """
+    if bottom < 0 or top < 0 or bottom + top >= num_layers:
+        raise ValueError(
+            f"adapter layers bottom={bottom}, top={top} must be >= 0 and leave at least one of the "
+            f"model's {num_layers} blocks in the middle"
+        )
+    return list(range(bottom)) + list(range(num_layers - top, num_layers))
 
 
 def middle_blocks(num_layers: int, bottom: int, top: int) -> list[int]:

@@ -2,13 +2,7 @@
 training loop on the emulator, its peak memory, plug-in into the full model, and export of the result.
 """
 
-from emulator.tuning.adapters import (
-    AdapterState,
-    adapter_layers,
-    adapter_state,
-    load_adapter_state_,
-    prepare_adapter_,
-)
+from emulator.tuning.adapters import AdapterState, adapter_state, load_adapter_state_, prepare_adapter_
 from emulator.tuning.export import export_plug_in
 from emulator.tuning.memory import PeakMemory, current_rss
 from emulator.tuning.plug_in import plug_in_
@@ -18,7 +12,6 @@ __all__ = [
     "AdapterState",
     "PeakMemory",
     "TrainResult",
-    "adapter_layers",
     "adapter_state",
     "client_seed",
     "current_rss",

@@ -1,10 +1,11 @@
 """Adapters: the few decoder blocks a data owner trains (Offsite-Tuning's "sandwich", kept by ScaleOT).
 
-The adapter is the bottom ``bottom`` and top ``top`` blocks of the model (paper: 2 + 2), trained either in
-full (Offsite-Tuning's default) or with LoRA on those blocks only. Adapter tensors are keyed by the block's
-index in the **original** model plus the parameter name inside the block (``"28.mlp.up_proj.weight"``), so
-the same key set describes the adapter on the emulator and on the full model, and plug-in is a strict copy
-by key.
+The adapter is the bottom ``bottom`` and top ``top`` blocks of the model (paper: 2 + 2; which blocks those
+are is the algorithm's ``emulator.scaleot.blocks.adapter_layers``, as the emulator is built around them),
+trained either in full (Offsite-Tuning's default) or with LoRA on those blocks only. Adapter tensors are keyed
+by the block's index in the **original** model plus the parameter name inside the block
+(``"28.mlp.up_proj.weight"``), so the same key set describes the adapter on the emulator and on the full
+model, and plug-in is a strict copy by key.
 
 Adapters are chosen structurally, by block position; LoRA is injected into those blocks alone with peft, so
 the model stays an ordinary transformers model with no wrapper class.
@@ -22,20 +23,6 @@ from emulator.config import AdapterConfig
 from emulator.lm.architectures import get_layers
 
 AdapterState = dict[str, torch.Tensor]
-
-
-def adapter_layers(num_layers: int, bottom: int, top: int) -> list[int]:
-    """Original indices of the adapter blocks: the first ``bottom`` and the last ``top``.
-
-    Raises:
-        ValueError: the adapters would leave no middle block to compress.
-    """
-    if bottom < 0 or top < 0 or bottom + top >= num_layers:
-        raise ValueError(
-            f"adapter layers bottom={bottom}, top={top} must be >= 0 and leave at least one of the "
-            f"model's {num_layers} blocks in the middle"
-        )
-    return list(range(bottom)) + list(range(num_layers - top, num_layers))
 
 
 def prepare_adapter_(model: nn.Module, positions: Mapping[int, int], config: AdapterConfig) -> None:

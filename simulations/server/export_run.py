@@ -44,7 +44,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, 
         )
     from emulator.files import read_tensors
     from emulator.lm.architectures import num_layers
-    from emulator.tuning.adapters import adapter_layers
+    from emulator.scaleot.blocks import adapter_layers
     from emulator.tuning.export import export_plug_in
     from simulations.run_config import load_config
 

@@ -169,8 +169,9 @@ def measure_client(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     from emulator.config import AdapterConfig, EmulatorConfig
     from emulator.lm.architectures import num_layers
     from emulator.lm.models import load_model
+    from emulator.scaleot.blocks import adapter_layers
     from emulator.scaleot.bundle import load_emulator
-    from emulator.tuning.adapters import adapter_layers, prepare_adapter_
+    from emulator.tuning.adapters import prepare_adapter_
     from emulator.tuning.memory import current_rss
     from emulator.tuning.training import train_adapter
     from simulations.studies.throughput import training_flops

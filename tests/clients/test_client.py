@@ -15,8 +15,9 @@ from emulator.config import AdapterConfig, TrainConfig
 from emulator.data.encoding import training_batches
 from emulator.data.tasks import load_task
 from emulator.lm.models import load_model
+from emulator.scaleot.blocks import adapter_layers
 from emulator.scaleot.bundle import load_emulator
-from emulator.tuning.adapters import adapter_layers, adapter_state, prepare_adapter_
+from emulator.tuning.adapters import adapter_state, prepare_adapter_
 from emulator.tuning.training import train_adapter
 from simulations.run_config import load_config
 from simulations.runner import prepare_bundle

@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from emulator.config import AdapterConfig
 from emulator.lm.architectures import num_layers
 from emulator.lm.models import TINY_CONFIGS, model_fingerprint
-from emulator.tuning.adapters import adapter_layers, adapter_state, prepare_adapter_
+from emulator.scaleot.blocks import adapter_layers
+from emulator.tuning.adapters import adapter_state, prepare_adapter_
 from emulator.tuning.export import PEFT_ADAPTER_DIR, PLUG_IN_DIR, export_plug_in
 from emulator.tuning.plug_in import plug_in_
 

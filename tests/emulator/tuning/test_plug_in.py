@@ -10,7 +10,8 @@ from conftest import TINY, tiny
 
 from emulator.config import AdapterConfig, EmulatorConfig
 from emulator.scaleot.assembly import build_emulator
-from emulator.tuning.adapters import adapter_layers, adapter_state, prepare_adapter_
+from emulator.scaleot.blocks import adapter_layers
+from emulator.tuning.adapters import adapter_state, prepare_adapter_
 from emulator.tuning.plug_in import plug_in_
 
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))

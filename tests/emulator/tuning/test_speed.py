@@ -12,7 +12,8 @@ from emulator.data.tasks import MCExample, synthetic_examples
 from emulator.evaluation.scoring import choice_logliks, shared_groups
 from emulator.lm.architectures import ARCHITECTURES, backbone, get_layers
 from emulator.lm.models import TINY_CONFIGS, load_model
-from emulator.tuning.adapters import AdapterConfig, adapter_layers, prepare_adapter_
+from emulator.scaleot.blocks import adapter_layers
+from emulator.tuning.adapters import AdapterConfig, prepare_adapter_
 from emulator.tuning.training import answer_loss, checkpoint_every_block, train_adapter
 
 TINY = sorted(TINY_CONFIGS)

@@ -151,8 +151,9 @@ def finished_run(tmp_path, monkeypatch, tokenizer) -> Path:
     from emulator.files import write_text
     from emulator.lm.architectures import num_layers
     from emulator.lm.models import load_model, model_fingerprint
+    from emulator.scaleot.blocks import adapter_layers
     from emulator.scaleot.bundle import read_manifest
-    from emulator.tuning.adapters import adapter_layers, adapter_state, prepare_adapter_
+    from emulator.tuning.adapters import adapter_state, prepare_adapter_
     from simulations.run_config import RunConfig
     from simulations.server.bundle_cache import ensure_bundle
     from simulations.server.outputs import write_tensors
