@@ -1,5 +1,6 @@
 """The public corpus (stage 1 of ScaleOT: harmonizers and layer importance): plain text cut into blocks of
-consecutive tokens.
+consecutive tokens, served as endless shuffled batches to every loop that trains on it (stage 1,
+distillation, the stealing probe).
 
 Offline default: English Wikipedia paragraphs from the pinned task-data wheel, checked free of the evaluated
 task (``emulator.data.wikipedia``); online: WikiText-2; last resort (offline, no wheel): Python's
@@ -9,7 +10,7 @@ task (``emulator.data.wikipedia``); online: WikiText-2; last resort (offline, no
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -91,3 +92,16 @@ def corpus_blocks(tokenizer: PreTrainedTokenizerBase, text: str, seq_len: int) -
     if n == 0:
         raise ValueError(f"text has {len(ids)} tokens, fewer than one block of seq_len={seq_len}")
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def public_batches(
+    blocks: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Endless shuffled (batch_size, T) batches of token blocks (an epoch's last partial batch is dropped)."""
+    if len(blocks) == 0:
+        raise ValueError("the public corpus gave no token blocks; use a longer corpus or a shorter seq_len")
+    size = min(batch_size, len(blocks))
+    while True:
+        order = torch.randperm(len(blocks), generator=generator)
+        for start in range(0, len(blocks) - size + 1, size):
+            yield blocks[order[start : start + size]]

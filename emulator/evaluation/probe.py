@@ -23,8 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from emulator.data.corpus import corpus_blocks, public_corpus
-from emulator.scaleot.blocks import public_batches
+from emulator.data.corpus import corpus_blocks, public_batches, public_corpus
 
 log = logging.getLogger(__name__)
 

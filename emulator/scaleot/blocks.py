@@ -2,15 +2,15 @@
 emulator assembly and distillation).
 
 Which blocks are the adapters (Offsite-Tuning's sandwich, kept by ScaleOT: the bottom and top blocks a data
-owner trains) and which lie between them, how those are grouped, which are chosen per group, and the two
-pieces every on-public-text training loop uses: endless shuffled token batches and a normalised MSE to the
-full model's hidden states (Offsite-Tuning's distillation loss and our per-token / per-dimension variants).
+owner trains) and which lie between them, how those are grouped, which are chosen per group, and the loss
+every on-public-text training loop uses: a normalised MSE to the full model's hidden states (Offsite-Tuning's
+distillation loss and our per-token / per-dimension variants); its batches are ``emulator.data.corpus``'s.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -84,16 +84,3 @@ def normalized_mse(pred: torch.Tensor, target: torch.Tensor, norm: str) -> torch
     else:
         raise ValueError(f"norm={norm!r} is not allowed; use 'global', 'token' or 'dimension'")
     return ((pred - target).pow(2) / (scale + 1e-6)).mean()
-
-
-def public_batches(
-    blocks: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> Iterator[torch.Tensor]:
-    """Endless shuffled (batch_size, T) batches of token blocks (an epoch's last partial batch is dropped)."""
-    if len(blocks) == 0:
-        raise ValueError("the public corpus gave no token blocks; use a longer corpus or a shorter seq_len")
-    size = min(batch_size, len(blocks))
-    while True:
-        order = torch.randperm(len(blocks), generator=generator)
-        for start in range(0, len(blocks) - size + 1, size):
-            yield blocks[order[start : start + size]]

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from emulator.config import EmulatorConfig
+from emulator.data.corpus import public_batches
 from emulator.lm.architectures import get_layers
 from emulator.lm.surgery import backbone, capture_blocks, lm_loss
-from emulator.scaleot.blocks import normalized_mse, public_batches
+from emulator.scaleot.blocks import normalized_mse
 
 log = logging.getLogger(__name__)
 
