@@ -8,8 +8,8 @@ baselines: Offsite-Tuning's uniform LayerDrop and its distillation (``distillati
 ``bundle`` what the model owner ships, ``fit`` the settings checked against the model before a build.
 """
 
-from emulator.scaleot.assembly import Emulator, LayerEntry, build_emulator, derive_emulator, stage1_twin
-from emulator.scaleot.blocks import adapter_layers
+from emulator.scaleot.assembly import Emulator, build_emulator, derive_emulator, stage1_twin
+from emulator.scaleot.blocks import LayerEntry, adapter_layers
 from emulator.scaleot.bundle import load_emulator, read_manifest, save_bundle
 from emulator.scaleot.fit import check_fits
 

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 from torch import nn
@@ -35,7 +35,14 @@ from torch import nn
 from emulator.config import EmulatorConfig
 from emulator.lm.architectures import get_layers, set_layers_
 from emulator.lm.surgery import count_parameters, frozen_view, reindex_attention_, shared_copy
-from emulator.scaleot.blocks import lowest_per_group, middle_blocks, replacement_groups, round_half_up
+from emulator.scaleot.blocks import (
+    LayerEntry,
+    LayerKind,
+    lowest_per_group,
+    middle_blocks,
+    replacement_groups,
+    round_half_up,
+)
 from emulator.scaleot.distillation import distill_middle_
 from emulator.scaleot.layer_replace import dynamic_layer_replace
 from emulator.scaleot.layer_sharing import SharedBlockHarmonizer, share_blocks_, share_plan
@@ -43,55 +50,7 @@ from emulator.scaleot.rank_compression import compress_attention_
 
 log = logging.getLogger(__name__)
 
-LayerKind = Literal[
-    "adapter", "original", "compressed", "harmonizer", "shared", "shared+harmonizer", "dropped"
-]
 _KINDS: tuple[LayerKind, ...] = get_args(LayerKind)
-
-
-@dataclass(frozen=True)
-class LayerEntry:
-    """One original block and what became of it in the emulator.
-
-    Attributes:
-        original: index of the block in the full model.
-        kind: ``adapter``, ``original`` (kept as is), ``compressed`` (SRC), ``harmonizer`` (replaced),
-            ``shared`` (a copy of block ``source``), ``shared+harmonizer`` (that copy, then the harmonizer) or
-            ``dropped``.
-        position: index in the emulator's layer list; None for a dropped block.
-        ranks: kept rank per attention projection path (``compressed`` only).
-        factorized: projections stored as ``LowRankLinear`` factors (``compressed`` only).
-        source: original index of the kept block whose copy stands here (``shared*`` only).
-    """
-
-    original: int
-    kind: LayerKind
-    position: int | None
-    ranks: dict[str, int] = field(default_factory=dict)
-    factorized: tuple[str, ...] = ()
-    source: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        values = {
-            "original": self.original,
-            "kind": self.kind,
-            "position": self.position,
-            "ranks": dict(self.ranks),
-            "factorized": list(self.factorized),
-        }
-        # Written only where set: the manifests of methods without sharing stay as they were.
-        return values | ({"source": self.source} if self.source is not None else {})
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> LayerEntry:
-        return cls(
-            original=int(values["original"]),
-            kind=values["kind"],
-            position=values["position"],
-            ranks={k: int(v) for k, v in values.get("ranks", {}).items()},
-            factorized=tuple(values.get("factorized", ())),
-            source=None if values.get("source") is None else int(values["source"]),
-        )
 
 
 @dataclass

@@ -5,14 +5,66 @@ Which blocks are the adapters (Offsite-Tuning's sandwich, kept by ScaleOT: the b
 owner trains) and which lie between them, how those are grouped, which are chosen per group, and the loss
 every on-public-text training loop uses: a normalised MSE to the full model's hidden states (Offsite-Tuning's
 distillation loss and our per-token / per-dimension variants); its batches are ``emulator.data.corpus``'s.
+And the layer map every method ends with: what became of each original block (``LayerEntry``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+
+LayerKind = Literal[
+    "adapter", "original", "compressed", "harmonizer", "shared", "shared+harmonizer", "dropped"
+]
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One original block and what became of it in the emulator.
+
+    Attributes:
+        original: index of the block in the full model.
+        kind: ``adapter``, ``original`` (kept as is), ``compressed`` (SRC), ``harmonizer`` (replaced),
+            ``shared`` (a copy of block ``source``), ``shared+harmonizer`` (that copy, then the harmonizer) or
+            ``dropped``.
+        position: index in the emulator's layer list; None for a dropped block.
+        ranks: kept rank per attention projection path (``compressed`` only).
+        factorized: projections stored as ``LowRankLinear`` factors (``compressed`` only).
+        source: original index of the kept block whose copy stands here (``shared*`` only).
+    """
+
+    original: int
+    kind: LayerKind
+    position: int | None
+    ranks: dict[str, int] = field(default_factory=dict)
+    factorized: tuple[str, ...] = ()
+    source: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {
+            "original": self.original,
+            "kind": self.kind,
+            "position": self.position,
+            "ranks": dict(self.ranks),
+            "factorized": list(self.factorized),
+        }
+        # Written only where set: the manifests of methods without sharing stay as they were.
+        return values | ({"source": self.source} if self.source is not None else {})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LayerEntry:
+        return cls(
+            original=int(values["original"]),
+            kind=values["kind"],
+            position=values["position"],
+            ranks={k: int(v) for k, v in values.get("ranks", {}).items()},
+            factorized=tuple(values.get("factorized", ())),
+            source=None if values.get("source") is None else int(values["source"]),
+        )
 
 
 def round_half_up(x: float) -> int:

@@ -28,7 +28,8 @@ from transformers import CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer
 from emulator.config import EmulatorConfig
 from emulator.files import file_sha256, read_json, replacing, write_text
 from emulator.lm.architectures import architecture_of, attention_projections, get_layers, hidden_size
-from emulator.scaleot.assembly import Emulator, LayerEntry
+from emulator.scaleot.assembly import Emulator
+from emulator.scaleot.blocks import LayerEntry
 from emulator.scaleot.harmonizer import Harmonizer
 from emulator.scaleot.layer_sharing import SharedBlockHarmonizer, share_blocks_
 from emulator.scaleot.rank_compression import LowRankLinear, projection_weight

@@ -22,7 +22,6 @@ per-layer config at its place (attention type, rope flag) is the source's, as ar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -30,10 +29,8 @@ from torch import nn
 from emulator.config import EmulatorConfig
 from emulator.lm.architectures import get_layers
 from emulator.lm.surgery import shared_copy
+from emulator.scaleot.blocks import LayerEntry
 from emulator.scaleot.harmonizer import Harmonizer
-
-if TYPE_CHECKING:
-    from emulator.scaleot.assembly import LayerEntry
 
 
 class SharedBlockHarmonizer(nn.Module):
