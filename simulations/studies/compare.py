@@ -17,9 +17,9 @@ Every method is one federated simulation through ``simulations.runner.simulate``
   ``--sweep``.
 
 With ``[compare].runs`` (a list of ``{task, seed}`` tables) the whole comparison runs once per entry, each in
-``<out>/<task>-s<seed>``, and ``simulations.studies.compare_tasks`` adds a per-task table, the mean over
-tasks and paired standard errors of every difference against ``full`` and ``uniform`` (summary.md,
-summary.json).
+``<out>/<task>-s<seed>`` (``compare_tasks``), and ``simulations.studies.compare_summary`` adds a per-task
+table, the mean over tasks and paired standard errors of every difference against ``full`` and ``uniform``
+(summary.md, summary.json).
 
 The compare file is a run config plus two tables: ``[compare]`` (``CompareConfig``: the settings of each
 method) and ``[quick]``, merged over the whole file by ``--quick`` (a tiny model and task: the same
@@ -37,6 +37,7 @@ import functools
 import itertools
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -45,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from emulator.config import EmulatorConfig
-from emulator.config_parse import build_config, parse_value, split_assignment
+from emulator.config_parse import build_config, parse_typed, parse_value, split_assignment
+from emulator.files import write_text
 from emulator.methods import METHODS
 from simulations.run_config import (
     RunConfig,
@@ -283,6 +285,57 @@ def compare(
     return rows
 
 
+def cells(base: RunConfig, settings: CompareConfig) -> list[RunConfig]:
+    """The base run config once per ``runs`` entry, with that entry's task and seed (validated)."""
+    out = []
+    for i, cell in enumerate(settings.runs):
+        emulator = base.emulator.updated(corpus_exclude="")  # the new task's own exclusion is filled in
+        # int() would take 1.5 as 1 and true as 1; replace() bypasses the config parser, so parse it here.
+        seed = parse_typed(cell.get("seed", base.seed), int, f"config compare.runs[{i}].seed")
+        out.append(replace(base, task=cell["task"], seed=seed, emulator=emulator))
+    return out
+
+
+def cell_dir(out: Path, config: RunConfig) -> Path:
+    """``<out>/<task>-s<seed>``, e.g. ``arc_easy-s0`` (``bigbench:a/b`` -> ``a-b-s0``)."""
+    task = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.task.removeprefix("bigbench:")).strip("-")
+    return out / f"{task}-s{config.seed}"
+
+
+def compare_tasks(
+    base: RunConfig, settings: CompareConfig, out: Path, sweep: Sequence[Setting] = ()
+) -> dict[str, Any]:
+    """Run the comparison of every cell (reusing finished runs); summary.json and summary.md after each cell.
+
+    Raises:
+        ValueError: an invalid cell or method setting (found before anything runs).
+        RuntimeError: some cells failed; the summary of the others is written first.
+    """
+    from simulations.studies.compare_summary import markdown, plot_summary, summarise
+
+    configs = cells(base, settings)
+    for config in configs:
+        plan(config, settings, sweep)  # validate every cell before the first run
+    failed = []
+    for i, config in enumerate(configs, 1):
+        log.info("cell %d/%d: %s seed %d", i, len(configs), config.task, config.seed)
+        try:
+            compare(config, settings, cell_dir(out, config), sweep)
+        except RuntimeError as error:
+            log.error("cell %s seed %d: %s", config.task, config.seed, error)
+            failed.append(f"{config.task} s{config.seed}")
+        # After every cell, so a run stopped after hours still leaves the table of what finished.
+        summary = summarise(
+            [(c, plan(c, settings, sweep), cell_dir(out, c)) for c in configs], base.emulator.alpha
+        )
+        write_text(out / "summary.json", json.dumps(summary, indent=1))
+        write_text(out / "summary.md", markdown(summary))
+        plot_summary(summary, out / "summary.png")
+    if failed:
+        raise RuntimeError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them")
+    return summary
+
+
 def _elapsed(start: float) -> float:
     return time.perf_counter() - start
 
@@ -326,8 +379,6 @@ def run_compare(args: argparse.Namespace) -> None:
     base, settings = load_compare(args.config, quick=args.quick, overrides=args.overrides)
     out = args.out or Path(base.output.dir) / base.name
     if settings.runs:
-        from simulations.studies.compare_tasks import compare_tasks
-
         compare_tasks(base, settings, out, parse_sweep(args.sweep))
         print((out / "summary.md").read_text())
         return

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emulator.files import read_json
 from emulator.methods import METHODS
 from emulator.results import (
     EMULATOR_FT,
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from simulations.studies.methods import Method
 
 log = logging.getLogger(__name__)
+
+STEAL_FILE = "steal.json"  # written by simulations.studies.steal_study into a compare directory
 
 _ACCURACY_KEYS = (
     "acc",
@@ -149,12 +152,10 @@ def write_comparison(
     ``failed`` (method label -> reason) lists the methods whose run failed: they get no row, only a line
     saying so, in comparison.md and under ``failed`` in comparison.json.
     """
-    from simulations.studies.steal_study import stolen_accuracies  # the model-stealing study's, when it ran
-
     failed = dict(failed or {})
     labels = [m.label(base.emulator) for m in methods]
     rows = comparison_rows(methods, labels, results)
-    stolen = stolen_accuracies(out)
+    stolen = stolen_accuracies(out)  # the model-stealing study's column, when it ran
     for row in rows:
         if row["method"] in stolen:
             row["stolen_zs"] = accuracy(stolen[row["method"]])
@@ -333,3 +334,22 @@ def _bundle_facts(path: str | None) -> dict[str, Any]:
         build_seconds=manifest["build_seconds"],
     )
     return facts
+
+
+def stolen_accuracies(out: Path) -> dict[str, dict[str, float]]:
+    """Method label -> its stolen zero-shot measures (``MCResult.measures``) from ``out/steal.json``; {} if
+    the study has not run."""
+    path = out / STEAL_FILE
+    if not path.is_file():
+        return {}
+    return {r["method"]: r["stolen_zs"] for r in stolen_rows(read_json(path))}
+
+
+def stolen_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a ``steal.json``, with measures as ``MCResult.measures`` dicts."""
+
+    # steal.json rows written before the results rows had one serialiser held [acc, stderr] pairs.
+    def measures(value: Any) -> Any:
+        return dict(zip(("acc", "acc_stderr"), value, strict=True)) if isinstance(value, list) else value
+
+    return [{k: measures(v) if k.endswith("_zs") else v for k, v in r.items()} for r in data["rows"]]

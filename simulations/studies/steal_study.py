@@ -39,10 +39,10 @@ from simulations.run_config import add_set_option
 from simulations.server.bundle_cache import ensure_bundle
 from simulations.server.outputs import pct, write_text
 from simulations.studies.compare import load_compare, plan
+from simulations.studies.compare_report import STEAL_FILE, stolen_rows
 
 log = logging.getLogger("scaleot.steal_study")
 
-STEAL_FILE = "steal.json"
 KINDS = tuple(kind for kind, traits in METHODS.items() if traits.compresses)  # the emulators, no full
 
 
@@ -154,28 +154,11 @@ def _merged(path: Path, rows: list[dict[str, Any]], probe: ProbeConfig, n: int) 
     if old.get("probe") != vars(probe) or old.get("test_examples") != n:
         return rows
     new = {r["method"] for r in rows}
-    return [r for r in _rows(old) if r["method"] not in new] + rows
-
-
-def stolen_accuracies(out: Path) -> dict[str, dict[str, float]]:
-    """Method label -> its stolen zero-shot measures (``MCResult.measures``) from ``out/steal.json``; {} if
-    the study has not run."""
-    path = out / STEAL_FILE
-    if not path.is_file():
-        return {}
-    return {r["method"]: r["stolen_zs"] for r in _rows(read_json(path))}
+    return [r for r in stolen_rows(old) if r["method"] not in new] + rows
 
 
 def _pct(row: Mapping[str, float]) -> str:
     return pct(row["acc"], row["acc_stderr"])
-
-
-def _rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    # steal.json rows written before the results rows had one serialiser held [acc, stderr] pairs.
-    def measures(value: Any) -> Any:
-        return dict(zip(("acc", "acc_stderr"), value, strict=True)) if isinstance(value, list) else value
-
-    return [{k: measures(v) if k.endswith("_zs") else v for k, v in r.items()} for r in data["rows"]]
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ EVIDENCE = "simulations/configs/compare-evidence.toml"
 
 
 def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
-    from simulations.studies.compare_tasks import cell_dir, cells
+    from simulations.studies.compare import cell_dir, cells
 
     base, settings = load_compare(ROOT / EVIDENCE)
     configs = cells(base, settings)
@@ -231,7 +231,7 @@ def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
 @pytest.mark.parametrize("seed", [1.5, True, "one"])
 def test_a_cell_seed_that_is_not_an_integer_is_refused_in_one_line(seed):
     # Issue 23 §3: int() took 1.5 and true as seed 1.
-    from simulations.studies.compare_tasks import cells
+    from simulations.studies.compare import cells
 
     base, settings = load_compare(ROOT / EVIDENCE)
     with pytest.raises(ValueError, match=rf"^config compare.runs\[0\].seed={seed!r} must be an integer$"):
@@ -250,7 +250,8 @@ def _metrics(directory: Path, plug_in: list[int], emulator_ft: list[int] | None)
 
 def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
     from emulator.results import paired_difference
-    from simulations.studies.compare_tasks import cell_dir, cells, markdown, plot_summary, summarise
+    from simulations.studies.compare import cell_dir, cells
+    from simulations.studies.compare_summary import markdown, plot_summary, summarise
 
     base, settings = load_compare(ROOT / EVIDENCE, quick=True)
     configs = cells(base, settings)  # synthetic, seeds 0 and 1

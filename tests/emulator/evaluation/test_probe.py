@@ -13,8 +13,8 @@ from emulator.lm.models import load_model
 from emulator.results import MCResult
 from emulator.scaleot.assembly import build_emulator
 from simulations.run_config import RunConfig
-from simulations.studies.compare_report import markdown
-from simulations.studies.steal_study import STEAL_FILE, steal_row, stolen_accuracies
+from simulations.studies.compare_report import STEAL_FILE, markdown, stolen_accuracies
+from simulations.studies.steal_study import steal_row
 
 
 def test_probe_trains_everything_but_the_embedding_and_lowers_the_public_loss():

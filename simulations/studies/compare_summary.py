@@ -1,9 +1,6 @@
-"""``scaleot compare`` over several tasks and seeds: one comparison per (task, seed), then a summary.
-
-Each ``[compare].runs`` entry is a cell: the base run config with its ``task`` and ``seed`` replaced, compared
-in ``<out>/<task>-s<seed>`` by ``simulations.studies.compare.compare`` (finished methods are reused,
-interrupted ones
-resumed, so the whole command is resumable). The summary (summary.md, summary.json) has:
+"""The summary of ``scaleot compare`` over several tasks and seeds (``[compare].runs``): each cell (a task and
+a seed) compared in ``<out>/<task>-s<seed>`` by ``simulations.studies.compare.compare_tasks``, then
+summary.md and summary.json:
 
 - per task: emulator fine-tuned, plug-in, Δ = plug-in − emulator FT, and plug-in − ``full`` and − ``uniform``
   (same α, else the first uniform), each paired on the same test examples;
@@ -17,78 +14,22 @@ samples (the seeds' test splits are different draws of the same task, so this sl
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emulator.config_parse import parse_typed
 from emulator.results import EMULATOR_FT, PLUG_IN, paired_difference
-from simulations.server.outputs import read_metrics, write_text
-from simulations.studies.methods import is_reference, is_upper_bound, pairs_with_reference
+from simulations.server.outputs import read_metrics
+from simulations.studies.methods import Method, is_reference, is_upper_bound, pairs_with_reference
 
 if TYPE_CHECKING:
     from simulations.run_config import RunConfig
-    from simulations.studies.compare import CompareConfig, Method, Setting
 
 log = logging.getLogger(__name__)
 
 Estimate = tuple[float, float]  # (mean, standard error), fractions
-
-
-def cells(base: RunConfig, settings: CompareConfig) -> list[RunConfig]:
-    """The base run config once per ``runs`` entry, with that entry's task and seed (validated)."""
-    out = []
-    for i, cell in enumerate(settings.runs):
-        emulator = base.emulator.updated(corpus_exclude="")  # the new task's own exclusion is filled in
-        # int() would take 1.5 as 1 and true as 1; replace() bypasses the config parser, so parse it here.
-        seed = parse_typed(cell.get("seed", base.seed), int, f"config compare.runs[{i}].seed")
-        out.append(replace(base, task=cell["task"], seed=seed, emulator=emulator))
-    return out
-
-
-def cell_dir(out: Path, config: RunConfig) -> Path:
-    """``<out>/<task>-s<seed>``, e.g. ``arc_easy-s0`` (``bigbench:a/b`` -> ``a-b-s0``)."""
-    task = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.task.removeprefix("bigbench:")).strip("-")
-    return out / f"{task}-s{config.seed}"
-
-
-def compare_tasks(
-    base: RunConfig, settings: CompareConfig, out: Path, sweep: Sequence[Setting] = ()
-) -> dict[str, Any]:
-    """Run the comparison of every cell (reusing finished runs); summary.json and summary.md after each cell.
-
-    Raises:
-        ValueError: an invalid cell or method setting (found before anything runs).
-        RuntimeError: some cells failed; the summary of the others is written first.
-    """
-    from simulations.studies.compare import compare, plan
-
-    configs = cells(base, settings)
-    for config in configs:
-        plan(config, settings, sweep)  # validate every cell before the first run
-    failed = []
-    for i, config in enumerate(configs, 1):
-        log.info("cell %d/%d: %s seed %d", i, len(configs), config.task, config.seed)
-        try:
-            compare(config, settings, cell_dir(out, config), sweep)
-        except RuntimeError as error:
-            log.error("cell %s seed %d: %s", config.task, config.seed, error)
-            failed.append(f"{config.task} s{config.seed}")
-        # After every cell, so a run stopped after hours still leaves the table of what finished.
-        summary = summarise(
-            [(c, plan(c, settings, sweep), cell_dir(out, c)) for c in configs], base.emulator.alpha
-        )
-        write_text(out / "summary.json", json.dumps(summary, indent=1))
-        write_text(out / "summary.md", markdown(summary))
-        plot_summary(summary, out / "summary.png")
-    if failed:
-        raise RuntimeError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them")
-    return summary
 
 
 def summarise(
@@ -113,8 +54,6 @@ def _cell_results(
     methods: Sequence[tuple[Method, RunConfig]], cell: RunConfig, directory: Path
 ) -> dict[str, dict[str, Any]]:
     """``{label: {"kind", "alpha", "plug_in", "emulator_ft"}}`` of the finished methods of one cell."""
-    from simulations.studies.compare import Method
-
     results = {}
     for method, config in methods:
         metrics = read_metrics(directory / method.slug(cell.emulator))
@@ -200,7 +139,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
         lines.append("")
     lines.append(
         "Accuracy in % ± standard error; differences paired on the same test examples within each run, "
-        "seeds and tasks averaged as independent estimates (simulations/studies/compare_tasks.py)."
+        "seeds and tasks averaged as independent estimates (simulations/studies/compare_summary.py)."
     )
     lines += ["", "![plug-in per task and method](summary.png)"]
     return "\n".join(lines) + "\n"
