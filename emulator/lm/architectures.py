@@ -108,7 +108,8 @@ def get_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def backbone(model: nn.Module) -> nn.Module:
-    """The module returning the final (normed) hidden states, (B, T, H), before the LM head."""
+    """The module returning the final (normed) hidden states, (B, T, H), before the LM head: the model without
+    its head, for passes that need only hidden states (the head is the costliest matrix of a small model)."""
     return model.get_submodule(architecture_of(model).backbone)
 
 

@@ -132,8 +132,3 @@ def _output_hook(record: BlockRecord, position: int):
 def lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``model`` on (B, T) token blocks, through the model's own forward."""
     return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
-
-
-def backbone(model: nn.Module) -> nn.Module:
-    """The model without its LM head, for passes that need only hidden states (the head is the costliest)."""
-    return model.base_model

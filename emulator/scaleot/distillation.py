@@ -21,8 +21,8 @@ from torch import nn
 
 from emulator.config import EmulatorConfig
 from emulator.data.corpus import public_batches
-from emulator.lm.architectures import get_layers
-from emulator.lm.surgery import backbone, capture_blocks, lm_loss
+from emulator.lm.architectures import backbone, get_layers
+from emulator.lm.surgery import capture_blocks, lm_loss
 from emulator.scaleot.blocks import normalized_mse
 
 log = logging.getLogger(__name__)

@@ -44,8 +44,8 @@ from torch.nn import functional as F
 
 from emulator.config import EmulatorConfig, loss_terms
 from emulator.data.corpus import public_batches
-from emulator.lm.architectures import get_layers, hidden_size, layer_config, set_layer_config_
-from emulator.lm.surgery import BlockRecord, backbone, capture_blocks, frozen_view, lm_loss, shared_copy
+from emulator.lm.architectures import backbone, get_layers, hidden_size, layer_config, set_layer_config_
+from emulator.lm.surgery import BlockRecord, capture_blocks, frozen_view, lm_loss, shared_copy
 from emulator.scaleot.blocks import lowest_per_group, middle_blocks, normalized_mse, replacement_groups
 from emulator.scaleot.harmonizer import Harmonizer, make_harmonizers
 from emulator.scaleot.layer_sharing import SharedBlockHarmonizer, share_sources
