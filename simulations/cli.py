@@ -169,6 +169,7 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     """Build an emulator of a model and save it as a bundle; prints the layer map, sizes and build time."""
     from emulator.config import EmulatorConfig
     from emulator.config_parse import parse_assignment
+    from emulator.data.corpus import public_blocks
     from emulator.lm.models import load_model
     from emulator.scaleot.assembly import build_emulator
     from emulator.scaleot.bundle import save_bundle
@@ -188,7 +189,7 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
     model, tokenizer = load_model(args.model, device=args.device)
     check_fits(model, config)
-    emulator = build_emulator(model, tokenizer, config, progress=True)
+    emulator = build_emulator(model, config, public_blocks(tokenizer, config), progress=True)
     directory = save_bundle(emulator, args.out, args.model, tokenizer)
     print(
         f"emulator of {args.model} ({config.method}, alpha={config.alpha}, rank_keep={config.src.rank_keep})"

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from emulator.config import EmulatorConfig
+
 CORPORA = ("wikipedia", "wikitext", "pydoc")
 
 
@@ -92,6 +94,25 @@ def corpus_blocks(tokenizer: PreTrainedTokenizerBase, text: str, seq_len: int) -
     if n == 0:
         raise ValueError(f"text has {len(ids)} tokens, fewer than one block of seq_len={seq_len}")
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def public_blocks(tokenizer: PreTrainedTokenizerBase, config: EmulatorConfig) -> torch.Tensor | None:
+    """The public token blocks an emulator of ``config`` is built from (``build_emulator``'s
+    ``public_blocks``): the train split of ``config.data.corpus`` (checked free of ``corpus_exclude``) cut
+    into ``config.data.seq_len``-token blocks.
+
+    Returns:
+        A (N, seq_len) ``torch.long`` tensor, or None for a method that reads no public text.
+
+    Raises:
+        ValueError: as ``public_corpus`` and ``corpus_blocks``.
+    """
+    if not config.traits.reads_corpus:
+        return None
+    data = config.data
+    return corpus_blocks(
+        tokenizer, public_corpus("train", data.corpus, exclude=data.corpus_exclude), data.seq_len
+    )
 
 
 def public_batches(

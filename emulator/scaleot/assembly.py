@@ -126,28 +126,28 @@ def uniform_choose(num_middle: int, keep: int) -> list[int]:
 
 def build_emulator(
     model: nn.Module,
-    tokenizer: Any,
     config: EmulatorConfig,
-    progress: bool = True,
     public_blocks: torch.Tensor | None = None,
+    progress: bool = True,
 ) -> Emulator:
     """Build an emulator of ``model`` as ``config.method`` says; ``model`` is not modified.
 
     Args:
         model: the full causal LM (a supported family).
-        tokenizer: its tokenizer (tokenises the public corpus).
         config: the emulator settings.
+        public_blocks: (N, T) ``torch.long`` token blocks of the public corpus, which stage 1 and
+            distillation train on (``emulator.data.corpus.public_blocks`` reads them as ``config.data``
+            says); the last tenth (at least one batch) is held out for the policy steps. Needed by the
+            methods that read public text, ignored by the others.
         progress: log stage progress at INFO (else DEBUG).
-        public_blocks: (N, T) public token blocks; default: ``config.data.corpus``'s train split cut
-            into ``config.data.seq_len`` blocks. The last tenth (at least one batch) is held out for the
-            policy steps.
 
     Returns:
         The emulator, frozen, on the model's device.
 
     Raises:
-        ValueError: the adapters leave no middle block, ``alpha`` replaces nothing per group (scaleot), or
-            layer sharing is asked for but ``alpha`` keeps no middle block to copy.
+        ValueError: the adapters leave no middle block, ``alpha`` replaces nothing per group (scaleot),
+            layer sharing is asked for but ``alpha`` keeps no middle block to copy, or a method that trains
+            on public text gets no ``public_blocks``.
     """
     start = time.perf_counter()
     num_layers = len(get_layers(model))
@@ -158,7 +158,12 @@ def build_emulator(
     traits = config.traits
     staged = traits.stage1 and config.alpha > 0
     needs_data = staged or traits.distills
-    train, heldout = _split_blocks(public_blocks, tokenizer, config) if needs_data else (None, None)
+    if needs_data and public_blocks is None:
+        raise ValueError(
+            f"emulator.method={config.method!r} trains on the public corpus; pass public_blocks, its (N, T) "
+            "token blocks (emulator.data.corpus.public_blocks reads them)"
+        )
+    train, heldout = _split_blocks(public_blocks, config) if needs_data else (None, None)
     harmonizers = {}
     if staged:
         stage1 = dynamic_layer_replace(model, train, heldout, config, progress)
@@ -219,8 +224,8 @@ def stage1_twin(config: EmulatorConfig) -> EmulatorConfig | None:
 def derive_emulator(base: Emulator, config: EmulatorConfig) -> Emulator:
     """The emulator ``config`` builds, made from ``base``, the emulator of ``stage1_twin(config)``.
 
-    Equal to ``build_emulator(model, tokenizer, config)`` (same stage 1, then the replaced blocks dropped for
-    ``importance-drop`` and SRC on the kept middle blocks); ``base`` is not modified.
+    Equal to ``build_emulator(model, config, public_blocks)`` (same stage 1, then the replaced blocks dropped
+    for ``importance-drop`` and SRC on the kept middle blocks); ``base`` is not modified.
 
     Raises:
         ValueError: ``base`` was not built with ``stage1_twin(config)``.
@@ -268,14 +273,7 @@ def _drop_harmonizers_(model: nn.Module, layer_map: list[LayerEntry]) -> list[La
     ]
 
 
-def _split_blocks(
-    blocks: torch.Tensor | None, tokenizer: Any, config: EmulatorConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if blocks is None:
-        from emulator.data.corpus import corpus_blocks, public_corpus
-
-        text = public_corpus("train", config.data.corpus, exclude=config.data.corpus_exclude)
-        blocks = corpus_blocks(tokenizer, text, config.data.seq_len)
+def _split_blocks(blocks: torch.Tensor, config: EmulatorConfig) -> tuple[torch.Tensor, torch.Tensor]:
     held = max(config.data.batch_size, len(blocks) // 10)
     if len(blocks) < 2 * held:
         return blocks, blocks  # too little text to hold any out; the policy then scores on training blocks

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emulator.config import EmulatorConfig
+from emulator.data.corpus import public_blocks
 from emulator.files import replacing
 from emulator.lm.models import cache_dir, model_fingerprint
 from emulator.scaleot.assembly import build_emulator, derive_emulator, stage1_twin
@@ -97,7 +98,7 @@ def ensure_bundle(
         emulator = derive_emulator(base, config)
     else:
         log.info("emulator: building %s (%s) into %s", config.method, model_name, directory)
-        emulator = build_emulator(full_model, tokenizer, config, progress=True)
+        emulator = build_emulator(full_model, config, public_blocks(tokenizer, config), progress=True)
     # A full disk, say, leaves no half bundle in the cache; another process that finished the same bundle
     # first keeps its own.
     with replacing(directory, keep_existing=True) as tmp:

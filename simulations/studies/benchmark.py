@@ -246,6 +246,7 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
     import gc
 
     from emulator.config import EmulatorConfig
+    from emulator.data.corpus import public_blocks
     from emulator.lm.models import load_model
     from emulator.methods import METHODS
     from emulator.scaleot.assembly import build_emulator
@@ -266,7 +267,7 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
     built = {}
     for label, values in configs.items():
         config = EmulatorConfig.from_dict(common | values)
-        emulator = build_emulator(model, tokenizer, config, progress=False)
+        emulator = build_emulator(model, config, public_blocks(tokenizer, config), progress=False)
         steps_field = config.traits.steps_field
         steps = config.to_dict()[steps_field] if steps_field else 0
         built[label] = {

@@ -7,6 +7,7 @@ import torch
 from conftest import tiny
 
 from emulator.config import EmulatorConfig
+from emulator.data.corpus import public_blocks
 from emulator.methods import METHODS, method_spec, methods_with
 from emulator.scaleot.assembly import build_emulator, derive_emulator, stage1_twin, uniform_choose
 from emulator.scaleot.fit import check_fits
@@ -41,10 +42,10 @@ def config_of(name: str, **values) -> EmulatorConfig:
 
 
 def build(config: EmulatorConfig, blocks: torch.Tensor | None = None):
-    model, tokenizer = tiny("tiny-llama")
+    model, _ = tiny("tiny-llama")
     if blocks is None:
         blocks = torch.randint(0, 2000, (24, 16), generator=torch.Generator().manual_seed(0))
-    return build_emulator(model, tokenizer, config, progress=False, public_blocks=blocks)
+    return build_emulator(model, config, blocks, progress=False)
 
 
 def test_the_table_is_the_one_it_replaced():
@@ -84,14 +85,18 @@ def test_traits_agree_with_what_assembly_builds(name):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_a_method_reads_the_public_corpus_exactly_when_its_traits_say(name):
-    # Without public blocks a build reads config.data.corpus; a corpus that does not exist fails only a method
-    # that reads it.
+    # public_blocks reads config.data.corpus only for a method that trains on it (a corpus that does not exist
+    # fails only such a method), and building such a method without blocks is refused.
     config = config_of(name, corpus="no-such-corpus")
+    model, tokenizer = tiny("tiny-llama")
     if METHODS[name].reads_corpus:
         with pytest.raises(ValueError, match="no-such-corpus"):
-            build_emulator(*tiny("tiny-llama"), config, progress=False)
+            public_blocks(tokenizer, config)
+        with pytest.raises(ValueError, match="pass public_blocks"):
+            build_emulator(model, config, None, progress=False)
     else:
-        build_emulator(*tiny("tiny-llama"), config, progress=False)
+        assert public_blocks(tokenizer, config) is None
+        build_emulator(model, config, None, progress=False)
 
 
 @pytest.mark.parametrize("name", list(METHODS))

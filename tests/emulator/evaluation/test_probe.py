@@ -20,7 +20,7 @@ from simulations.studies.steal_study import steal_row
 def test_probe_trains_everything_but_the_embedding_and_lowers_the_public_loss():
     model, tokenizer = load_model("tiny-llama")
     config = EmulatorConfig.of(method="uniform", alpha=0.5, rank_keep=1.0)
-    emulator = build_emulator(model, tokenizer, config, progress=False).model
+    emulator = build_emulator(model, config, progress=False).model
     before = {n: p.detach().clone() for n, p in emulator.named_parameters()}
     embedding = {id(p) for p in emulator.get_input_embeddings().parameters()}
 

@@ -40,7 +40,7 @@ def _uniform_emulator(name: str, tmp_path):
     """A LayerDrop emulator (middle blocks 3 and 4 dropped, no compression), rebuilt from its bundle."""
     model, tokenizer = tiny(name)
     config = EmulatorConfig.of(method="uniform", alpha=0.5, rank_keep=1.0)
-    emulator = build_emulator(model, tokenizer, config, progress=False)
+    emulator = build_emulator(model, config, progress=False)
     save_bundle(emulator, tmp_path, name, tokenizer)
     return emulator, load_emulator(tmp_path)[0]
 
@@ -115,7 +115,7 @@ def test_without_re_indexing_the_kinds_would_be_wrong(name, re_indexed, tmp_path
     row = dataclasses.replace(ARCHITECTURES[model_type], per_layer_config=re_indexed)
     monkeypatch.setitem(architectures.ARCHITECTURES, model_type, row)
     model, tokenizer = tiny(name)
-    emulator = build_emulator(model, tokenizer, EmulatorConfig.of(method="uniform", alpha=0.5, rank_keep=1.0))
+    emulator = build_emulator(model, EmulatorConfig.of(method="uniform", alpha=0.5, rank_keep=1.0))
     if re_indexed:
         save_bundle(emulator, tmp_path, name, tokenizer)
         emulator = load_emulator(tmp_path)[0]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import TINY, tiny
 
 from emulator.config import EmulatorConfig
+from emulator.data.corpus import corpus_blocks, public_blocks, public_corpus
 from emulator.lm.architectures import get_layers
 from emulator.scaleot.assembly import build_emulator, uniform_choose
 from emulator.scaleot.rank_compression import LowRankLinear
@@ -25,7 +28,7 @@ def build(name: str, **kwargs):
     defaults = dict(stage1_steps=2, distill_steps=2, batch_size=4, policy_interval=1, train_replace_ratio=0.0)
     defaults |= dict(src_rank="fraction", src_projections="qkvo")
     config = EmulatorConfig.of(**{**defaults, **kwargs})
-    return build_emulator(model, tokenizer, config, progress=False, public_blocks=random_blocks())
+    return build_emulator(model, config, random_blocks(), progress=False)
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:
@@ -125,13 +128,27 @@ def test_build_leaves_the_full_model_untouched_and_shares_no_storage(name):
     assert not any(p.untyped_storage().data_ptr() in full_storage for p in emulator.model.parameters())
 
 
-def test_default_public_corpus_is_used_when_no_blocks_are_given():
+def test_the_configured_public_corpus_is_read_by_the_caller_and_built_from():
     model, tokenizer = tiny("tiny-llama")
     config = EmulatorConfig.of(
         alpha=0.5, stage1_steps=1, policy_interval=1, seq_len=32, batch_size=2, corpus="pydoc"
     )
-    emulator = build_emulator(model, tokenizer, config, progress=False)
+    blocks = public_blocks(tokenizer, config)
+    text = public_corpus("train", "pydoc")
+    assert torch.equal(blocks, corpus_blocks(tokenizer, text, 32))
+    emulator = build_emulator(model, config, blocks, progress=False)
     assert len(emulator.loss_curve) == 1 and len(emulator.reward_curve) == 1
+    # a method that reads no public text needs no blocks, and is given none
+    assert public_blocks(tokenizer, config.updated(method="uniform")) is None
+
+
+@pytest.mark.parametrize("method", ["scaleot", "importance-drop", "uniform+distill"])
+def test_a_method_that_trains_on_public_text_refuses_to_build_without_it(method):
+    model, _ = tiny("tiny-llama")
+    with pytest.raises(
+        ValueError, match=f"^emulator.method='{re.escape(method)}' trains on the public corpus"
+    ):
+        build_emulator(model, EmulatorConfig.of(method=method, alpha=0.5), progress=False)
 
 
 def test_adapters_leaving_no_middle_are_refused():
@@ -226,11 +243,9 @@ def test_derived_from_the_stage1_twin_equals_built_from_scratch(kwargs):
 
     config = EmulatorConfig.of(alpha=0.5, stage1_steps=2, batch_size=4, **kwargs)
     model, tokenizer = tiny("tiny-llama")
-    twin = build_emulator(
-        model, tokenizer, stage1_twin(config), progress=False, public_blocks=random_blocks()
-    )
+    twin = build_emulator(model, stage1_twin(config), random_blocks(), progress=False)
     twin_state = {k: v.clone() for k, v in twin.model.state_dict().items()}
-    built = build_emulator(model, tokenizer, config, progress=False, public_blocks=random_blocks())
+    built = build_emulator(model, config, random_blocks(), progress=False)
     derived = derive_emulator(twin, config)
     assert derived.layer_map == built.layer_map and derived.num_parameters == built.num_parameters
     assert derived.model.state_dict().keys() == built.model.state_dict().keys()

@@ -25,7 +25,7 @@ def built(name: str, method: str, rank_keep: float):
     model, tokenizer = tiny(name)
     config = EmulatorConfig.of(method=method, alpha=0.5, rank_keep=rank_keep, stage1_steps=2, batch_size=4)
     blocks = torch.randint(0, 2000, (24, 16), generator=torch.Generator().manual_seed(0))
-    return build_emulator(model, tokenizer, config, progress=False, public_blocks=blocks)
+    return build_emulator(model, config, blocks, progress=False)
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:

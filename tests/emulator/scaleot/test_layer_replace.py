@@ -140,7 +140,7 @@ def test_policy_scores_the_crucial_block_highest_and_never_replaces_it(rule):
         policy_update=rule,
         policy_interval=1,
     )
-    emulator = build_emulator(model, None, config, progress=False, public_blocks=text)
+    emulator = build_emulator(model, config, text, progress=False)
     if rule == "paper":
         assert max(emulator.scores, key=emulator.scores.get) == 3
     # REINFORCE may rank another (random, hence also useful) block level with the crucial one; what must
@@ -190,7 +190,7 @@ def test_training_ratio_changes_the_sampled_masks_but_not_the_final_selection(mo
         config = EmulatorConfig.of(
             alpha=0.25, train_replace_ratio=ratio, harmonizer_loss="hidden", stage1_steps=3, batch_size=4
         )
-        emulator = build_emulator(model, tokenizer, config, progress=False, public_blocks=random_blocks())
+        emulator = build_emulator(model, config, random_blocks(), progress=False)
         assert replaced_counts and set(replaced_counts) == {per_mask}  # round(ratio·4); 0 means α
         kinds = {e.original: e.kind for e in emulator.layer_map}
         harmonized = [i for i, kind in kinds.items() if kind == "harmonizer"]

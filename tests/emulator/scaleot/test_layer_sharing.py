@@ -36,7 +36,7 @@ def blocks() -> torch.Tensor:
 
 def build(model: torch.nn.Module, tokenizer, **values) -> Emulator:
     config = EmulatorConfig.of(**{"batch_size": 4, "stage1_steps": 2, **values})
-    return build_emulator(model, tokenizer, config, progress=False, public_blocks=blocks())
+    return build_emulator(model, config, blocks(), progress=False)
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:

@@ -20,7 +20,7 @@ IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1)
 def emulator_with_adapter(name: str, mode: str):
     model, tokenizer = tiny(name)
     config = EmulatorConfig.of(method="uniform", alpha=0.5, rank_keep=0.5)
-    emulator = build_emulator(model, tokenizer, config, progress=False)
+    emulator = build_emulator(model, config, progress=False)
     adapter = AdapterConfig(mode=mode)
     prepare_adapter_(emulator.model, emulator.adapter_positions(), adapter)
     return emulator, adapter
