@@ -1,4 +1,4 @@
-"""Encoding, training batches and the public corpus."""
+"""Encoding and training batches."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from collections import Counter
 
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
-from emulator.data.corpus import corpus_blocks, public_corpus
 from emulator.data.encoding import IGNORE_INDEX, encode_example, encode_pair, start_token_id, training_batches
 from emulator.data.tasks import MCExample, synthetic_examples
 
@@ -131,36 +129,3 @@ def test_training_batches_steps_and_fractional_epochs(tokenizer):
         training_batches(tokenizer, examples, 0, 64, seed=0)
     with pytest.raises(ValueError, match=r"examples is empty"):
         training_batches(tokenizer, [], 4, 64, seed=0)
-
-
-def test_pydoc_corpus_splits_are_disjoint_deterministic_and_english():
-    from pydoc_data.topics import topics
-
-    train, validation = public_corpus("train"), public_corpus("validation")
-    assert train == public_corpus("train")
-    assert len(train) > 5 * len(validation) > 0
-    assert all((text.strip() in train) != (text.strip() in validation) for text in topics.values())
-    assert " the " in train
-
-
-def test_wikitext_corpus_through_a_given_loader():
-    def load(path: str, config: str) -> DatasetDict:
-        assert (path, config) == ("wikitext", "wikitext-2-raw-v1")
-        rows = {"train": [" = A = \n", " text one \n"], "validation": [" more \n"], "test": [" t \n"]}
-        return DatasetDict({k: Dataset.from_dict({"text": v}) for k, v in rows.items()})
-
-    assert public_corpus("train", "wikitext", load_dataset_fn=load) == " = A = \n text one \n"
-    with pytest.raises(ValueError, match=r"corpus name='books' is unknown; use one of wikipedia, wikitext"):
-        public_corpus("train", "books")
-    with pytest.raises(ValueError, match=r"split='test' is unknown"):
-        public_corpus("test")  # type: ignore[arg-type]
-
-
-def test_corpus_blocks_are_consecutive_tokens(tokenizer):
-    text = public_corpus("validation")
-    blocks = corpus_blocks(tokenizer, text, seq_len=32)
-    ids = _ids(tokenizer, text)
-    assert blocks.dtype == torch.long and blocks.shape == (len(ids) // 32, 32)
-    assert blocks.flatten().tolist() == ids[: blocks.numel()]
-    with pytest.raises(ValueError, match=r"fewer than one block of seq_len=32"):
-        corpus_blocks(tokenizer, "too short", seq_len=32)
