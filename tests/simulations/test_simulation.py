@@ -79,7 +79,14 @@ def test_the_inprocess_backend_trains_what_ray_trains(full_run, inprocess_full_r
     ray, inprocess = (json.loads((d / "metrics.json").read_text()) for d in (full_run, inprocess_full_run))
     assert inprocess["results"] == ray["results"] and inprocess["zero_shot"] == ray["zero_shot"]
     same = [
-        *("round", "train_loss", "plug_in_acc", "plug_in_acc_stderr", "emulator_acc", "emulator_acc_stderr"),
+        *(
+            "round",
+            "train_loss",
+            "plug_in_acc",
+            "plug_in_acc_stderr",
+            "emulator_ft_acc",
+            "emulator_ft_acc_stderr",
+        ),
         *("sampled", "replied", "rejected", "missing", "aggregated", "empty", "sampled_partitions"),
         *("bytes_sent", "bytes_received", "bytes_per_client", "evaluation"),
     ]
