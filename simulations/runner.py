@@ -375,16 +375,22 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_simulate(args: argparse.Namespace) -> None:
     """``scaleot simulate``: parse and validate the config, then run it (``simulate``)."""
     quiet_environment()  # before torch is imported: OpenMP reads its settings once
-    from simulations.server.app import new_run_dir
-
+    # The config is read and checked before anything imports torch or Flower: bad input fails in a second.
     if args.resume is not None:
         if args.overwrite:
             raise ValueError("--overwrite starts a new run over an old one; it does not go with --resume")
+        if args.config:
+            raise ValueError(
+                f"--config={args.config} does not go with --resume: a resumed run keeps the config in "
+                f"{args.resume}; change what a resume may change with --set"
+            )
         config = resume_config(args.resume, args.overrides)
         check_resumable(args.resume, config)  # here too: before Ray starts, not after
         run_dir = args.out or args.resume
     elif args.config:
         config = load_config(args.config, args.overrides)
+        from simulations.server.app import new_run_dir  # torch and Flower: only for a valid config
+
         run_dir = args.out or new_run_dir(config)
     else:
         raise ValueError("give --config FILE (a new run) or --resume DIR (continue one)")

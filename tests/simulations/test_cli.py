@@ -75,3 +75,19 @@ def test_eval_needs_exactly_one_of_task_and_harness(capsys):
     assert "give one of --task" in _one_error_line(capsys)
     assert main(["eval", "--harness", "missing.yaml"]) == 2
     assert "task file missing.yaml does not exist" in _one_error_line(capsys)
+
+
+def test_simulate_checks_its_config_before_torch_loads(tmp_path):
+    run = tmp_path / "run"
+    code = (
+        "import sys\nfrom simulations.cli import main\n"
+        "rc = main(['simulate', '--config', 'simulations/configs/smollm2-arc-easy.toml',"
+        " '--set', 'emulator.method=bogus'])\n"
+        f"rc2 = main(['simulate', '--resume', {str(run)!r}, '--config', 'x.toml'])\n"
+        "sys.exit(0 if (rc, rc2) == (2, 2) and 'torch' not in sys.modules else 1)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 0, proc.stderr
+    assert "method" in errors[0] and "'bogus'" in errors[0]
+    assert errors[1].startswith("error: --config=x.toml does not go with --resume")
