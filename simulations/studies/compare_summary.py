@@ -2,7 +2,8 @@
 a seed) compared in ``<out>/<task>-s<seed>`` by ``simulations.studies.compare.compare_tasks``, then
 summary.md and summary.json:
 
-- per task: emulator fine-tuned, plug-in, Δ = plug-in − emulator FT, and plug-in − ``full`` and − ``uniform``
+- per task, laid out as the paper's table: emulator zero-shot, emulator fine-tuned, plug-in, Δ = plug-in −
+  emulator FT, and plug-in − ``full`` and − ``uniform``
   (same α, else the first uniform), each paired on the same test examples;
 - the mean over tasks of each of these.
 
@@ -20,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emulator.results import EMULATOR_FT, PLUG_IN, paired_difference
+from emulator.results import EMULATOR_FT, EMULATOR_ZS, PLUG_IN, paired_difference
 from simulations.server.outputs import read_metrics
 from simulations.studies.methods import Method, is_reference, is_upper_bound, pairs_with_reference
 
@@ -53,7 +54,8 @@ def summarise(
 def _cell_results(
     methods: Sequence[tuple[Method, RunConfig]], cell: RunConfig, directory: Path
 ) -> dict[str, dict[str, Any]]:
-    """``{label: {"kind", "alpha", "plug_in", "emulator_ft"}}`` of the finished methods of one cell."""
+    """``{label: {"kind", "alpha", "plug_in", "emulator_zs", "emulator_ft"}}`` of the finished methods of one
+    cell (a row the run did not score: ``None``)."""
     results = {}
     for method, config in methods:
         metrics = read_metrics(directory / method.slug(cell.emulator))
@@ -64,7 +66,10 @@ def _cell_results(
             "kind": method.kind,
             "alpha": config.emulator.alpha,
             PLUG_IN: tuple(rows[PLUG_IN]["correct"]),
-            EMULATOR_FT: tuple(rows[EMULATOR_FT]["correct"]) if EMULATOR_FT in rows else None,
+            **{
+                row: tuple(rows[row]["correct"]) if row in rows else None
+                for row in (EMULATOR_ZS, EMULATOR_FT)
+            },
         }
     return results
 
@@ -76,6 +81,8 @@ def _cell_estimates(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[
     for label, r in results.items():
         plug = r[PLUG_IN]
         row = {PLUG_IN: _mean(plug)}
+        if r[EMULATOR_ZS] is not None and not is_upper_bound(r["kind"]):
+            row[EMULATOR_ZS] = _mean(r[EMULATOR_ZS])
         if r[EMULATOR_FT] is not None and not is_upper_bound(r["kind"]):
             row[EMULATOR_FT] = _mean(r[EMULATOR_FT])
             row["gap"] = paired_difference(plug, r[EMULATOR_FT])
@@ -117,9 +124,10 @@ def _combine(rows: Sequence[Mapping[str, Estimate]], complete: int) -> dict[str,
     }
 
 
-_COLUMNS = (EMULATOR_FT, PLUG_IN, "gap", "vs_full", "vs_uniform")
+_COLUMNS = (EMULATOR_ZS, EMULATOR_FT, PLUG_IN, "gap", "vs_full", "vs_uniform")
 _HEADER = (
-    "| method | emulator FT | plug-in | Δ (paired) | plug-in − full (paired) | plug-in − uniform (paired) |"
+    "| method | emulator ZS | emulator FT | plug-in | Δ (paired) | plug-in − full (paired) "
+    "| plug-in − uniform (paired) |"
 )
 
 
@@ -131,10 +139,13 @@ def markdown(summary: Mapping[str, Any]) -> str:
     if len(summary["tasks"]) > 1:  # the mean over one task is that task's table again
         sections.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"]))
     for title, rows in sections:
-        lines += [f"## {title}", "", _HEADER, "|---|---|---|---|---|---|"]
+        lines += [f"## {title}", "", _HEADER, "|---" * (len(_COLUMNS) + 1) + "|"]
         for label in summary["methods"]:
             if label in rows:
-                cells_ = [_cell(rows[label].get(k), signed=k not in (EMULATOR_FT, PLUG_IN)) for k in _COLUMNS]
+                cells_ = [
+                    _cell(rows[label].get(k), signed=k not in (EMULATOR_ZS, EMULATOR_FT, PLUG_IN))
+                    for k in _COLUMNS
+                ]
                 lines.append(f"| {label} | " + " | ".join(cells_) + " |")
         lines.append("")
     lines.append(

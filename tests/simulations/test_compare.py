@@ -244,6 +244,7 @@ def _metrics(directory: Path, plug_in: list[int], emulator_ft: list[int] | None)
     results = {"Plug-in": {"correct": plug_in}}
     if emulator_ft is not None:
         results["Emulator-FT"] = {"correct": emulator_ft}
+        results["Emulator-ZS"] = {"correct": [0, 0, 1, 1]}
     directory.mkdir(parents=True)
     (directory / "metrics.json").write_text(json.dumps({"status": "finished", "results": results}))
 
@@ -275,7 +276,11 @@ def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
     assert summary["mean"][label] == row  # one task: the mean over tasks is that task
     assert "importance-drop" not in " ".join(summary["mean"])  # never ran: left out, not zero
     text = markdown(summary)
-    assert "## synthetic" in text and f"| {label} | 25.0 ± " in text
+    full_label = next(m.label(base.emulator) for m, _ in planned[0][1] if m.kind == "full")
+    assert row["emulator_zs"] == pytest.approx((0.5, (0.25 / 3) ** 0.5 / 2**0.5))  # two seeds of 2/4
+    assert "emulator_zs" not in summary["tasks"]["synthetic"][full_label]  # full's emulator is the model
+    assert "| method | emulator ZS | emulator FT | plug-in | Δ (paired) |" in text
+    assert "## synthetic" in text and f"| {label} | 50.0 ± 20.4 | 25.0 ± " in text
     assert "mean over" not in text  # one task: its table is not repeated as a mean
     assert "(summary.png)" in text
     assert plot_summary(summary, tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
