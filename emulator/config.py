@@ -35,6 +35,7 @@ LocalNorm = Literal["token", "dimension", "global"]
 Activation = Literal["relu", "gelu", "silu"]
 PolicyUpdate = Literal["paper", "reinforce"]
 PolicyAdvantage = Literal["relative", "absolute"]
+HarmonizerInit = Literal["identity", "least-squares"]
 ReplaceScope = Literal["group", "global"]
 
 # How a task's train set is split among the clients (clients.partition): the one list, checked by the config.
@@ -100,6 +101,13 @@ class Stage1Config:
     # Fraction of each group replaced in the masks stage 1 samples (harmonizer and policy steps); the paper
     # samples about half. 0: use alpha. The final selection always replaces round(alpha·|G|).
     train_replace_ratio: float = 0.5
+    # Ours (issue 21 §1). cached_blocks > 0: the harmonizer steps train on the full model's middle states over
+    # this many public blocks, computed once and memory-mapped (emulator.scaleot.activation_cache), instead of
+    # a full forward per step; needs harmonizer_loss='local'. 0: the live path. harmonizer_init: identity (a
+    # dropped block) or least-squares (the closed-form fit of its block on the cached states). Both keyed only
+    # when set, so the bundles built before them keep their keys.
+    cached_blocks: int = field(default=0, metadata={"key_when_default": False})
+    harmonizer_init: HarmonizerInit = field(default="identity", metadata={"key_when_default": False})
 
     def __post_init__(self) -> None:
         terms = loss_terms(self.harmonizer_loss)
@@ -109,9 +117,21 @@ class Stage1Config:
             ("policy_update", PolicyUpdate),
             ("policy_advantage", PolicyAdvantage),
             ("replace_scope", ReplaceScope),
+            ("harmonizer_init", HarmonizerInit),
         ):
             _check_choice(self, name, choices)
         _check_int(self, "stage1_steps", low=0)
+        _check_int(self, "cached_blocks", low=0)
+        if self.cached_blocks and terms != ("local",):
+            raise ValueError(
+                f"emulator.cached_blocks={self.cached_blocks} caches what harmonizer_loss='local' regresses "
+                f"on; harmonizer_loss={self.harmonizer_loss!r} needs the live forward: use cached_blocks=0"
+            )
+        if self.harmonizer_init == "least-squares" and not self.cached_blocks:
+            raise ValueError(
+                "emulator.harmonizer_init='least-squares' fits on the cached middle states; set "
+                "cached_blocks > 0 (e.g. 256) or use harmonizer_init='identity'"
+            )
         for name in ("group_size", "harmonizer_rank", "policy_interval"):
             _check_int(self, name, low=1)
         _check_int(self, "policy_candidates", low=2)
@@ -244,6 +264,11 @@ class EmulatorConfig:
                 f"emulator.share_replaced=true puts a harmonizer after each shared block, which "
                 f"method={self.method!r} has not; use it with method={_names(harmonizers=True)}{hint}"
             )
+        if self.share_replaced and self.stage1.cached_blocks:
+            raise ValueError(
+                f"emulator.share_replaced=true trains each harmonizer on a shared block's output, which the "
+                f"cached states do not hold; use cached_blocks=0 (not {self.stage1.cached_blocks})"
+            )
         if traits.shares and self.alpha == 1:
             raise ValueError(
                 f"emulator.alpha=1 with method={self.method!r} keeps no middle block to share; use alpha < 1"
@@ -322,9 +347,14 @@ def _names(sep: str = " or ", **traits: Any) -> str:
 
 
 def _shaping(section: Any) -> dict[str, Any]:
-    return {
-        k: v for k, v in asdict(section).items() if _field(section, k).metadata.get("shapes_emulator", True)
-    }
+    out = {}
+    for k, v in asdict(section).items():
+        meta = _field(section, k)
+        if meta.metadata.get("shapes_emulator", True) and (
+            meta.metadata.get("key_when_default", True) or v != meta.default
+        ):
+            out[k] = v
+    return out
 
 
 def _field(section: Any, name: str) -> Any:

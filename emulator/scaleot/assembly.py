@@ -65,6 +65,7 @@ class Emulator:
         loss_curve: stage-1 harmonizer loss (``scaleot``) or distillation loss (``uniform+distill``) per step.
         reward_curve: stage-1 mean policy reward per policy step.
         build_seconds: wall time of ``build_emulator``.
+        stage1_seconds: wall and CPU time of stage 1 (0 without one; ``cached_blocks`` is what cuts it).
         num_parameters: distinct parameters of the emulator.
         full_num_parameters: distinct parameters of the full model.
         source_config: the full model's transformers config, as a dict.
@@ -77,6 +78,7 @@ class Emulator:
     loss_curve: list[float] = field(default_factory=list)
     reward_curve: list[float] = field(default_factory=list)
     build_seconds: float = 0.0
+    stage1_seconds: tuple[float, float] = (0.0, 0.0)
     num_parameters: int = 0
     full_num_parameters: int = 0
     source_config: dict[str, Any] = field(default_factory=dict)
@@ -165,9 +167,11 @@ def build_emulator(
         )
     train, heldout = _split_blocks(public_blocks, config) if needs_data else (None, None)
     harmonizers = {}
+    stage1_seconds = (0.0, 0.0)
     if staged:
         stage1 = dynamic_layer_replace(model, train, heldout, config, progress)
         scores, curves = stage1.scores, (stage1.loss_curve, stage1.reward_curve)
+        stage1_seconds = (stage1.seconds, stage1.cpu_seconds)
         groups = replacement_groups(len(middle), config.stage1.group_size, config.stage1.replace_scope)
         values = torch.tensor([scores[i] for i in middle])
         replaced = [middle[k] for k in lowest_per_group(values, groups, config.alpha)]
@@ -196,6 +200,7 @@ def build_emulator(
         scores=scores,
         loss_curve=curves[0],
         reward_curve=curves[1],
+        stage1_seconds=stage1_seconds,
         num_parameters=count_parameters(emulator_model),
         full_num_parameters=count_parameters(model),
         source_config=json.loads(model.config.to_json_string(use_diff=False)),
@@ -251,6 +256,7 @@ def derive_emulator(base: Emulator, config: EmulatorConfig) -> Emulator:
         loss_curve=list(base.loss_curve),
         reward_curve=list(base.reward_curve),
         build_seconds=base.build_seconds + time.perf_counter() - start,
+        stage1_seconds=base.stage1_seconds,
         num_parameters=count_parameters(model),
         full_num_parameters=base.full_num_parameters,
         source_config=dict(base.source_config),

@@ -77,6 +77,7 @@ def save_bundle(
         "num_parameters": emulator.num_parameters,
         "full_num_parameters": emulator.full_num_parameters,
         "build_seconds": emulator.build_seconds,
+        "stage1_seconds": list(emulator.stage1_seconds),
         "loss_curve": emulator.loss_curve,
         "reward_curve": emulator.reward_curve,
         "dtype": str(next(iter(state.values())).dtype).removeprefix("torch."),
@@ -125,6 +126,7 @@ def load_emulator(directory: str | Path, device: str | torch.device = "cpu") -> 
         loss_curve=list(manifest["loss_curve"]),
         reward_curve=list(manifest["reward_curve"]),
         build_seconds=float(manifest["build_seconds"]),
+        stage1_seconds=tuple(manifest.get("stage1_seconds", (0.0, 0.0))),  # bundles before: not recorded
         num_parameters=int(manifest["num_parameters"]),
         full_num_parameters=int(manifest["full_num_parameters"]),
         source_config=manifest["source_config"],

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -46,6 +47,12 @@ from emulator.config import EmulatorConfig, loss_terms
 from emulator.data.corpus import public_batches
 from emulator.lm.architectures import backbone, get_layers, hidden_size, layer_config, set_layer_config_
 from emulator.lm.surgery import BlockRecord, capture_blocks, frozen_view, lm_loss, shared_copy
+from emulator.scaleot.activation_cache import (
+    cached_local_loss,
+    fit_least_squares_,
+    middle_states,
+    state_batches,
+)
 from emulator.scaleot.blocks import lowest_per_group, middle_blocks, normalized_mse, replacement_groups
 from emulator.scaleot.harmonizer import Harmonizer, make_harmonizers
 from emulator.scaleot.layer_sharing import SharedBlockHarmonizer, share_sources
@@ -65,6 +72,7 @@ class LayerReplaceResult:
         reward_curve: mean reward ``mean_j exp(−ℓ_j)`` per policy step.
         policy_loss_curve: mean LM loss of the sampled masks per policy step.
         seconds: wall time of stage 1.
+        cpu_seconds: CPU time of stage 1 (all threads of this process), what ``cached_blocks`` saves.
     """
 
     middle: list[int]
@@ -74,6 +82,7 @@ class LayerReplaceResult:
     reward_curve: list[float] = field(default_factory=list)
     policy_loss_curve: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 def sample_mask(
@@ -254,7 +263,7 @@ def dynamic_layer_replace(
     Raises:
         ValueError: the adapters leave no middle, or ``alpha`` replaces no block in any group.
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     view = frozen_view(model)
     middle = middle_blocks(len(get_layers(view)), config.adapter_bottom, config.adapter_top)
     groups = replacement_groups(len(middle), config.stage1.group_size, config.stage1.replace_scope)
@@ -287,12 +296,20 @@ def dynamic_layer_replace(
     optimizer = torch.optim.AdamW(params, lr=config.stage1.harmonizer_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.data.seed)
     train = public_batches(train_blocks, config.data.batch_size, generator)
+    cached = (
+        _cached_batches(view, net, train_blocks, config, generator, progress)
+        if config.stage1.cached_blocks
+        else None
+    )
     heldout = public_batches(heldout_blocks, config.data.batch_size, generator)
     scores = torch.zeros(len(middle), dtype=torch.float64)
     result = LayerReplaceResult(middle=middle, scores={}, harmonizers=harmonizers)
     level = logging.INFO if progress else logging.DEBUG
     for step in range(1, config.stage1.stage1_steps + 1):
-        loss = _harmonizer_loss(net, next(train).to(ref.device), scores, groups, generator, config)
+        if cached is not None:
+            loss = cached_local_loss(harmonizers, middle, next(cached), config.stage1.local_norm)
+        else:
+            loss = _harmonizer_loss(net, next(train).to(ref.device), scores, groups, generator, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -311,7 +328,38 @@ def dynamic_layer_replace(
         h.requires_grad_(False)
     result.scores = {index: float(scores[k]) for k, index in enumerate(middle)}
     result.seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu_start
     return result
+
+
+def _cached_batches(
+    view: nn.Module,
+    net: _MixedNetwork,
+    train_blocks: torch.Tensor,
+    config: EmulatorConfig,
+    generator: torch.Generator,
+    progress: bool,
+) -> Iterator[torch.Tensor]:
+    """The cached path of the harmonizer steps: the full model's middle states on ``cached_blocks`` public
+    blocks (a seeded sample of ``train_blocks``), each harmonizer started from its least-squares fit where
+    ``harmonizer_init`` says, and endless (B, M + 1, T, d) batches of the states."""
+    count = min(config.stage1.cached_blocks, len(train_blocks))
+    chosen = torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(config.data.seed))
+    blocks = train_blocks[chosen[:count].sort().values]
+    states = middle_states(view, net.middle, blocks, config.data.batch_size, progress)
+    ref = next(iter(net.harmonizers.values())).up.weight
+    if config.stage1.harmonizer_init == "least-squares":
+        width = states.shape[-1]
+        for k, index in enumerate(net.middle):
+            inputs = torch.from_numpy(np.ascontiguousarray(states[:, k])).reshape(-1, width)
+            outputs = torch.from_numpy(np.ascontiguousarray(states[:, k + 1])).reshape(-1, width)
+            fit_least_squares_(
+                net.harmonizers[index],
+                inputs.to(ref.device),
+                outputs.to(ref.device),
+                config.stage1.local_norm,
+            )
+    return state_batches(states, config.data.batch_size, generator, ref.device, ref.dtype)
 
 
 def _harmonizer_loss(

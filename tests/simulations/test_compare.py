@@ -284,3 +284,42 @@ def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
     assert "mean over" not in text  # one task: its table is not repeated as a mean
     assert "(summary.png)" in text
     assert plot_summary(summary, tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+PAPER = "simulations/configs/compare-opt-1.3b.toml"
+
+
+def test_the_paper_table_plans_opt_1_3b_on_the_six_tasks_with_every_baseline():
+    from simulations.studies.compare import cells
+
+    base, settings = load_compare(ROOT / PAPER)
+    configs = cells(base, settings)
+    assert [c.task for c in configs] == [
+        "openbookqa",
+        "piqa",
+        "arc_easy",
+        "arc_challenge",
+        "hellaswag",
+        "sciq",
+    ]
+    assert base.model == "facebook/opt-1.3b" and base.evaluation.test_limit == 0
+    planned = plan(configs[0], settings)
+    kinds = [m.kind for m, _ in planned]
+    assert kinds == ["full", "uniform", "uniform+distill", "importance-drop", "crash", "scaleot", "scaleot"]
+    compressed = [c.emulator for _, c in planned[1:]]
+    assert {e.alpha for e in compressed} == {0.5} and compressed[-1].src.rank_keep == 0.8
+    assert all((e.adapter_bottom, e.adapter_top, e.data.corpus) == (2, 2, "wikitext") for e in compressed)
+
+
+@pytest.mark.slow
+def test_the_paper_table_runs_its_plan_on_a_tiny_opt(tmp_path):
+    from simulations.cli import main
+
+    assert main(["compare", "--config", PAPER, "--quick", *INPROCESS, "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "synthetic-s0" / "comparison.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == [
+        "zero-shot", "full", "uniform", "uniform+distill", "importance-drop", "crash", "scaleot", "scaleot"
+    ]  # fmt: skip
+    assert all(r["plug_in"]["acc_stderr"] > 0 for r in rows)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| scaleot α=0.5 β=0.8 " in summary

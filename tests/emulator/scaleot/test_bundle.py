@@ -86,6 +86,9 @@ def test_manifest_describes_the_emulator(tmp_path):
     assert manifest["num_parameters"] < manifest["full_num_parameters"]
     assert len(manifest["loss_curve"]) == 2 and len(manifest["sha256"]) == 64
     assert (tmp_path / "tokenizer.json").is_file()
+    wall, cpu = manifest["stage1_seconds"]
+    assert 0 < wall < emulator.build_seconds and cpu > 0
+    assert load_emulator(tmp_path)[0].stage1_seconds == emulator.stage1_seconds
 
 
 def test_tampered_tensor_file_is_refused(tmp_path):
