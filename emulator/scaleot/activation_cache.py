@@ -175,10 +175,9 @@ def fit_least_squares_(
     design = (x - x_mean) * row  # (N, d)
     scaled = (y * column - y_mean) * row  # (N, d): the loss's own weighting
     gram = design.T @ design
-    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), **ones)
-    weights = torch.linalg.solve(gram, design.T @ scaled)  # (d, d)
-    fitted = design @ weights
-    _, vectors = torch.linalg.eigh(fitted.T @ fitted)  # ascending
+    ridged = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), **ones)
+    weights = torch.linalg.solve(ridged, design.T @ scaled)  # (d, d)
+    _, vectors = torch.linalg.eigh(weights.T @ gram @ weights)  # of fittedᵀ·fitted, without the N × d product
     half = rank // 2
     keep = vectors[:, -half:]  # (d, k): the directions of the fitted update with most energy
     a = weights @ keep  # (d, k)
