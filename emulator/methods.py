@@ -1,6 +1,6 @@
 """The emulator methods, one entry each: what a method does is read from its traits here, never from its name.
 
-A method is ScaleOT (Yao et al., AAAI 2025) or one of the baselines it is compared with (design §3
+A method is ScaleOT (Yao et al., AAAI 2025) or one of the baselines it is compared with (the papers'
 Baselines). Each entry says, once, which middle blocks the method takes out of the emulator (``removes``),
 what takes their place (``fills``), whether the kept middle is distilled, whether SRC is part of it and what
 role it plays in a comparison. Everything else is derived from those traits and read by the code that needs

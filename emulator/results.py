@@ -129,7 +129,8 @@ Accuracy = MCResult | Mapping[str, Any] | float | None
 
 
 def privacy_gap(plug_in: Accuracy, emulator_ft: Accuracy) -> float | None:
-    """Δ = plug-in accuracy − emulator fine-tuned accuracy (design §3; larger is more private), a fraction.
+    """Δ = plug-in accuracy − emulator fine-tuned accuracy (Offsite-Tuning's privacy
+    measure; larger is more private), a fraction.
 
     Args:
         plug_in, emulator_ft: accuracies, ``MCResult``s, or results rows read from JSON holding ``acc``.

@@ -1,7 +1,7 @@
 """Offsite-tuning on top of any of Flower's message strategies (FedAvg, FedProx, FedAdam, ...).
 
 Offsite-Tuning (Xiao et al. 2023) and ScaleOT (Yao et al. 2025) describe one data owner; the federation is
-ours (design §3 Federation): each round the server samples clients, sends the global adapter, and aggregates
+ours: each round the server samples clients, sends the global adapter, and aggregates
 the adapters they send back with the chosen Flower aggregation, then evaluates them plugged into the full
 model.
 

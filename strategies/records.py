@@ -22,7 +22,7 @@ class RoundRecord:
     plug_in_acc_stderr: float | None = None
     emulator_ft_acc: float | None = None
     emulator_ft_acc_stderr: float | None = None
-    privacy_gap: float | None = None  # plug-in minus emulator fine-tuned (design §3); larger is more private
+    privacy_gap: float | None = None  # plug-in − emulator FT (Offsite-Tuning's measure); larger: more private
     sampled: int = 0
     replied: int = 0
     rejected: int = 0

@@ -2,7 +2,7 @@
 
 Every method is one federated simulation through ``simulations.runner.simulate`` of the same base run config
 (model, task, clients, partition, seeds, rounds, local steps, evaluation); a method changes only the
-``[emulator]`` section (design §3 Baselines):
+``[emulator]`` section (the baselines of the ScaleOT and Offsite-Tuning papers):
 
 - ``zero-shot``: no training, the full model as it is. Its row is the ``full`` run's Full-ZS row (same test
   examples), so it costs no run of its own.

@@ -3,7 +3,8 @@
 One row per method, read back from each run's metrics.json and emulator bundle manifest:
 - accuracies (± standard error) of Offsite-Tuning's Table 1 rows: full zero-shot, emulator zero-shot,
   emulator fine-tuned (emulator + adapter) and plug-in (full model + adapter);
-- the privacy gap Δ = plug-in − emulator fine-tuned (design §3; larger is more private);
+- the privacy gap Δ = plug-in − emulator fine-tuned (Offsite-Tuning's privacy measure; larger: more
+  private);
 - plug-in's paired difference to ``full`` on the same test examples (``paired_difference``: the examples'
   shared difficulty cancels, so the error is much smaller than either accuracy's);
 - the client's cost: seconds per training step and peak memory (``emulator.tuning.memory``: CUDA tensor
