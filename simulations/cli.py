@@ -216,8 +216,9 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "compare",
-        "compare ScaleOT with full fine-tuning, uniform LayerDrop (+ distillation) and zero-shot, "
-        "each as a federated simulation of one base config",
+        "compare ScaleOT with zero-shot and the baselines ("
+        + ", ".join(m for m in METHODS if m != "scaleot")
+        + "), each as a federated simulation of one base config",
         compare_arguments,
         run_compare,
     ),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from emulator.methods import METHODS
 from simulations.cli import COMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,8 @@ def test_eval_prints_a_markdown_table(capsys):
 def test_every_command_is_listed_in_help():
     help_text = build_parser().format_help()
     assert all(command.name in help_text for command in COMMANDS) and "eval" in help_text
+    compare_help = next(c.help for c in COMMANDS if c.name == "compare")
+    assert all(m in compare_help for m in METHODS if m != "scaleot")  # every baseline the registry holds
 
 
 def test_console_entry_exits_2_and_stays_light():
