@@ -174,9 +174,12 @@ def fit_least_squares_(
     x_mean, y_mean = (weight * x).sum(0), (weight * y * column).sum(0)  # the intercept goes to up.bias
     design = (x - x_mean) * row  # (N, d)
     scaled = (y * column - y_mean) * row  # (N, d): the loss's own weighting
-    gram = design.T @ design
+    # The two N × d products in float32 (centred, weighted values of order 1; half the time of float64), the
+    # d × d algebra after them in float64.
+    single = design.float()
+    gram = (single.T @ single).double()
     ridged = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), **ones)
-    weights = torch.linalg.solve(ridged, design.T @ scaled)  # (d, d)
+    weights = torch.linalg.solve(ridged, (single.T @ scaled.float()).double())  # (d, d)
     _, vectors = torch.linalg.eigh(weights.T @ gram @ weights)  # of fittedᵀ·fitted, without the N × d product
     half = rank // 2
     keep = vectors[:, -half:]  # (d, k): the directions of the fitted update with most energy
