@@ -217,7 +217,7 @@ def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
     for config in configs:
         labels = [m.label(config.emulator) for m, _ in plan(config, settings)]
         assert labels[:4] == ["full", "uniform α=0.25", "importance-drop α=0.25", "crash α=0.25"]
-        assert len(labels) == 6  # and ScaleOT without and with SRC
+        assert len(labels) == 7  # and ScaleOT from cached activations, ScaleOT at 60 live steps, with SRC
         assert all(
             c.emulator.data.corpus_exclude == config.task
             for _, c in plan(config, settings)
