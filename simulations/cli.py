@@ -118,22 +118,24 @@ def _run_eval(args: argparse.Namespace) -> None:
         model, tokenizer, tasks, batch_size=args.batch_size, max_length=args.max_length, progress=True
     )
     seconds = time.perf_counter() - start
-    print("| model | task | split | n | acc | acc_norm | eval time |")
+    from simulations.server.outputs import pct
+
+    print("| model | task | split | n | acc (%) | acc_norm (%) | eval time |")  # %, as every other table
     print("|---|---|---|---|---|---|---|")
     print(
-        f"| {label} | {args.task} | {args.split} | {result.n} "
-        f"| {result.acc:.3f} ± {result.acc_stderr:.3f} "
-        f"| {result.acc_norm:.3f} ± {result.acc_norm_stderr:.3f} | {seconds:.1f} s |"
+        f"| {label} | {args.task} | {args.split} | {result.n} | {pct(result.acc, result.acc_stderr)} "
+        f"| {pct(result.acc_norm, result.acc_norm_stderr)} | {seconds:.1f} s |"
     )
 
 
 def _print_harness(label: str, scores: dict[str, dict[str, float]]) -> None:
     from simulations.harness import METRICS
+    from simulations.server.outputs import pct
 
-    print("| model | lm-eval task | acc | acc_norm |")
+    print("| model | lm-eval task | acc (%) | acc_norm (%) |")
     print("|---|---|---|---|")
     for task, m in scores.items():
-        cells = [f"{m[k]:.3f} ± {m.get(k + '_stderr', float('nan')):.3f}" if k in m else "-" for k in METRICS]
+        cells = [pct(m[k], m.get(k + "_stderr", float("nan"))) if k in m else "–" for k in METRICS]
         print(f"| {label} | {task} | {' | '.join(cells)} |")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,8 +48,8 @@ def test_eval_prints_a_markdown_table(capsys):
         == 0
     )
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "| model | task | split | n | acc | acc_norm | eval time |"
-    assert out[2].startswith("| tiny-llama | synthetic | test | 8 | ") and " ± " in out[2]
+    assert out[0] == "| model | task | split | n | acc (%) | acc_norm (%) | eval time |"
+    assert re.match(r"\| tiny-llama \| synthetic \| test \| 8 \| \d+\.\d ± \d+\.\d \| ", out[2])  # percent
 
 
 def test_every_command_is_listed_in_help():
