@@ -42,8 +42,11 @@ def train(msg: Message, context: Context) -> Message:
     settings = ClientSettings.from_record(msg.content[wire.CONFIG])
     node = NodeSettings.from_node_config(context.node_config)
     global_adapter = msg.content[wire.ARRAYS].to_torch_state_dict()
-    # Load partition and emulator (cached), reset the adapter to the global one, train (one call).
-    result, num_examples = local_update(settings, node, global_adapter)
+    sent = msg.content.array_records.get(wire.HARMONIZERS)  # with re-alignment on, after its first round
+    harmonizers = sent.to_torch_state_dict() if sent is not None else None
+    # Load partition and emulator (cached), reset the adapter to the global one and the harmonizers to the
+    # sent (or the bundle's own), train (one call).
+    result, num_examples = local_update(settings, node, global_adapter, harmonizers)
     # Pack the reply: the adapter (fp32) and the numbers FedAvg weighs and logs.
     metrics = TrainMetrics(
         num_examples=num_examples,

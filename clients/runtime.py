@@ -1,9 +1,11 @@
 """A client's working set: the emulator (loaded once per process) and its partition of the task.
 
 Ray actors are long-lived and serve many nodes and rounds, so the emulator is cached at module level, keyed by
-bundle path and manifest hash; only the adapter is reset from the global adapter each round. In a deployment
-with subprocess isolation every message is a fresh process and the cache simply misses. The client only ever
-reads the emulator bundle: it never holds the full model's middle layers.
+bundle path and manifest hash; only the adapter is reset from the global adapter each round, and the
+harmonizers from the message's re-aligned ones (``federation.realign_steps``) or, without them, the bundle's
+own, so a re-aligned emulator never leaks into a later message or run. In a deployment with subprocess
+isolation every message is a fresh process and the cache simply misses. The client only ever reads the
+emulator bundle: it never holds the full model's middle layers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,7 +27,9 @@ from clients.partition import partition
 from emulator.config import AdapterConfig
 from emulator.data.encoding import training_batches
 from emulator.data.tasks import MCExample, TaskSplits, load_task
+from emulator.scaleot.blocks import LayerEntry
 from emulator.scaleot.bundle import load_emulator, read_manifest
+from emulator.scaleot.realign import HarmonizerState, harmonizer_state, load_harmonizer_state_
 from emulator.tuning.adapters import AdapterState, load_adapter_state_, prepare_adapter_
 from emulator.tuning.training import TrainResult, client_seed, train_adapter
 from strategies.wire import ClientSettings, NodeSettings
@@ -34,14 +39,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedEmulator:
-    """An emulator bundle in memory, with its adapter prepared for ``adapter`` (None: not yet)."""
+    """An emulator bundle in memory, with its adapter prepared for ``adapter`` (None: not yet).
+
+    ``own_harmonizers`` are the bundle's harmonizer tensors (a copy, small), put back whenever a message
+    carries no re-aligned ones; ``realigned`` says the model holds another message's.
+    """
 
     path: str
     sha256: str
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     positions: dict[int, int]
+    layer_map: list[LayerEntry] = field(default_factory=list)
+    own_harmonizers: HarmonizerState = field(default_factory=dict)
     adapter: AdapterConfig | None = None
+    realigned: bool = False
 
 
 _EMULATOR: LoadedEmulator | None = None
@@ -95,7 +107,11 @@ def cached_emulator(path: str, expected_sha256: str = "") -> LoadedEmulator:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         emulator, tokenizer = load_emulator(path, device=device)
         _LOADS += 1
-        _EMULATOR = LoadedEmulator(resolved, sha256, emulator.model, tokenizer, emulator.adapter_positions())
+        own = harmonizer_state(emulator.model, emulator.layer_map)
+        positions = emulator.adapter_positions()
+        _EMULATOR = LoadedEmulator(
+            resolved, sha256, emulator.model, tokenizer, positions, emulator.layer_map, own
+        )
         log.info("loaded the emulator %s (%s…) on %s", path, sha256[:12], device)
     return _EMULATOR
 
@@ -110,6 +126,22 @@ def with_adapter(loaded: LoadedEmulator, config: AdapterConfig) -> LoadedEmulato
         prepare_adapter_(loaded.model, loaded.positions, config)
         loaded.adapter = config
     return loaded
+
+
+def with_harmonizers_(loaded: LoadedEmulator, harmonizers: Mapping[str, torch.Tensor] | None) -> None:
+    """Put the server's re-aligned ``harmonizers`` into ``loaded``'s emulator, or (None) the bundle's own
+    back if another message's are in it.
+
+    Raises:
+        ValueError: the keys or shapes of ``harmonizers`` differ from the emulator's harmonizers (the bundle's
+            own are put back first, so a refused message leaves the emulator as shipped).
+    """
+    if loaded.realigned:
+        load_harmonizer_state_(loaded.model, loaded.layer_map, loaded.own_harmonizers)
+        loaded.realigned = False
+    if harmonizers is not None:
+        load_harmonizer_state_(loaded.model, loaded.layer_map, harmonizers)
+        loaded.realigned = True
 
 
 def client_examples(settings: ClientSettings, node: NodeSettings) -> list[MCExample]:
@@ -145,13 +177,17 @@ def inject_faults(settings: ClientSettings, partition_id: int) -> None:
 
 
 def local_update(
-    settings: ClientSettings, node: NodeSettings, global_adapter: AdapterState
+    settings: ClientSettings,
+    node: NodeSettings,
+    global_adapter: AdapterState,
+    harmonizers: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[TrainResult, int]:
-    """One round of local training from the global adapter; returns the result and the example count.
+    """One round of local training from the global adapter, on the emulator with the server's re-aligned
+    ``harmonizers`` (None: the bundle's own); returns the result and the example count.
 
     Raises:
         RuntimeError: the node's partition is listed in ``fail_partitions`` (a test hook).
-        ValueError: the bundle, the adapter keys or the training settings do not fit.
+        ValueError: the bundle, the adapter or harmonizer keys, or the training settings do not fit.
     """
     inject_faults(settings, node.partition_id)
     threads = node.num_threads or settings.num_threads
@@ -160,6 +196,7 @@ def local_update(
     loaded = with_adapter(
         cached_emulator(node.bundle(settings.emulator_path), settings.emulator_sha256), settings.adapter
     )
+    with_harmonizers_(loaded, harmonizers)
     load_adapter_state_(loaded.model, loaded.positions, global_adapter)
     examples = client_examples(settings, node)
     train = settings.train

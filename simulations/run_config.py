@@ -30,6 +30,7 @@ from emulator.config import (
 )
 from emulator.config_parse import build_config, parse_assignment, parse_typed
 from emulator.files import read_json
+from emulator.methods import methods_with
 from emulator.results import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
 from strategies.privacy_config import DPConfig
 
@@ -59,6 +60,11 @@ class FederationConfig:
     crash_partitions: tuple[int, ...] = ()  # test hook: these partitions' client process exits mid-round
     slow_partitions: tuple[int, ...] = ()  # test hook: these partitions sleep slow_seconds before training
     slow_seconds: float = 0.0  # how long the slow_partitions sleep
+    # FedBiOT's re-alignment between rounds (emulator.scaleot.realign): after each aggregation the server
+    # trains the emulator's harmonizers this many AdamW steps toward the full model, adapters in place, and
+    # sends them with the next round. 0: off (the default until it is measured to pay).
+    realign_steps: int = 0
+    realign_lr: float = 1e-3  # AdamW learning rate of that re-alignment
 
     def __post_init__(self) -> None:
         _check(self.num_clients >= 1, "federation.num_clients", self.num_clients, ">= 1")
@@ -100,6 +106,8 @@ class FederationConfig:
             bad = [p for p in ids if not 0 <= p < self.num_clients]
             _check(not bad, f"federation.{name}", list(ids), f"partition ids in [0, {self.num_clients})")
         _check(self.slow_seconds >= 0, "federation.slow_seconds", self.slow_seconds, ">= 0")
+        _check(self.realign_steps >= 0, "federation.realign_steps", self.realign_steps, ">= 0 (0: off)")
+        _check(self.realign_lr > 0, "federation.realign_lr", self.realign_lr, "> 0")
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,12 @@ class RunConfig:
                 allowed,
             )
         self._exclude_task_from_corpus()
+        # Re-alignment trains harmonizers: a method without them (or α = 0, which places none) has none.
+        harmonized = self.emulator.traits.harmonizers and self.emulator.alpha > 0
+        methods = " or ".join(map(repr, methods_with(harmonizers=True)))
+        allowed = f"0 unless the emulator has harmonizers (method={methods} with alpha > 0)"
+        steps = self.federation.realign_steps
+        _check(harmonized or not steps, "federation.realign_steps", steps, allowed)
         if self.simulation.backend == INPROCESS:
             # A client that exits would end the run's own process; a slow one cannot be cut off by the round
             # timeout when clients run one after another.

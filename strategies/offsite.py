@@ -10,7 +10,9 @@ with it in front, so aggregation stays Flower's own code. The mixin adds, by sma
 - a one-time emulator handshake per node, and client sampling by partition id seeded with (seed, round), so a
   resumed run samples what an uninterrupted one would;
 - reply checks (``strategies.replies``): a bad reply is dropped with a warning, the round goes on;
-- server-side evaluation through a callable, on a schedule, and one ``RoundRecord`` per round.
+- server-side evaluation through a callable, on a schedule, and one ``RoundRecord`` per round;
+- optionally FedBiOT's re-alignment (Wu et al. 2024) through a callable after each aggregation: the
+  emulator's harmonizers it returns travel with the next round's train messages and are checkpointed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     Bulyan,
@@ -47,7 +49,7 @@ from strategies.nodes import CheckedGrid, SampledGrid, await_nodes, choose_nodes
 from strategies.privacy import DifferentialPrivacy
 from strategies.records import RoundRecord, fill_accuracies, progress_line
 from strategies.replies import AdapterSpec, majority_metric_keys, reply_problem
-from strategies.settings import EmulatorOffer, Sampling, ServerEvaluation
+from strategies.settings import EmulatorOffer, RealignFn, Sampling, ServerEvaluation
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ _OWNED_KWARGS = frozenset(
 )
 # Server-optimiser state of Flower's strategies that must survive a checkpoint (FedOpt family, FedAvgM).
 _STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
+_HARMONIZERS = "harmonizers"  # checkpoint-state prefix of the re-aligned harmonizers
 
 
 def strategy_parameters(name: str) -> list[str]:
@@ -134,6 +137,10 @@ class OffsiteTuning:
       (``seed``, ``server-round``, partition id), adds ``(mu/2)·||w - w_global||²`` when ``proximal-mu`` > 0,
       and replies ArrayRecord ``arrays`` with the same keys, shapes and dtypes and MetricRecord ``metrics``
       with ``num-examples`` (> 0) and ``train_loss``. Any other reply is dropped with a logged reason.
+      With re-alignment on, every train message after the first re-alignment also holds ArrayRecord
+      ``harmonizers`` (``wire.HARMONIZERS``): the client puts them into its emulator's harmonizers before
+      training (a key or shape mismatch is an error reply); a train message without it means the bundle's
+      own harmonizers.
 
     Args:
         offer: the emulator bundle the handshake offers, and what it checks (``strategies.settings``).
@@ -143,6 +150,10 @@ class OffsiteTuning:
         on_round_end: called with the finished ``RoundRecord`` and the global adapter (checkpointing).
         check: called before each round and while waiting for nodes; raises to end the run (the
             simulation backend died).
+        realign: FedBiOT's re-alignment, called with the round and the new global adapter after every
+            aggregation (before the evaluation, which then sees the re-aligned emulator); the harmonizers it
+            returns go with the next round's train messages (their bytes counted in that round's record).
+            None: off.
         privacy: central DP (``strategies.privacy``): its Flower wrapper goes around the base strategy's
             aggregation, inside this strategy's reply checks, so failed and missing replies are recorded
             and an empty round is marked whatever the wrapper; it clips the valid replies, and noises their
@@ -158,6 +169,7 @@ class OffsiteTuning:
         evaluation: ServerEvaluation | None = None,
         on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None,
         check: Callable[[], None] | None = None,
+        realign: RealignFn | None = None,
         privacy: DifferentialPrivacy | None = None,
         **base_kwargs: Any,
     ) -> None:
@@ -168,6 +180,8 @@ class OffsiteTuning:
         self.evaluation = evaluation or ServerEvaluation()
         self.on_round_end = on_round_end
         self.check = check
+        self.realign = realign
+        self.harmonizers: ArrayRecord | None = None  # the latest re-alignment's, sent with each train message
         self.privacy = privacy
         if privacy is not None:
             privacy.wrap(_BaseAggregation(self))
@@ -249,6 +263,10 @@ class OffsiteTuning:
         messages = list(builder.configure_train(server_round, arrays, config, sampled_grid))
         for msg in messages:
             msg.metadata.group_id = str(server_round)
+            if self.harmonizers is not None:
+                msg.content[wire.HARMONIZERS] = self.harmonizers
+        if self.harmonizers is not None and messages:
+            record.harmonizer_bytes = self.harmonizers.count_bytes()
         self._sampled = [m.metadata.dst_node_id for m in messages]
         record.sampled = len(messages)
         record.sampled_partitions = [p for p, _ in chosen]
@@ -315,17 +333,23 @@ class OffsiteTuning:
 
     # --- checkpoint state -------------------------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """The base strategy's server-optimiser state (FedAdam's moments, FedAvgM's momentum), flattened."""
+        """The base strategy's server-optimiser state (FedAdam's moments, FedAvgM's momentum) and the
+        re-aligned harmonizers, flattened."""
         state: dict[str, np.ndarray] = {}
         for attr in _STATE_ATTRS:
             value = getattr(self, attr, None)
             items = value.items() if isinstance(value, dict) else enumerate(value or [])
             state.update({f"{attr}/{k}": np.asarray(v) for k, v in items})
+        harmonizers = self.harmonizers.items() if self.harmonizers is not None else []
+        state.update({f"{_HARMONIZERS}/{k}": a.numpy() for k, a in harmonizers})
         return state
 
     def restore_(self, history: Sequence[RoundRecord], state: Mapping[str, np.ndarray]) -> None:
-        """Continue after the rounds in ``history`` with the server-optimiser ``state`` saved with them."""
+        """Continue after the rounds in ``history`` with the server-optimiser ``state`` (and re-aligned
+        harmonizers) saved with them; the caller puts ``harmonizers`` back into its own emulator."""
         self.history = list(history)
+        saved = {k.split("/", 1)[1]: v for k, v in state.items() if k.split("/", 1)[0] == _HARMONIZERS}
+        self.harmonizers = ArrayRecord({k: Array(v) for k, v in saved.items()}) if saved else None
         if self.privacy is not None:
             self.privacy.restore_([r.privacy for r in self.history if r.privacy])
         for attr in _STATE_ATTRS:
@@ -353,6 +377,10 @@ class OffsiteTuning:
             and trained
             and (with_emulator or _due(server_round, schedule.plug_in_every, self._last_round))
         )
+        if self.realign is not None:  # first: the evaluation of the emulator sees the re-aligned one
+            start = time.monotonic()
+            self.harmonizers, numbers = self.realign(server_round, arrays)
+            record.realign = {**numbers, "seconds": time.monotonic() - start}
         start = time.monotonic()
         metrics = dict(schedule.evaluate_fn(server_round, arrays, with_emulator)) if evaluate else {}
         fill_accuracies(record, metrics)

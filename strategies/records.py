@@ -34,6 +34,7 @@ class RoundRecord:
     bytes_sent: int = 0
     bytes_received: int = 0
     bytes_per_client: int = 0  # what each sampled client received
+    harmonizer_bytes: int = 0  # of bytes_per_client: the re-aligned harmonizers sent with the adapter
     seconds: float = 0.0  # wall time of the round: handshakes, client training, aggregation, evaluation
     eval_seconds: float = 0.0  # of which server-side evaluation
     client_metrics: dict[str, float] = field(default_factory=dict)  # clients' metrics, weighted by examples
@@ -42,6 +43,9 @@ class RoundRecord:
     # round's release, the clipping norm and the noise std (per adapter coordinate) of that release.
     privacy: dict[str, float | None] = field(default_factory=dict)
     workers: list[str] = field(default_factory=list)  # Ray nodes (or hosts) the aggregated clients ran on
+    # Re-alignment after this round's aggregation (federation.realign_steps), empty without it: seconds,
+    # steps, and the emulator-full hidden-state gap before and after (loss_before, loss_after).
+    realign: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

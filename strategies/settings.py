@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 # (server_round, global adapter, evaluate the emulator too?) -> metrics named by wire.PLUG_IN_ACC etc.
 EvaluateFn = Callable[[int, "ArrayRecord", bool], Mapping[str, float]]
+# (server_round, global adapter) -> (the emulator's harmonizers after re-alignment, numbers for the round
+# record: loss_before, loss_after, steps)
+RealignFn = Callable[[int, "ArrayRecord"], tuple["ArrayRecord", Mapping[str, float]]]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ ARRAYS = "arrays"  # ArrayRecord: the adapter, fp32, keyed "{original block inde
 CONFIG = "config"  # ConfigRecord: server -> client settings
 METRICS = "metrics"  # MetricRecord: client -> server numbers
 INFO = "info"  # ConfigRecord: client -> server facts (handshake: partition and emulator hash; train: worker)
+# ArrayRecord, train only, with re-alignment on (federation.realign_steps): the emulator's harmonizers as the
+# server re-aligned them after the last round, fp32, keyed "{original block index}.{name in harmonizer}"
+HARMONIZERS = "harmonizers"
 
 
 def wire_key(owner: str, name: str) -> str:

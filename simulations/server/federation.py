@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clients.partition import partition
 from clients.runtime import bundle_sha256
-from emulator.data.corpus import public_corpus
+from emulator.data.corpus import public_blocks, public_corpus
 from emulator.data.tasks import MCExample, load_task
 from emulator.lm.models import load_model, model_fingerprint
 from emulator.results import FULL_ZS, PLUG_IN
@@ -47,6 +47,7 @@ from simulations.server.outputs import (
     write_tensors,
     write_text,
 )
+from simulations.server.realignment import ServerRealigner
 from simulations.server.tracking import TensorBoardLog
 from strategies import wire
 from strategies.offsite import OffsiteTuning, offsite_strategy
@@ -101,13 +102,14 @@ def run_federation(
 @dataclass
 class _Owner:
     """What the model owner holds once prepared: the evaluator, the run state so far, the global adapter and
-    the emulator bundle (path and sha256) the clients load."""
+    the emulator bundle (path and sha256) the clients load, and the re-alignment if it is on."""
 
     evaluator: ServerEvaluator
     state: RunState
     arrays: ArrayRecord
     bundle: str
     sha256: str
+    realigner: ServerRealigner | None = None  # federation.realign_steps > 0
 
 
 def _checkpoint(resume: Path | None) -> Checkpoint | None:
@@ -144,7 +146,20 @@ def _prepare(
     state, arrays = _start(evaluator, adapter, checkpoint, resume, sha256)
     state.bundle = {"path": str(bundle), "sha256": sha256, "model_sha256": model_sha256}
     state.task_source = task.source
-    return _Owner(evaluator, state, arrays, str(bundle), sha256)
+    realigner = None
+    if config.federation.realign_steps:
+        fed, data = config.federation, config.emulator.data
+        blocks = public_blocks(tokenizer, config.emulator)  # a harmonizer method reads the corpus (checked)
+        realigner = ServerRealigner(
+            evaluator,
+            emulator.layer_map,
+            blocks,
+            fed.realign_steps,
+            fed.realign_lr,
+            data.batch_size,
+            config.seed,
+        )
+    return _Owner(evaluator, state, arrays, str(bundle), sha256, realigner)
 
 
 def _evaluator(
@@ -213,6 +228,8 @@ def _rounds(
     strategy = _strategy(config, owner, run_dir, tracker, check)
     if checkpoint is not None:
         strategy.restore_(owner.state.history, checkpoint.strategy)
+        if owner.realigner is not None and strategy.harmonizers is not None:
+            owner.realigner.load_(strategy.harmonizers)  # the server's emulator as the rounds left it
     remaining = config.federation.rounds - len(owner.state.history)
     if remaining <= 0:
         return owner.arrays
@@ -318,6 +335,7 @@ def _strategy(
         ),
         on_round_end=on_round_end,
         check=check,
+        realign=owner.realigner,
         **_privacy_kwargs(config),
         **fed.strategy_kwargs,
     )

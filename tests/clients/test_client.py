@@ -17,6 +17,7 @@ from emulator.data.tasks import load_task
 from emulator.lm.models import load_model
 from emulator.scaleot.blocks import adapter_layers
 from emulator.scaleot.bundle import load_emulator
+from emulator.scaleot.realign import harmonizer_state
 from emulator.tuning.adapters import adapter_state, prepare_adapter_
 from emulator.tuning.training import train_adapter
 from simulations.run_config import load_config
@@ -203,3 +204,38 @@ def test_train_adapter_lowers_the_loss_and_proximal_term_holds_weights_back(mode
         return sum(float((result.state[k] - start[k]).norm()) for k in start)
 
     assert distance(held) < distance(free)
+
+
+def harmonizer_message(adapter: ArrayRecord, config: ConfigRecord, harmonizers: dict | None) -> Message:
+    msg = train_message(adapter, config)
+    if harmonizers is not None:
+        msg.content[wire.HARMONIZERS] = ArrayRecord(harmonizers)
+    return msg
+
+
+def test_sent_harmonizers_are_trained_on_and_a_message_without_them_gets_the_bundles_own(bundle):
+    runtime._EMULATOR = None  # a fresh "process"
+    adapter, config = global_adapter(bundle), settings(bundle).to_record()
+    emulator, _ = load_emulator(bundle)
+    own = harmonizer_state(emulator.model, emulator.layer_map)
+    assert own, "tiny.toml's emulator has harmonizers"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        sent = {k: v + 0.5 * torch.randn_like(v) for k, v in own.items()}
+
+    def held() -> dict:
+        return harmonizer_state(runtime._EMULATOR.model, runtime._EMULATOR.layer_map)
+
+    plain = app(harmonizer_message(adapter, config, None), context()).content[wire.METRICS]
+    realigned = app(harmonizer_message(adapter, config, sent), context()).content[wire.METRICS]
+    assert all(torch.equal(v, sent[k]) for k, v in held().items())
+    assert realigned[wire.TRAIN_LOSS] != plain[wire.TRAIN_LOSS]  # trained on the sent harmonizers
+    again = app(harmonizer_message(adapter, config, None), context()).content[wire.METRICS]
+    assert all(torch.equal(v, own[k]) for k, v in held().items())
+    assert again[wire.TRAIN_LOSS] == plain[wire.TRAIN_LOSS]  # the bundle's own emulator, as before
+
+    key = sorted(own)[0]
+    app(harmonizer_message(adapter, config, sent), context())
+    with pytest.raises(ValueError, match=rf"harmonizer state does not match .*shapes \['{key}: got \(2,\)"):
+        app(harmonizer_message(adapter, config, sent | {key: torch.zeros(2)}), context())
+    assert all(torch.equal(v, own[k]) for k, v in held().items())  # a refused message leaves it as shipped

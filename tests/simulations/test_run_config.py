@@ -252,3 +252,35 @@ def test_default_backend_is_one_actor_on_all_cores(monkeypatch):
         load_config(ROOT / "simulations/configs/tiny.toml", ["simulation.ray_address=auto"]).simulation
     )
     assert joined["init_args"]["address"] == "auto" and "num_cpus" not in joined["init_args"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["federation.realign_steps=-1"],
+            "config federation.realign_steps=-1 is invalid; it must be >= 0 (0: off)",
+        ),
+        (["federation.realign_lr=0"], "config federation.realign_lr=0.0 is invalid; it must be > 0"),
+        (
+            ["federation.realign_steps=2", "emulator.method=uniform", "emulator.rank_keep=1.0"],
+            "config federation.realign_steps=2 is invalid; it must be 0 unless the emulator has harmonizers "
+            "(method='scaleot' with alpha > 0)",
+        ),
+        (
+            ["federation.realign_steps=2", "emulator.alpha=0"],
+            "config federation.realign_steps=2 is invalid; it must be 0 unless the emulator has harmonizers "
+            "(method='scaleot' with alpha > 0)",
+        ),
+    ],
+)
+def test_realignment_is_refused_in_one_line_where_there_is_nothing_to_realign(overrides, message):
+    with pytest.raises(ValueError) as error:
+        load_config(ROOT / "simulations/configs/tiny.toml", overrides)
+    assert str(error.value) == message
+
+
+def test_realignment_is_off_by_default_and_takes_a_harmonizer_method():
+    assert load_config(ROOT / "simulations/configs/tiny.toml").federation.realign_steps == 0
+    config = load_config(ROOT / "simulations/configs/tiny.toml", ["federation.realign_steps=3"])
+    assert (config.federation.realign_steps, config.federation.realign_lr) == (3, 1e-3)

@@ -192,3 +192,63 @@ def test_plug_in_is_evaluated_on_its_schedule_and_always_in_the_last_round():
     strategy.start(FakeGrid({1: 0, 2: 1}, client=client), adapter(0.0), num_rounds=3)
     assert calls == [(2, True), (3, True)]  # with the emulator's schedule and in the last round only
     assert [r.plug_in_acc for r in strategy.history] == [None, 0.5, 0.5]
+
+
+def harmonizers(value: float) -> ArrayRecord:
+    return ArrayRecord({"3.up.weight": Array(np.full(8, float(value), np.float32))})
+
+
+def test_realigned_harmonizers_go_with_the_next_rounds_messages_counted_and_checkpointed():
+    received = []  # (round, harmonizer value or None) per train message
+
+    def client(msg):
+        harmonizers = msg.content.array_records.get(wire.HARMONIZERS)
+        value = None if harmonizers is None else float(harmonizers["3.up.weight"].numpy()[0])
+        received.append((int(msg.content[wire.CONFIG][wire.SERVER_ROUND]), value))
+        return reply(msg.metadata.dst_node_id, adapter(1.0), examples=10, loss=2.0)
+
+    calls = []
+
+    def realign(server_round, arrays):
+        calls.append(("realign", server_round))
+        return harmonizers(server_round), {"loss_before": 0.5, "loss_after": 0.25, "steps": 2.0}
+
+    def evaluate(server_round, arrays, with_emulator):
+        calls.append(("evaluate", server_round))
+        return {wire.PLUG_IN_ACC: 0.5, wire.PLUG_IN_ACC_STDERR: 0.1}
+
+    def run(strategy, rounds, grid):
+        strategy.start(grid, adapter(0.0), num_rounds=rounds)
+        return strategy.history
+
+    records = run(
+        make(realign=realign, evaluation=ServerEvaluation(evaluate)), 3, FakeGrid({1: 0, 2: 1}, client)
+    )
+    assert calls == [(step, r) for r in (1, 2, 3) for step in ("realign", "evaluate")]  # realign first
+    assert received == [(1, None)] * 2 + [(2, 1.0)] * 2 + [(3, 2.0)] * 2  # round r sends round r-1's
+    harmonizer_bytes = harmonizers(0).count_bytes()  # ArrayRecord bytes, as bytes_sent counts them
+    assert [r.harmonizer_bytes for r in records] == [0, harmonizer_bytes, harmonizer_bytes]
+    assert records[1].bytes_per_client == records[0].bytes_per_client + harmonizer_bytes
+    assert records[1].bytes_sent == records[0].bytes_sent + 2 * harmonizer_bytes
+    assert records[0].realign["loss_after"] == 0.25 and records[0].realign["seconds"] >= 0
+
+    # Stopped after round 2 and resumed: round 3 sends what the uninterrupted run sent.
+    sent_uninterrupted, received[:] = received[4:], []
+    first = make(realign=realign)
+    run(first, 2, FakeGrid({1: 0, 2: 1}, client))
+    resumed = make(realign=realign)
+    resumed.restore_(first.history, first.state_arrays())
+    received[:] = []
+    resumed.start(FakeGrid({7: 0, 8: 1}, client), adapter(0.0), num_rounds=1)
+    assert received == sent_uninterrupted
+
+
+def test_without_realignment_no_harmonizers_are_sent_or_checkpointed():
+    def client(msg):
+        assert wire.HARMONIZERS not in msg.content.array_records
+        return reply(msg.metadata.dst_node_id, adapter(1.0))
+
+    strategy = make()
+    strategy.start(FakeGrid({1: 0, 2: 1}, client), adapter(0.0), num_rounds=2)
+    assert all(r.harmonizer_bytes == 0 and r.realign == {} for r in strategy.history)
+    assert not any(k.startswith("harmonizers/") for k in strategy.state_arrays())
