@@ -31,11 +31,12 @@ _FIELDS = {
 
 
 def round_scalars(record: RoundRecord) -> dict[str, float]:
-    """Tag -> value of one round: the fields in ``_FIELDS``, every evaluation metric (``eval/...``) and the
-    clients' mean metrics (``clients/...``)."""
+    """Tag -> value of one round: the fields in ``_FIELDS``, every evaluation metric (``eval/...``), the
+    clients' mean metrics (``clients/...``) and the re-alignment's numbers (``realign/...``, when on)."""
     scalars = {tag: getattr(record, name) for tag, name in _FIELDS.items()}
     scalars |= {f"eval/{k}": v for k, v in record.evaluation.items()}
     scalars |= {f"clients/{k}": v for k, v in record.client_metrics.items()}
+    scalars |= {f"realign/{k}": v for k, v in record.realign.items()}
     return {tag: float(v) for tag, v in scalars.items() if v is not None}
 
 
