@@ -115,12 +115,20 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     for i, r in enumerate(shown):
         error = 100 * r["vs_reference"][1] if r["vs_reference"] else 0.0
         ax.errorbar(r["stage1_cpu_seconds"], 100 * r["plug_in"], yerr=error, fmt="o", color=f"C{i}",
-                    capsize=3, label=r["run"])  # fmt: skip
+                    capsize=3, label=_label(r))  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("stage-1 CPU seconds (log)")
     ax.set_ylabel("plug-in accuracy (%)")
     ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+def _label(row: dict[str, Any]) -> str:
+    """``1000 live steps`` / ``400 steps on 192 cached blocks, least-squares start``: the plot's legend."""
+    if not row["cached_blocks"]:
+        return f"{row['steps']} live steps"
+    start = ", least-squares start" if row["init"] == "least-squares" else ""
+    return f"{row['steps']} steps on {row['cached_blocks']} cached blocks{start}"
 
 
 def _num(value: float | None, spec: str) -> str:
