@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from emulator.assets import cache_root
+from emulator.data.corpus import public_batches
 from emulator.files import replacing
 from emulator.lm.architectures import backbone, get_layers, hidden_size
 from emulator.lm.models import model_fingerprint
@@ -108,14 +109,11 @@ def _write_states(
 def state_batches(
     states: np.ndarray, batch_size: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
 ) -> Iterator[torch.Tensor]:
-    """Endless shuffled (batch_size, M + 1, T, d) batches of ``middle_states`` rows, read from the memory map
-    (an epoch's last partial batch is dropped, as ``emulator.data.corpus.public_batches`` does)."""
-    size = min(batch_size, len(states))
-    while True:
-        order = torch.randperm(len(states), generator=generator)
-        for start in range(0, len(states) - size + 1, size):
-            rows = np.sort(order[start : start + size].numpy())  # ascending: sequential reads of the file
-            yield torch.from_numpy(states[rows]).to(device=device, dtype=dtype)
+    """Endless shuffled (batch_size, M + 1, T, d) batches of ``middle_states`` rows, read from the memory map,
+    in the order ``emulator.data.corpus.public_batches`` gives the blocks they were computed from."""
+    for rows in public_batches(torch.arange(len(states)), batch_size, generator):
+        rows = np.sort(rows.numpy())  # ascending: sequential reads of the file
+        yield torch.from_numpy(states[rows]).to(device=device, dtype=dtype)
 
 
 def cached_local_loss(

@@ -69,12 +69,20 @@ def harmonizer_modules(model: nn.Module, layer_map: Sequence[LayerEntry]) -> dic
     return found
 
 
+def _harmonizer_parameters(model: nn.Module, layer_map: Sequence[LayerEntry]) -> dict[str, nn.Parameter]:
+    """The harmonizers' parameters of ``model``, keyed ``"{original index}.{name}"``, by original index."""
+    return {
+        f"{original}.{name}": param
+        for original, module in sorted(harmonizer_modules(model, layer_map).items())
+        for name, param in module.named_parameters()
+    }
+
+
 def harmonizer_state(model: nn.Module, layer_map: Sequence[LayerEntry]) -> HarmonizerState:
     """The harmonizer tensors of ``model``, keyed ``"{original index}.{name}"``, as fp32 CPU copies."""
     return {
-        f"{original}.{name}": param.detach().to("cpu", torch.float32).clone()
-        for original, module in sorted(harmonizer_modules(model, layer_map).items())
-        for name, param in module.named_parameters()
+        key: param.detach().to("cpu", torch.float32).clone()
+        for key, param in _harmonizer_parameters(model, layer_map).items()
     }
 
 
@@ -87,11 +95,7 @@ def load_harmonizer_state_(
         ValueError: the keys or shapes of ``state`` differ from the model's harmonizers; the message lists
             them (a model without harmonizers accepts only an empty state).
     """
-    targets = {
-        f"{original}.{name}": param
-        for original, module in harmonizer_modules(model, layer_map).items()
-        for name, param in module.named_parameters()
-    }
+    targets = _harmonizer_parameters(model, layer_map)
     missing, unexpected = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
     shapes = [
         f"{k}: got {tuple(state[k].shape)}, expected {tuple(targets[k].shape)}"
