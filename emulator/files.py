@@ -140,6 +140,7 @@ def replacing(target: Path, keep_existing: bool = False) -> Iterator[Path]:
     tmp = temporary_path(target)
     try:
         yield tmp
+        _umask_modes(tmp, target)
         if tmp.is_dir() and target.is_dir() and not keep_existing:
             shutil.rmtree(target)  # os.replace cannot replace a non-empty directory
         try:
@@ -155,6 +156,26 @@ def replacing(target: Path, keep_existing: bool = False) -> Iterator[Path]:
         if isinstance(error, (OSError, SafetensorError)):
             raise FileWriteError(f"cannot write {target}: {one_line(error)}") from None
         raise
+
+
+def _umask_modes(tmp: Path, target: Path) -> None:
+    # safetensors >= 0.8.1 writes through a temporary created 0600 and ignores the umask
+    # (safetensors/safetensors#782): a bundle or adapter saved by a model owner would be unreadable to the
+    # SuperNode's user. Its files get the mode an ordinary write would have given them.
+    if tmp.is_file():
+        files = [tmp] if target.suffix == ".safetensors" else []
+    else:
+        files = [f for f in tmp.rglob("*.safetensors") if f.is_file() and not f.is_symlink()]
+    if files:
+        mode = 0o666 & ~_umask()
+        for file in files:
+            os.chmod(file, mode)
+
+
+def _umask() -> int:
+    current = os.umask(0o077)  # reading the umask sets it; the restrictive value for the moment between
+    os.umask(current)
+    return current
 
 
 def remove(path: Path) -> None:

@@ -207,6 +207,9 @@ class RunConfig:
         allowed = f"one of {', '.join(MODEL_NAMES)}, a .gguf file, a hub id or a directory"
         _check(known, "model", self.model, allowed)
         _check(bool(self.task), "task", self.task, "a task name")
+        from emulator.data.tasks import check_task_name  # here, so a wrong name fails before Ray starts
+
+        check_task_name(self.task)
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         # DP's noise assumes an unweighted average; clients are weighted by their steps, so fix the steps.
         dp_ok = not self.privacy.enabled or self.client.local_steps > 0

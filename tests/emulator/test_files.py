@@ -190,3 +190,28 @@ def test_a_directory_another_writer_finished_first_is_kept(tmp_path):
         again.mkdir()
         (again / "manifest.json").write_text("new")
     assert (target / "manifest.json").read_text() == "new"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_safetensors_files_get_the_mode_of_their_json_siblings(tmp_path):
+    # safetensors writes 0600 whatever the umask (safetensors/safetensors#782): a bundle another user (the
+    # SuperNode's) must read would be refused.
+    from safetensors.numpy import save_file
+
+    tensors = {"w": np.zeros(2, dtype=np.float32)}
+    with replacing(tmp_path / "alone.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    with replacing(tmp_path / "adapter") as folder:
+        (folder / "inner").mkdir(parents=True)
+        save_file(tensors, str(folder / "inner" / "adapter_model.safetensors"))
+    write_text(tmp_path / "config.json", "{}")
+    sibling = (tmp_path / "config.json").stat().st_mode & 0o777
+    old = os.umask(0o027)
+    try:
+        with replacing(tmp_path / "private.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "alone.safetensors").stat().st_mode & 0o777 == sibling
+    assert (tmp_path / "adapter" / "inner" / "adapter_model.safetensors").stat().st_mode & 0o777 == sibling
+    assert (tmp_path / "private.safetensors").stat().st_mode & 0o777 == 0o640

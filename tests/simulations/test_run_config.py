@@ -66,6 +66,8 @@ def test_overrides_reach_every_section():
         ("federation.rounds='three'", "config federation.rounds='three' must be an integer"),
         ("federation.fail_partitions=[1.5]", "config federation.fail_partitions[0]=1.5 must be an integer"),
         ("name=5", 'config name=5 must be a string (quote it: "...")'),
+        ("task=arc_eazy", "task='arc_eazy' is unknown; use one of synthetic, openbookqa, arc_easy"),
+        ("task='synthetic:5'", "task='synthetic:5': synthetic:<n> needs an integer n >= 10"),
         ("federation.rounds", "must look like section.key=value"),
     ],
 )
@@ -73,6 +75,13 @@ def test_bad_values_are_rejected_before_any_heavy_work(override, message):
     with pytest.raises(ValueError) as error:
         load_config(ROOT / "simulations/configs/tiny.toml", [override])
     assert message in str(error.value)
+
+
+def test_a_paper_task_with_an_unknown_task_source_is_refused_when_the_config_is_read(monkeypatch):
+    monkeypatch.setenv("SCALEOT_TASK_SOURCE", "ftp")
+    with pytest.raises(ValueError, match=r"^SCALEOT_TASK_SOURCE='ftp' is unknown; use one of olmo, hub$"):
+        load_config(ROOT / "simulations/configs/tiny.toml", ["task=arc_easy"])
+    assert load_config(ROOT / "simulations/configs/tiny.toml", ["task=synthetic"]).task == "synthetic"
 
 
 @pytest.mark.parametrize(
