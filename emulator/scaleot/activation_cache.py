@@ -33,7 +33,7 @@ from emulator.files import replacing
 from emulator.lm.architectures import backbone, get_layers, hidden_size
 from emulator.lm.models import model_fingerprint
 from emulator.lm.surgery import capture_blocks
-from emulator.scaleot.blocks import normalized_mse
+from emulator.scaleot.blocks import mean_square, normalized_mse
 from emulator.scaleot.harmonizer import Harmonizer
 
 log = logging.getLogger(__name__)
@@ -158,16 +158,9 @@ def fit_least_squares_(
     x = harmonizer.norm(inputs.to(harmonizer.down.weight)).double()  # (N, d)
     y, target = (outputs - inputs).to(x), outputs.to(x)
     ones = {"dtype": x.dtype, "device": x.device}
-    if norm == "token":
-        row = (target.pow(2).mean(dim=1, keepdim=True) + 1e-6).rsqrt()  # (N, 1)
-        column = torch.ones(1, y.shape[1], **ones)
-    elif norm == "dimension":
-        row = torch.ones(len(y), 1, **ones)
-        column = (target.pow(2).mean(dim=0, keepdim=True) + 1e-6).rsqrt()  # (1, d)
-    elif norm == "global":
-        row, column = torch.ones(len(y), 1, **ones), torch.ones(1, y.shape[1], **ones)
-    else:
-        raise ValueError(f"norm={norm!r} is not allowed; use 'global', 'token' or 'dimension'")
+    scale = (mean_square(target, norm) + 1e-6).rsqrt()  # (N, 1) by token, else (1, d) or ()
+    row = scale if norm == "token" else torch.ones(len(y), 1, **ones)  # (N, 1)
+    column = torch.ones(1, y.shape[1], **ones) * (1.0 if norm == "token" else scale)  # (1, d)
     weight = row.pow(2) / row.pow(2).sum()  # (N, 1): each token's share of the loss
     x_mean, y_mean = (weight * x).sum(0), (weight * y * column).sum(0)  # the intercept goes to up.bias
     design = (x - x_mean) * row  # (N, d)

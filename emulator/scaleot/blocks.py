@@ -127,12 +127,21 @@ def normalized_mse(pred: torch.Tensor, target: torch.Tensor, norm: str) -> torch
         pred, target: (B, T, d).
     """
     target = target.detach()
+    return ((pred - target).pow(2) / (mean_square(target, norm) + 1e-6)).mean()
+
+
+def mean_square(target: torch.Tensor, norm: str) -> torch.Tensor:
+    """``normalized_mse``'s denominator: the mean of ``target²`` over everything (``global``, shape ()), over
+    the hidden dimension (``token``, (..., 1)) or over every axis but it (``dimension``, (1, ..., d)).
+
+    Raises:
+        ValueError: another ``norm``.
+    """
+    square = target.pow(2)
     if norm == "global":
-        scale = target.pow(2).mean()
-    elif norm == "token":
-        scale = target.pow(2).mean(dim=-1, keepdim=True)  # (B, T, 1)
-    elif norm == "dimension":
-        scale = target.pow(2).mean(dim=(0, 1), keepdim=True)  # (1, 1, d)
-    else:
-        raise ValueError(f"norm={norm!r} is not allowed; use 'global', 'token' or 'dimension'")
-    return ((pred - target).pow(2) / (scale + 1e-6)).mean()
+        return square.mean()
+    if norm == "token":
+        return square.mean(dim=-1, keepdim=True)
+    if norm == "dimension":
+        return square.mean(dim=tuple(range(square.dim() - 1)), keepdim=True)
+    raise ValueError(f"norm={norm!r} is not allowed; use 'global', 'token' or 'dimension'")
