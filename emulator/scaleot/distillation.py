@@ -89,15 +89,37 @@ def _distill_loss(
     batch: torch.Tensor,
     config: EmulatorConfig,
 ) -> torch.Tensor:
-    with torch.no_grad(), capture_blocks(get_layers(teacher), [teacher_last], inputs=False) as target:
-        backbone(teacher)(input_ids=batch, use_cache=False)
-    with capture_blocks(get_layers(emulator_model), [student_last], inputs=False) as student:
-        if config.distill.distill_lm_weight > 0:
+    weight = config.distill.distill_lm_weight
+    return middle_gap(emulator_model, teacher, student_last, teacher_last, batch, "global", weight)
+
+
+def middle_gap(
+    emulator_model: nn.Module,
+    full_model: nn.Module,
+    emulator_last: int,
+    full_last: int,
+    batch: torch.Tensor,
+    norm: str,
+    lm_weight: float = 0.0,
+) -> torch.Tensor:
+    """``normalized_mse`` between the hidden states leaving the two middles on one batch, each taken during
+    its model's own forward, plus ``lm_weight`` × the emulator's LM loss on the batch.
+
+    Args:
+        emulator_last, full_last: the last middle block's position in each model's layer list.
+        batch: (B, T) token ids.
+        norm: ``global`` (Offsite-Tuning's distillation), ``token`` or ``dimension``.
+
+    Returns:
+        A scalar with gradients to the emulator's trainable parameters (none to the full model).
+    """
+    with torch.no_grad(), capture_blocks(get_layers(full_model), [full_last], inputs=False) as target:
+        backbone(full_model)(input_ids=batch, use_cache=False)
+    with capture_blocks(get_layers(emulator_model), [emulator_last], inputs=False) as student:
+        if lm_weight > 0:
             lm = lm_loss(emulator_model, batch)
         else:
             backbone(emulator_model)(input_ids=batch, use_cache=False)
             lm = torch.zeros((), device=batch.device)
-    kd = normalized_mse(
-        student.outputs[student_last], target.outputs[teacher_last], "global"
-    )  # (B, T, d) -> ()
-    return kd + config.distill.distill_lm_weight * lm
+    gap = normalized_mse(student.outputs[emulator_last], target.outputs[full_last], norm)  # (B, T, d) -> ()
+    return gap + lm_weight * lm

@@ -19,6 +19,7 @@ of the bundle.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,9 +29,9 @@ import torch
 from torch import nn
 
 from emulator.data.corpus import public_batches
-from emulator.lm.architectures import backbone, get_layers
-from emulator.lm.surgery import capture_blocks
-from emulator.scaleot.blocks import LayerEntry, normalized_mse
+from emulator.lm.architectures import get_layers
+from emulator.scaleot.blocks import LayerEntry
+from emulator.scaleot.distillation import middle_gap
 from emulator.scaleot.harmonizer import Harmonizer
 from emulator.scaleot.layer_sharing import SharedBlockHarmonizer
 
@@ -157,7 +158,10 @@ def realign_(
     last = max(
         (e for e in layer_map if e.kind != "adapter" and e.position is not None), key=lambda e: e.original
     )
-    gap = _HiddenGap(emulator_model, full_model, last.position, last.original)
+    # The normalised MSE per token between the hidden states leaving the two middles.
+    gap = functools.partial(
+        middle_gap, emulator_model, full_model, last.position, last.original, norm="token"
+    )
     device = next(emulator_model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(blocks), generator=generator)
@@ -187,25 +191,3 @@ def realign_(
     seconds = time.perf_counter() - start
     log.info("re-alignment: %d steps, hidden-state gap %.4f -> %.4f (%.1f s)", steps, before, after, seconds)
     return RealignResult(harmonizer_state(emulator_model, layer_map), before, after, steps, seconds)
-
-
-@dataclass
-class _HiddenGap:
-    """The normalised MSE (per token) between the hidden states leaving the two middles on one batch."""
-
-    emulator_model: nn.Module
-    full_model: nn.Module
-    emulator_last: int  # position of the last middle block in the emulator's layer list
-    full_last: int  # its index in the full model's
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        with (
-            torch.no_grad(),
-            capture_blocks(get_layers(self.full_model), [self.full_last], inputs=False) as rec,
-        ):
-            backbone(self.full_model)(input_ids=batch, use_cache=False)
-        target = rec.outputs[self.full_last]  # (B, T, d)
-        layers = get_layers(self.emulator_model)
-        with capture_blocks(layers, [self.emulator_last], inputs=False) as record:
-            backbone(self.emulator_model)(input_ids=batch, use_cache=False)
-        return normalized_mse(record.outputs[self.emulator_last], target, "token")
