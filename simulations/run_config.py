@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -200,12 +201,12 @@ class RunConfig:
     privacy: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
-        from emulator.lm.models import MODEL_NAMES  # torch: only when a config is built, not imported
+        from emulator.lm.models import check_model_name  # torch: only when a config is built, not imported
 
-        known = self.model in MODEL_NAMES or "/" in self.model or Path(self.model).is_dir()
-        known = known or self.model.endswith(".gguf")
-        allowed = f"one of {', '.join(MODEL_NAMES)}, a .gguf file, a hub id or a directory"
-        _check(known, "model", self.model, allowed)
+        check_model_name(self.model)
+        # The name prefixes a folder inside output.dir: a separator or a leading dot would put it elsewhere.
+        plain = bool(re.fullmatch(r"[^/\\.][^/\\]*", self.name))
+        _check(plain, "name", self.name, "a folder name: no / or \\, not starting with '.'")
         _check(bool(self.task), "task", self.task, "a task name")
         from emulator.data.tasks import check_task_name  # here, so a wrong name fails before Ray starts
 

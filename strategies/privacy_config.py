@@ -6,10 +6,11 @@ is accounted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 CLIPPING = ("off", "fixed", "adaptive")
+_ADAPTIVE_ONLY = ("target_quantile", "clip_norm_lr", "clipped_count_stddev")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,16 @@ class DPConfig:
         _check(0 <= self.target_quantile <= 1, "privacy.target_quantile", self.target_quantile, "in [0, 1]")
         _check(self.clip_norm_lr > 0, "privacy.clip_norm_lr", self.clip_norm_lr, "> 0")
         _check(0 < self.delta < 1, "privacy.delta", self.delta, "in (0, 1)")
+        # A value set for a mechanism that is off would be ignored: whoever set noise believes DP ran.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            unused = self.clipping == "off" or (self.clipping == "fixed" and f.name in _ADAPTIVE_ONLY)
+            if f.name != "clipping" and unused and value != f.default:
+                needs = "'adaptive'" if f.name in _ADAPTIVE_ONLY else "'fixed' or 'adaptive'"
+                raise ValueError(
+                    f"config privacy.{f.name}={value!r} has no effect with privacy.clipping="
+                    f"{self.clipping!r}; set privacy.clipping to {needs} or leave it out"
+                )
         sigma, z = self.clipped_count_stddev, self.noise_multiplier
         _check(sigma >= 0, "privacy.clipped_count_stddev", sigma, ">= 0 (0: automatic)")
         # Andrew et al. split z between the update and the count: z_update = (z^-2 - (2 σ_b)^-2)^-1/2 needs

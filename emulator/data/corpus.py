@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from emulator.config import EmulatorConfig
+from emulator.config import Corpus, EmulatorConfig
 
-CORPORA = ("wikipedia", "wikitext", "pydoc")
+CORPORA = get_args(Corpus)
 
 
 def public_corpus(

