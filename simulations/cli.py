@@ -32,6 +32,27 @@ SET_EXAMPLE = "FIELD=VALUE, e.g. harmonizer_loss=lm"  # --set of build-emulator 
 EXIT_USAGE = 2  # argparse's own exit code for bad usage; bad values get the same
 EXIT_RUN_FAILED = 1  # a run that ended without a result (nothing trained, nodes missing, backend crashed)
 EXIT_SIGNAL = 128  # + the signal's number, as a shell reports a process a signal ended
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of a count of at least 1: argparse's error then names the option, before anything loads
+    (a 0 used to fail only after the model had loaded)."""
+    try:
+        if int(text) >= 1:
+            return int(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer of at least 1")
+
+
+def _check_device(device: str) -> None:
+    """Refuse ``--device cuda`` without CUDA in one line; torch's own error comes only once a model moves
+    there, as a traceback."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device; use --device cpu")
 
 
 @dataclass(frozen=True)
@@ -53,7 +74,10 @@ _OLD_ROW_NAMES = {"full": FULL_ZS, "emulator": EMULATOR_FT, "plug-in": PLUG_IN}
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
+        "--model",
+        default=None,  # None, not the default model: --model with --run is refused
+        help=f"smollm2-135m, tiny-*, a .gguf file, a hub id or a directory (default: {DEFAULT_MODEL}); "
+        "not with --run",
     )
     parser.add_argument("--task", default=None, help="e.g. arc_easy, piqa, olmo:csqa, synthetic")
     parser.add_argument(
@@ -69,15 +93,15 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--row",
         choices=(*RUN_ROWS, *_OLD_ROW_NAMES),
-        default=PLUG_IN,
-        help=f"with --run: {', '.join(RUN_ROWS)}",
+        default=None,  # None, not plug_in: --row without --run is refused
+        help=f"only with --run, which of its models: {', '.join(RUN_ROWS)} (default: {PLUG_IN})",
     )
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument(
-        "--limit", type=int, default=None, help="score only the first N examples of the split"
+        "--limit", type=_positive_int, default=None, help="score only the first N examples of the split"
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
-    parser.add_argument("--max-length", type=int, default=512, help="token budget per sequence")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
+    parser.add_argument("--max-length", type=_positive_int, default=512, help="token budget per sequence")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task's splits")
 
@@ -85,29 +109,31 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_eval(args: argparse.Namespace) -> None:
     """Zero-shot accuracy of one model (``--model``, or a row of ``--run``), printed as a markdown table: on a
     task of ours with our scorer, or on lm-eval tasks through lm-evaluation-harness (``--harness``)."""
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit={args.limit} must be at least 1")
     if (args.task is None) == (args.harness is None):
         raise ValueError("give one of --task (our scorer) and --harness (lm-evaluation-harness)")
-    import torch
-
+    if args.run_dir is not None and args.model is not None:
+        raise ValueError(
+            f"--model={args.model} does not go with --run: the model is the run's (--row picks which)"
+        )
+    if args.run_dir is None and args.row is not None:
+        raise ValueError(f"--row={args.row} needs --run: it picks a model of a run directory")
     from emulator.evaluation.memo import memoised_accuracy
     from emulator.scaleot.fit import check_fits
     from simulations.harness import harness_scores, harness_tasks, run_model
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA device; use --device cpu")
+    _check_device(args.device)
     # Tasks first: their errors are cheap to find, models are not.
     tasks = harness_tasks(args.harness) if args.harness else _our_examples(args)
     start = time.perf_counter()
     if args.run_dir is not None:  # not `args.run`: that is the subcommand's function
-        row = _OLD_ROW_NAMES.get(args.row, args.row)
+        row = _OLD_ROW_NAMES.get(args.row, args.row or PLUG_IN)
         label = f"{args.run_dir} ({row})"
         model, tokenizer = run_model(Path(args.run_dir), row, device=args.device)
     else:
         from emulator.lm.models import load_model
 
-        label, (model, tokenizer) = args.model, load_model(args.model, device=args.device)
+        label = args.model or DEFAULT_MODEL
+        model, tokenizer = load_model(label, device=args.device)
     check_fits(model, lengths={"--max-length": args.max_length})
     log.info("loaded %s in %.1f s", label, time.perf_counter() - start)
     start = time.perf_counter()
@@ -150,7 +176,7 @@ def _our_examples(args: argparse.Namespace) -> list:
 
 def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="smollm2-135m", help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
+        "--model", default=DEFAULT_MODEL, help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
     parser.add_argument("--method", choices=tuple(METHODS), default="scaleot")
     parser.add_argument(
@@ -164,7 +190,11 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_set_option(parser, "any EmulatorConfig field (TOML value)", dest="set", metavar="FIELD=VALUE")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--out", required=True, help="bundle directory to write")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="bundle directory to write: absent, empty, or an emulator bundle (which is replaced)",
+    )
 
 
 def _run_build_emulator(args: argparse.Namespace) -> None:
@@ -189,6 +219,8 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
         values[traits.steps_field or "stage1_steps"] = args.steps
     values.update(parse_assignment(item, "--set", SET_EXAMPLE) for item in args.set)
     config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
+    _check_device(args.device)
+    _check_bundle_out(Path(args.out))
     model, tokenizer = load_model(args.model, device=args.device)
     check_fits(model, config)
     emulator = build_emulator(model, config, public_blocks(tokenizer, config), progress=True)
@@ -198,6 +230,18 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     )
     print(emulator.describe())
     print(f"build time: {emulator.build_seconds:.1f} s; bundle: {directory}")
+
+
+def _check_bundle_out(out: Path) -> None:
+    """Refuse an ``--out`` that save_bundle would fail on, or mix a bundle into, before stage 1 runs rather
+    than after: only an existing bundle's files are for it to overwrite."""
+    from emulator.scaleot.bundle import MANIFEST
+
+    allowed = "give an absent or empty directory, or an emulator bundle to replace"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out={out} is a file; {allowed}")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ValueError(f"--out={out} holds files but no {MANIFEST} (not an emulator bundle); {allowed}")
 
 
 # ------------------------------------------------------------------------------------------------- registry

@@ -58,7 +58,11 @@ _ENVIRONMENT = {
 
 
 def simulate(
-    config: RunConfig, run_dir: Path, resume: Path | None = None, overwrite: bool = False
+    config: RunConfig,
+    run_dir: Path,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    origin: str = "",
 ) -> dict[str, Any]:
     """Run ``config`` with one simulated SuperNode per client; return the final metrics.json content.
 
@@ -74,9 +78,11 @@ def simulate(
         run_dir: where outputs go (created if needed).
         resume: a run directory whose newest checkpoint to continue (usually ``run_dir``).
         overwrite: a new run may replace the run files already in ``run_dir``.
+        origin: the option ``run_dir`` came from (``--out=PATH``), named if it cannot be a directory.
 
     Raises:
-        ValueError: ``run_dir`` already holds files (see ``outputs.prepare_run_dir``).
+        ValueError: ``run_dir`` already holds files (see ``outputs.prepare_run_dir``), is a file or cannot be
+            created.
         RunFailedError: nothing was trained, nodes were missing, the Ray cluster did not answer or the Ray
             backend failed (the reason says which); metrics.json then has ``status`` ``failed`` or is not
             finished.
@@ -91,7 +97,7 @@ def simulate(
     prepare_run_dir(run_dir, resume, overwrite)
     if config.simulation.ray_address:
         check_ray_address(config.simulation.ray_address)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(run_dir, origin)
     run = _run_inprocess if config.simulation.backend == INPROCESS else _run_ray
     try:
         run(config, run_dir, resume)
@@ -107,6 +113,21 @@ def simulate(
     if metrics.get("status") != "finished":
         raise RuntimeError(f"the simulation stopped before finishing; see {run_dir} and the log above")
     return metrics
+
+
+def _make_run_dir(run_dir: Path, origin: str) -> None:
+    # A path that cannot be a run directory is bad input (exit 2, the option named), not a bare errno that
+    # reads like a failed run.
+    given = f"{origin}: " if origin else ""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{given}{run_dir} is a file; a run directory must be absent or an empty one")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"{given}the run directory {run_dir} cannot be created ({one_line(error)}); give a directory "
+            "that can be written"
+        ) from None
 
 
 def _run_ray(config: RunConfig, run_dir: Path, resume: Path | None) -> None:
@@ -352,12 +373,18 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="run config TOML, e.g. simulations/configs/tiny.toml")
     add_set_option(parser)
     parser.add_argument(
-        "--resume", type=Path, help="continue the run in this directory from its last checkpoint"
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint. Without --out it goes on in DIR; with --out, "
+        "DIR only supplies the checkpoint and everything the continued run writes (config, checkpoints of "
+        "the rounds still to run, results with DIR's earlier rounds) goes into --out",
     )
     parser.add_argument(
         "--out",
         type=Path,
-        help="run directory, absent or empty for a new run (default: <output.dir>/<name>-<timestamp>)",
+        help="run directory, absent or empty (default: <output.dir>/<name>-<timestamp>); with --resume DIR, "
+        "the directory the continued run is written into instead of DIR (default: DIR)",
     )
     parser.add_argument(
         "--overwrite",
@@ -397,7 +424,11 @@ def run_simulate(args: argparse.Namespace) -> None:
     if args.bundle_only:
         print(prepare_bundle(config))
         return
-    metrics = simulate(config, Path(run_dir), resume=args.resume, overwrite=args.overwrite)
+    if args.out is not None:
+        origin = f"--out={args.out}"
+    else:
+        origin = f"--resume={args.resume}" if args.resume else f"config output.dir={config.output.dir!r}"
+    metrics = simulate(config, Path(run_dir), resume=args.resume, overwrite=args.overwrite, origin=origin)
     from emulator.results import ROW_LABELS
 
     for name, row in metrics["results"].items():

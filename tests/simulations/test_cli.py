@@ -95,3 +95,88 @@ def test_simulate_checks_its_config_before_torch_loads(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "method" in errors[0] and "'bogus'" in errors[0]
     assert errors[1].startswith("error: --config=x.toml does not go with --resume")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading a model fails the test: bad input must be refused before one loads."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("emulator.lm.models.load_model", refuse)
+    monkeypatch.setattr("simulations.harness.run_model", refuse)
+
+
+def test_device_cuda_without_cuda_is_one_line_before_the_model_loads(
+    capsys, tmp_path, monkeypatch, no_model_load
+):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    line = "error: --device cuda, but torch sees no CUDA device; use --device cpu"
+    argv = ["build-emulator", "--model", "tiny-llama", "--device", "cuda", "--out", str(tmp_path / "b")]
+    assert main(argv) == 2
+    assert _one_error_line(capsys) == line
+    assert main(["eval", "--model", "tiny-llama", "--task", "synthetic", "--device", "cuda"]) == 2
+    assert _one_error_line(capsys) == line
+
+
+def test_build_emulator_checks_out_before_the_model_loads(capsys, tmp_path, no_model_load):
+    # save_bundle used to fail on these only after stage 1 (a file), or mix a bundle into another directory.
+    notes = tmp_path / "notes.md"
+    notes.write_text("x")
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "a.txt").write_text("x")
+    allowed = "give an absent or empty directory, or an emulator bundle to replace"
+    for out, problem in (
+        (notes, "is a file"),
+        (stray, "holds files but no manifest.json (not an emulator bundle)"),
+    ):
+        assert main(["build-emulator", "--model", "tiny-llama", "--out", str(out)]) == 2
+        assert _one_error_line(capsys) == f"error: --out={out} {problem}; {allowed}"
+    bundle = tmp_path / "bundle"  # an old bundle is still there to be replaced
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["build-emulator", "--model", "tiny-llama", "--out", str(bundle)])
+
+
+def test_eval_refuses_options_that_do_not_go_together(capsys, tmp_path, no_model_load):
+    assert main(["eval", "--model", "tiny-llama", "--task", "synthetic", "--row", "emulator"]) == 2
+    assert _one_error_line(capsys) == "error: --row=emulator needs --run: it picks a model of a run directory"
+    assert main(["eval", "--run", str(tmp_path), "--model", "tiny-llama", "--task", "synthetic"]) == 2
+    assert _one_error_line(capsys).startswith("error: --model=tiny-llama does not go with --run")
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--max-length", "--limit"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_eval_counts_below_one_are_refused_when_parsed(option, value, capsys, no_model_load):
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "--model", "tiny-llama", "--task", "synthetic", option, value])
+    assert stop.value.code == 2
+    assert f"error: argument {option}: '{value}' is not an integer of at least 1" in capsys.readouterr().err
+
+
+def test_simulate_run_directory_that_cannot_be_made_is_bad_input(capsys, tmp_path, monkeypatch):
+    def no_run(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr("simulations.runner._run_ray", no_run)
+    monkeypatch.setattr("simulations.runner._run_inprocess", no_run)
+    notes = tmp_path / "notes.md"
+    notes.write_text("x")
+    config = str(ROOT / "simulations/configs/tiny.toml")
+    assert main(["simulate", "--config", config, "--out", str(notes)]) == 2
+    assert _one_error_line(capsys).startswith(f"error: --out={notes}: {notes} is a file; ")
+    assert main(["simulate", "--config", config, "--set", f"output.dir={notes}"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: config output.dir='{notes}': the run directory {notes}/tiny-")
+    assert "cannot be created (Not a directory)" in line
+
+
+def test_simulate_help_says_where_a_resume_with_out_is_written(capsys):
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "with --out, DIR only supplies the checkpoint and everything the continued run writes" in text
+    assert "with --resume DIR, the directory the continued run is written into instead of DIR" in text
