@@ -271,6 +271,9 @@ def stop_on_signals(watch: BackendWatch) -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         watch.stop(f"stopped by {signal.Signals(signum).name}")
+        # Flower logs a traceback for every actor Ray takes down on the way out (each twice: its own handler
+        # and the root's); the user asked for the stop, the one line below says what it kept.
+        logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)
         raise RunInterrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
