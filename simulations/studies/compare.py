@@ -248,9 +248,14 @@ def _experiment(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def compare(
-    base: RunConfig, settings: CompareConfig, out: Path, sweep: Sequence[Setting] = ()
+    base: RunConfig,
+    settings: CompareConfig,
+    out: Path,
+    sweep: Sequence[Setting] = (),
+    report_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every method (reusing finished ones), then write comparison.json, comparison.md and the plot.
+    """Run every method (reusing finished ones), then write comparison.json, comparison.md and the plot;
+    with ``report_only``, run nothing and write them from the methods that have finished.
 
     Returns:
         The comparison rows (see ``simulations.studies.compare_report.comparison_rows``).
@@ -267,6 +272,13 @@ def compare(
     failed: dict[str, str] = {}
     for i, (method, config) in enumerate(planned, 1):
         label, run_dir = method.label(base.emulator), out / method.slug(base.emulator)
+        if report_only:
+            metrics = read_metrics(run_dir)
+            if metrics.get("status") == "finished":
+                results[method] = metrics
+            else:
+                log.info("[%d/%d] %s: not finished yet, no row (%s)", i, len(planned), label, run_dir)
+            continue
         log.info("[%d/%d] %s: start (%s)", i, len(planned), label, run_dir)
         start = time.perf_counter()
         try:
@@ -303,9 +315,14 @@ def cell_dir(out: Path, config: RunConfig) -> Path:
 
 
 def compare_tasks(
-    base: RunConfig, settings: CompareConfig, out: Path, sweep: Sequence[Setting] = ()
+    base: RunConfig,
+    settings: CompareConfig,
+    out: Path,
+    sweep: Sequence[Setting] = (),
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Run the comparison of every cell (reusing finished runs); summary.json and summary.md after each cell.
+    With ``report_only``, run nothing: every cell's comparison and the summary from what has finished.
 
     Raises:
         ValueError: an invalid cell or method setting (found before anything runs).
@@ -320,7 +337,7 @@ def compare_tasks(
     for i, config in enumerate(configs, 1):
         log.info("cell %d/%d: %s seed %d", i, len(configs), config.task, config.seed)
         try:
-            compare(config, settings, cell_dir(out, config), sweep)
+            compare(config, settings, cell_dir(out, config), sweep, report_only)
         except RuntimeError as error:
             log.error("cell %s seed %d: %s", config.task, config.seed, error)
             failed.append(f"{config.task} s{config.seed}")
@@ -369,6 +386,11 @@ def compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, help="output directory (default: <output.dir>/<name>); rerunning continues it"
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: write the comparisons (and summary) of the runs finished so far, and print them",
+    )
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -379,8 +401,8 @@ def run_compare(args: argparse.Namespace) -> None:
     base, settings = load_compare(args.config, quick=args.quick, overrides=args.overrides)
     out = args.out or Path(base.output.dir) / base.name
     if settings.runs:
-        compare_tasks(base, settings, out, parse_sweep(args.sweep))
+        compare_tasks(base, settings, out, parse_sweep(args.sweep), args.report)
         print((out / "summary.md").read_text())
         return
-    compare(base, settings, out, parse_sweep(args.sweep))
+    compare(base, settings, out, parse_sweep(args.sweep), args.report)
     print((out / "comparison.md").read_text())

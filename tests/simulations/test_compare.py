@@ -181,6 +181,32 @@ def test_rerun_reuses_every_finished_method(quick_compare, caplog):
     assert json.loads((quick_compare / "comparison.json").read_text())["rows"] == json.loads(before)["rows"]
 
 
+@pytest.mark.slow
+def test_report_writes_the_finished_rows_and_runs_nothing(quick_compare, tmp_path, caplog, monkeypatch):
+    import shutil
+
+    from simulations.cli import main
+    from simulations.studies import compare as compare_module
+
+    copy = tmp_path / "copy"
+    shutil.copytree(quick_compare, copy)
+    before = json.loads((copy / "comparison.json").read_text())
+    rows, runs = before["rows"], before["runs"]
+    unfinished, slug = next((label, slug) for label, slug in runs.items() if label != "full")
+    (copy / slug / "metrics.json").unlink()  # as a run stopped before its first round ends leaves it
+
+    def no_runs(config, run_dir):
+        raise AssertionError(f"--report ran {run_dir}")
+
+    monkeypatch.setattr(compare_module, "run_method", no_runs)
+    args = ["compare", "--config", CONFIG, "--quick", *INPROCESS, "--out", str(copy), "--report"]
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    assert f"{unfinished}: not finished yet, no row" in caplog.text
+    written = json.loads((copy / "comparison.json").read_text())["rows"]
+    assert [r["method"] for r in written] == [r["method"] for r in rows if r["method"] != unfinished]
+
+
 def test_a_method_whose_run_failed_is_marked_failed_not_tabulated(tmp_path, monkeypatch):
     from simulations.studies import compare as compare_module
     from strategies.records import RunFailedError
