@@ -81,7 +81,8 @@ def simulate(
         origin: the option ``run_dir`` came from (``--out=PATH``), named if it cannot be a directory.
 
     Raises:
-        ValueError: ``run_dir`` already holds files (see ``outputs.prepare_run_dir``), is a file or cannot be
+        ValueError: the public corpus holds the run's task (checked before anything is written), or
+            ``run_dir`` already holds files (see ``outputs.prepare_run_dir``), is a file or cannot be
             created.
         RunFailedError: nothing was trained, nodes were missing, the Ray cluster did not answer or the Ray
             backend failed (the reason says which); metrics.json then has ``status`` ``failed`` or is not
@@ -97,6 +98,12 @@ def simulate(
     prepare_run_dir(run_dir, resume, overwrite)
     if config.simulation.ray_address:
         check_ray_address(config.simulation.ray_address)
+    if config.emulator.traits.reads_corpus:
+        from emulator.data.corpus import public_corpus
+
+        # Seconds here, not after Ray has started and the model has loaded: a corpus that holds the task.
+        data = config.emulator.data
+        public_corpus("train", data.corpus, exclude=data.corpus_exclude)
     _make_run_dir(run_dir, origin)
     run = _run_inprocess if config.simulation.backend == INPROCESS else _run_ray
     try:

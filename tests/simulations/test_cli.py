@@ -180,3 +180,22 @@ def test_simulate_help_says_where_a_resume_with_out_is_written(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "with --out, DIR only supplies the checkpoint and everything the continued run writes" in text
     assert "with --resume DIR, the directory the continued run is written into instead of DIR" in text
+
+
+def test_simulate_refuses_a_corpus_that_holds_the_task_before_the_run_starts(capsys, tmp_path, monkeypatch):
+    from emulator.data import corpus
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    def holds_the_task(split, name, exclude=""):
+        raise ValueError(f"emulator.corpus={name!r} holds 12 sentences of the evaluated task {exclude}")
+
+    monkeypatch.setattr("simulations.runner._run_ray", no_run)
+    monkeypatch.setattr(corpus, "public_corpus", holds_the_task)
+    out = tmp_path / "run"
+    args = ["simulate", "--config", str(ROOT / "simulations/configs/tiny.toml"), "--out", str(out)]
+    assert main([*args, "--set", "emulator.corpus=wikipedia"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("error: emulator.corpus='wikipedia' holds 12 sentences of the evaluated task")
+    assert not out.exists()  # nothing written: the corrected command needs no --overwrite
