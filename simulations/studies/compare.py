@@ -320,9 +320,11 @@ def compare_tasks(
     out: Path,
     sweep: Sequence[Setting] = (),
     report_only: bool = False,
+    against: str = "",
 ) -> dict[str, Any]:
     """Run the comparison of every cell (reusing finished runs); summary.json and summary.md after each cell.
     With ``report_only``, run nothing: every cell's comparison and the summary from what has finished.
+    ``against`` (a method label) adds every method's plug-in minus that one's, paired, to the summary.
 
     Raises:
         ValueError: an invalid cell or method setting (found before anything runs).
@@ -332,7 +334,10 @@ def compare_tasks(
 
     configs = cells(base, settings)
     for config in configs:
-        plan(config, settings, sweep)  # validate every cell before the first run
+        planned = plan(config, settings, sweep)  # validate every cell before the first run
+        labels = [method.label(config.emulator) for method, _ in planned]
+        if against and against not in labels:
+            raise ValueError(f"--against={against!r} is not a method of this comparison; use one of {labels}")
     failed = []
     for i, config in enumerate(configs, 1):
         log.info("cell %d/%d: %s seed %d", i, len(configs), config.task, config.seed)
@@ -343,7 +348,7 @@ def compare_tasks(
             failed.append(f"{config.task} s{config.seed}")
         # After every cell, so a run stopped after hours still leaves the table of what finished.
         summary = summarise(
-            [(c, plan(c, settings, sweep), cell_dir(out, c)) for c in configs], base.emulator.alpha
+            [(c, plan(c, settings, sweep), cell_dir(out, c)) for c in configs], base.emulator.alpha, against
         )
         write_text(out / "summary.json", json.dumps(summary, indent=1))
         write_text(out / "summary.md", markdown(summary))
@@ -391,6 +396,13 @@ def compare_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run nothing: write the comparisons (and summary) of the runs finished so far, and print them",
     )
+    parser.add_argument(
+        "--against",
+        default="",
+        metavar="LABEL",
+        help="with [compare].runs: add each method's plug-in minus this method's (a label as the tables "
+        "print it, e.g. 'importance-drop α=0.25'), paired, to the summary",
+    )
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -401,7 +413,7 @@ def run_compare(args: argparse.Namespace) -> None:
     base, settings = load_compare(args.config, quick=args.quick, overrides=args.overrides)
     out = args.out or Path(base.output.dir) / base.name
     if settings.runs:
-        compare_tasks(base, settings, out, parse_sweep(args.sweep), args.report)
+        compare_tasks(base, settings, out, parse_sweep(args.sweep), args.report, args.against)
         print((out / "summary.md").read_text())
         return
     compare(base, settings, out, parse_sweep(args.sweep), args.report)

@@ -34,21 +34,28 @@ Estimate = tuple[float, float]  # (mean, standard error), fractions
 
 
 def summarise(
-    planned: Sequence[tuple[RunConfig, list[tuple[Method, RunConfig]], Path]], default_alpha: float
+    planned: Sequence[tuple[RunConfig, list[tuple[Method, RunConfig]], Path]],
+    default_alpha: float,
+    against: str = "",
 ) -> dict[str, Any]:
-    """Per-task and mean-over-tasks estimates of every method from the cells' metrics.json files."""
+    """Per-task and mean-over-tasks estimates of every method from the cells' metrics.json files.
+
+    Args:
+        against: a method label: every other method's plug-in minus its, paired, as one more column.
+    """
     per_cell: dict[str, list[dict[str, dict[str, Estimate]]]] = {}
     labels: list[str] = []
     for config, methods, directory in planned:
         results = _cell_results(methods, config, directory)
-        per_cell.setdefault(config.task, []).append(_cell_estimates(results))
+        per_cell.setdefault(config.task, []).append(_cell_estimates(results, against))
         labels += [label for label in results if label not in labels]
     tasks = {task: _combine_seeds(cells_) for task, cells_ in per_cell.items()}
     mean = {
         label: _combine([tasks[t][label] for t in tasks if label in tasks[t]], complete=len(tasks))
         for label in labels
     }
-    return {"tasks": tasks, "mean": {k: v for k, v in mean.items() if v}, "methods": labels}
+    summary = {"tasks": tasks, "mean": {k: v for k, v in mean.items() if v}, "methods": labels}
+    return summary | ({"against": against} if against else {})
 
 
 def _cell_results(
@@ -74,7 +81,9 @@ def _cell_results(
     return results
 
 
-def _cell_estimates(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Estimate]]:
+def _cell_estimates(
+    results: Mapping[str, Mapping[str, Any]], against: str = ""
+) -> dict[str, dict[str, Estimate]]:
     full = next((r for r in results.values() if is_upper_bound(r["kind"])), None)
     uniform = [r for r in results.values() if is_reference(r["kind"])]
     estimates = {}
@@ -91,6 +100,8 @@ def _cell_estimates(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[
         same = next((u for u in uniform if u["alpha"] == r["alpha"]), uniform[0] if uniform else None)
         if same is not None and pairs_with_reference(r["kind"]):
             row["vs_uniform"] = paired_difference(plug, same[PLUG_IN])
+        if against in results and label != against:
+            row["vs_against"] = paired_difference(plug, results[against][PLUG_IN])
         estimates[label] = row
     return estimates
 
@@ -135,16 +146,19 @@ def markdown(summary: Mapping[str, Any]) -> str:
     """summary.md: one table per task, then (several tasks) the mean over tasks (accuracy points ± standard
     error)."""
     lines = ["# Comparison over tasks and seeds", ""]
+    columns, header = _COLUMNS, _HEADER
+    if summary.get("against"):
+        columns, header = (*columns, "vs_against"), f"{header} plug-in − {summary['against']} (paired) |"
     sections = [(task, rows) for task, rows in summary["tasks"].items()]
     if len(summary["tasks"]) > 1:  # the mean over one task is that task's table again
         sections.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"]))
     for title, rows in sections:
-        lines += [f"## {title}", "", _HEADER, "|---" * (len(_COLUMNS) + 1) + "|"]
+        lines += [f"## {title}", "", header, "|---" * (len(columns) + 1) + "|"]
         for label in summary["methods"]:
             if label in rows:
                 cells_ = [
                     _cell(rows[label].get(k), signed=k not in (EMULATOR_ZS, EMULATOR_FT, PLUG_IN))
-                    for k in _COLUMNS
+                    for k in columns
                 ]
                 lines.append(f"| {label} | " + " | ".join(cells_) + " |")
         lines.append("")

@@ -311,6 +311,13 @@ def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
     assert "(summary.png)" in text
     assert plot_summary(summary, tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
+    # Against a chosen method (ScaleOT - importance-drop, say): one more paired column, seeds combined alike.
+    uniform_label = next(m.label(base.emulator) for m, _ in planned[0][1] if m.kind == "uniform")
+    against = summarise(planned, base.emulator.alpha, against=uniform_label)
+    assert against["tasks"]["synthetic"][label]["vs_against"] == pytest.approx(row["vs_uniform"])
+    assert "vs_against" not in against["tasks"]["synthetic"][uniform_label]  # not against itself
+    assert f"| plug-in − {uniform_label} (paired) |" in markdown(against)
+
 
 PAPER = "simulations/configs/compare-opt-1.3b.toml"
 
@@ -349,3 +356,14 @@ def test_the_paper_table_runs_its_plan_on_a_tiny_opt(tmp_path):
     assert all(r["plug_in"]["acc_stderr"] > 0 for r in rows)
     summary = (tmp_path / "summary.md").read_text()
     assert "| scaleot α=0.5 β=0.8 " in summary
+
+
+def test_against_a_method_the_comparison_lacks_is_refused_before_anything_runs(tmp_path):
+    from simulations.studies.compare import compare_tasks
+
+    base, settings = load_compare(ROOT / EVIDENCE, quick=True)
+    with pytest.raises(
+        ValueError, match=r"^--against='crash' is not a method of this comparison; use one of"
+    ):
+        compare_tasks(base, settings, tmp_path, report_only=True, against="crash")
+    assert list(tmp_path.iterdir()) == []
