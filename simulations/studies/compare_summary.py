@@ -5,7 +5,10 @@ summary.md and summary.json:
 - per task, laid out as the paper's table: emulator zero-shot, emulator fine-tuned, plug-in, Δ = plug-in −
   emulator FT, and plug-in − ``full`` and − ``uniform``
   (same α, else the first uniform), each paired on the same test examples;
-- the mean over tasks of each of these.
+- the mean over tasks of each of these;
+- while some tasks are unfinished, also the mean over the tasks where the anchors (``full``, ``uniform`` and
+  the ``--against`` method) have all finished, for every method finished on all of them: the comparison a
+  long, resumable evidence run can report before its last cell.
 
 Statistics (ours): within a cell, a paired difference is the mean of the per-example differences ± its
 standard error (``emulator.results.paired_difference``). Seeds of one task are averaged with
@@ -44,18 +47,43 @@ def summarise(
         against: a method label: every other method's plug-in minus its, paired, as one more column.
     """
     per_cell: dict[str, list[dict[str, dict[str, Estimate]]]] = {}
-    labels: list[str] = []
+    kinds: dict[str, str] = {}  # label -> method kind, in the order the methods first finished
     for config, methods, directory in planned:
         results = _cell_results(methods, config, directory)
         per_cell.setdefault(config.task, []).append(_cell_estimates(results, against))
-        labels += [label for label in results if label not in labels]
+        kinds |= {label: r["kind"] for label, r in results.items() if label not in kinds}
+    labels = list(kinds)
     tasks = {task: _combine_seeds(cells_) for task, cells_ in per_cell.items()}
     mean = {
         label: _combine([tasks[t][label] for t in tasks if label in tasks[t]], complete=len(tasks))
         for label in labels
     }
     summary = {"tasks": tasks, "mean": {k: v for k, v in mean.items() if v}, "methods": labels}
+    summary |= _anchored_mean(tasks, kinds, against)
     return summary | ({"against": against} if against else {})
+
+
+def _anchored_mean(
+    tasks: Mapping[str, Mapping[str, Mapping[str, Estimate]]],
+    kinds: Mapping[str, str],
+    against: str,
+) -> dict[str, Any]:
+    """``{"anchored": {"tasks": [...], "anchors": [...], "mean": {label: estimates}}}`` over the tasks where
+    every anchor has finished, when that is at least two tasks but not all (else ``{}``: the mean over all
+    tasks says it). A method unfinished on one of those tasks is left out rather than averaged over fewer."""
+    anchors = [
+        label
+        for label, kind in kinds.items()
+        if is_upper_bound(kind) or is_reference(kind) or label == against
+    ]
+    done = [t for t, rows in tasks.items() if anchors and all(rows.get(a) for a in anchors)]
+    if not 1 < len(done) < len(tasks):
+        return {}
+    mean = {
+        label: _combine([tasks[t][label] for t in done if tasks[t].get(label)], complete=len(done))
+        for label in kinds
+    }
+    return {"anchored": {"tasks": done, "anchors": anchors, "mean": {k: v for k, v in mean.items() if v}}}
 
 
 def _cell_results(
@@ -149,10 +177,17 @@ def markdown(summary: Mapping[str, Any]) -> str:
     columns, header = _COLUMNS, _HEADER
     if summary.get("against"):
         columns, header = (*columns, "vs_against"), f"{header} plug-in − {summary['against']} (paired) |"
-    sections = [(task, rows) for task, rows in summary["tasks"].items()]
+    unfinished = "No method has finished every seed of this task yet."
+    sections = [(task, rows, unfinished) for task, rows in summary["tasks"].items()]
     if len(summary["tasks"]) > 1:  # the mean over one task is that task's table again
-        sections.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"]))
-    for title, rows in sections:
+        unfinished = "No method has finished every seed of every task yet."
+        sections.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"], unfinished))
+    if anchored := summary.get("anchored"):
+        sections.append((_anchored_title(anchored), anchored["mean"], ""))
+    for title, rows, unfinished in sections:
+        if not any(rows.values()):
+            lines += [f"## {title}", "", unfinished, ""]
+            continue
         lines += [f"## {title}", "", header, "|---" * (len(columns) + 1) + "|"]
         for label in summary["methods"]:
             if label in rows:
@@ -170,6 +205,14 @@ def markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _anchored_title(anchored: Mapping[str, Any]) -> str:
+    return (
+        f"mean over the {len(anchored['tasks'])} tasks {', '.join(anchored['anchors'])} have finished "
+        f"({', '.join(t.removeprefix('bigbench:') for t in anchored['tasks'])}): the methods finished on all "
+        "of them"
+    )
+
+
 _FT_MARKER = {"color": "white", "markeredgecolor": "black", "markersize": 5, "linestyle": "none"}
 
 
@@ -181,6 +224,8 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     groups = [(t.removeprefix("bigbench:"), rows) for t, rows in summary["tasks"].items()]
     if summary["mean"] and len(summary["tasks"]) > 1:
         groups.append((f"mean over {len(summary['tasks'])} tasks", summary["mean"]))
+    if anchored := summary.get("anchored"):
+        groups.append((f"mean over {len(anchored['tasks'])} finished tasks", anchored["mean"]))
     # A method that has not finished every seed of a task has no estimate there yet ({}).
     groups = [(name, kept) for name, rows in groups if (kept := {k: r for k, r in rows.items() if r})]
     methods = summary["methods"]

@@ -319,6 +319,61 @@ def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
     assert f"| plug-in − {uniform_label} (paired) |" in markdown(against)
 
 
+def test_while_a_task_is_unfinished_the_summary_means_over_the_tasks_the_anchors_finished(tmp_path):
+    # A long evidence run reports before its last cell: the mean over all tasks stays empty (it would compare
+    # methods over different tasks), and a second mean covers the tasks where full and uniform have finished,
+    # for the methods finished on all of them.
+    import dataclasses
+
+    from simulations.studies.compare import cell_dir, cells
+    from simulations.studies.compare_summary import markdown, plot_summary, summarise
+
+    base, settings = load_compare(ROOT / EVIDENCE, quick=True)
+    seed0 = cells(base, settings)[0]
+    configs = [dataclasses.replace(seed0, task=task) for task in ("arc_easy", "piqa", "sciq")]
+    planned = [(c, plan(c, settings), cell_dir(tmp_path, c)) for c in configs]
+    finished = {  # task -> the kinds finished there
+        "arc_easy": ("full", "uniform", "scaleot", "importance-drop"),
+        "piqa": ("full", "uniform", "scaleot"),
+        "sciq": ("full", "scaleot"),  # uniform unfinished: not an anchored task
+    }
+    scaleot = {"arc_easy": [1, 1, 0, 1], "piqa": [1, 0, 0, 0]}
+    for config, methods, directory in planned:
+        for method, _ in methods:
+            if method.kind in finished[config.task]:
+                plug = scaleot.get(config.task, [0, 0, 0, 0]) if method.kind == "scaleot" else [0, 1, 0, 0]
+                ft = None if method.kind == "full" else [0, 0, 1, 0]
+                _metrics(directory / method.slug(config.emulator), plug, ft)
+    summary = summarise(planned, base.emulator.alpha)
+    labels = {m.kind: m.label(base.emulator) for m, _ in planned[0][1]}
+    assert set(summary["mean"]) == {labels["full"], labels["scaleot"]}  # finished every task
+    assert "vs_uniform" not in summary["mean"][labels["scaleot"]]  # uniform did not
+    anchored = summary["anchored"]
+    assert anchored["tasks"] == ["arc_easy", "piqa"]
+    assert anchored["anchors"] == [labels["full"], labels["uniform"]]
+    assert set(anchored["mean"]) == {labels["full"], labels["uniform"], labels["scaleot"]}  # not imp.-drop
+    assert anchored["mean"][labels["scaleot"]]["plug_in"][0] == pytest.approx((0.75 + 0.25) / 2)
+    assert anchored["mean"][labels["scaleot"]]["vs_uniform"][0] == pytest.approx((0.5 + 0.0) / 2)
+    text = markdown(summary)
+    assert "## mean over the 2 tasks " in text and "(arc_easy, piqa)" in text
+    section = text.split("## mean over the 2 tasks")[1]
+    assert f"| {labels['scaleot']} | 50.0 ± " in section and labels["importance-drop"] not in section
+    assert plot_summary(summary, tmp_path / "summary.png") is not None
+    empty = markdown({"tasks": {"piqa": {}, "sciq": {}}, "mean": {}, "methods": []})
+    assert "## piqa\n\nNo method has finished every seed of this task yet." in empty
+    assert "## mean over 2 tasks\n\nNo method has finished every seed of every task yet." in empty
+
+    # Every task finished by the anchors: the mean over all tasks says it, no second table.
+    _metrics(planned[2][2] / planned[2][1][1][0].slug(configs[2].emulator), [0, 1, 0, 0], [0, 0, 1, 0])
+    assert planned[2][1][1][0].kind == "uniform"
+    complete = summarise(planned, base.emulator.alpha)
+    assert "anchored" not in complete and set(complete["mean"]) == {
+        labels["full"],
+        labels["uniform"],
+        labels["scaleot"],
+    }
+
+
 PAPER = "simulations/configs/compare-opt-1.3b.toml"
 
 
