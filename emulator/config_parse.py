@@ -5,10 +5,16 @@ fields whose default is itself a dataclass; keys may use ``-`` or ``_``; an unkn
 the valid ones; each scalar is read as its field's declared type by ``parse_typed``, strictly (an integer
 where a float is meant, a string that spells the value, as Flower's run config and node config may send it:
 ``"false"`` / ``"0"`` / ``"no"`` are false; anything else is an error naming the key, the value and what is
-allowed). A config with sections and a true ``flat_keys`` class attribute (``EmulatorConfig``) may be
+allowed). A string in a config file where a number or a boolean is meant is refused: only text from a
+command line or Flower's run config (``Spelled``, which ``parse_value`` returns) is read as the type it
+spells. A config with sections and a true ``flat_keys`` class attribute (``EmulatorConfig``) may be
 written flat: ``nest_flat_keys`` moves each leaf key into its one home section, found from the dataclass
-fields, and ``flatten_sections`` writes it back flat. ``parse_assignment`` reads one ``key=value``
-(``--set``, ``--sweep``, the study scripts), the value in TOML syntax and a bare word taken as a string.
+fields, and ``flatten_sections`` writes it back flat; ``nest_tables`` and ``nested_key`` place a whole
+config and an override's key in that nested form, so an override replaces a file's value whichever form
+either uses. A config whose ``check_given`` method exists is handed the keys that were given, for checks
+that a value alone cannot make (``DPConfig``: a setting its clipping ignores, given at its default).
+``parse_assignment`` reads one ``key=value`` (``--set``, ``--sweep``, the study scripts), the value in TOML
+syntax and a bare word taken as a string.
 """
 
 from __future__ import annotations
@@ -55,7 +61,11 @@ def build_config(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T
             if section
             else _coerce(valid[name], value, prefix + name)
         )
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    check_given = getattr(config, "check_given", None)  # sees which keys were written; __post_init__ cannot
+    if check_given is not None:
+        check_given(kwargs.keys())
+    return config
 
 
 def nest_flat_keys(cls: type, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -70,8 +80,7 @@ def nest_flat_keys(cls: type, values: Mapping[str, Any], prefix: str = "") -> di
     """
     if not isinstance(values, Mapping):
         raise ValueError(f"config section {prefix.rstrip('.') or '(top)'} must be a table, got {values!r}")
-    sections = {f.name: type(default_of(f)) for f in fields(cls) if is_dataclass(default_of(f))}
-    home = {leaf.name: name for name, section in sections.items() for leaf in fields(section)}
+    sections, home = _sections(cls)
     top = [f.name for f in fields(cls) if f.name not in sections]
     nested: dict[str, Any] = {}
     for key, value in values.items():
@@ -102,6 +111,65 @@ def nest_flat_keys(cls: type, values: Mapping[str, Any], prefix: str = "") -> di
     return nested
 
 
+def _sections(cls: type) -> tuple[dict[str, type], dict[str, str]]:
+    """A ``flat_keys`` config's sections (field name -> dataclass) and each leaf's home section."""
+    sections = {f.name: type(default_of(f)) for f in fields(cls) if is_dataclass(default_of(f))}
+    return sections, {leaf.name: name for name, section in sections.items() for leaf in fields(section)}
+
+
+def nest_tables(cls: type, values: Any, prefix: str = "") -> Any:
+    """``values`` (parsed TOML of a ``cls``) with every known key spelled with ``_`` and each table of a
+    ``flat_keys`` config, at any depth, nested (``nest_flat_keys``): one place per value, which an override
+    set at ``nested_key`` replaces. A key or value ``cls`` does not know is kept, for ``build_config`` to
+    report.
+
+    Raises:
+        ValueError: a flat_keys table names an unknown key or gives one both flat and in its section, or a
+            key is given both with ``-`` and with ``_``.
+    """
+    if not isinstance(values, Mapping):
+        return values
+    if getattr(cls, "flat_keys", False):
+        values = nest_flat_keys(cls, values, prefix)
+    specs = {f.name: f for f in fields(cls)}
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        spec = specs.get(key.replace("-", "_"))
+        if spec is None:
+            nested[key] = value
+            continue
+        if spec.name in nested:
+            raise ValueError(f"config {prefix}{spec.name} is given twice: with '-' and with '_'")
+        default = default_of(spec)
+        section = is_dataclass(default) and not getattr(cls, "flat_keys", False)  # flat leaves: one prefix
+        nested[spec.name] = (
+            nest_tables(type(default), value, f"{prefix}{spec.name}." if section else prefix)
+            if is_dataclass(default)
+            else value
+        )
+    return nested
+
+
+def nested_key(cls: type, key: str) -> str:
+    """Where ``nest_tables`` places the dotted ``key`` of a ``cls``: ``-`` read as ``_``, and a flat leaf of a
+    ``flat_keys`` config under its section (``emulator.harmonizer_rank`` ->
+    ``emulator.stage1.harmonizer_rank``). The walk stops at a part ``cls`` does not know; the rest is kept as
+    written, for ``build_config`` to report."""
+    node: type | None = cls
+    path = []
+    for part in (p.replace("-", "_") for p in key.split(".")):
+        if node is not None and getattr(node, "flat_keys", False):
+            sections, home = _sections(node)
+            if part in home:
+                path.append(home[part])
+                node = sections[home[part]]
+        spec = {f.name: f for f in fields(node)}.get(part) if node is not None else None
+        path.append(part)
+        default = default_of(spec) if spec is not None else None
+        node = type(default) if is_dataclass(default) else None
+    return ".".join(path)
+
+
 def flatten_sections(data: Mapping[str, Any], config: Any) -> dict[str, Any]:
     """``asdict(config)`` with each section's table merged into the top level (``nest_flat_keys`` undone)."""
     flat: dict[str, Any] = {}
@@ -116,6 +184,12 @@ def default_of(spec: Field) -> Any:
     return spec.default_factory() if callable(spec.default_factory) else spec.default
 
 
+class Spelled(str):
+    """Text from a command line (``--set``, ``--setting``) or Flower's run config, which carries any value as
+    a string: read as the type of the field it sets (``"3"`` a number, ``"no"`` false). A plain ``str``, as
+    a TOML file gives it, is taken as written: ``rounds = "2"`` is refused, as ``rounds = 2.0`` is."""
+
+
 _SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 _ALLOWED = {
@@ -124,6 +198,7 @@ _ALLOWED = {
     float: "a number",
     str: 'a string (quote it: "...")',
 }
+_UNQUOTED = {bool: "true or false", int: "an integer", float: "a number"}
 
 
 def declared_type(spec: Field) -> type | None:
@@ -135,7 +210,7 @@ def declared_type(spec: Field) -> type | None:
     return _SCALARS.get(annotation)
 
 
-def parse_typed(value: Any, kind: type, name: str) -> Any:
+def parse_typed(value: Any, kind: type, name: str, spelled: bool = True) -> Any:
     """``value`` read as ``kind`` (``bool``, ``int``, ``float`` or ``str``), strictly.
 
     A value of the right type is kept (an int where a float is meant becomes a float). A string, as Flower's
@@ -145,12 +220,16 @@ def parse_typed(value: Any, kind: type, name: str) -> Any:
 
     Args:
         name: how the message names the value, e.g. ``"config output.tensorboard"``.
+        spelled: whether a string may spell a number or a boolean; False for a config file's value, where
+            a quoted number is a mistake to point out, not to guess past.
 
     Raises:
         ValueError: ``"{name}={value!r} must be {what is allowed}"``, one line.
     """
     if kind is str and isinstance(value, str):
-        return value
+        return str(value)  # a plain str: a Spelled one is only on its way in
+    if isinstance(value, str) and not spelled and kind in _UNQUOTED:
+        raise ValueError(f"{name}={value!r} must be {_UNQUOTED[kind]}, not a string: remove the quotes")
     if kind is bool:
         parsed = _parse_bool(value)
     elif isinstance(value, bool):
@@ -198,20 +277,27 @@ def _coerce(spec: Field, value: Any, name: str) -> Any:
             raise ValueError(f"config {name}={value!r} must be a list")
         item = _SCALARS.get(str(spec.type).removeprefix("tuple[").removesuffix(", ...]"))
         return (
-            tuple(parse_typed(v, item, f"config {name}[{i}]") for i, v in enumerate(value))
+            tuple(_typed(v, item, f"config {name}[{i}]") for i, v in enumerate(value))
             if item
             else tuple(value)
         )
     kind = declared_type(spec) or (type(default) if isinstance(default, bool | int | float | str) else None)
-    return parse_typed(value, kind, f"config {name}") if kind is not None else value
+    return _typed(value, kind, f"config {name}") if kind is not None else value
+
+
+def _typed(value: Any, kind: type, name: str) -> Any:
+    return parse_typed(value, kind, name, spelled=isinstance(value, Spelled))
 
 
 def parse_value(raw: str) -> Any:
-    """A TOML value (``0.25``, ``true``, ``[1, 2]``, ``"x"``); anything that is not valid TOML as a string."""
+    """A TOML value (``0.25``, ``true``, ``[1, 2]``); a string (``"x"``, or anything that is not valid TOML)
+    as ``Spelled``: typed on a command line, it may spell the field's type (``--set output.tensorboard=no``).
+    """
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        return raw
+        value = raw
+    return Spelled(value) if isinstance(value, str) else value
 
 
 def parse_assignment(

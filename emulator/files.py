@@ -36,7 +36,7 @@ def read_json(path: str | Path) -> Any:
             names the file.
     """
     path = Path(path)
-    text = _read(path)
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -56,7 +56,7 @@ def read_jsonl(path: str | Path) -> list[Any]:
     if not path.exists():
         return []
     records = []
-    for number, line in enumerate(_read(path).splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -213,10 +213,24 @@ def one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _read(path: Path) -> str:
+def read_text(path: str | Path, kind: str = "text") -> str:
+    """The text of a UTF-8 file.
+
+    Args:
+        kind: what the file should hold, for the message (``"TOML"``).
+
+    Raises:
+        ValueError: the file is missing, unreadable or not UTF-8 (binary, say); one line that names it.
+    """
+    path = Path(path)
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ValueError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise ValueError(
+            f"{path} is not UTF-8 {kind} (byte 0x{byte:02x} at offset {error.start}: {error.reason})"
+        ) from None
+    except OSError as error:
         raise ValueError(f"{path} cannot be read: {one_line(error)}") from None

@@ -29,11 +29,18 @@ from emulator.config import (
     TrainConfig,
     corpus_exclusion,
 )
-from emulator.config_parse import build_config, parse_assignment, parse_typed
-from emulator.files import read_json
+from emulator.config_parse import (
+    build_config,
+    nest_tables,
+    nested_key,
+    parse_assignment,
+    parse_typed,
+    split_assignment,
+)
+from emulator.files import read_json, read_text
 from emulator.methods import methods_with
 from emulator.results import EMULATOR_FT, EMULATOR_ZS, FULL_ZS, PLUG_IN
-from strategies.privacy_config import DPConfig
+from strategies.privacy_config import DPConfig, drop_written_defaults
 
 MISSING_NODES = ("fail", "proceed")  # what happens when fewer nodes than needed connect in time
 INPROCESS = "inprocess"  # simulation.backend: every client in the run's own process (simulations.inprocess)
@@ -265,7 +272,8 @@ class RunConfig:
         return build_config(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self) | {"emulator": self.emulator.to_dict()}  # the flat form users write
+        # The flat emulator form users write; privacy without the settings its clipping ignores.
+        data = asdict(self) | {"emulator": self.emulator.to_dict(), "privacy": self.privacy.to_dict()}
         for name in ("fail_partitions", "crash_partitions", "slow_partitions"):
             data["federation"][name] = list(getattr(self.federation, name))
         return data
@@ -290,13 +298,22 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """The parsed TOML of a config file.
 
     Raises:
-        ValueError: the file cannot be read or is not valid TOML.
+        ValueError: the file is missing or unreadable, is not UTF-8 or is not valid TOML; one line naming it.
     """
-    path = Path(path)
+    text = read_text(path, "TOML")
     try:
-        return upgrade_keys(tomllib.loads(path.read_text()))
-    except (OSError, tomllib.TOMLDecodeError) as err:
+        return upgrade_config(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as err:
         raise ValueError(f"cannot read config {path}: {err}") from None
+
+
+def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config file's table as today's ``RunConfig.to_dict`` writes it: renamed keys (``upgrade_keys``), and
+    a run directory's ``[privacy]`` without the settings its clipping ignores (``drop_written_defaults``)."""
+    data = upgrade_keys(data)
+    if "privacy" in data:
+        data["privacy"] = drop_written_defaults(data["privacy"])
+    return data
 
 
 # Keys renamed since run directories were first written (plug-in has one spelling: ``plugin_acc`` became
@@ -347,7 +364,7 @@ def read_saved_config(path: str | Path) -> dict[str, Any]:
     """A run directory's ``config.json`` as today's ``RunConfig.to_json`` would write it: a field added since
     the run started takes its default, so an earlier run still compares equal to the same config (resume,
     compare's reuse). A file that no longer parses is returned as it is (keys upgraded), to be reported."""
-    saved = read_run_json(path)
+    saved = upgrade_config(read_run_json(path))
     try:
         return json.loads(RunConfig.from_dict(saved).to_json())
     except ValueError:
@@ -355,10 +372,16 @@ def read_saved_config(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """``data`` with each ``a.b.c=value`` set; a value that is not valid TOML is taken as a string."""
-    result = json.loads(json.dumps(data))
+    """``data`` with each ``a.b.c=value`` set; a value that is not valid TOML is taken as a string.
+
+    Both ``data`` and each key are first put in the nested form (``nest_tables``, ``nested_key``), so an
+    override replaces the file's value whether either writes it flat (``emulator.harmonizer_rank``) or
+    nested (``emulator.stage1.harmonizer_rank``).
+    """
+    result = nest_tables(RunConfig, json.loads(json.dumps(data)))
     for item in overrides:
-        set_dotted(result, *parse_assignment(item))
+        key, value = parse_assignment(item)
+        set_dotted(result, nested_key(RunConfig, key), value)
     return result
 
 
@@ -405,12 +428,22 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
     """Refuse to continue ``run_dir`` under a config that changes what was trained.
 
     Raises:
-        ValueError: ``run_dir`` has no config.json, or a key outside ``RESUMABLE`` differs (the first few are
-            named with both values).
+        ValueError: ``run_dir`` has no config.json, a key outside ``RESUMABLE`` differs (the first few are
+            named with both values), or ``federation.rounds`` is below the rounds its metrics.json says
+            were done.
     """
     saved_path = Path(run_dir) / "config.json"
     if not saved_path.is_file():
         raise ValueError(f"--resume {run_dir}: not a run directory (no config.json)")
+    metrics = Path(run_dir) / "metrics.json"  # none yet: stopped before its first round ended
+    done = read_run_json(metrics).get("rounds_done", 0) if metrics.is_file() else 0
+    rounds = config.federation.rounds
+    if rounds < done:
+        # Its config and results would disagree (config.toml saying fewer rounds than metrics.json has).
+        raise ValueError(
+            f"federation.rounds={rounds} is below the {done} rounds {run_dir} has done; resume it with "
+            f"federation.rounds >= {done}, or start a new run"
+        )
     saved, new = _flatten(read_saved_config(saved_path)), _flatten(json.loads(config.to_json()))
     changed = [k for k in sorted(saved.keys() | new.keys()) if saved.get(k) != new.get(k)]
     changed = [k for k in changed if not k.startswith(RESUMABLE)]
@@ -441,15 +474,17 @@ def resume_config(run_dir: Path, overrides: Sequence[str]) -> RunConfig:
     """The config a run directory was started with, plus overrides of the keys that may change on resume.
 
     Raises:
-        ValueError: no config in ``run_dir``, or an override of a key that would change what was trained.
+        ValueError: no config in ``run_dir``, an unknown key or invalid value (as for a new run), or an
+            override of a key that would change what was trained.
     """
-    frozen = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(RESUMABLE)]
-    if frozen:
-        raise ValueError(f"on resume only {resumable_keys()} may change; not {', '.join(frozen)}")
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.toml)")
-    return load_config(path, overrides)
+    config = load_config(path, overrides)  # first: an unknown key is named as such, not as one not to change
+    frozen = [o for o in overrides if not nested_key(RunConfig, split_assignment(o)[0]).startswith(RESUMABLE)]
+    if frozen:
+        raise ValueError(f"on resume only {resumable_keys()} may change; not {', '.join(frozen)}")
+    return config
 
 
 # Keys of Flower's run config (pyproject `[tool.flwr.app.config]` + `flwr run --run-config`) that are not

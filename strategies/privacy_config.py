@@ -6,6 +6,7 @@ is accounted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,16 +34,9 @@ class DPConfig:
         _check(0 <= self.target_quantile <= 1, "privacy.target_quantile", self.target_quantile, "in [0, 1]")
         _check(self.clip_norm_lr > 0, "privacy.clip_norm_lr", self.clip_norm_lr, "> 0")
         _check(0 < self.delta < 1, "privacy.delta", self.delta, "in (0, 1)")
-        # A value set for a mechanism that is off would be ignored: whoever set noise believes DP ran.
-        for f in fields(self):
-            value = getattr(self, f.name)
-            unused = self.clipping == "off" or (self.clipping == "fixed" and f.name in _ADAPTIVE_ONLY)
-            if f.name != "clipping" and unused and value != f.default:
-                needs = "'adaptive'" if f.name in _ADAPTIVE_ONLY else "'fixed' or 'adaptive'"
-                raise ValueError(
-                    f"config privacy.{f.name}={value!r} has no effect with privacy.clipping="
-                    f"{self.clipping!r}; set privacy.clipping to {needs} or leave it out"
-                )
+        # Only values are seen here, so a changed one is caught; one given at its default is left to
+        # check_given, which the config parser calls with the keys that were written.
+        self.check_given(f.name for f in fields(self) if getattr(self, f.name) != f.default)
         sigma, z = self.clipped_count_stddev, self.noise_multiplier
         _check(sigma >= 0, "privacy.clipped_count_stddev", sigma, ">= 0 (0: automatic)")
         # Andrew et al. split z between the update and the count: z_update = (z^-2 - (2 σ_b)^-2)^-1/2 needs
@@ -54,6 +48,25 @@ class DPConfig:
                 sigma,
                 f"> noise_multiplier / 2 = {z / 2:g}, or 0 (automatic)",
             )
+
+    def check_given(self, names: Iterable[str]) -> None:
+        """Refuse any of ``names``, the settings given (in a config file, by ``--set``), that this clipping
+        ignores, even at its default value: whoever set noise believes DP ran.
+
+        Raises:
+            ValueError: one line naming the setting, its value and the clipping it needs.
+        """
+        for name in names:
+            if not _reads(self.clipping, name):
+                needs = "'adaptive'" if name in _ADAPTIVE_ONLY else "'fixed' or 'adaptive'"
+                raise ValueError(
+                    f"config privacy.{name}={getattr(self, name)!r} has no effect with privacy.clipping="
+                    f"{self.clipping!r}; set privacy.clipping to {needs} or leave it out"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings this clipping reads: a written config gives none that ``check_given`` refuses."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if _reads(self.clipping, f.name)}
 
     def count_stddev(self, num_sampled: int) -> float:
         """Adaptive clipping's σ_b for ``num_sampled`` clients a round: the one set, or automatically Andrew
@@ -67,6 +80,27 @@ class DPConfig:
     @property
     def enabled(self) -> bool:
         return self.clipping != "off"
+
+
+def _reads(clipping: str, name: str) -> bool:
+    """Whether a DPConfig with ``clipping`` uses its setting ``name``."""
+    if name == "clipping":
+        return True
+    return clipping == "adaptive" or (clipping == "fixed" and name not in _ADAPTIVE_ONLY)
+
+
+def drop_written_defaults(table: Any) -> Any:
+    """A ``[privacy]`` table as ``RunConfig.to_dict`` wrote it into run directories before it left out what
+    the clipping ignores (every setting, each at its default where ignored) without those settings, so that
+    such a run can still be resumed, exported and compared; any other table as it is (a user's file gives a
+    few keys, and each is checked)."""
+    if not isinstance(table, Mapping):
+        return table
+    given = {key.replace("-", "_"): value for key, value in table.items()}
+    defaults = {f.name: f.default for f in fields(DPConfig)}
+    if given.keys() != defaults.keys():
+        return table
+    return {k: v for k, v in given.items() if _reads(given["clipping"], k) or v != defaults[k]}
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:

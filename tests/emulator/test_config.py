@@ -7,6 +7,7 @@ import re
 import pytest
 
 from emulator.config import EmulatorConfig
+from emulator.config_parse import Spelled, parse_value
 from emulator.methods import METHODS
 
 
@@ -105,7 +106,8 @@ def test_from_dict_rejects_unknown_keys_listing_valid_ones():
         ("stage1_steps", True, "an integer"),
         ("stage1_steps", 2.5, "an integer"),
         ("method", 3, "a string"),
-        ("src_only_smaller", "maybe", "true or false (also 1 / 0, yes / no)"),
+        ("src_only_smaller", Spelled("maybe"), "true or false (also 1 / 0, yes / no)"),
+        ("src_only_smaller", "false", "true or false, not a string: remove the quotes"),
     ],
 )
 def test_from_dict_rejects_wrong_types(key, value, allowed):
@@ -114,10 +116,16 @@ def test_from_dict_rejects_wrong_types(key, value, allowed):
 
 
 def test_from_dict_reads_values_spelled_as_strings_by_the_declared_type():
-    # Issue 23 §3: values from outside (Flower's run config, a compare file's settings) may be strings.
-    config = EmulatorConfig.from_dict({"alpha": "0.5", "stage1_steps": "7", "src_only_smaller": "false"})
+    # Issue 23 §3: values from outside (Flower's run config, a command line) may be strings: parse_value
+    # marks them Spelled. A plain string is a TOML file's "0.5", refused where a number is meant.
+    values = {key: parse_value(f"'{raw}'") for key, raw in (("alpha", "0.5"), ("stage1_steps", "7"))}
+    config = EmulatorConfig.from_dict(values | {"src_only_smaller": parse_value("no")})  # a bare word
     assert (config.alpha, config.stage1.stage1_steps, config.src.src_only_smaller) == (0.5, 7, False)
-    assert EmulatorConfig.from_dict({"src_only_smaller": "yes"}).src.src_only_smaller is True
+    assert EmulatorConfig.from_dict({"src_only_smaller": parse_value("yes")}).src.src_only_smaller is True
+    with pytest.raises(
+        ValueError, match=r"^config emulator.stage1_steps='7' must be an integer, not a string"
+    ):
+        EmulatorConfig.from_dict({"stage1_steps": "7"})
 
 
 def test_flat_and_nested_keys_build_the_same_config():

@@ -18,6 +18,7 @@ from emulator.files import (
     read_json,
     read_jsonl,
     read_tensors,
+    read_text,
     remove_temporaries,
     replacing,
     temporary_path,
@@ -99,6 +100,16 @@ def test_a_truncated_json_file_is_one_line_naming_it(tmp_path):
     assert message.startswith(f"{path} is not valid JSON (") and "\n" not in message
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'nope.json'} does not exist$"):
         read_json(tmp_path / "nope.json")
+
+
+def test_a_binary_file_where_text_is_meant_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xff\xfe\x00[a]")  # UTF-16, say
+    with pytest.raises(ValueError) as caught:
+        read_text(path, "TOML")
+    assert str(caught.value) == f"{path} is not UTF-8 TOML (byte 0xff at offset 0: invalid start byte)"
+    with pytest.raises(ValueError, match=rf"^{path} is not UTF-8 text \(byte 0xff"):
+        read_json(path)
 
 
 def test_a_results_file_whose_last_append_was_cut_short_names_the_line(tmp_path):

@@ -243,6 +243,54 @@ def test_a_privacy_setting_the_chosen_clipping_ignores_is_refused(settings, mess
     DPConfig(clipping="adaptive", **{k: v for k, v in settings.items() if k != "clipping"})
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["privacy.noise_multiplier=1"],
+            "config privacy.noise_multiplier=1.0 has no effect with privacy.clipping='off'; set "
+            "privacy.clipping to 'fixed' or 'adaptive' or leave it out",
+        ),
+        (
+            ["privacy.clipping='off'", "privacy.delta=1e-5"],
+            "config privacy.delta=1e-05 has no effect with privacy.clipping='off'",
+        ),
+        (
+            ["privacy.clipping='fixed'", "privacy.target_quantile=0.5"],
+            "config privacy.target_quantile=0.5 has no effect with privacy.clipping='fixed'; set "
+            "privacy.clipping to 'adaptive' or leave it out",
+        ),
+    ],
+)
+def test_a_privacy_setting_given_at_its_default_that_the_clipping_ignores_is_refused(overrides, message):
+    # noise_multiplier=1 is the default: compared by value it passed, and the run went on without DP.
+    with pytest.raises(ValueError) as error:
+        load_config(ROOT / "simulations/configs/tiny.toml", overrides)
+    assert str(error.value).startswith(message)
+    assert DPConfig() == DPConfig(clipping="off")  # in code, the defaults still build
+
+
+def test_a_dp_config_is_written_with_what_its_clipping_reads_and_reads_back(tmp_path):
+    for clipping, left_out in (("off", {"noise_multiplier", "delta"}), ("fixed", {"target_quantile"})):
+        config = load_config(ROOT / "simulations/configs/tiny.toml", [f"privacy.clipping='{clipping}'"])
+        written = config.to_dict()["privacy"]
+        assert written["clipping"] == clipping and not left_out & set(written)
+        (tmp_path / "config.toml").write_text(config.to_toml())
+        assert load_config(tmp_path / "config.toml") == config
+
+
+def test_a_run_directory_written_with_every_privacy_setting_still_reads(tmp_path):
+    # config.toml of runs from before: every [privacy] key, each at its default, under clipping 'off'.
+    old = ROOT.joinpath("simulations/configs/tiny.toml").read_text() + (
+        '\n[privacy]\nclipping = "off"\nnoise_multiplier = 1.0\nclipping_norm = 0.1\ntarget_quantile = 0.5\n'
+        "clip_norm_lr = 0.2\nclipped_count_stddev = 0.0\ndelta = 1e-5\n"
+    )
+    (tmp_path / "config.toml").write_text(old)
+    assert load_config(tmp_path / "config.toml").privacy == DPConfig()
+    with pytest.raises(ValueError, match="privacy.noise_multiplier=1.0 has no effect"):  # given by the user
+        load_config(tmp_path / "config.toml", ["privacy.noise_multiplier=1"])
+
+
 def test_privacy_needs_fixed_local_steps():
     with pytest.raises(ValueError, match="client.local_steps=0"):
         overrides = ["privacy.clipping='fixed'", "client.local_steps=0"]

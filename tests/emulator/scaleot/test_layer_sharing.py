@@ -15,6 +15,7 @@ from conftest import TINY, tiny
 from safetensors.torch import load_file
 
 from emulator.config import EmulatorConfig
+from emulator.config_parse import parse_value
 from emulator.lm.architectures import architecture_of, get_layers
 from emulator.lm.models import TINY_CONFIGS
 from emulator.scaleot.assembly import Emulator, build_emulator, derive_emulator, stage1_twin
@@ -238,7 +239,7 @@ def test_bad_sharing_settings_are_one_line(values, message):
 
 
 def test_share_replaced_reads_as_a_bool_and_is_keyed_only_when_set():
-    assert EmulatorConfig.from_dict({"share-replaced": "true"}).share_replaced is True
+    assert EmulatorConfig.from_dict({"share-replaced": parse_value("yes")}).share_replaced is True  # --set
     assert "share_replaced" not in EmulatorConfig.of().build_dict()  # bundles built before keep their keys
     assert EmulatorConfig.of(share_replaced=True).build_dict()["share_replaced"] is True
     assert set(EmulatorConfig.of(method="crash").build_dict()) & {"data", "stage1"} == set()  # trains nothing
