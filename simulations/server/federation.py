@@ -24,7 +24,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from clients.partition import partition
 from clients.runtime import bundle_sha256
 from emulator.data.corpus import public_blocks, public_corpus
-from emulator.data.tasks import MCExample, load_task
+from emulator.data.examples import MCExample, TaskSplits
+from emulator.data.tasks import load_task
 from emulator.lm.models import load_model, model_fingerprint
 from emulator.results import FULL_ZS, PLUG_IN
 from emulator.scaleot.bundle import load_emulator
@@ -88,12 +89,15 @@ def run_federation(
         check_resumable(resume, config)  # before config.toml is overwritten with the new one
     check = check or (lambda: None)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Bad input (the task, the split, the corpus, a setting the model cannot take) fails before the config is
+    # written: a refused run leaves nothing that blocks its corrected rerun.
+    inputs = _load_inputs(config, check)
     write_text(run_dir / "config.toml", config.to_toml())
     write_text(run_dir / "config.json", config.to_json())
     checkpoint = _checkpoint(resume)
     tracker = TensorBoardLog(run_dir / "tensorboard") if config.output.tensorboard else None
     with tracker or contextlib.nullcontext():  # the event files are closed however the run ends
-        owner = _prepare(config, checkpoint, resume, check)
+        owner = _prepare(config, inputs, checkpoint, resume, check)
         arrays = _rounds(grid, config, owner, run_dir, tracker, checkpoint, check)
         _finish(run_dir, config, owner.state, arrays)  # raises RunFailedError when nothing was trained
     return owner.state
@@ -120,18 +124,42 @@ def _checkpoint(resume: Path | None) -> Checkpoint | None:
     return None
 
 
-def _prepare(
-    config: RunConfig, checkpoint: Checkpoint | None, resume: Path | None, check: Callable[[], None]
-) -> _Owner:
-    """The model owner's side before any round: the task first (its data is checked before any model loads),
-    the full model, the emulator bundle the clients load, the evaluator and the run state (the zero-shot
-    rows of a new run, or the checkpoint's)."""
+@dataclass
+class _Inputs:
+    """What the run reads before anything is written: the task and the full model, both checked."""
+
+    task: TaskSplits
+    full_model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: str
+
+
+def _load_inputs(config: RunConfig, check: Callable[[], None]) -> _Inputs:
+    """The task first (its data is checked before any model loads), its split, the public corpus, then the
+    full model with every setting checked against it.
+
+    Raises:
+        ValueError: the one line of whichever check failed.
+    """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     check()
     task = load_task(config.task, seed=config.seed)
     check_partition(config, task.train)
     check_corpus(config)
     full_model, tokenizer = load_run_model(config, device)
+    return _Inputs(task, full_model, tokenizer, device)
+
+
+def _prepare(
+    config: RunConfig,
+    inputs: _Inputs,
+    checkpoint: Checkpoint | None,
+    resume: Path | None,
+    check: Callable[[], None],
+) -> _Owner:
+    """The model owner's side before any round: the emulator bundle the clients load, the evaluator and the
+    run state (the zero-shot rows of a new run, or the checkpoint's)."""
+    task, full_model, tokenizer, device = inputs.task, inputs.full_model, inputs.tokenizer, inputs.device
     model_sha256 = model_fingerprint(full_model)
     check()
     bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer, model_sha256)

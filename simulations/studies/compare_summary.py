@@ -195,7 +195,9 @@ def markdown(summary: Mapping[str, Any]) -> str:
                     _cell(rows[label].get(k), signed=k not in (EMULATOR_ZS, EMULATOR_FT, PLUG_IN))
                     for k in columns
                 ]
-                lines.append(f"| {label} | " + " | ".join(cells_) + " |")
+                # {}: a seed of this task has not finished; <task>-s<seed>/comparison.md has the others.
+                name = label if rows[label] else f"{label} (a seed unfinished: see each seed's comparison.md)"
+                lines.append(f"| {name} | " + " | ".join(cells_) + " |")
         lines.append("")
     lines.append(
         "Accuracy in % ± standard error; differences paired on the same test examples within each run, "

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import INPROCESS
 
 from emulator.methods import METHODS
 from simulations.cli import COMMANDS, build_parser, main
@@ -199,3 +200,12 @@ def test_simulate_refuses_a_corpus_that_holds_the_task_before_the_run_starts(cap
     line = _one_error_line(capsys)
     assert line.startswith("error: emulator.corpus='wikipedia' holds 12 sentences of the evaluated task")
     assert not out.exists()  # nothing written: the corrected command needs no --overwrite
+
+
+def test_a_setting_the_model_cannot_take_leaves_nothing_that_blocks_the_corrected_rerun(capsys, tmp_path):
+    # The fit check needs the loaded model, so it runs inside the run; the config files come after it.
+    out, tiny = tmp_path / "run", str(ROOT / "simulations/configs/tiny.toml")
+    args = ["simulate", "--config", tiny, *INPROCESS, "--out", str(out)]
+    assert main([*args, "--set", "client.max_length=100000"]) == 2
+    assert _one_error_line(capsys).startswith("error: client.max_length=100000 does not fit the model")
+    assert list(out.iterdir()) == []

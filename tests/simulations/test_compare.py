@@ -317,6 +317,11 @@ def test_summary_pairs_within_cells_and_averages_seeds_then_tasks(tmp_path):
     assert against["tasks"]["synthetic"][label]["vs_against"] == pytest.approx(row["vs_uniform"])
     assert "vs_against" not in against["tasks"]["synthetic"][uniform_label]  # not against itself
     assert f"| plug-in − {uniform_label} (paired) |" in markdown(against)
+    # ScaleOT's seed 1 unfinished: its row says so instead of a row of dashes.
+    (planned[1][2] / slugs["scaleot"] / "metrics.json").unlink()
+    partial = markdown(summarise(planned, base.emulator.alpha))
+    assert f"| {label} (a seed unfinished: see each seed's comparison.md) | – |" in partial
+    assert f"| {uniform_label} | " in partial
 
 
 def test_while_a_task_is_unfinished_the_summary_means_over_the_tasks_the_anchors_finished(tmp_path):
