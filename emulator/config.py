@@ -53,6 +53,29 @@ def corpus_exclusion(task: str) -> str:
     return "" if task.split(":")[0] == "synthetic" else task
 
 
+class CompressesNothingError(ValueError):
+    """A method that compresses nothing was given ``alpha`` or ``rank_keep``. ``asked`` holds those fields,
+    so a front end can word the remedy in its own options (``scaleot build-emulator``: drop --alpha) while
+    the check stays here, once."""
+
+    def __init__(
+        self,
+        method: str,
+        asked: Mapping[str, float],
+        remedy: str = "set alpha=0 and rank_keep=1.0 (or use EmulatorConfig.full())",
+    ) -> None:
+        self.method, self.asked = method, dict(asked)
+        shown = " and ".join(f"{name}={value}" for name, value in self.asked.items())
+        verb = "ask" if len(self.asked) > 1 else "asks"
+        super().__init__(
+            f"emulator.method={method!r} compresses nothing, but {shown} {verb} for compression; {remedy}"
+        )
+
+    def with_remedy(self, remedy: str) -> CompressesNothingError:
+        """The same error, its remedy worded for another front end."""
+        return CompressesNothingError(self.method, self.asked, remedy)
+
+
 @dataclass(frozen=True)
 class PublicDataConfig:
     """The public corpus stage 1 and distillation train on, and how it is batched and seeded."""
@@ -280,13 +303,9 @@ class EmulatorConfig:
                 f"use method={undistilled} or distill_steps >= 1"
             )
         if not traits.compresses and (self.alpha != 0 or self.src.rank_keep != 1):
-            asked = [f"alpha={self.alpha}"] * (self.alpha != 0)
-            asked += [f"rank_keep={self.src.rank_keep}"] * (self.src.rank_keep != 1)
-            raise ValueError(
-                f"emulator.method={self.method!r} compresses nothing, but {' and '.join(asked)} "
-                f"{'ask' if len(asked) > 1 else 'asks'} for compression; set alpha=0 and rank_keep=1.0 "
-                "(or use EmulatorConfig.full())"
-            )
+            asked = {"alpha": self.alpha} if self.alpha != 0 else {}
+            asked |= {"rank_keep": self.src.rank_keep} if self.src.rank_keep != 1 else {}
+            raise CompressesNothingError(self.method, asked)
 
     @classmethod
     def of(cls, **values: Any) -> EmulatorConfig:

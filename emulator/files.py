@@ -204,6 +204,34 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_out_dir(path: Path, option: str, allowed: str) -> None:
+    """Refuse, in one line and before any heavy work, an output directory that cannot be made; leave nothing
+    behind (work refused later, a model that changed say, must not leave an empty directory).
+
+    Args:
+        path: the directory an option gave.
+        option: the option as the user wrote it, e.g. ``"--out"``.
+        allowed: what to give instead, e.g. ``"give a directory that can be written"``.
+
+    Raises:
+        ValueError: ``path`` is a file or cannot be created (``--out=x is a file; <allowed>``): the bare errno
+            it used to end in (``[Errno 20] Not a directory``) named neither the option nor what would do.
+    """
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option}={path} is a file; {allowed}")
+    if path.is_dir():
+        return
+    # Whether it can be made is known only by making it (as root, os.access says yes to /proc/x): made, then
+    # removed again, the deepest first.
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True)
+    except OSError as error:
+        raise ValueError(f"{option}={path} cannot be created ({one_line(error)}); {allowed}") from None
+    for directory in made:
+        directory.rmdir()
+
+
 def one_line(error: BaseException) -> str:
     """An exception's message on one line (an ``OSError``'s reason without the errno prefix)."""
     if isinstance(error, OSError) and error.strerror:

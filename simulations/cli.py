@@ -20,6 +20,7 @@ from pathlib import Path
 
 from emulator.methods import METHODS
 from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN
+from simulations.arguments import EXIT_USAGE, error_line, positive_int
 from simulations.run_config import add_set_option
 from simulations.runner import RunInterrupted, run_simulate, simulate_arguments
 from simulations.server.export_run import RUN_ROWS, export_arguments, run_export
@@ -29,21 +30,9 @@ from strategies.records import RunFailedError
 log = logging.getLogger("scaleot")
 
 SET_EXAMPLE = "FIELD=VALUE, e.g. harmonizer_loss=lm"  # --set of build-emulator and the study scripts
-EXIT_USAGE = 2  # argparse's own exit code for bad usage; bad values get the same
 EXIT_RUN_FAILED = 1  # a run that ended without a result (nothing trained, nodes missing, backend crashed)
 EXIT_SIGNAL = 128  # + the signal's number, as a shell reports a process a signal ended
 DEFAULT_MODEL = "smollm2-135m"
-
-
-def _positive_int(text: str) -> int:
-    """argparse type of a count of at least 1: argparse's error then names the option, before anything loads
-    (a 0 used to fail only after the model had loaded)."""
-    try:
-        if int(text) >= 1:
-            return int(text)
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer of at least 1")
 
 
 def _check_device(device: str) -> None:
@@ -79,7 +68,12 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"smollm2-135m, tiny-*, a .gguf file, a hub id or a directory (default: {DEFAULT_MODEL}); "
         "not with --run",
     )
-    parser.add_argument("--task", default=None, help="e.g. arc_easy, piqa, olmo:csqa, synthetic")
+    parser.add_argument(
+        "--task",
+        default=None,
+        help="e.g. arc_easy, piqa, olmo:csqa, synthetic (default with --run and no --harness: the run's "
+        "task)",
+    )
     parser.add_argument(
         "--harness",
         default=None,
@@ -98,32 +92,50 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument(
-        "--limit", type=_positive_int, default=None, help="score only the first N examples of the split"
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="score only the first N examples of the split (all of them when it has fewer: the table's n "
+        "says so)",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
-    parser.add_argument("--max-length", type=_positive_int, default=512, help="token budget per sequence")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass")
+    parser.add_argument("--max-length", type=positive_int, default=512, help="token budget per sequence")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the task's splits")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the task's splits (default: the run's with --run, else 0)",
+    )
 
 
 def _run_eval(args: argparse.Namespace) -> None:
     """Zero-shot accuracy of one model (``--model``, or a row of ``--run``), printed as a markdown table: on a
     task of ours with our scorer, or on lm-eval tasks through lm-evaluation-harness (``--harness``)."""
-    if (args.task is None) == (args.harness is None):
-        raise ValueError("give one of --task (our scorer) and --harness (lm-evaluation-harness)")
+    if args.run_dir is not None and not Path(args.run_dir).is_dir():  # first: the checks below read it
+        raise ValueError(f"--run={args.run_dir} does not exist; give a run directory of scaleot simulate")
     if args.run_dir is not None and args.model is not None:
         raise ValueError(
             f"--model={args.model} does not go with --run: the model is the run's (--row picks which)"
         )
     if args.run_dir is None and args.row is not None:
         raise ValueError(f"--row={args.row} needs --run: it picks a model of a run directory")
+    task, seed = args.task, args.seed
+    if args.run_dir is not None and (task is None or seed is None):
+        run_task, run_seed = _run_task(Path(args.run_dir))
+        task = task if task is not None or args.harness else run_task
+        seed = run_seed if seed is None else seed
+    if (task is None) == (args.harness is None):
+        raise ValueError("give one of --task (our scorer) and --harness (lm-evaluation-harness)")
     from emulator.evaluation.memo import memoised_accuracy
     from emulator.scaleot.fit import check_fits
     from simulations.harness import harness_scores, harness_tasks, run_model
 
     _check_device(args.device)
     # Tasks first: their errors are cheap to find, models are not.
-    tasks = harness_tasks(args.harness) if args.harness else _our_examples(args)
+    tasks, n_note = (
+        (harness_tasks(args.harness), "") if args.harness else _our_examples(task, args, seed or 0)
+    )
     start = time.perf_counter()
     if args.run_dir is not None:  # not `args.run`: that is the subcommand's function
         row = _OLD_ROW_NAMES.get(args.row, args.row or PLUG_IN)
@@ -149,7 +161,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     print("| model | task | split | n | acc (%) | acc_norm (%) | eval time |")  # %, as every other table
     print("|---|---|---|---|---|---|---|")
     print(
-        f"| {label} | {args.task} | {args.split} | {result.n} | {pct(result.acc, result.acc_stderr)} "
+        f"| {label} | {task} | {args.split} | {result.n}{n_note} | {pct(result.acc, result.acc_stderr)} "
         f"| {pct(result.acc_norm, result.acc_norm_stderr)} | {seconds:.1f} s |"
     )
 
@@ -165,10 +177,25 @@ def _print_harness(label: str, scores: dict[str, dict[str, float]]) -> None:
         print(f"| {label} | {task} | {' | '.join(cells)} |")
 
 
-def _our_examples(args: argparse.Namespace) -> list:
+def _run_task(run_dir: Path) -> tuple[str, int]:
+    """The task and split seed a run was scored on: eval's defaults with --run, so that its test split is the
+    run's (another seed's split could hold the clients' training examples)."""
+    from simulations.run_config import load_config
+
+    if not (run_dir / "config.toml").is_file():
+        raise ValueError(f"--run={run_dir} is not a run directory: config.toml is missing")
+    recorded = load_config(run_dir / "config.toml")
+    return recorded.task, recorded.seed
+
+
+def _our_examples(task: str, args: argparse.Namespace, seed: int) -> tuple[list, str]:
+    """The first ``--limit`` examples of the split, and the note the table's n gets when the split holds
+    fewer (all of them are scored: the n alone would not say that --limit was not reached)."""
     from emulator.data.tasks import load_task
 
-    return getattr(load_task(args.task, seed=args.seed), args.split)[: args.limit]
+    examples = getattr(load_task(task, seed=seed), args.split)
+    capped = args.limit is not None and args.limit > len(examples)
+    return examples[: args.limit], f" (all; --limit {args.limit})" if capped else ""
 
 
 # ------------------------------------------------------------------------------------------- build-emulator
@@ -178,7 +205,12 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help="smollm2-135m, tiny-*, a .gguf file, a hub id or a directory"
     )
-    parser.add_argument("--method", choices=tuple(METHODS), default="scaleot")
+    parser.add_argument(
+        "--method",
+        choices=tuple(METHODS),
+        default=None,  # None, not scaleot: --method with --set method=... is refused
+        help="default: scaleot",
+    )
     parser.add_argument(
         "--alpha", type=float, default=None, help="fraction of middle blocks replaced / dropped"
     )
@@ -199,7 +231,7 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_build_emulator(args: argparse.Namespace) -> None:
     """Build an emulator of a model and save it as a bundle; prints the layer map, sizes and build time."""
-    from emulator.config import EmulatorConfig
+    from emulator.config import CompressesNothingError, EmulatorConfig
     from emulator.config_parse import parse_assignment
     from emulator.data.corpus import public_blocks
     from emulator.lm.models import load_model
@@ -209,16 +241,24 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
 
     # Only a method that compresses nothing takes its preset (alpha 0, no SRC): build-emulator --method
     # uniform keeps SRC at its default, as it always has.
-    traits = METHODS[args.method]
-    values: dict[str, object] = traits.preset if not traits.compresses else {"method": args.method}
-    for name, value in (("alpha", args.alpha), ("rank_keep", args.rank_keep)):
-        if value is not None:
-            values[name] = value
-    if args.steps is not None:
-        # A method that trains nothing ignores it (stage1_steps is in none of its sections).
-        values[traits.steps_field or "stage1_steps"] = args.steps
-    values.update(parse_assignment(item, "--set", SET_EXAMPLE) for item in args.set)
-    config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
+    method = args.method or "scaleot"
+    traits = METHODS[method]
+    values: dict[str, object] = traits.preset if not traits.compresses else {"method": method}
+    given = _option_fields(args, traits.steps_field)
+    values.update({field: value for field, (_, value) in given.items()})
+    for item in args.set:
+        field, value = parse_assignment(item, "--set", SET_EXAMPLE)
+        field = field.replace("-", "_")
+        if field in given:  # which of the two should win is a guess: --set used to, silently
+            option, flag_value = given[field]
+            raise ValueError(f"{option} {flag_value} and --set {item} both set {field}; give it once")
+        values[field] = value
+    try:
+        config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
+    except CompressesNothingError as error:
+        # The check's own remedy names the Python API; here each field it names came from an option.
+        sources = [given[field][0] if field in given else f"--set {field}=..." for field in error.asked]
+        raise error.with_remedy(f"drop {' and '.join(sources)}") from None
     _check_device(args.device)
     _check_bundle_out(Path(args.out))
     model, tokenizer = load_model(args.model, device=args.device)
@@ -230,6 +270,18 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     )
     print(emulator.describe())
     print(f"build time: {emulator.build_seconds:.1f} s; bundle: {directory}")
+
+
+def _option_fields(args: argparse.Namespace, steps_field: str | None) -> dict[str, tuple[str, object]]:
+    """``{EmulatorConfig field: (option, value)}`` of the build-emulator options given on the command line."""
+    options = {
+        "--method": ("method", args.method),
+        "--alpha": ("alpha", args.alpha),
+        "--rank-keep": ("rank_keep", args.rank_keep),
+        # A method that trains nothing ignores it (stage1_steps is in none of its sections).
+        "--steps": (steps_field or "stage1_steps", args.steps),
+    }
+    return {field: (option, value) for option, (field, value) in options.items() if value is not None}
 
 
 def _check_bundle_out(out: Path) -> None:
@@ -318,16 +370,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as error:
-        _error_line(error)
+        error_line(error)
         return EXIT_USAGE
     except (RunFailedError, OSError) as error:  # OSError: a file that could not be written (a full disk)
-        _error_line(error)
+        error_line(error)
         return EXIT_RUN_FAILED
     except KeyboardInterrupt:  # Ctrl-C outside a run (a run raises RunInterrupted)
-        _error_line("interrupted")
+        error_line("interrupted")
         return EXIT_SIGNAL + signal.SIGINT
     except RunInterrupted as stop:
-        _error_line(stop)
+        error_line(stop)
         # Now, not after the ServerApp thread's current step (a model load or scoring can take minutes):
         # every file of the run is written atomically, so its directory is resumable as it is.
         logging.shutdown()
@@ -335,10 +387,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(EXIT_SIGNAL + stop.signum)
     return 0
-
-
-def _error_line(error: BaseException | str) -> None:
-    sys.stderr.write(f"error: {' '.join(str(error).split())}\n")  # one line, whatever the text holds
 
 
 if __name__ == "__main__":

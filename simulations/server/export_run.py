@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 _RUN_FILES = ("config.toml", "metrics.json", "adapter.safetensors")  # what an export reads
 # The results rows whose model a finished run directory rebuilds (simulations.harness.run_model).
 RUN_ROWS = (FULL_ZS, EMULATOR_FT, PLUG_IN)
+_OUT_ALLOWED = "give a directory that can be written (plug-in/ and peft-adapter/ in it are replaced)"
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
@@ -31,8 +32,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, 
 
     Raises:
         ValueError: ``run_dir`` has no ``config.toml``, ``metrics.json`` or final ``adapter.safetensors`` (an
-            unfinished run), one of them is unreadable, the model found under the run's name is not the one
-            it trained on, or the adapter does not fit the model.
+            unfinished run), one of them is unreadable, ``out`` is a file or cannot be created, the model
+            found under the run's name is not the one it trained on, or the adapter does not fit the model.
         FileWriteError: an artefact could not be written.
     """
     run_dir = Path(run_dir)
@@ -42,13 +43,15 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, 
         raise ValueError(
             f"RUN_DIR={run_dir} is not a finished run directory: {', '.join(missing)} {verb} missing"
         )
-    from emulator.files import read_tensors
+    from emulator.files import check_out_dir, read_tensors
     from emulator.lm.architectures import num_layers
     from emulator.scaleot.blocks import adapter_layers
     from emulator.tuning.export import export_plug_in
     from simulations.run_config import load_config
 
     config = load_config(run_dir / "config.toml")
+    if out is not None:  # before the model loads: a file there failed only after it, with a bare errno
+        check_out_dir(Path(out), "--out", _OUT_ALLOWED)
     state = read_tensors(run_dir / "adapter.safetensors")  # before the model: a truncated file fails at once
     model, tokenizer = load_run_full_model(run_dir, config.model)
     layers = adapter_layers(num_layers(model), config.emulator.adapter_bottom, config.emulator.adapter_top)

@@ -47,7 +47,7 @@ from typing import Any
 
 from emulator.config import EmulatorConfig
 from emulator.config_parse import build_config, parse_typed, parse_value, split_assignment
-from emulator.files import write_text
+from emulator.files import check_out_dir, write_text
 from emulator.methods import METHODS
 from simulations.run_config import (
     RunConfig,
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 # Config sections that do not change what a run measures: a finished run differing only there is reused.
 _BACKEND_SECTIONS = ("simulation", "output")
+_OUT_ALLOWED = "give a directory: absent, or one compare wrote (to continue it)"
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,7 @@ def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
 
     saved = run_dir / "config.json"
     if saved.is_file():
-        if _experiment(read_saved_config(saved)) != _experiment(config.to_dict()):
-            raise ValueError(
-                f"{run_dir} holds a run of another config; remove it or give compare another --out"
-            )
+        _check_same_experiment(config, run_dir, "remove it or give compare another --out")
         metrics = read_metrics(run_dir)
         if metrics.get("status") == "finished":
             if metrics.get("bundle", {}).get("model_sha256") != _model_sha256(config.model):
@@ -242,9 +240,43 @@ def _model_sha256(name: str) -> str:
     return model_fingerprint(load_model(name)[0])
 
 
+def _check_same_experiment(config: RunConfig, run_dir: Path, remedy: str) -> None:
+    """Refuse ``run_dir`` when its saved config.json is of another experiment than ``config`` (the backend
+    sections aside): running would mix two experiments in one directory, a report would label its numbers
+    with ``config``'s settings.
+
+    Raises:
+        ValueError: one line naming ``run_dir``, the first differing key with both values, and ``remedy``.
+    """
+    saved = _experiment(read_saved_config(run_dir / "config.json"))
+    difference = _first_difference(saved, _experiment(config.to_dict()))
+    if difference:
+        raise ValueError(f"{run_dir} holds a run of another config ({difference}); {remedy}")
+
+
 def _experiment(config: Mapping[str, Any]) -> dict[str, Any]:
     plain = json.loads(json.dumps(config))  # tuples -> lists, as read back from JSON
     return {k: v for k, v in plain.items() if k not in _BACKEND_SECTIONS}
+
+
+def _first_difference(saved: Mapping[str, Any], planned: Mapping[str, Any], prefix: str = "") -> str:
+    """``"federation.rounds=3 there, 5 planned"`` for the first differing leaf, in the planned order; ``""``
+    when none differs."""
+    for key in [*planned, *(k for k in saved if k not in planned)]:
+        old, new = saved.get(key, _ABSENT), planned.get(key, _ABSENT)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            if found := _first_difference(old, new, f"{prefix}{key}."):
+                return found
+        elif old != new:
+            return f"{prefix}{key}={_shown(old)} there, {_shown(new)} planned"
+    return ""
+
+
+_ABSENT = object()  # a key one config has and the other lacks
+
+
+def _shown(value: Any) -> str:
+    return "absent" if value is _ABSENT else json.dumps(value, ensure_ascii=False)
 
 
 def compare(
@@ -253,20 +285,27 @@ def compare(
     out: Path,
     sweep: Sequence[Setting] = (),
     report_only: bool = False,
+    against: str = "",
 ) -> list[dict[str, Any]]:
     """Run every method (reusing finished ones), then write comparison.json, comparison.md and the plot;
-    with ``report_only``, run nothing and write them from the methods that have finished.
+    with ``report_only``, run nothing and write them from the methods that have finished. ``against`` (a
+    method label) adds every method's plug-in minus that one's, paired, as one more column.
 
     Returns:
         The comparison rows (see ``simulations.studies.compare_report.comparison_rows``).
 
     Raises:
-        ValueError: an invalid method setting (found before anything runs).
+        ValueError: an invalid method setting or ``against`` label, with ``report_only`` a finished run of
+            another config, or an ``out`` that cannot be a directory (all found before anything runs).
         RuntimeError: some methods failed; the others' rows are written first.
     """
     from simulations.studies.compare_report import write_comparison
 
     planned = plan(base, settings, sweep)  # first: every setting is validated before anything runs
+    _check_against(against, [method.label(base.emulator) for method, _ in planned])
+    if report_only:
+        _check_finished_runs(planned, out, base.emulator)
+    check_out_dir(out, "--out", _OUT_ALLOWED)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[Method, dict[str, Any]] = {}
     failed: dict[str, str] = {}
@@ -291,7 +330,7 @@ def compare(
         log.info(
             "[%d/%d] %s: %s in %.0f s; %s", i, len(planned), label, how, _elapsed(start), _summary(metrics)
         )
-    rows = write_comparison(out, base, [m for m, _ in planned], results, failed)
+    rows = write_comparison(out, base, [m for m, _ in planned], results, failed, against)
     if failed:
         raise RuntimeError(f"{len(failed)} method(s) failed: {', '.join(failed)}; rerun to retry them")
     return rows
@@ -327,22 +366,24 @@ def compare_tasks(
     ``against`` (a method label) adds every method's plug-in minus that one's, paired, to the summary.
 
     Raises:
-        ValueError: an invalid cell or method setting (found before anything runs).
+        ValueError: an invalid cell, method setting or ``against`` label, with ``report_only`` a finished run
+            of another config, or an ``out`` that cannot be a directory (all found before anything runs).
         RuntimeError: some cells failed; the summary of the others is written first.
     """
     from simulations.studies.compare_summary import markdown, plot_summary, summarise
 
     configs = cells(base, settings)
-    for config in configs:
-        planned = plan(config, settings, sweep)  # validate every cell before the first run
-        labels = [method.label(config.emulator) for method, _ in planned]
-        if against and against not in labels:
-            raise ValueError(f"--against={against!r} is not a method of this comparison; use one of {labels}")
+    for config in configs:  # every cell is checked before the first one runs or is reported
+        planned = plan(config, settings, sweep)
+        _check_against(against, [method.label(config.emulator) for method, _ in planned])
+        if report_only:
+            _check_finished_runs(planned, cell_dir(out, config), config.emulator)
+    check_out_dir(out, "--out", _OUT_ALLOWED)
     failed = []
     for i, config in enumerate(configs, 1):
         log.info("cell %d/%d: %s seed %d", i, len(configs), config.task, config.seed)
         try:
-            compare(config, settings, cell_dir(out, config), sweep, report_only)
+            compare(config, settings, cell_dir(out, config), sweep, report_only, against)
         except RuntimeError as error:
             log.error("cell %s seed %d: %s", config.task, config.seed, error)
             failed.append(f"{config.task} s{config.seed}")
@@ -356,6 +397,26 @@ def compare_tasks(
     if failed:
         raise RuntimeError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them")
     return summary
+
+
+def _check_against(against: str, labels: Sequence[str]) -> None:
+    if against and against not in labels:
+        raise ValueError(
+            f"--against={against!r} is not a method of this comparison; use one of "
+            + ", ".join(map(repr, labels))
+        )
+
+
+def _check_finished_runs(
+    planned: Sequence[tuple[Method, RunConfig]], out: Path, emulator: EmulatorConfig
+) -> None:
+    """A report labels each finished run with its planned settings: refuse one made with another config (the
+    file or a --set changed since it ran) rather than tabulate, say, 3-round runs as 5-round ones."""
+    for method, config in planned:
+        run_dir = out / method.slug(emulator)
+        if (run_dir / "config.json").is_file() and read_metrics(run_dir).get("status") == "finished":
+            remedy = "--report tabulates runs of the planned config only: give the config they ran with"
+            _check_same_experiment(config, run_dir, remedy)
 
 
 def _elapsed(start: float) -> float:
@@ -400,8 +461,8 @@ def compare_arguments(parser: argparse.ArgumentParser) -> None:
         "--against",
         default="",
         metavar="LABEL",
-        help="with [compare].runs: add each method's plug-in minus this method's (a label as the tables "
-        "print it, e.g. 'importance-drop α=0.25'), paired, to the summary",
+        help="add each method's plug-in minus this method's (a label as the tables print it, e.g. "
+        "'importance-drop α=0.25'), paired, as one more column of each comparison and of the summary",
     )
 
 
@@ -416,5 +477,5 @@ def run_compare(args: argparse.Namespace) -> None:
         compare_tasks(base, settings, out, parse_sweep(args.sweep), args.report, args.against)
         print((out / "summary.md").read_text())
         return
-    compare(base, settings, out, parse_sweep(args.sweep), args.report)
+    compare(base, settings, out, parse_sweep(args.sweep), args.report, args.against)
     print((out / "comparison.md").read_text())

@@ -116,11 +116,15 @@ def zero_shot_row(full_metrics: Mapping[str, Any], reference: Mapping[str, Any] 
     }
 
 
-def comparison_rows(methods: Sequence[Method], labels: Sequence[str], results: Mapping) -> list[dict]:
+def comparison_rows(
+    methods: Sequence[Method], labels: Sequence[str], results: Mapping, against: str = ""
+) -> list[dict]:
     """Rows in method order, ``zero-shot`` first; methods without results (failed runs) are left out.
 
     Every emulator row other than uniform's also carries ``vs_uniform``: its plug-in minus the plug-in of
     uniform LayerDrop at the same α, paired (the paper's claim is that ScaleOT beats it at equal compression).
+    With ``against`` (a method label), every other method's row carries ``vs_against``: its plug-in minus that
+    method's, paired (None while that method has not finished).
     """
     full = next((results[m] for m in methods if is_upper_bound(m.kind) and m in results), None)
     reference = full["results"].get(PLUG_IN) if full else None
@@ -129,14 +133,17 @@ def comparison_rows(methods: Sequence[Method], labels: Sequence[str], results: M
         for m in methods
         if is_reference(m.kind) and m in results
     }
+    finished = {label: results[m] for m, label in zip(methods, labels, strict=True) if m in results}
+    chosen = finished[against]["results"].get(PLUG_IN) if against in finished else None
     rows = [zero_shot_row(full, reference)] if full else []
     for method, label in zip(methods, labels, strict=True):
         if method in results:
             row = method_row(label, method.kind, results[method], reference)
+            plug_in = results[method]["results"].get(PLUG_IN)
             if pairs_with_reference(method.kind):
-                row["vs_uniform"] = _paired(
-                    results[method]["results"].get(PLUG_IN), uniform.get(row["alpha"])
-                )
+                row["vs_uniform"] = _paired(plug_in, uniform.get(row["alpha"]))
+            if against and label != against:
+                row["vs_against"] = _paired(plug_in, chosen)
             rows.append(row)
     return rows
 
@@ -147,15 +154,17 @@ def write_comparison(
     methods: Sequence[Method],
     results: Mapping[Method, Mapping[str, Any]],
     failed: Mapping[str, str] | None = None,
+    against: str = "",
 ) -> list[dict[str, Any]]:
     """Write comparison.json, comparison.md and comparison.png into ``out``; return the rows.
 
     ``failed`` (method label -> reason) lists the methods whose run failed: they get no row, only a line
-    saying so, in comparison.md and under ``failed`` in comparison.json.
+    saying so, in comparison.md and under ``failed`` in comparison.json. ``against`` (a method label) adds
+    the column of every plug-in minus that method's, paired.
     """
     failed = dict(failed or {})
     labels = [m.label(base.emulator) for m in methods]
-    rows = comparison_rows(methods, labels, results)
+    rows = comparison_rows(methods, labels, results, against)
     stolen = stolen_accuracies(out)  # the model-stealing study's column, when it ran
     for row in rows:
         if row["method"] in stolen:
@@ -163,7 +172,7 @@ def write_comparison(
     runs = {m.label(base.emulator): m.slug(base.emulator) for m in methods if m in results}
     data = {"base_config": json.loads(base.to_json()), "runs": runs, "rows": rows, "failed": failed}
     write_text(out / "comparison.json", json.dumps(data, indent=1))
-    write_text(out / "comparison.md", markdown(rows, base, failed))
+    write_text(out / "comparison.md", markdown(rows, base, failed, against))
     if rows:
         plot_comparison(rows, out / "comparison.png")
     log.info("comparison of %d methods written to %s", len(rows), out)
@@ -171,10 +180,14 @@ def write_comparison(
 
 
 def markdown(
-    rows: Sequence[Mapping[str, Any]], base: RunConfig, failed: Mapping[str, str] | None = None
+    rows: Sequence[Mapping[str, Any]],
+    base: RunConfig,
+    failed: Mapping[str, str] | None = None,
+    against: str = "",
 ) -> str:
     """comparison.md: the setting, one table row per method (accuracies in %), the methods that failed
-    (no row: nothing of theirs may be read as a result), how to read it, the plot."""
+    (no row: nothing of theirs may be read as a result), how to read it, the plot; with ``against``, one
+    more column: plug-in minus that method's, paired."""
     fed, client = base.federation, base.client
     n = next((r[PLUG_IN]["n"] for r in rows if r.get(PLUG_IN)), 0)
     steps = f"{client.local_steps} steps" if client.local_steps else f"{client.local_epochs:g} epochs"
@@ -190,9 +203,15 @@ def markdown(
     ]
     # The model-stealing probe's column (simulations.studies.steal_study) only when the study has run.
     stolen = any("stolen_zs" in r for r in rows)
-    columns = _COLUMNS + (" stolen ZS (probe) |" if stolen else "")
+    columns = _COLUMNS + (f" plug-in − {against} (paired) |" if against else "")
+    columns += " stolen ZS (probe) |" if stolen else ""
     lines += [columns, "|" + "---|" * (columns.count("|") - 1)]
-    lines += [_table_line(r) + (f" {_stolen(r)} |" if stolen else "") for r in rows]
+    lines += [
+        _table_line(r)
+        + (f" {_difference(r.get('vs_against'))} |" if against else "")
+        + (f" {_stolen(r)} |" if stolen else "")
+        for r in rows
+    ]
     if failed:
         lines += ["", *(f"**{label}: FAILED**, no results: {why}" for label, why in failed.items())]
     lines += [

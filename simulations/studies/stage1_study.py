@@ -27,9 +27,12 @@ from typing import Any
 
 from emulator.files import read_json
 from emulator.results import EMULATOR_FT, PLUG_IN, paired_difference
+from simulations.arguments import EXIT_USAGE, error_line
 from simulations.server.outputs import new_figure, read_metrics, save_figure, write_text
 
 log = logging.getLogger("scaleot.stage1_study")
+
+_EXAMPLE_CELL = "runs/stage1-study/arc_easy-s0"
 
 _COLUMNS = "| run | steps | cached blocks | init | policy every | stage 1 s | stage 1 CPU s | CPU × ref | " \
     "emulator FT | plug-in | plug-in − ref (paired) |"  # fmt: skip
@@ -39,8 +42,13 @@ def stage1_rows(cell: Path, reference: str | None = None) -> list[dict[str, Any]
     """One row per finished ScaleOT run of ``cell`` (a compare cell directory), the reference first.
 
     Raises:
-        ValueError: no finished ScaleOT run, or ``reference`` is not one of them.
+        ValueError: ``cell`` is not a directory, holds no finished ScaleOT run, or ``reference`` is not one
+            of them.
     """
+    if not cell.is_dir():
+        raise ValueError(
+            f"CELL={cell} is not a directory; give a compare cell directory, e.g. {_EXAMPLE_CELL}"
+        )
     runs = {}
     for run in sorted(p for p in cell.iterdir() if p.is_dir()):
         metrics = read_metrics(run)
@@ -138,11 +146,19 @@ def _num(value: float | None, spec: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "cell", type=Path, help="a compare cell directory, e.g. runs/stage1-study/arc_easy-s0"
+        "cell", type=Path, metavar="CELL", help=f"a compare cell directory, e.g. {_EXAMPLE_CELL}"
     )
-    parser.add_argument("--reference", help="the run directory name to pair against (default: see above)")
+    parser.add_argument(
+        "--reference",
+        help="the run directory name to pair against (default: the finished live ScaleOT run with the most "
+        "stage-1 steps)",
+    )
     args = parser.parse_args(argv)
-    rows = stage1_rows(args.cell, args.reference)
+    try:  # bad input is one line, as scaleot's
+        rows = stage1_rows(args.cell, args.reference)
+    except ValueError as error:
+        error_line(error)
+        return EXIT_USAGE
     text = markdown(rows, args.cell)
     write_text(args.cell / "stage1.md", text)
     write_text(args.cell / "stage1.json", json.dumps(rows, indent=1))

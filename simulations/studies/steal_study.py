@@ -34,11 +34,13 @@ from emulator.lm.models import load_model
 from emulator.methods import METHODS
 from emulator.results import EMULATOR_ZS, FULL_ZS, MCResult, paired_difference
 from emulator.scaleot.bundle import load_emulator
-from simulations.run_config import add_set_option
+from simulations.arguments import EXIT_USAGE, error_line, existing_file, non_negative_int, positive_int
+from simulations.run_config import RunConfig, add_set_option
 from simulations.server.bundle_cache import ensure_bundle
 from simulations.server.outputs import pct, write_text
-from simulations.studies.compare import load_compare, plan
+from simulations.studies.compare import CompareConfig, load_compare, plan
 from simulations.studies.compare_report import STEAL_FILE, stolen_rows
+from simulations.studies.methods import Method
 
 log = logging.getLogger("scaleot.steal_study")
 
@@ -47,32 +49,70 @@ KINDS = tuple(kind for kind, traits in METHODS.items() if traits.compresses)  # 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="simulations/configs/compare-smollm2.toml")
+    parser.add_argument(
+        "--config",
+        type=existing_file,
+        default="simulations/configs/compare-smollm2.toml",
+        help="compare config TOML whose [compare] settings are probed (default: %(default)s)",
+    )
     parser.add_argument("--quick", action="store_true", help="merge the file's [quick] table first")
     add_set_option(parser)
-    parser.add_argument("--kinds", nargs="+", default=["uniform", "scaleot"], choices=KINDS)
-    parser.add_argument("--steps", type=int, default=ProbeConfig.steps, help="probe steps (the budget)")
-    parser.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size)
-    parser.add_argument("--seq-len", type=int, default=ProbeConfig.seq_len)
-    parser.add_argument("--lr", type=float, default=ProbeConfig.lr)
-    parser.add_argument("--test-limit", type=int, default=0, help="first k test examples (0: the config's)")
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["uniform", "scaleot"],
+        choices=KINDS,
+        help="the emulator kinds to probe, each with a setting in the file (default: uniform scaleot)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=ProbeConfig.steps,
+        help="probe steps, the budget (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=ProbeConfig.batch_size,
+        help="probe blocks per step (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seq-len",
+        type=positive_int,
+        default=ProbeConfig.seq_len,
+        help="tokens per probe block (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=ProbeConfig.lr, help="probe AdamW learning rate (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--test-limit",
+        type=non_negative_int,
+        default=0,
+        help="score the first K test examples (default: 0, the config's evaluation.test_limit)",
+    )
     parser.add_argument("--out", type=Path, help="default: <output.dir>/<name> of the compare file")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     from simulations.runner import quiet_environment
 
     quiet_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    base, compare = load_compare(args.config, quick=args.quick, overrides=args.overrides)
-    probe = ProbeConfig(
-        args.steps, args.batch_size, args.seq_len, args.lr, base.emulator.data.corpus, base.seed
-    )
+    try:  # bad input is one line, before the full model loads and is scored
+        base, compare = load_compare(args.config, quick=args.quick, overrides=args.overrides)
+        probe = ProbeConfig(
+            args.steps, args.batch_size, args.seq_len, args.lr, base.emulator.data.corpus, base.seed
+        )
+        probed = probed_methods(base, compare, args.kinds, args.config)
+        test = load_task(base.task, seed=base.seed).test  # unknown task, missing task data
+    except ValueError as error:
+        error_line(error)
+        return EXIT_USAGE
     out = args.out or Path(base.output.dir) / base.name
     limit = args.test_limit or base.evaluation.test_limit
-    test = load_task(base.task, seed=base.seed).test
     test = test[:limit] if limit else test
     batch = base.evaluation.batch_size
 
@@ -81,9 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("full zero-shot %s on %d examples", pct(full.acc, full.acc_stderr), len(test))
     rows: list[dict[str, Any]] = []
     data = {"probe": vars(probe), "test_examples": len(test), "rows": rows}
-    for method, config in plan(base, compare):
-        if method.kind not in args.kinds:
-            continue
+    for method, config in probed:
         bundle = ensure_bundle(config.model, config.emulator, full_model, tokenizer)
         emulator, emulator_tokenizer = load_emulator(bundle)
         before = multiple_choice_accuracy(emulator.model, emulator_tokenizer, test, batch)
@@ -94,6 +132,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         del emulator
         data = _write(out, args.config, probe, len(test), rows)  # after each method: a long study may stop
     print(markdown(data))
+    return 0
+
+
+def probed_methods(
+    base: RunConfig, compare: CompareConfig, kinds: Sequence[str], config: str
+) -> list[tuple[Method, RunConfig]]:
+    """The planned emulators of ``kinds``, in plan order.
+
+    Raises:
+        ValueError: a kind has no setting in the compare file (the study would score the full model, then
+            print an empty table); the message lists the kinds the file has.
+    """
+    planned = [(method, run) for method, run in plan(base, compare) if method.kind in KINDS]
+    have = list(dict.fromkeys(method.kind for method, _ in planned))
+    missing = [kind for kind in kinds if kind not in have]
+    if missing:
+        raise ValueError(
+            f"--kinds {' '.join(missing)}: {config} has no setting of {' or '.join(missing)}; "
+            f"use one of {', '.join(have)} (or add a setting to its [compare] table)"
+        )
+    return [(method, run) for method, run in planned if method.kind in kinds]
 
 
 def _write(out: Path, config: str, probe: ProbeConfig, n: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -161,4 +220,4 @@ def _pct(row: Mapping[str, float]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -209,3 +209,94 @@ def test_a_setting_the_model_cannot_take_leaves_nothing_that_blocks_the_correcte
     assert main([*args, "--set", "client.max_length=100000"]) == 2
     assert _one_error_line(capsys).startswith("error: client.max_length=100000 does not fit the model")
     assert list(out.iterdir()) == []
+
+
+def test_build_emulator_refuses_a_field_given_as_an_option_and_in_set(capsys, tmp_path, no_model_load):
+    # --set used to win silently: --alpha 0.25 built an emulator at 0.5.
+    out = str(tmp_path / "b")
+    assert main(["build-emulator", "--alpha", "0.25", "--set", "alpha=0.5", "--out", out]) == 2
+    assert _one_error_line(capsys) == "error: --alpha 0.25 and --set alpha=0.5 both set alpha; give it once"
+    assert main(["build-emulator", "--rank-keep", "0.8", "--set", "rank-keep=1", "--out", out]) == 2
+    assert _one_error_line(capsys).startswith(
+        "error: --rank-keep 0.8 and --set rank-keep=1 both set rank_keep"
+    )
+
+
+def test_build_emulator_names_the_option_that_asks_a_full_model_for_compression(
+    capsys, tmp_path, no_model_load
+):
+    out = str(tmp_path / "b")
+    assert main(["build-emulator", "--method", "full", "--alpha", "0.5", "--out", out]) == 2
+    line = _one_error_line(capsys)
+    assert line == (
+        "error: emulator.method='full' compresses nothing, but alpha=0.5 asks for compression; drop --alpha"
+    )
+    assert main(["build-emulator", "--method", "full", "--set", "rank_keep=0.5", "--out", out]) == 2
+    assert _one_error_line(capsys).endswith("rank_keep=0.5 asks for compression; drop --set rank_keep=...")
+
+
+def _fake_run(directory: Path, seed: int = 0) -> Path:
+    """A run directory as far as eval and export read it before any model loads (tiny.toml: synthetic)."""
+    directory.mkdir()
+    config = (ROOT / "simulations/configs/tiny.toml").read_text().replace("seed = 0", f"seed = {seed}", 1)
+    (directory / "config.toml").write_text(config)
+    (directory / "metrics.json").write_text("{}")
+    (directory / "adapter.safetensors").write_bytes(b"")
+    return directory
+
+
+def test_eval_of_a_run_scores_the_runs_task_and_split_by_default(
+    capsys, tmp_path, monkeypatch, no_model_load
+):
+    import emulator.data.tasks as tasks
+
+    loaded = []
+    real_load_task = tasks.load_task
+
+    def recording(name, seed):
+        loaded.append((name, seed))
+        return real_load_task(name, seed=seed)
+
+    monkeypatch.setattr(tasks, "load_task", recording)
+    run = _fake_run(tmp_path / "run", seed=3)
+    with pytest.raises(AssertionError, match="a model was loaded"):  # past every check: the task was found
+        main(["eval", "--run", str(run), "--row", "plug_in"])
+    assert loaded == [("synthetic", 3)]
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["eval", "--run", str(run), "--task", "synthetic", "--seed", "1"])
+    assert loaded[-1] == ("synthetic", 1)
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "the run's task" in " ".join(capsys.readouterr().out.split())
+
+
+def test_eval_reports_a_missing_run_directory_before_anything_else(capsys, tmp_path, no_model_load):
+    missing = tmp_path / "nope"
+    line = f"error: --run={missing} does not exist; give a run directory of scaleot simulate"
+    assert main(["eval", "--run", str(missing), "--row", "plug_in"]) == 2
+    assert _one_error_line(capsys) == line
+    assert main(["eval", "--run", str(missing), "--model", "tiny-llama", "--task", "synthetic"]) == 2
+    assert _one_error_line(capsys) == line
+
+
+def test_eval_says_when_limit_asks_for_more_examples_than_the_split_holds(capsys):
+    argv = ["eval", "--model", "tiny-llama", "--task", "synthetic", "--split", "validation", "--limit", "50"]
+    assert main(argv) == 0
+    assert "| tiny-llama | synthetic | validation | 40 (all; --limit 50) | " in capsys.readouterr().out
+
+
+def test_export_out_that_cannot_be_a_directory_is_one_line_before_the_model_loads(
+    capsys, tmp_path, no_model_load
+):
+    run = _fake_run(tmp_path / "run")
+    notes = tmp_path / "notes.md"
+    notes.write_text("x")
+    allowed = "give a directory that can be written (plug-in/ and peft-adapter/ in it are replaced)"
+    assert main(["export", str(run), "--out", str(notes)]) == 2
+    assert _one_error_line(capsys) == f"error: --out={notes} is a file; {allowed}"
+    below_a_file = notes / "plug"
+    assert main(["export", str(run), "--out", str(below_a_file)]) == 2
+    assert (
+        _one_error_line(capsys)
+        == f"error: --out={below_a_file} cannot be created (Not a directory); {allowed}"
+    )

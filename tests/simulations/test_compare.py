@@ -427,3 +427,59 @@ def test_against_a_method_the_comparison_lacks_is_refused_before_anything_runs(t
     ):
         compare_tasks(base, settings, tmp_path, report_only=True, against="crash")
     assert list(tmp_path.iterdir()) == []
+
+
+def _finished_run(run_dir: Path, config) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(config.to_json())
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished"}))
+
+
+def test_report_refuses_a_finished_run_of_another_config_naming_the_key(tmp_path):
+    # `--report --set federation.rounds=5` used to tabulate 3-round runs as 5-round ones.
+    import dataclasses
+
+    from simulations.studies.compare import cell_dir, cells, compare, compare_tasks
+
+    base, settings = load_compare(ROOT / EVIDENCE, quick=True)  # rounds = 1
+    config = cells(base, settings)[1]
+    method, planned = plan(config, settings)[1]
+    ran = dataclasses.replace(planned, federation=dataclasses.replace(planned.federation, rounds=3))
+    run_dir = cell_dir(tmp_path, config) / method.slug(config.emulator)
+    _finished_run(run_dir, ran)
+    message = rf"^{run_dir} holds a run of another config \(federation.rounds=3 there, 1 planned\); --report "
+    with pytest.raises(ValueError, match=message):
+        compare_tasks(base, settings, tmp_path, report_only=True)
+    assert not (tmp_path / "summary.json").exists()  # every cell checked before any is written
+    with pytest.raises(ValueError, match=message):
+        compare(config, settings, cell_dir(tmp_path, config), report_only=True)
+    assert not (cell_dir(tmp_path, config) / "comparison.json").exists()
+    # The running path refuses it with the same check, worded for itself.
+    with pytest.raises(ValueError, match=r"\(federation.rounds=3 there, 1 planned\); remove it or give"):
+        run_method(planned, run_dir)
+
+
+def test_against_is_checked_and_tabulated_without_compare_runs(tmp_path):
+    from simulations.studies.compare import compare
+
+    base, settings = load_compare(ROOT / CONFIG, quick=True)
+    with pytest.raises(
+        ValueError, match=r"^--against='nope' is not a method of this comparison; use one of 'full', "
+    ):
+        compare(base, settings, tmp_path / "out", report_only=True, against="nope")
+    assert not (tmp_path / "out").exists()  # refused before anything runs or is written
+    uniform = next(m.label(base.emulator) for m, _ in plan(base, settings) if m.kind == "uniform")
+    compare(base, settings, tmp_path / "out", report_only=True, against=uniform)
+    assert f"| plug-in − {uniform} (paired) |" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_compare_out_that_cannot_be_a_directory_is_one_line(tmp_path, capsys):
+    from simulations.cli import main
+
+    notes = tmp_path / "notes.md"
+    notes.write_text("x")
+    allowed = "give a directory: absent, or one compare wrote (to continue it)"
+    for config in (CONFIG, EVIDENCE):  # one comparison, and one per [compare].runs cell
+        assert main(["compare", "--config", config, "--quick", "--report", "--out", str(notes)]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert err == [f"error: --out={notes} is a file; {allowed}"]

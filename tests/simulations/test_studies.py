@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,84 @@ def test_stage1_study_pairs_each_scaleot_run_with_the_longest_live_one(tmp_path)
     table = (tmp_path / "cell" / "stage1.md").read_text()
     assert "| scaleot-cached | 500 | 256 | identity |" in table and "| 0.050 |" in table
     assert (tmp_path / "cell" / "stage1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading a model fails the test: bad input must be refused before one loads."""
+    from simulations.studies import steal_study
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(steal_study, "load_model", refuse)
+
+
+def _error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "argument --steps: '0' is not an integer of at least 1"),
+        (["--test-limit", "-1"], "argument --test-limit: '-1' is not an integer of at least 0"),
+        (["--config", "nope.toml"], "argument --config: 'nope.toml' is not a file"),
+    ],
+)
+def test_steal_study_refuses_bad_options_when_parsed(argv, message, capsys, no_model_load):
+    from simulations.studies import steal_study
+
+    with pytest.raises(SystemExit) as stop:
+        steal_study.main(argv)
+    assert stop.value.code == 2
+    assert [line.split("error: ", 1)[1] for line in _error_lines(capsys)] == [message]
+
+
+def test_steal_study_refuses_bad_config_input_in_one_line_before_the_model_loads(capsys, no_model_load):
+    from simulations.studies import steal_study
+
+    config = str(Path(__file__).resolve().parents[2] / "simulations/configs/compare-smollm2.toml")
+    assert steal_study.main(["--config", config, "--set", "federation.rouds=2"]) == 2
+    assert _error_lines(capsys)[0].startswith("error: unknown config key 'federation.rouds' in [federation]")
+    # Scoring the full model, then an empty table, used to be all --kinds crash did on a file without crash.
+    assert steal_study.main(["--config", config, "--kinds", "crash", "uniform"]) == 2
+    assert _error_lines(capsys) == [
+        f"error: --kinds crash: {config} has no setting of crash; use one of uniform, uniform+distill, "
+        "importance-drop, scaleot (or add a setting to its [compare] table)"
+    ]
+
+
+def test_steal_study_help_gives_the_defaults(capsys):
+    from simulations.studies import steal_study
+
+    with pytest.raises(SystemExit):
+        steal_study.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "probe steps, the budget (default: 120)" in text
+    assert "(default: 0, the config's evaluation.test_limit)" in text
+
+
+def test_stage1_study_bad_input_is_one_line(tmp_path, capsys):
+    from simulations.studies.stage1_study import main
+
+    missing = tmp_path / "nope"
+    assert main([str(missing)]) == 2
+    assert _error_lines(capsys) == [
+        f"error: CELL={missing} is not a directory; give a compare cell directory, e.g. "
+        "runs/stage1-study/arc_easy-s0"
+    ]
+    cell = tmp_path / "cell"
+    (cell / "scaleot-a0.5").mkdir(parents=True)
+    metrics = {"status": "finished", "config": {"emulator": {"method": "scaleot"}}}
+    (cell / "scaleot-a0.5" / "metrics.json").write_text(json.dumps(metrics))
+    assert main([str(cell), "--reference", "nope"]) == 2
+    assert _error_lines(capsys) == [
+        f"error: --reference='nope' is not a finished scaleot run of {cell}: ['scaleot-a0.5']"
+    ]
+    assert not (cell / "stage1.md").exists()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "(default: the finished live ScaleOT run with the most stage-1 steps)" in " ".join(
+        capsys.readouterr().out.split()
+    )
