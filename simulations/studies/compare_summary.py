@@ -234,7 +234,9 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     if not groups:
         return None  # nothing finished yet: no picture
     width = 0.8 / max(len(methods), 1)
-    fig, ax = new_figure((max(6.5, 1.6 * len(groups) * max(len(methods), 1) / 3) + 3.0, 4.5))  # + legend
+    # Wide enough for every bar, capped: seven tasks of seven methods made a 29-inch strip.
+    width_in = min(14.0, max(6.5, 1.6 * len(groups) * max(len(methods), 1) / 3))
+    fig, ax = new_figure((width_in + 3.0, 4.5))  # + legend
     for i, label in enumerate(methods):
         xs = [g + (i - (len(methods) - 1) / 2) * width for g, (_, rows) in enumerate(groups) if label in rows]
         rows = [rows[label] for _, rows in groups if label in rows]
