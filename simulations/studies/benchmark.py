@@ -58,6 +58,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emulator.methods import METHODS
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -82,6 +84,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--repeats", type=int, default=2, help="passes over the client measurements; the fastest is kept"
     )
     parser.add_argument("--build-steps", type=int, default=60, help="stage-1 = distillation steps")
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        choices=[kind for kind, traits in METHODS.items() if traits.compresses and traits.role != "proposed"],
+        default=[],
+        help="without the builds section: also measure a client step on these emulators at --alpha (e.g. "
+        "crash, whose shared blocks make the client run every layer)",
+    )
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to run")
     parser.add_argument("--scoring-examples", type=int, default=64, help="test examples scored per path")
     parser.add_argument("--variant", choices=VARIANTS, default="new", help=argparse.SUPPRESS)  # child only
@@ -315,16 +325,18 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
     return rounds
 
 
-# --- the ScaleOT bundle when builds are not run -----------------------------------------------------------
+# --- the emulator bundles when builds are not run ---------------------------------------------------------
 
 
-def scaleot_bundle(args: argparse.Namespace, model: nn.Module, tokenizer: Any) -> str:
-    """The ScaleOT emulator bundle of the benchmark's settings, from the cache (built once)."""
+def emulator_bundle(args: argparse.Namespace, model: nn.Module, tokenizer: Any, kind: str) -> str:
+    """The ``kind`` emulator bundle of the benchmark's settings (ScaleOT at ``--rank-keep``, a baseline at its
+    preset), from the cache (built once)."""
     from emulator.config import EmulatorConfig
     from simulations.server.bundle_cache import ensure_bundle
 
-    values = {"method": "scaleot", "alpha": args.alpha, "rank_keep": args.rank_keep}
-    values["stage1_steps"] = args.build_steps
+    values = {"alpha": args.alpha, "rank_keep": args.rank_keep} | METHODS[kind].preset
+    if METHODS[kind].steps_field:
+        values[METHODS[kind].steps_field] = args.build_steps
     if args.quick:
         values |= {"harmonizer_rank": 16, "batch_size": 2, "seq_len": 32}
     return str(ensure_bundle(args.model, EmulatorConfig.from_dict(values), model, tokenizer))
@@ -415,7 +427,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             bundles = {n: (b["bundle"], b["method"]) for n, b in builds.items() if b["bundle"]}
             if not bundles:
                 label = f"scaleot α={args.alpha:g} β={args.rank_keep:g}"
-                bundles = {label: (scaleot_bundle(args, model, tokenizer), "scaleot")}
+                bundles = {label: (emulator_bundle(args, model, tokenizer, "scaleot"), "scaleot")}
+                for kind in args.baselines:
+                    bundles[f"{kind} α={args.alpha:g}"] = (
+                        emulator_bundle(args, model, tokenizer, kind),
+                        kind,
+                    )
             del model  # the children load their own
             jobs = {"full model" + _path(v): ("full", v) for v in ("old", "new")}
             for name, (bundle, method) in bundles.items():
