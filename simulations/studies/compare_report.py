@@ -175,6 +175,8 @@ def write_comparison(
     write_text(out / "comparison.md", markdown(rows, base, failed, against))
     if rows:
         plot_comparison(rows, out / "comparison.png")
+        if any(r.get("stolen_zs") for r in rows):  # the frontier on the probe's axis (issue 21 §5)
+            plot_comparison(rows, out / "comparison-stolen.png", privacy="stolen_zs")
     log.info("comparison of %d methods written to %s", len(rows), out)
     return rows
 
@@ -232,23 +234,32 @@ def markdown(
         "![plug-in against emulator fine-tuned accuracy](comparison.png)",
         "",
     ]
+    if stolen:
+        lines += ["![plug-in against the stolen emulator's zero-shot](comparison-stolen.png)", ""]
     return "\n".join(lines)
 
 
-def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """The privacy-utility picture: plug-in (y) against emulator fine-tuned (x) accuracy, one point per
-    emulator; the diagonal (no privacy gap) and full fine-tuning / zero-shot as horizontal lines."""
+_PRIVACY_AXES = {
+    EMULATOR_FT: "emulator fine-tuned accuracy (%): what the data owners hold",
+    "stolen_zs": "stolen emulator zero-shot (%): what the model-stealing probe recovers",
+}
+
+
+def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path, privacy: str = EMULATOR_FT) -> Path:
+    """The privacy-utility picture: plug-in (y) against a privacy measure (x; ``EMULATOR_FT`` or
+    ``"stolen_zs"``, lower is more private) of each emulator, one point per emulator; the diagonal (plug-in
+    equal to it) and full fine-tuning / zero-shot as horizontal lines."""
     fig, ax = new_figure((6.5, 5))
     emulators = [kind for kind in METHODS if not is_upper_bound(kind)]  # a colour per kind, in registry order
     colors = {kind: f"C{i}" for i, kind in enumerate(emulators)}
-    points = [r for r in rows if r["kind"] in colors and r[PLUG_IN] and r[EMULATOR_FT]]
+    points = [r for r in rows if r["kind"] in colors and r[PLUG_IN] and r.get(privacy)]
     for kind, color in colors.items():
         mine = [r for r in points if r["kind"] == kind]
         if mine:
             ax.errorbar(
-                [100 * r[EMULATOR_FT]["acc"] for r in mine],
+                [100 * r[privacy]["acc"] for r in mine],
                 [100 * r[PLUG_IN]["acc"] for r in mine],
-                xerr=[100 * r[EMULATOR_FT]["acc_stderr"] for r in mine],
+                xerr=[100 * r[privacy]["acc_stderr"] for r in mine],
                 yerr=[100 * r[PLUG_IN]["acc_stderr"] for r in mine],
                 fmt="o",
                 capsize=3,
@@ -256,8 +267,9 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                 label=kind,
             )
     for r in points:
-        xy = (100 * r[EMULATOR_FT]["acc"], 100 * r[PLUG_IN]["acc"])
-        ax.annotate(r["method"], xy, textcoords="offset points", xytext=(5, 5), fontsize=8)
+        xy = (100 * r[privacy]["acc"], 100 * r[PLUG_IN]["acc"])
+        label = ax.annotate(r["method"], xy, textcoords="offset points", xytext=(5, 5), fontsize=7)
+        label.set_in_layout(False)  # a long setting label made tight_layout squeeze the axes to a sliver
     full = next((r for r in rows if is_upper_bound(r["kind"]) and r[PLUG_IN]), None)
     zero_shot = next((r for r in rows if r["kind"] == "zero-shot" and r[PLUG_IN]), None)
     for row, style, name in ((full, "-", "full fine-tune"), (zero_shot, ":", "zero-shot")):
@@ -265,10 +277,17 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
             ax.axhline(100 * row[PLUG_IN]["acc"], linestyle=style, color="k", alpha=0.6, label=name)
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     span = [min(x0, y0), max(x1, y1)]
-    ax.plot(span, span, "--", color="grey", linewidth=1, label="plug-in = emulator FT (Δ = 0)")
+    ax.plot(
+        span,
+        span,
+        "--",
+        color="grey",
+        linewidth=1,
+        label="plug-in = emulator FT (Δ = 0)" if privacy == EMULATOR_FT else "plug-in = stolen zero-shot",
+    )
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
-    ax.set_xlabel("emulator fine-tuned accuracy (%): what the data owners hold")
+    ax.set_xlabel(_PRIVACY_AXES[privacy])
     ax.set_ylabel("plug-in accuracy (%): what the model owner gets")
     ax.legend(fontsize=8, loc="best")
     return save_figure(fig, path)

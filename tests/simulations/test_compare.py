@@ -483,3 +483,20 @@ def test_compare_out_that_cannot_be_a_directory_is_one_line(tmp_path, capsys):
         assert main(["compare", "--config", config, "--quick", "--report", "--out", str(notes)]) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert err == [f"error: --out={notes} is a file; {allowed}"]
+
+
+def test_the_privacy_utility_picture_takes_the_stolen_accuracy_as_its_axis(tmp_path):
+    # Issue 21 §5: plug-in against what the model-stealing probe recovers, two measured axes.
+    from emulator.results import EMULATOR_FT, PLUG_IN
+    from simulations.studies.compare_report import plot_comparison
+
+    def acc(value):
+        return {"acc": value, "acc_stderr": 0.02}
+
+    rows = [
+        {"kind": "uniform", "method": "uniform", PLUG_IN: acc(0.55), EMULATOR_FT: acc(0.41)},
+        {"kind": "scaleot", "method": "scaleot", PLUG_IN: acc(0.62), EMULATOR_FT: acc(0.53)},
+    ]
+    rows[0]["stolen_zs"] = acc(0.39)  # the probe ran on uniform only: ScaleOT has no point on this axis
+    stolen = plot_comparison(rows, tmp_path / "stolen.png", privacy="stolen_zs")
+    assert stolen.read_bytes()[:4] == b"\x89PNG"
