@@ -444,15 +444,24 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
             f"federation.rounds={rounds} is below the {done} rounds {run_dir} has done; resume it with "
             f"federation.rounds >= {done}, or start a new run"
         )
-    saved, new = _flatten(read_saved_config(saved_path)), _flatten(json.loads(config.to_json()))
-    changed = [k for k in sorted(saved.keys() | new.keys()) if saved.get(k) != new.get(k)]
-    changed = [k for k in changed if not k.startswith(RESUMABLE)]
+    saved, new = read_saved_config(saved_path), json.loads(config.to_json())
+    changed = sorted(k for k in differing_keys(saved, new) if not k.startswith(RESUMABLE))
     if changed:
+        saved, new = _flatten(saved), _flatten(new)
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
         raise ValueError(
             f"--resume {run_dir} was started with another config ({shown}); only "
             f"{resumable_keys()} may change on resume"
         )
+
+
+def differing_keys(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The dotted keys whose value differs between two configs (``RunConfig.to_dict`` shapes, flat or nested),
+    in ``new``'s order, then the keys only ``saved`` has; a key one of them lacks counts as differing."""
+    saved, new = _flatten(saved), _flatten(new)
+    absent = object()
+    keys = [*new, *(k for k in saved if k not in new)]
+    return [k for k in keys if saved.get(k, absent) != new.get(k, absent)]
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

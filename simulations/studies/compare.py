@@ -53,6 +53,7 @@ from simulations.run_config import (
     RunConfig,
     add_set_option,
     apply_overrides,
+    differing_keys,
     read_config_file,
     read_saved_config,
 )
@@ -249,8 +250,9 @@ def _check_same_experiment(config: RunConfig, run_dir: Path, remedy: str) -> Non
         ValueError: one line naming ``run_dir``, the first differing key with both values, and ``remedy``.
     """
     saved = _experiment(read_saved_config(run_dir / "config.json"))
-    difference = _first_difference(saved, _experiment(config.to_dict()))
-    if difference:
+    planned = _experiment(config.to_dict())
+    if changed := differing_keys(saved, planned):
+        difference = f"{changed[0]}={_shown(saved, changed[0])} there, {_shown(planned, changed[0])} planned"
         raise ValueError(f"{run_dir} holds a run of another config ({difference}); {remedy}")
 
 
@@ -259,24 +261,14 @@ def _experiment(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in plain.items() if k not in _BACKEND_SECTIONS}
 
 
-def _first_difference(saved: Mapping[str, Any], planned: Mapping[str, Any], prefix: str = "") -> str:
-    """``"federation.rounds=3 there, 5 planned"`` for the first differing leaf, in the planned order; ``""``
-    when none differs."""
-    for key in [*planned, *(k for k in saved if k not in planned)]:
-        old, new = saved.get(key, _ABSENT), planned.get(key, _ABSENT)
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            if found := _first_difference(old, new, f"{prefix}{key}."):
-                return found
-        elif old != new:
-            return f"{prefix}{key}={_shown(old)} there, {_shown(new)} planned"
-    return ""
-
-
-_ABSENT = object()  # a key one config has and the other lacks
-
-
-def _shown(value: Any) -> str:
-    return "absent" if value is _ABSENT else json.dumps(value, ensure_ascii=False)
+def _shown(config: Mapping[str, Any], dotted: str) -> str:
+    """The value at a dotted key of a nested config, as JSON; ``absent`` where the config lacks it."""
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return "absent"
+        value = value[part]
+    return json.dumps(value, ensure_ascii=False)
 
 
 def compare(
