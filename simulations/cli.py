@@ -20,7 +20,7 @@ from pathlib import Path
 
 from emulator.methods import METHODS
 from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN
-from simulations.arguments import EXIT_USAGE, error_line, positive_int
+from simulations.arguments import EXIT_USAGE, error_line, non_negative_int, positive_int
 from simulations.run_config import add_set_option
 from simulations.runner import RunInterrupted, run_simulate, simulate_arguments
 from simulations.server.export_run import RUN_ROWS, export_arguments, run_export
@@ -103,7 +103,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="seed of the task's splits (default: the run's with --run, else 0)",
     )
@@ -329,16 +329,24 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``scaleot`` parser with one subparser per entry of ``COMMANDS``."""
     parser = argparse.ArgumentParser(
         prog="scaleot", description="ScaleOT offsite-tuning with many data owners on Flower"
     )
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-level", default="INFO", choices=_LOG_LEVELS)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(sub)
+        # Also after the command (`scaleot eval --log-level DEBUG`), as users write it; SUPPRESS keeps the
+        # value given before the command when this one is absent.
+        sub.add_argument(
+            "--log-level", default=argparse.SUPPRESS, choices=_LOG_LEVELS, help="as before the command"
+        )
         sub.set_defaults(run=command.run)
     return parser
 

@@ -413,6 +413,14 @@ def run_simulate(args: argparse.Namespace) -> None:
     """``scaleot simulate``: parse and validate the config, then run it (``simulate``)."""
     quiet_environment()  # before torch is imported: OpenMP reads its settings once
     # The config is read and checked before anything imports torch or Flower: bad input fails in a second.
+    if args.bundle_only:
+        # It writes no run: silently ignoring where a run would go leaves the user looking for one.
+        ignored = [opt for opt, given in (("--out", args.out), ("--overwrite", args.overwrite)) if given]
+        if ignored:
+            raise ValueError(
+                f"{' and '.join(ignored)} with --bundle-only: it builds (or finds) the emulator bundle in "
+                "$SCALEOT_CACHE/bundles and writes no run; drop --bundle-only to run, or the other option"
+            )
     if args.resume is not None:
         if args.overwrite:
             raise ValueError("--overwrite starts a new run over an old one; it does not go with --resume")

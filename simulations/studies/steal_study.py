@@ -8,8 +8,10 @@ examples, next to the emulator's own zero-shot and the full model's. ``recovered
 (full ZS − emulator ZS): the share of the compression's damage the attack undoes (1: the full model's
 zero-shot is reached). ``stolen − full`` is paired on the same test examples.
 
-Writes ``steal.json`` and ``steal.md`` into ``--out`` (default: the compare directory,
-``<output.dir>/<name>``, where ``scaleot compare`` then shows the stolen model's accuracy as a column).
+Writes ``steal.json`` and ``steal.md`` into ``--out`` (default: where ``scaleot compare`` wrote the comparison
+of the probed task and seed, and where its report then shows the stolen model's accuracy as a column:
+``<output.dir>/<name>``, or that directory's ``<task>-s<seed>`` cell for a file with ``compare.runs``). The file's
+``task`` and ``seed`` pick the cell; ``--set task=piqa`` picks another.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.steal_study \\
         --config simulations/configs/compare-smollm2.toml --test-limit 300
@@ -38,7 +40,7 @@ from simulations.arguments import EXIT_USAGE, error_line, existing_file, non_neg
 from simulations.run_config import RunConfig, add_set_option
 from simulations.server.bundle_cache import ensure_bundle
 from simulations.server.outputs import pct, write_text
-from simulations.studies.compare import CompareConfig, load_compare, plan
+from simulations.studies.compare import CompareConfig, cell_dir, cells, load_compare, plan
 from simulations.studies.compare_report import STEAL_FILE, stolen_rows
 from simulations.studies.methods import Method
 
@@ -106,12 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         probe = ProbeConfig(
             args.steps, args.batch_size, args.seq_len, args.lr, base.emulator.data.corpus, base.seed
         )
+        base, out = probed_cell(base, compare, args.config)
         probed = probed_methods(base, compare, args.kinds, args.config)
         test = load_task(base.task, seed=base.seed).test  # unknown task, missing task data
     except ValueError as error:
         error_line(error)
         return EXIT_USAGE
-    out = args.out or Path(base.output.dir) / base.name
+    out = args.out or out
     limit = args.test_limit or base.evaluation.test_limit
     test = test[:limit] if limit else test
     batch = base.evaluation.batch_size
@@ -133,6 +136,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = _write(out, args.config, probe, len(test), rows)  # after each method: a long study may stop
     print(markdown(data))
     return 0
+
+
+def probed_cell(base: RunConfig, compare: CompareConfig, config: str) -> tuple[RunConfig, Path]:
+    """The run config probed (``base``'s task and seed) and the directory of its comparison.
+
+    A file without ``compare.runs`` is one comparison in ``<output.dir>/<name>``. With runs, the study probes
+    the cell of ``base``'s task and seed, configured as ``scaleot compare`` ran it, and writes beside that
+    cell's comparison, where ``compare --report`` reads it.
+
+    Raises:
+        ValueError: the file has runs and none is ``base``'s task and seed; the message lists the cells.
+    """
+    root = Path(base.output.dir) / base.name
+    if not compare.runs:
+        return base, root
+    configs = cells(base, compare)
+    for cell in configs:
+        if (cell.task, cell.seed) == (base.task, base.seed):
+            return cell, cell_dir(root, cell)
+    listed = ", ".join(f"task={c.task} seed={c.seed}" for c in configs)
+    raise ValueError(
+        f"task={base.task} seed={base.seed}: not a cell of {config}'s compare.runs; pick one of {listed} "
+        "with --set task=... --set seed=..."
+    )
 
 
 def probed_methods(

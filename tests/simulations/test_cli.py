@@ -158,6 +158,38 @@ def test_eval_counts_below_one_are_refused_when_parsed(option, value, capsys, no
     assert f"error: argument {option}: '{value}' is not an integer of at least 1" in capsys.readouterr().err
 
 
+def test_eval_negative_seed_is_refused_when_parsed(capsys, no_model_load):
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "--model", "tiny-llama", "--task", "synthetic", "--seed", "-1"])
+    assert stop.value.code == 2
+    assert "error: argument --seed: '-1' is not an integer of at least 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["eval", "--task", "synthetic"], "INFO"),
+        (["--log-level", "ERROR", "eval", "--task", "synthetic"], "ERROR"),
+        (["eval", "--task", "synthetic", "--log-level", "DEBUG"], "DEBUG"),  # after the command, as users write it
+        (["--log-level", "ERROR", "compare", "--config", "c.toml", "--log-level", "WARNING"], "WARNING"),
+    ],
+)
+def test_log_level_goes_before_or_after_the_command(argv, level):
+    assert build_parser().parse_args(argv).log_level == level
+
+
+def test_simulate_bundle_only_refuses_the_options_of_a_run(capsys, tmp_path, no_model_load):
+    config = str(ROOT / "simulations/configs/tiny.toml")
+    for extra, named in (
+        (["--out", str(tmp_path / "r")], "--out"),
+        (["--overwrite"], "--overwrite"),
+        (["--out", str(tmp_path / "r"), "--overwrite"], "--out and --overwrite"),
+    ):
+        assert main(["simulate", "--config", config, "--bundle-only", *extra]) == 2
+        assert _one_error_line(capsys).startswith(f"error: {named} with --bundle-only: it builds (or finds)")
+    assert not (tmp_path / "r").exists()
+
+
 def test_simulate_run_directory_that_cannot_be_made_is_bad_input(capsys, tmp_path, monkeypatch):
     def no_run(*args, **kwargs):
         raise AssertionError("the run started")

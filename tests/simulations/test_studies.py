@@ -119,6 +119,27 @@ def test_steal_study_refuses_bad_config_input_in_one_line_before_the_model_loads
     ]
 
 
+def test_steal_study_writes_beside_the_comparison_of_the_probed_cell(capsys, no_model_load):
+    """compare --report reads steal.json from each cell's directory: a study of a file with compare.runs must
+    write there (it wrote at the compare root, where no report looked), probing the cell as compare ran it."""
+    from simulations.studies import steal_study
+    from simulations.studies.compare import load_compare
+
+    config = str(Path(__file__).resolve().parents[2] / "simulations/configs/compare-evidence.toml")
+    base, compare = load_compare(config)
+    cell, out = steal_study.probed_cell(base, compare, config)
+    assert out == Path("runs/evidence-paper-tasks/arc_easy-s0") and (cell.task, cell.seed) == ("arc_easy", 0)
+    base, compare = load_compare(config, overrides=["task=piqa"])
+    cell, out = steal_study.probed_cell(base, compare, config)
+    assert out.name == "piqa-s0" and cell.emulator.data.corpus_exclude != ""
+    plain, plain_compare = load_compare(config, overrides=["compare.runs=[]"])
+    assert steal_study.probed_cell(plain, plain_compare, config)[1] == Path("runs/evidence-paper-tasks")
+    assert steal_study.main(["--config", config, "--set", "seed=7"]) == 2
+    (line,) = _error_lines(capsys)
+    assert line.startswith(f"error: task=arc_easy seed=7: not a cell of {config}'s compare.runs; pick one of ")
+    assert "task=hellaswag seed=0, task=arc_easy seed=1 with --set task=... --set seed=..." in line
+
+
 def test_steal_study_help_gives_the_defaults(capsys):
     from simulations.studies import steal_study
 
