@@ -10,8 +10,8 @@ zero-shot is reached). ``stolen − full`` is paired on the same test examples.
 
 Writes ``steal.json`` and ``steal.md`` into ``--out`` (default: where ``scaleot compare`` wrote the comparison
 of the probed task and seed, and where its report then shows the stolen model's accuracy as a column:
-``<output.dir>/<name>``, or that directory's ``<task>-s<seed>`` cell for a file with ``compare.runs``). The file's
-``task`` and ``seed`` pick the cell; ``--set task=piqa`` picks another.
+``<output.dir>/<name>``, or its ``<task>-s<seed>`` cell for a file with ``compare.runs``). The file's ``task``
+and ``seed`` pick the cell; ``--set task=piqa`` picks another.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.steal_study \\
         --config simulations/configs/compare-smollm2.toml --test-limit 300

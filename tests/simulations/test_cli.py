@@ -170,7 +170,7 @@ def test_eval_negative_seed_is_refused_when_parsed(capsys, no_model_load):
     [
         (["eval", "--task", "synthetic"], "INFO"),
         (["--log-level", "ERROR", "eval", "--task", "synthetic"], "ERROR"),
-        (["eval", "--task", "synthetic", "--log-level", "DEBUG"], "DEBUG"),  # after the command, as users write it
+        (["eval", "--task", "synthetic", "--log-level", "DEBUG"], "DEBUG"),  # after the command too
         (["--log-level", "ERROR", "compare", "--config", "c.toml", "--log-level", "WARNING"], "WARNING"),
     ],
 )

@@ -136,7 +136,7 @@ def test_steal_study_writes_beside_the_comparison_of_the_probed_cell(capsys, no_
     assert steal_study.probed_cell(plain, plain_compare, config)[1] == Path("runs/evidence-paper-tasks")
     assert steal_study.main(["--config", config, "--set", "seed=7"]) == 2
     (line,) = _error_lines(capsys)
-    assert line.startswith(f"error: task=arc_easy seed=7: not a cell of {config}'s compare.runs; pick one of ")
+    assert line.startswith(f"error: task=arc_easy seed=7: not a cell of {config}'s compare.runs; pick one")
     assert "task=hellaswag seed=0, task=arc_easy seed=1 with --set task=... --set seed=..." in line
 
 
