@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.config import EmulatorConfig
-from emulator.config_parse import build_config, parse_typed, parse_value, split_assignment
+from emulator.config_parse import build_config, nest_tables, parse_typed, parse_value, split_assignment
 from emulator.files import check_out_dir, write_text
 from emulator.methods import METHODS
 from simulations.run_config import (
@@ -172,7 +172,9 @@ def load_compare(
     if quick:
         if not isinstance(quick_table, Mapping):
             raise ValueError(f"--quick needs a [quick] table in {path}")
-        data = deep_merge(data, quick_table)
+        # Both nested first (nest_tables): a key the file writes flat and [quick] nested, or the reverse, is
+        # one key that [quick] replaces, not two that the parser refuses as given twice.
+        data = deep_merge(nest_tables(RunConfig, data), nest_tables(RunConfig, quick_table))
     data = apply_overrides(data, overrides)
     compare = CompareConfig.from_dict(data.pop("compare", {}))
     return RunConfig.from_dict(data), compare

@@ -85,6 +85,17 @@ def test_quick_merges_over_the_file_and_overrides_come_last():
     assert [dict(s) for s in compare.uniform] == [{"alpha": 0.5}]
 
 
+def test_quick_replaces_a_key_the_file_writes_flat_when_quick_writes_it_nested_and_the_reverse(tmp_path):
+    for file_form, quick_form in (
+        ("[emulator]\nharmonizer_rank = 8\n", "[quick.emulator.stage1]\nharmonizer_rank = 16\n"),
+        ("[emulator.stage1]\nharmonizer_rank = 8\n", "[quick.emulator]\nharmonizer_rank = 16\n"),
+    ):
+        path = tmp_path / "c.toml"
+        path.write_text(f'model = "tiny-llama"\ntask = "synthetic"\n{file_form}[compare]\n{quick_form}')
+        assert load_compare(path)[0].emulator.stage1.harmonizer_rank == 8
+        assert load_compare(path, quick=True)[0].emulator.stage1.harmonizer_rank == 16
+
+
 def test_a_directory_of_another_experiment_is_refused(tmp_path):
     base, _ = load_compare(ROOT / CONFIG, quick=True)
     other = base.to_dict() | {"seed": 7}
