@@ -11,8 +11,10 @@ spells. A config with sections and a true ``flat_keys`` class attribute (``Emula
 written flat: ``nest_flat_keys`` moves each leaf key into its one home section, found from the dataclass
 fields, and ``flatten_sections`` writes it back flat; ``nest_tables`` and ``nested_key`` place a whole
 config and an override's key in that nested form, so an override replaces a file's value whichever form
-either uses. A config whose ``check_given`` method exists is handed the keys that were given, for checks
-that a value alone cannot make (``DPConfig``: a setting its clipping ignores, given at its default).
+either uses. ``check_keys`` checks only the keys of a partial table merged over a config later (a compare
+file's ``[quick]``), naming where it was written. A config whose ``check_given`` method exists is handed the
+keys that were given, for checks that a value alone cannot make (``DPConfig``: a setting its clipping
+ignores, given at its default).
 ``parse_assignment`` reads one ``key=value`` (``--set``, ``--sweep``, the study scripts), the value in TOML
 syntax and a bare word taken as a string.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import numbers
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import Field, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -50,10 +52,7 @@ def build_config(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in valid:
-            where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
-            raise ValueError(
-                f"unknown config key {prefix + key!r} in {where}; valid keys: {', '.join(valid)}"
-            )
+            raise ValueError(_unknown_key(prefix, key, valid))
         section = flat and is_dataclass(default_of(valid[name]))
         # Leaves of a flat_keys config are unique, so messages name them as users write them: flat.
         kwargs[name] = (
@@ -66,6 +65,42 @@ def build_config(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T
     if check_given is not None:
         check_given(kwargs.keys())
     return config
+
+
+def check_keys(cls: type, values: Any, prefix: str = "", extra: Sequence[str] = ()) -> None:
+    """Refuse an unknown key anywhere in ``values``, a partial table of ``cls`` that is merged over a whole
+    config later (a compare file's ``[quick]``): checked on its own, with ``prefix`` naming where it was
+    written, since after the merge an unknown key would be named as if the file's own section held it. Values
+    are left to ``build_config`` (a value may be valid only with the rest of the merged config).
+
+    Args:
+        prefix: the table's dotted name with a trailing dot (``"quick."``).
+        extra: further keys valid at this level, left unchecked (``[quick]``'s ``compare``).
+
+    Raises:
+        ValueError: as ``build_config``: a key is unknown (the valid ones are listed), given both flat and in
+            its section, or a section is not a table.
+    """
+    flat = getattr(cls, "flat_keys", False)
+    if flat:
+        values = nest_flat_keys(cls, values, prefix)
+    if not isinstance(values, Mapping):
+        raise ValueError(f"config section {prefix.rstrip('.') or '(top)'} must be a table, got {values!r}")
+    valid = {f.name: f for f in fields(cls)}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name in extra:
+            continue
+        if name not in valid:
+            raise ValueError(_unknown_key(prefix, key, [*valid, *extra]))
+        default = default_of(valid[name])
+        if is_dataclass(default):
+            check_keys(type(default), value, prefix if flat else f"{prefix}{name}.")
+
+
+def _unknown_key(prefix: str, key: str, valid: Iterable[str]) -> str:
+    where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+    return f"unknown config key {prefix + key!r} in {where}; valid keys: {', '.join(valid)}"
 
 
 def nest_flat_keys(cls: type, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -242,7 +242,7 @@ def one_line(error: BaseException) -> str:
 
 
 def read_text(path: str | Path, kind: str = "text") -> str:
-    """The text of a UTF-8 file.
+    """The text of a UTF-8 file, without a leading byte-order mark.
 
     Args:
         kind: what the file should hold, for the message (``"TOML"``).
@@ -252,7 +252,10 @@ def read_text(path: str | Path, kind: str = "text") -> str:
     """
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        # Editors on Windows may start a UTF-8 file with a byte-order mark, which TOML and JSON parsers refuse
+        # as an invalid first character. Removed after decoding ("utf-8-sig" would shift the offsets that a
+        # decoding error names by its 3 bytes).
+        return path.read_text(encoding="utf-8").removeprefix("\ufeff")
     except FileNotFoundError:
         raise ValueError(f"{path} does not exist") from None
     except UnicodeDecodeError as error:

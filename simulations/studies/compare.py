@@ -28,6 +28,8 @@ of the same experiment is reused and one with a checkpoint is resumed, so an int
 where it stopped; a failed one (no round trained anything) is moved to ``<slug>.failed`` and run again; a
 directory holding another experiment is an error, never overwritten. A run's saved config is read with
 today's defaults (``read_saved_config``), so a field added since it ran does not make it another experiment.
+``--out`` is absent, empty or a directory compare wrote (not, say, a ``scaleot simulate`` run's); ``--report``
+runs nothing, so it takes only a directory compare wrote that holds a finished run.
 """
 
 from __future__ import annotations
@@ -40,13 +42,21 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from emulator.config import EmulatorConfig
-from emulator.config_parse import build_config, nest_tables, parse_typed, parse_value, split_assignment
+from emulator.config_parse import (
+    build_config,
+    check_keys,
+    nest_flat_keys,
+    nest_tables,
+    parse_typed,
+    parse_value,
+    split_assignment,
+)
 from emulator.files import check_out_dir, write_text
 from emulator.methods import METHODS
 from simulations.run_config import (
@@ -57,6 +67,7 @@ from simulations.run_config import (
     read_config_file,
     read_saved_config,
 )
+from simulations.runner import RunInterrupted
 from simulations.server.outputs import read_metrics
 from simulations.studies.methods import Method, Setting, compared_kinds, is_upper_bound, settings_field
 
@@ -65,6 +76,13 @@ log = logging.getLogger(__name__)
 # Config sections that do not change what a run measures: a finished run differing only there is reused.
 _BACKEND_SECTIONS = ("simulation", "output")
 _OUT_ALLOWED = "give a directory: absent, or one compare wrote (to continue it)"
+_REPORT_ALLOWED = (
+    "give a directory compare wrote: --report runs nothing, it tabulates the runs finished there"
+)
+_SWEEP_SETS = (
+    "it adds ScaleOT settings; another method's go in its [compare] list, e.g. uniform = [{alpha = 0.25}]"
+)
+_NOTHING_TO_REPORT = "nothing to report yet: run the comparison without --report"
 
 
 @dataclass(frozen=True)
@@ -100,8 +118,8 @@ class CompareConfig:
                     f"config compare.{f.name}={list(settings)!r} must be a list of tables, "
                     "e.g. [{alpha = 0.25, rank_keep = 0.8}]"
                 )
-            if any("method" in s for s in settings):
-                raise ValueError(f"config compare.{f.name} must not set method: the list it is in sets it")
+            for setting in settings:
+                refuse_method(setting, f"config compare.{f.name}", "the list it is in sets it")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> CompareConfig:
@@ -113,16 +131,28 @@ class CompareConfig:
         return build_config(cls, values, "compare.")
 
 
+def refuse_method(keys: Iterable[str], where: str, why: str) -> None:
+    """The one rule for ``method`` in a compared setting: where a setting is written decides its method, so a
+    ``method`` there would run one method under another's label.
+
+    Raises:
+        ValueError: ``"{where} must not set method: {why}"``.
+    """
+    if "method" in (key.replace("-", "_") for key in keys):
+        raise ValueError(f"{where} must not set method: {why}")
+
+
 def parse_sweep(items: Sequence[str]) -> list[dict[str, Any]]:
     """``["alpha=0.25,0.5", "rank_keep=1.0,0.8"]`` -> the cartesian product as emulator settings.
 
     Raises:
-        ValueError: an item that is not ``key=v1,v2,...``.
+        ValueError: an item that is not ``key=v1,v2,...``, or one that sets ``method``.
     """
     example = "key=v1,v2 (an emulator field), e.g. alpha=0.25,0.5"
     axes: list[list[tuple[str, Any]]] = []
     for item in items:
         key, raw = split_assignment(item, "--sweep", example)
+        refuse_method([key], f"--sweep {item!r}", _SWEEP_SETS)
         values = [v.strip() for v in raw.split(",") if v.strip()]
         if not values:
             raise ValueError(f"--sweep {item!r} must look like {example}")
@@ -137,21 +167,43 @@ def plan(
     scaleot settings, then the sweep. Methods that come to the same emulator are run once (the first is kept).
 
     Raises:
-        ValueError: a setting that makes an invalid emulator config.
+        ValueError: a setting that makes an invalid emulator config, named where it was given
+            (``compare.uniform[0]``, ``--sweep alpha=2``).
     """
-    methods = [Method.of(kind, s) for kind in compared_kinds() for s in _settings(compare, kind, sweep)]
     planned: dict[EmulatorConfig, tuple[Method, RunConfig]] = {}
-    for method in methods:
-        emulator = method.emulator(base.emulator)
-        planned.setdefault(emulator, (method, replace(base, emulator=emulator)))
+    for kind in compared_kinds():
+        for where, setting in _settings(compare, kind, sweep):
+            method = Method.of(kind, setting)
+            if where.startswith("compare."):
+                check_setting_keys(setting, where)
+            try:
+                emulator = method.emulator(base.emulator)
+            except ValueError as error:
+                # Merged into the base [emulator] first: unprefixed, the error would point there.
+                raise ValueError(f"{where}: {error}" if where else str(error)) from None
+            planned.setdefault(emulator, (method, replace(base, emulator=emulator)))
     return list(planned.values())
 
 
-def _settings(compare: CompareConfig, kind: str, sweep: Sequence[Setting]) -> Sequence[Setting]:
+def _settings(compare: CompareConfig, kind: str, sweep: Sequence[Setting]) -> list[tuple[str, Setting]]:
+    """A kind's settings, each with where it was given, for messages."""
     if is_upper_bound(kind):
-        return [{}]  # once: it compresses nothing, so no setting changes it
-    listed = getattr(compare, settings_field(kind))
-    return (*listed, *sweep) if METHODS[kind].role == "proposed" else listed
+        return [("", {})]  # once: it compresses nothing, so no setting changes it
+    name = settings_field(kind)
+    listed = [(f"compare.{name}[{i}]", s) for i, s in enumerate(getattr(compare, name))]
+    if METHODS[kind].role != "proposed":
+        return listed
+    return listed + [("--sweep " + " ".join(f"{k}={v}" for k, v in s.items()), s) for s in sweep]
+
+
+def check_setting_keys(setting: Setting, where: str) -> None:
+    """Refuse a key of a compared setting (``where``: ``compare.uniform[0]``) that is no emulator field, named
+    there; merged into the base ``[emulator]`` first, it would be reported as that table's.
+
+    Raises:
+        ValueError: ``unknown config key 'compare.uniform[0].x' in [compare.uniform[0]]; valid keys: ...``.
+    """
+    nest_flat_keys(EmulatorConfig, setting, f"{where}.")
 
 
 def load_compare(
@@ -165,19 +217,38 @@ def load_compare(
         overrides: ``section.key=value`` changes applied last (``compare.uniform=[...]`` included).
 
     Raises:
-        ValueError: unreadable file, ``--quick`` without a ``[quick]`` table, or any invalid key or value.
+        ValueError: unreadable file, ``--quick`` without a ``[quick]`` table, or any invalid key or value (an
+            unknown key of ``[quick]`` named there, with or without ``quick``).
     """
     data = read_config_file(path)
     quick_table = data.pop("quick", None)
+    if quick_table is not None:
+        _check_quick_keys(quick_table)
     if quick:
         if not isinstance(quick_table, Mapping):
             raise ValueError(f"--quick needs a [quick] table in {path}")
         # Both nested first (nest_tables): a key the file writes flat and [quick] nested, or the reverse, is
         # one key that [quick] replaces, not two that the parser refuses as given twice.
-        data = deep_merge(nest_tables(RunConfig, data), nest_tables(RunConfig, quick_table))
+        data = deep_merge(nest_tables(RunConfig, data), nest_tables(RunConfig, quick_table, "quick."))
     data = apply_overrides(data, overrides)
     compare = CompareConfig.from_dict(data.pop("compare", {}))
     return RunConfig.from_dict(data), compare
+
+
+def _check_quick_keys(quick: Any) -> None:
+    """Refuse an unknown key of ``[quick]`` named there (``quick.compar``, ``quick.emulator.stage1_stesp``),
+    with or without ``--quick``: merged, it would be named as the file's own (``compar`` in the top level),
+    and unmerged it would go unread until the day ``--quick`` is given."""
+    check_keys(RunConfig, quick, "quick.", extra=("compare",))
+    table = quick.get("compare")
+    if table is None:
+        return
+    check_keys(CompareConfig, table, "quick.compare.")
+    for name, settings in table.items():
+        if name != "runs" and isinstance(settings, list):
+            for i, setting in enumerate(settings):
+                if isinstance(setting, Mapping):  # other values: CompareConfig says what a setting must be
+                    check_setting_keys(setting, f"quick.compare.{name}[{i}]")
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -289,17 +360,23 @@ def compare(
         The comparison rows (see ``simulations.studies.compare_report.comparison_rows``).
 
     Raises:
-        ValueError: an invalid method setting or ``against`` label, with ``report_only`` a finished run of
-            another config, or an ``out`` that cannot be a directory (all found before anything runs).
+        ValueError: an invalid method setting or ``against`` label; an ``out`` that cannot be a directory or
+            holds files compare did not write; with ``report_only``, an ``out`` that does not exist, holds a
+            finished run of another config or no finished run at all (all found before anything runs).
         RuntimeError: some methods failed; the others' rows are written first.
+        RunInterrupted: SIGTERM or SIGINT stopped a method's run; the message says to rerun the comparison.
     """
     from simulations.studies.compare_report import write_comparison
 
     planned = plan(base, settings, sweep)  # first: every setting is validated before anything runs
     _check_against(against, [method.label(base.emulator) for method, _ in planned])
+    slugs = [method.slug(base.emulator) for method, _ in planned]
+    # full runs first, so a comparison stopped in its first run already left a directory named here.
+    _check_compare_out(out, {"comparison.json", *slugs, *(slug + ".failed" for slug in slugs)}, report_only)
     if report_only:
         _check_finished_runs(planned, out, base.emulator)
-    check_out_dir(out, "--out", _OUT_ALLOWED)
+        if not _any_finished(planned, out, base.emulator):
+            raise ValueError(f"--report: no method has finished in --out={out}; {_NOTHING_TO_REPORT}")
     out.mkdir(parents=True, exist_ok=True)
     results: dict[Method, dict[str, Any]] = {}
     failed: dict[str, str] = {}
@@ -316,6 +393,14 @@ def compare(
         start = time.perf_counter()
         try:
             metrics, how = run_method(config, run_dir)
+        except RunInterrupted as stop:
+            # simulate's advice (`scaleot simulate --resume <run_dir>`) would finish this one run and leave
+            # the comparison behind; rerunning compare resumes the run and then goes on with the rest.
+            raise RunInterrupted(
+                stop.signum,
+                f"stopped by {stop.name} in {label}; {run_dir} keeps every finished round and {out} every "
+                "finished method: rerun the same `scaleot compare` command to continue the comparison",
+            ) from None
         except RuntimeError as error:
             log.error("[%d/%d] %s: failed after %.0f s: %s", i, len(planned), label, _elapsed(start), error)
             failed[label] = " ".join(str(error).split())
@@ -360,21 +445,38 @@ def compare_tasks(
     ``against`` (a method label) adds every method's plug-in minus that one's, paired, to the summary.
 
     Raises:
-        ValueError: an invalid cell, method setting or ``against`` label, with ``report_only`` a finished run
-            of another config, or an ``out`` that cannot be a directory (all found before anything runs).
+        ValueError: an invalid cell, method setting or ``against`` label; an ``out`` that cannot be a
+            directory or holds files compare did not write; with ``report_only``, an ``out`` that does not
+            exist, holds a finished run of another config or no finished run in any cell (all found before
+            anything runs).
         RuntimeError: some cells failed; the summary of the others is written first.
+        RunInterrupted: SIGTERM or SIGINT stopped a method's run; the message says to rerun the comparison.
     """
     from simulations.studies.compare_summary import markdown, plot_summary, summarise
 
     configs = cells(base, settings)
+    _check_compare_out(out, {"summary.json", *(cell_dir(out, c).name for c in configs)}, report_only)
+    finished = []  # with report_only: the cells with a finished run, the only ones given a comparison
     for config in configs:  # every cell is checked before the first one runs or is reported
         planned = plan(config, settings, sweep)
         _check_against(against, [method.label(config.emulator) for method, _ in planned])
         if report_only:
             _check_finished_runs(planned, cell_dir(out, config), config.emulator)
-    check_out_dir(out, "--out", _OUT_ALLOWED)
+            if _any_finished(planned, cell_dir(out, config), config.emulator):
+                finished.append(config)
+    if report_only and not finished:
+        raise ValueError(f"--report: no method has finished in any cell of --out={out}; {_NOTHING_TO_REPORT}")
     failed = []
     for i, config in enumerate(configs, 1):
+        if report_only and config not in finished:
+            log.info(
+                "cell %d/%d: %s seed %d: nothing finished yet, no comparison",
+                i,
+                len(configs),
+                config.task,
+                config.seed,
+            )
+            continue
         log.info("cell %d/%d: %s seed %d", i, len(configs), config.task, config.seed)
         try:
             compare(config, settings, cell_dir(out, config), sweep, report_only, against)
@@ -386,8 +488,8 @@ def compare_tasks(
             [(c, plan(c, settings, sweep), cell_dir(out, c)) for c in configs], base.emulator.alpha, against
         )
         write_text(out / "summary.json", json.dumps(summary, indent=1))
-        write_text(out / "summary.md", markdown(summary))
-        plot_summary(summary, out / "summary.png")
+        pictured = plot_summary(summary, out / "summary.png") is not None
+        write_text(out / "summary.md", markdown(summary, picture=pictured))
     if failed:
         raise RuntimeError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them")
     return summary
@@ -399,6 +501,34 @@ def _check_against(against: str, labels: Sequence[str]) -> None:
             f"--against={against!r} is not a method of this comparison; use one of "
             + ", ".join(map(repr, labels))
         )
+
+
+def _check_compare_out(out: Path, ours: set[str], report_only: bool) -> None:
+    """Refuse an ``--out`` compare may not write into: one that cannot be a directory, one holding files of
+    something else (a ``scaleot simulate`` run, say: the comparison's files and runs would be mixed into it),
+    and with ``report_only`` one that does not exist (nothing ran there: a report would be an empty table).
+
+    Args:
+        ours: the names compare writes directly in ``out``; a directory holding none of them (hidden names
+            aside) but something else is another's.
+
+    Raises:
+        ValueError: one line naming ``--out``, what is wrong and what to give instead.
+    """
+    allowed = _REPORT_ALLOWED if report_only else _OUT_ALLOWED
+    check_out_dir(out, "--out", allowed)
+    if not out.is_dir():
+        if report_only:
+            raise ValueError(f"--out={out} does not exist; {allowed}")
+        return
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if entries and not ours.intersection(entries):
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ValueError(f"--out={out} holds files compare did not write ({shown}); {allowed}")
+
+
+def _any_finished(planned: Sequence[tuple[Method, RunConfig]], out: Path, emulator: EmulatorConfig) -> bool:
+    return any(read_metrics(out / m.slug(emulator)).get("status") == "finished" for m, _ in planned)
 
 
 def _check_finished_runs(

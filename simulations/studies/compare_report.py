@@ -231,9 +231,9 @@ def markdown(
             " Stolen ZS: the emulator after the model-stealing probe (steal.md), zero-shot." if stolen else ""
         ),
         "",
-        "![plug-in against emulator fine-tuned accuracy](comparison.png)",
-        "",
     ]
+    if rows:  # write_comparison plots only then: no link to a picture that is not there
+        lines += ["![plug-in against emulator fine-tuned accuracy](comparison.png)", ""]
     if stolen:
         lines += ["![plug-in against the stolen emulator's zero-shot](comparison-stolen.png)", ""]
     return "\n".join(lines)

@@ -170,9 +170,9 @@ _HEADER = (
 )
 
 
-def markdown(summary: Mapping[str, Any]) -> str:
+def markdown(summary: Mapping[str, Any], picture: bool = True) -> str:
     """summary.md: one table per task, then (several tasks) the mean over tasks (accuracy points ± standard
-    error)."""
+    error); ``picture``: link summary.png (``plot_summary`` writes none while nothing has finished)."""
     lines = ["# Comparison over tasks and seeds", ""]
     columns, header = _COLUMNS, _HEADER
     if summary.get("against"):
@@ -203,7 +203,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
         "Accuracy in % ± standard error; differences paired on the same test examples within each run, "
         "seeds and tasks averaged as independent estimates (simulations/studies/compare_summary.py)."
     )
-    lines += ["", "![plug-in per task and method](summary.png)"]
+    if picture:
+        lines += ["", "![plug-in per task and method](summary.png)"]
     return "\n".join(lines) + "\n"
 
 

@@ -237,6 +237,7 @@ def test_a_method_whose_run_failed_is_marked_failed_not_tabulated(tmp_path, monk
     assert all("nothing was trained" in why for why in data["failed"].values())
     table = (tmp_path / "comparison.md").read_text()
     assert all(f"**{label}: FAILED**, no results: no client reply" in table for label in data["failed"])
+    assert "comparison.png" not in table and not (tmp_path / "comparison.png").exists()  # no row, no plot
 
 
 # --- several tasks and seeds (issue 9) ---------------------------------------------------------------
@@ -440,10 +441,16 @@ def test_against_a_method_the_comparison_lacks_is_refused_before_anything_runs(t
     assert list(tmp_path.iterdir()) == []
 
 
-def _finished_run(run_dir: Path, config) -> None:
+def _finished_run(run_dir: Path, config, metrics: dict | None = None) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(config.to_json())
-    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished"}))
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", **(metrics or {})}))
+
+
+def _results(config, correct: list[int]) -> dict:
+    """The metrics.json fields a comparison row is made of: the config, plug-in's results, no rounds."""
+    plug_in = {"acc": sum(correct) / len(correct), "acc_stderr": 0.1, "n": len(correct), "correct": correct}
+    return {"config": config.to_dict(), "results": {"plug_in": plug_in}, "rounds": []}
 
 
 def test_report_refuses_a_finished_run_of_another_config_naming_the_key(tmp_path):
@@ -479,7 +486,9 @@ def test_against_is_checked_and_tabulated_without_compare_runs(tmp_path):
     ):
         compare(base, settings, tmp_path / "out", report_only=True, against="nope")
     assert not (tmp_path / "out").exists()  # refused before anything runs or is written
-    uniform = next(m.label(base.emulator) for m, _ in plan(base, settings) if m.kind == "uniform")
+    method, config = next((m, c) for m, c in plan(base, settings) if m.kind == "uniform")
+    uniform = method.label(base.emulator)
+    _finished_run(tmp_path / "out" / method.slug(base.emulator), config, _results(config, [1, 0, 1, 1]))
     compare(base, settings, tmp_path / "out", report_only=True, against=uniform)
     assert f"| plug-in − {uniform} (paired) |" in (tmp_path / "out" / "comparison.md").read_text()
 
@@ -489,7 +498,7 @@ def test_compare_out_that_cannot_be_a_directory_is_one_line(tmp_path, capsys):
 
     notes = tmp_path / "notes.md"
     notes.write_text("x")
-    allowed = "give a directory: absent, or one compare wrote (to continue it)"
+    allowed = "give a directory compare wrote: --report runs nothing, it tabulates the runs finished there"
     for config in (CONFIG, EVIDENCE):  # one comparison, and one per [compare].runs cell
         assert main(["compare", "--config", config, "--quick", "--report", "--out", str(notes)]) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -511,3 +520,160 @@ def test_the_privacy_utility_picture_takes_the_stolen_accuracy_as_its_axis(tmp_p
     rows[0]["stolen_zs"] = acc(0.39)  # the probe ran on uniform only: ScaleOT has no point on this axis
     stolen = plot_comparison(rows, tmp_path / "stolen.png", privacy="stolen_zs")
     assert stolen.read_bytes()[:4] == b"\x89PNG"
+
+
+# --- where compare writes, what it refuses, how it stops -------------------------------------------------
+
+
+def _simulate_run(run_dir: Path) -> list[str]:
+    """What `scaleot simulate` leaves in a run directory (enough to be recognised as not compare's)."""
+    run_dir.mkdir(parents=True)
+    for name in ("config.json", "config.toml", "metrics.json"):
+        (run_dir / name).write_text("{}")
+    return sorted(p.name for p in run_dir.iterdir())
+
+
+@pytest.mark.parametrize("config", [CONFIG, EVIDENCE], ids=["one-comparison", "cells"])
+def test_report_refuses_an_out_compare_did_not_write_and_one_where_nothing_finished(config, tmp_path):
+    # --report used to create an absent --out, or write into a simulate run's directory, an empty comparison
+    # ("0 test examples") linking a comparison.png it never wrote, and exit 0.
+    from simulations.studies.compare import compare, compare_tasks
+
+    base, settings = load_compare(ROOT / config, quick=True)
+    report = compare_tasks if settings.runs else compare
+    allowed = "give a directory compare wrote: --report runs nothing, it tabulates the runs finished there"
+    absent = tmp_path / "new"
+    with pytest.raises(ValueError, match=rf"^--out={absent} does not exist; {allowed}$"):
+        report(base, settings, absent, report_only=True)
+    assert not absent.exists()
+    run = tmp_path / "run"
+    before = _simulate_run(run)
+    message = rf"^--out={run} holds files compare did not write \(config.json, config.toml, metrics.json\); "
+    with pytest.raises(ValueError, match=message + allowed):
+        report(base, settings, run, report_only=True)
+    assert sorted(p.name for p in run.iterdir()) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(
+        ValueError, match=rf"^--report: no method has finished in (any cell of )?--out={empty}; "
+    ):
+        report(base, settings, empty, report_only=True)
+    assert list(empty.iterdir()) == []
+
+
+def test_report_of_cells_writes_the_finished_cells_and_skips_the_others(tmp_path):
+    from simulations.studies.compare import cell_dir, cells, compare_tasks
+
+    base, settings = load_compare(ROOT / EVIDENCE, quick=True)
+    first, second = cells(base, settings)
+    method, config = plan(first, settings)[1]
+    _finished_run(cell_dir(tmp_path, first) / method.slug(first.emulator), config, _results(config, [1, 0]))
+    compare_tasks(base, settings, tmp_path, report_only=True)
+    assert (cell_dir(tmp_path, first) / "comparison.json").is_file()
+    assert not cell_dir(tmp_path, second).exists()  # nothing finished there: no empty comparison
+    assert (tmp_path / "summary.md").is_file()
+
+
+def test_running_into_a_directory_of_something_else_is_refused_before_any_run(tmp_path, monkeypatch):
+    from simulations.studies import compare as compare_module
+
+    def no_runs(config, run_dir):
+        raise AssertionError(f"compare ran {run_dir}")
+
+    monkeypatch.setattr(compare_module, "run_method", no_runs)
+    for config in (CONFIG, EVIDENCE):
+        base, settings = load_compare(ROOT / config, quick=True)
+        run = tmp_path / Path(config).stem
+        before = _simulate_run(run)
+        allowed = "give a directory: absent, or one compare wrote \\(to continue it\\)"
+        with pytest.raises(
+            ValueError, match=rf"^--out={run} holds files compare did not write .*; {allowed}$"
+        ):
+            (compare_module.compare_tasks if settings.runs else compare_module.compare)(base, settings, run)
+        assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_cells_whose_every_method_failed_link_no_summary_picture(tmp_path, monkeypatch):
+    from simulations.studies import compare as compare_module
+    from strategies.records import RunFailedError
+
+    def untrained(config, run_dir):
+        raise RunFailedError("nothing was trained")
+
+    monkeypatch.setattr(compare_module, "run_method", untrained)
+    base, settings = load_compare(ROOT / EVIDENCE, quick=True)
+    with pytest.raises(RuntimeError, match=r"cell\(s\) failed"):
+        compare_module.compare_tasks(base, settings, tmp_path)
+    assert "summary.png" not in (tmp_path / "summary.md").read_text()
+    assert not (tmp_path / "summary.png").exists()
+
+
+def test_a_sweep_that_sets_method_is_refused_as_the_compare_lists_are():
+    # It was run as a uniform emulator under the label "scaleot α=0.25 β=1 method=uniform".
+    with pytest.raises(ValueError, match=r"^--sweep 'method=uniform' must not set method: it adds ScaleOT"):
+        parse_sweep(["method=uniform", "alpha=0.25"])
+    with pytest.raises(ValueError, match=r"^config compare.scaleot must not set method: the list it is in"):
+        CompareConfig.from_dict({"scaleot": [{"alpha": 0.25, "method": "uniform"}]})
+
+
+def test_an_interrupted_compare_says_to_rerun_compare_not_simulate(tmp_path, monkeypatch):
+    import signal
+
+    from simulations.runner import RunInterrupted
+    from simulations.studies import compare as compare_module
+
+    def interrupted(config, run_dir):
+        raise RunInterrupted(
+            signal.SIGINT,
+            f"stopped by SIGINT; {run_dir} keeps every finished round: `scaleot simulate --resume {run_dir}` "
+            "continues the run",
+        )
+
+    monkeypatch.setattr(compare_module, "run_method", interrupted)
+    base, settings = load_compare(ROOT / CONFIG, quick=True)
+    with pytest.raises(RunInterrupted) as stop:
+        compare_module.compare(base, settings, tmp_path)
+    assert stop.value.signum == signal.SIGINT
+    assert str(stop.value) == (
+        f"stopped by SIGINT in full; {tmp_path / 'full'} keeps every finished round and {tmp_path} every "
+        "finished method: rerun the same `scaleot compare` command to continue the comparison"
+    )
+
+
+def test_a_bad_key_is_named_where_it_was_written_quick_and_compare_entries_too(tmp_path):
+    source = (ROOT / CONFIG).read_text()
+    path = tmp_path / "c.toml"
+    cases = [
+        ("[quick.compare]", "[quick.compar]", "'quick.compar' in [quick]; valid keys: name, model"),
+        ("stage1_steps = 4", "stage1_stesp = 4", "'quick.emulator.stage1_stesp' in [quick.emulator]; "),
+        (
+            "rounds = 2",
+            "rouns = 2",
+            "'quick.federation.rouns' in [quick.federation]; valid keys: num_clients",
+        ),
+        (
+            "uniform = [{ alpha = 0.5 }]",
+            "uniform = [{ alpha = 0.5, bogus = 1 }]",
+            "'quick.compare.uniform[0].bogus' in [quick.compare.uniform[0]]; ",
+        ),
+        (
+            "uniform = [{ alpha = 0.25 }, { alpha = 0.5 }]",
+            "uniform = [{ alpha = 0.25 }, { alpha = 0.5, bogus = 1 }]",
+            "'compare.uniform[1].bogus' in [compare.uniform[1]]; valid keys: method",
+        ),
+    ]
+    for old, new, where in cases:
+        assert source.count(old) == 1
+        path.write_text(source.replace(old, new))
+        # [quick] is checked with or without --quick; the file's own [compare] lists are planned without it
+        # (--quick plans [quick.compare]'s).
+        file_entry = where.startswith("'compare.")
+        for quick in (False,) if file_entry else (False, True):
+            with pytest.raises(ValueError) as error:
+                plan(*load_compare(path, quick=quick))
+            assert str(error.value).startswith(f"unknown config key {where}"), (quick, str(error.value))
+    path.write_text(
+        source.replace("uniform = [{ alpha = 0.25 }, { alpha = 0.5 }]", "uniform = [{ alpha = 2 }]")
+    )
+    with pytest.raises(ValueError, match=r"^compare.uniform\[0\]: emulator.alpha=2.0 is out of range"):
+        plan(*load_compare(path))

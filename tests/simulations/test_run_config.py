@@ -312,6 +312,16 @@ def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
     assert str(error.value) == f"{path} is not UTF-8 TOML (byte 0xff at offset 0: invalid start byte)"
 
 
+def test_a_config_file_starting_with_a_byte_order_mark_is_read_as_without_it(tmp_path):
+    # Some Windows editors start UTF-8 files with one; tomllib refused it as "Invalid statement (line 1)".
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff[federation]\nrounds = 3\n".encode())
+    assert load_config(path).federation.rounds == 3
+    path.write_bytes("\ufeff[federation]\nrounds = 3\n".encode() + b"\xff\n")
+    with pytest.raises(ValueError, match=r"\(byte 0xff at offset 27: invalid start byte\)$"):
+        load_config(path)  # offsets still count the mark's 3 bytes: they point into the file as it is
+
+
 def finished_run(run_dir: Path, rounds: int) -> Path:
     """The config and metrics files of a run that has done ``rounds`` rounds (no model needed)."""
     config = RunConfig(federation=FederationConfig(rounds=rounds))
