@@ -306,6 +306,14 @@ class EmulatorConfig:
             asked = {"alpha": self.alpha} if self.alpha != 0 else {}
             asked |= {"rank_keep": self.src.rank_keep} if self.src.rank_keep != 1 else {}
             raise CompressesNothingError(self.method, asked)
+        # The converse: an "emulator" that is the full model (100 % of its parameters) would be reported and
+        # compared as method's emulator; the full model is what method='full' names.
+        if traits.compresses and self.alpha == 0 and self.src.rank_keep == 1:
+            raise ValueError(
+                f"emulator.method={self.method!r} compresses, but alpha=0.0 and rank_keep=1.0 ask for no "
+                "compression (the emulator would be the full model); use alpha > 0 or rank_keep < 1, or "
+                "method='full'"
+            )
 
     @classmethod
     def of(cls, **values: Any) -> EmulatorConfig:

@@ -21,7 +21,7 @@ from pathlib import Path
 from emulator.methods import METHODS
 from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN
 from simulations.arguments import EXIT_USAGE, error_line, non_negative_int, positive_int
-from simulations.run_config import add_set_option
+from simulations.run_config import add_set_option, set_dotted
 from simulations.runner import RunInterrupted, run_simulate, simulate_arguments
 from simulations.server.export_run import RUN_ROWS, export_arguments, run_export
 from simulations.studies.compare import compare_arguments, run_compare
@@ -113,7 +113,8 @@ def _run_eval(args: argparse.Namespace) -> None:
     """Zero-shot accuracy of one model (``--model``, or a row of ``--run``), printed as a markdown table: on a
     task of ours with our scorer, or on lm-eval tasks through lm-evaluation-harness (``--harness``)."""
     if args.run_dir is not None and not Path(args.run_dir).is_dir():  # first: the checks below read it
-        raise ValueError(f"--run={args.run_dir} does not exist; give a run directory of scaleot simulate")
+        problem = "is a file, not a directory" if Path(args.run_dir).exists() else "does not exist"
+        raise ValueError(f"--run={args.run_dir} {problem}; give a run directory of scaleot simulate")
     if args.run_dir is not None and args.model is not None:
         raise ValueError(
             f"--model={args.model} does not go with --run: the model is the run's (--row picks which)"
@@ -220,7 +221,13 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="stage-1 steps (distillation steps for +distill)"
     )
-    add_set_option(parser, "any EmulatorConfig field (TOML value)", dest="set", metavar="FIELD=VALUE")
+    add_set_option(
+        parser,
+        "any EmulatorConfig field (TOML value), flat or by section: harmonizer_rank=8 or "
+        "stage1.harmonizer_rank=8",
+        dest="set",
+        metavar="FIELD=VALUE",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--out",
@@ -232,7 +239,7 @@ def _build_emulator_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_build_emulator(args: argparse.Namespace) -> None:
     """Build an emulator of a model and save it as a bundle; prints the layer map, sizes and build time."""
     from emulator.config import CompressesNothingError, EmulatorConfig
-    from emulator.config_parse import parse_assignment
+    from emulator.config_parse import nest_tables, nested_key, parse_assignment
     from emulator.data.corpus import public_blocks
     from emulator.lm.models import load_model
     from emulator.scaleot.assembly import build_emulator
@@ -246,13 +253,18 @@ def _run_build_emulator(args: argparse.Namespace) -> None:
     values: dict[str, object] = traits.preset if not traits.compresses else {"method": method}
     given = _option_fields(args, traits.steps_field)
     values.update({field: value for field, (_, value) in given.items()})
+    # Nested as `simulate --set emulator.…` nests them, so a field may be given flat (harmonizer_rank=8) or
+    # by section (stage1.harmonizer_rank=8) and either form meets an option's value in one place.
+    values = nest_tables(EmulatorConfig, values)
+    option_of = {nested_key(EmulatorConfig, field): field for field in given}
     for item in args.set:
-        field, value = parse_assignment(item, "--set", SET_EXAMPLE)
-        field = field.replace("-", "_")
-        if field in given:  # which of the two should win is a guess: --set used to, silently
+        key, value = parse_assignment(item, "--set", SET_EXAMPLE)
+        key = nested_key(EmulatorConfig, key)
+        if key in option_of:  # which of the two should win is a guess: --set used to, silently
+            field = option_of[key]
             option, flag_value = given[field]
             raise ValueError(f"{option} {flag_value} and --set {item} both set {field}; give it once")
-        values[field] = value
+        set_dotted(values, key, value)
     try:
         config = EmulatorConfig.from_dict(values)  # first: config errors are cheap to find, models are not
     except CompressesNothingError as error:

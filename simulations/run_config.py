@@ -91,16 +91,11 @@ class FederationConfig:
             f"one of {', '.join(PARTITION_SCHEMES)}",
         )
         _check(self.dirichlet_alpha > 0, "federation.dirichlet_alpha", self.dirichlet_alpha, "> 0")
-        from strategies.offsite import strategy_parameters  # flwr: only when a config is built, not imported
+        from strategies.offsite import check_strategy_kwargs  # flwr: only when a config is built
 
-        valid = strategy_parameters(self.strategy)
-        unknown = sorted(set(self.strategy_kwargs) - set(valid))
-        _check(
-            not unknown,
-            "federation.strategy_kwargs",
-            unknown,
-            f"arguments of {self.strategy}: {', '.join(valid) or '(it takes none)'}",
-        )
+        # Typed as Flower declares them, so the run and its saved config.toml hold what the strategy took.
+        kwargs = check_strategy_kwargs(self.strategy, self.strategy_kwargs)
+        object.__setattr__(self, "strategy_kwargs", kwargs)
         for name in ("node_timeout", "handshake_timeout", "round_timeout"):
             _check(getattr(self, name) > 0, f"federation.{name}", getattr(self, name), "> 0 seconds")
         _check(

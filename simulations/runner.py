@@ -399,7 +399,8 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="a new run into --out replaces the run files already there (by default it is refused)",
+        help="a new run into --out replaces the run files already there (by default it is refused); only "
+        "with --out",
     )
     parser.add_argument(
         "--bundle-only",
@@ -433,6 +434,11 @@ def run_simulate(args: argparse.Namespace) -> None:
         check_resumable(args.resume, config)  # here too: before Ray starts, not after
         run_dir = args.out or args.resume
     elif args.config:
+        if args.overwrite and args.out is None:
+            raise ValueError(
+                "--overwrite without --out: a new run goes into a new directory <output.dir>/<name>-<time>, "
+                "with nothing to replace; give --out DIR with it, or drop --overwrite"
+            )
         config = load_config(args.config, args.overrides)
         from simulations.server.app import new_run_dir  # torch and Flower: only for a valid config
 

@@ -43,7 +43,9 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 from flwr.supercore import log as flwr_log
+from flwr.supercore.logger import LOGGER_NAME
 
+from emulator.config_parse import Spelled, parse_typed
 from strategies import wire
 from strategies.nodes import CheckedGrid, SampledGrid, await_nodes, choose_nodes, handshake
 from strategies.privacy import DifferentialPrivacy
@@ -92,10 +94,90 @@ def strategy_parameters(name: str) -> list[str]:
     Raises:
         ValueError: ``name`` is not in ``STRATEGIES``.
     """
+    return sorted(_config_parameters(name))
+
+
+def _config_parameters(name: str) -> dict[str, type]:
     if name not in STRATEGIES:
         raise ValueError(f"federation.strategy={name!r} is unknown; use one of {', '.join(STRATEGIES)}")
     params = inspect.signature(STRATEGIES[name].__init__).parameters
-    return sorted(p for p in params if p != "self" and p not in _OWNED_KWARGS)
+    # A config holds TOML scalars: an argument of another type (Bulyan's selection_rule, a callable) cannot
+    # be given in one.
+    return {
+        p.name: p.annotation
+        for p in params.values()
+        if p.name != "self" and p.name not in _OWNED_KWARGS and p.annotation in (bool, int, float, str)
+    }
+
+
+# What Flower's constructors accept but their aggregation cannot use (a negative learning rate or momentum
+# of 1 diverges, a negative proximal term rewards drifting away); Flower checks only FedTrimmedAvg's beta.
+_KWARG_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "proximal_mu": (lambda v: v >= 0, ">= 0 (0: FedAvg)"),
+    "server_learning_rate": (lambda v: v > 0, "> 0"),
+    "server_momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eta": (lambda v: v > 0, "> 0"),
+    "eta_l": (lambda v: v > 0, "> 0"),
+    "tau": (lambda v: v > 0, "> 0"),
+    "beta_1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta_2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "num_malicious_nodes": (lambda v: v >= 0, ">= 0"),
+    "num_nodes_to_select": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def check_strategy_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` (``federation.strategy_kwargs``) checked for strategy ``name`` and typed as its
+    constructor declares them (an integer where a float is meant becomes a float), before any model loads.
+
+    Raises:
+        ValueError: ``name`` is unknown; a key is not an argument of the strategy (the valid ones are
+            listed); or a value has the wrong type, is out of range, or Flower's constructor refuses it (one
+            line naming ``federation.strategy_kwargs.<key>``, the value and what is allowed).
+    """
+    valid = _config_parameters(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"config federation.strategy_kwargs={unknown!r} is invalid; it must be arguments of {name}: "
+            f"{', '.join(sorted(valid)) or '(it takes none)'}"
+        )
+    typed = {}
+    for key, value in kwargs.items():
+        field = f"federation.strategy_kwargs.{key}"
+        typed[key] = parse_typed(value, valid[key], f"config {field}", spelled=isinstance(value, Spelled))
+        ok, allowed = _KWARG_RANGES.get(key, (lambda _: True, ""))
+        if not ok(typed[key]):
+            raise ValueError(f"config {field}={typed[key]!r} is invalid; it must be {allowed}")
+    refusal = _refusal(name, typed)
+    if refusal:
+        # Flower's message names its argument but not the config key: find the one it refuses.
+        field, value = "federation.strategy_kwargs", typed
+        for key in typed:
+            if _refusal(name, {key: typed[key]}):
+                field, value = f"{field}.{key}", typed[key]
+                break
+        raise ValueError(
+            f"config {field}={value!r} is invalid; Flower's {STRATEGIES[name].__name__} refuses it: {refusal}"
+        )
+    return typed
+
+
+def _refusal(name: str, kwargs: Mapping[str, Any]) -> str:
+    """Why Flower's constructor of strategy ``name`` refuses ``kwargs``; "" if it takes them.
+
+    A trial construction, so Flower's own checks run when the config is read; its warnings (FedProx with
+    proximal_mu=0) belong to the run's real construction, not to each parse of the config.
+    """
+    flwr_logger = logging.getLogger(LOGGER_NAME)
+    disabled, flwr_logger.disabled = flwr_logger.disabled, True
+    try:
+        STRATEGIES[name](**kwargs)
+    except (ValueError, TypeError) as error:
+        return str(error)
+    finally:
+        flwr_logger.disabled = disabled
+    return ""
 
 
 def averaging_strategies() -> list[str]:

@@ -97,10 +97,20 @@ def check_model_name(name: str) -> None:
     """Refuse a model name ``load_model`` cannot take, without loading anything (run configs call it).
 
     Raises:
-        ValueError: a ``.gguf`` path that is not a file, a path that is not a directory, or a name that is
-            neither known nor a hub id; one line.
+        ValueError: a ``.gguf`` path that is not a file, a path that is not a directory, a directory without
+            a valid ``config.json``, or a name that is neither known nor a hub id; one line.
     """
-    if name in MODEL_NAMES or Path(name).is_dir():
+    if name in MODEL_NAMES:
+        return
+    if Path(name).is_dir():
+        # Without a readable config.json transformers falls through to the tokenizer and blames sentencepiece.
+        config = Path(name) / "config.json"
+        if not config.is_file():
+            raise _unloadable(name, f"{config} is missing (not a save_pretrained directory)")
+        try:
+            read_json(config)
+        except ValueError as error:
+            raise _unloadable(name, error) from None
         return
     if name.endswith(".gguf"):
         if not Path(name).is_file():
@@ -110,10 +120,17 @@ def check_model_name(name: str) -> None:
         return
     looks_like_a_path = name.startswith((".", "/", "~")) or "/" in name or os.sep in name
     what = "is not a directory" if looks_like_a_path else "is unknown"
-    raise ValueError(
-        f"model={name!r} {what}; use one of {', '.join(MODEL_NAMES)}, a .gguf file, a local directory or a "
-        "hub id such as 'facebook/opt-125m'"
-    )
+    raise ValueError(f"model={name!r} {what}; use {_ALLOWED_MODELS}")
+
+
+_ALLOWED_MODELS = (
+    f"one of {', '.join(MODEL_NAMES)}, a .gguf file, a local directory or a hub id such as "
+    "'facebook/opt-125m'"
+)
+
+
+def _unloadable(name: str, reason: Exception | str) -> ValueError:
+    return ValueError(f"model={name!r} cannot be loaded: {reason}; give {_ALLOWED_MODELS}")
 
 
 def load_model(
@@ -128,26 +145,41 @@ def load_model(
         seed: initialisation seed of the tiny random models.
 
     Raises:
-        ValueError: the name is neither known, an existing ``.gguf`` file, a directory, nor a hub-style
-            ``org/name`` id.
+        ValueError: the name is neither known, an existing ``.gguf`` file, a directory with a valid
+            ``config.json``, nor a hub-style ``org/name`` id.
+        ValueError: a ``.gguf`` file, directory or hub id that cannot be loaded (damaged, incomplete,
+            unreachable); one line naming the model and transformers' reason.
         ValueError: the model's family is not supported by the emulator.
     """
     check_model_name(name)
     if name == EMBEDDED:
         model, tokenizer = _dequantised(_gguf_dir(), _GGUF_FILE, _embedded_cache())
-    elif name.endswith(".gguf"):
-        model, tokenizer = _load_gguf_file(Path(name))
     elif name in TINY_CONFIGS:
         model, tokenizer = _tiny_model(name, seed), load_tokenizer()
-    else:  # a local directory or a hub id
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    else:
+        model, tokenizer = _load_given(name)
     if architecture_of(model).sdpa:  # PyTorch's fused attention; transformers' default, made explicit
         model.set_attn_implementation("sdpa")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = False
     return model.to(device).eval(), tokenizer
+
+
+def _load_given(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A ``.gguf`` file, local directory or hub id: what the user gave, so any failure is theirs to fix."""
+    try:
+        if name.endswith(".gguf"):
+            return _load_gguf_file(Path(name))
+        # The model first: a directory without weights is then reported as such, not as a tokenizer problem.
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        return model, AutoTokenizer.from_pretrained(name)
+    except Exception as error:  # a damaged file fails anywhere in transformers' readers (struct.error in the
+        # GGUF header, OSError, JSON and value errors); whatever the type, its message is the user's reason.
+        kind = type(error).__qualname__
+        if type(error).__module__ != "builtins":  # struct.error, not a bare "error"
+            kind = f"{type(error).__module__}.{kind}"
+        raise _unloadable(name, f"{kind}: {error}") from error
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

@@ -73,6 +73,8 @@ RUN_FILES = (
     "tensorboard",
 )
 _CLI_OPTIONS = "`--resume {run_dir}` to continue its run, or `--overwrite` to replace it"
+# A resume written elsewhere cannot replace what is there: --overwrite does not go with --resume.
+_CLI_RESUME_OPTIONS = "drop --out to continue {resume} in place (--overwrite does not go with --resume)"
 _LATEST = "latest"  # names the newest round directory of this run, written after the directory is in place
 _CHECKPOINT_FILES = ("adapter.safetensors", "strategy.safetensors", "state.json")
 
@@ -206,7 +208,11 @@ def save_checkpoint(
 
 
 def prepare_run_dir(
-    run_dir: Path, resume: Path | None = None, overwrite: bool = False, options: str = _CLI_OPTIONS
+    run_dir: Path,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    options: str = _CLI_OPTIONS,
+    resume_options: str = _CLI_RESUME_OPTIONS,
 ) -> None:
     """Make ``run_dir`` ready for one run, before anything heavy starts: a directory holds one run only.
 
@@ -216,6 +222,7 @@ def prepare_run_dir(
 
     Args:
         options: how the user says "resume" and "overwrite", for the error message.
+        resume_options: the same for a resume written into ``run_dir`` (``{resume}`` is its source).
 
     Raises:
         ValueError: ``run_dir`` already holds files and ``overwrite`` is not set.
@@ -230,9 +237,10 @@ def prepare_run_dir(
         return
     if not overwrite:
         shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+        remedy = options if resume is None else resume_options
         raise ValueError(
             f"run directory {run_dir} already holds {shown}; a run directory holds one run: give a new "
-            f"directory, or {options.format(run_dir=run_dir)}"
+            f"directory, or {remedy.format(run_dir=run_dir, resume=resume)}"
         )
     removed = [name for name in present if name in RUN_FILES or (name.startswith(".") and ".tmp-" in name)]
     for name in removed:

@@ -69,6 +69,19 @@ def test_field_errors_name_field_value_and_range(kwargs, message):
             "emulator.distill_steps=0 with method='uniform\\+distill'",
         ),
         ({"method": "full"}, "emulator.method='full' compresses nothing, but alpha=0.25 asks for"),
+        # The converse: a compressing method at alpha 0 without SRC is the full model under another name.
+        *(
+            (
+                {"method": name, "alpha": 0.0, "rank_keep": 1.0},
+                re.escape(
+                    f"emulator.method={name!r} compresses, but alpha=0.0 and rank_keep=1.0 ask for no "
+                    "compression (the emulator would be the full model); use alpha > 0 or rank_keep < 1, or "
+                    "method='full'"
+                ),
+            )
+            for name, spec in METHODS.items()
+            if spec.compresses
+        ),
         (
             {"method": "importance-drop", "selection": "uniform"},
             "emulator.selection='uniform' places harmonizers, which method='importance-drop' has not",
@@ -86,9 +99,10 @@ def test_full_preset():
 
 
 def test_from_dict_reads_dashes_and_ints_for_floats():
-    config = EmulatorConfig.from_dict({"rank-keep": 1, "alpha": 0, "stage1-steps": 5})
+    config = EmulatorConfig.from_dict({"rank-keep": 1, "alpha": 1, "stage1-steps": 5})
     rank_keep = config.src.rank_keep
     assert rank_keep == 1.0 and isinstance(rank_keep, float) and config.stage1.stage1_steps == 5
+    assert config.alpha == 1.0 and isinstance(config.alpha, float)
 
 
 def test_from_dict_rejects_unknown_keys_listing_valid_ones():

@@ -27,6 +27,17 @@ def test_unknown_model_is_one_line(capsys):
     assert _one_error_line(capsys).startswith("error: model='gpt-17' is unknown; use one of smollm2-135m")
 
 
+def test_a_model_that_cannot_be_loaded_is_one_line_naming_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALEOT_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"GGUFjunk")  # used to end in a struct.error traceback
+    assert main(["eval", "--model", str(fake), "--task", "synthetic", "--limit", "3"]) == 2
+    assert _one_error_line(capsys).startswith(f"error: model={str(fake)!r} cannot be loaded: struct.error")
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--model", str(tmp_path / "empty"), "--task", "synthetic"]) == 2
+    assert "config.json is missing" in _one_error_line(capsys)
+
+
 def test_unknown_task_is_one_line(capsys):
     assert main(["eval", "--model", "tiny-llama", "--task", "nope"]) == 2
     assert "task='nope' is unknown" in _one_error_line(capsys)
@@ -267,6 +278,42 @@ def test_build_emulator_names_the_option_that_asks_a_full_model_for_compression(
     assert _one_error_line(capsys).endswith("rank_keep=0.5 asks for compression; drop --set rank_keep=...")
 
 
+def test_build_emulator_set_takes_a_field_by_section_as_simulate_does(capsys, tmp_path, no_model_load):
+    # The nested form was refused as unknown, though `simulate --set emulator.stage1.…` takes it.
+    out = str(tmp_path / "b")
+    for item in ("stage1.harmonizer_rank=8", "harmonizer_rank=8", "src.rank_keep=0.5"):
+        with pytest.raises(AssertionError, match="a model was loaded"):  # the config was taken
+            main(["build-emulator", "--model", "tiny-llama", "--set", item, "--out", out])
+    assert main(["build-emulator", "--set", "stage1.harmonizer_rank=0", "--out", out]) == 2
+    assert "emulator.harmonizer_rank=0" in _one_error_line(capsys)
+    assert main(["build-emulator", "--set", "stage1.bogus=1", "--out", out]) == 2
+    assert _one_error_line(capsys).startswith("error: unknown config key 'emulator.stage1.bogus'")
+    # An option and the nested --set of its field are still the one field given twice.
+    assert main(["build-emulator", "--rank-keep", "0.8", "--set", "src.rank_keep=1", "--out", out]) == 2
+    assert _one_error_line(capsys) == (
+        "error: --rank-keep 0.8 and --set src.rank_keep=1 both set rank_keep; give it once"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build-emulator", "--method", "uniform", "--alpha", "0"],
+        ["build-emulator", "--alpha", "0", "--rank-keep", "1"],
+        ["simulate", "--config", str(ROOT / "simulations/configs/tiny.toml"),
+         "--set", "emulator.method=uniform", "--set", "emulator.alpha=0", "--set", "emulator.rank_keep=1"],
+    ],
+)  # fmt: skip
+def test_a_compressing_method_that_compresses_nothing_is_refused_everywhere(
+    argv, capsys, tmp_path, no_model_load
+):
+    # build-emulator --method uniform --alpha 0 used to build the full model, 100 % of it, as an "emulator".
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 2
+    line = _one_error_line(capsys)
+    assert "compresses, but alpha=0.0 and rank_keep=1.0 ask for no compression (the emulator would be" in line
+    assert not (tmp_path / "b").exists()
+
+
 def _fake_run(directory: Path, seed: int = 0) -> Path:
     """A run directory as far as eval and export read it before any model loads (tiny.toml: synthetic)."""
     directory.mkdir()
@@ -309,6 +356,23 @@ def test_eval_reports_a_missing_run_directory_before_anything_else(capsys, tmp_p
     assert _one_error_line(capsys) == line
     assert main(["eval", "--run", str(missing), "--model", "tiny-llama", "--task", "synthetic"]) == 2
     assert _one_error_line(capsys) == line
+
+
+def test_eval_run_that_is_a_file_is_not_called_missing(capsys, tmp_path, no_model_load):
+    log_file = tmp_path / "somefile.log"
+    log_file.write_text("x")
+    assert main(["eval", "--run", str(log_file)]) == 2
+    assert _one_error_line(capsys) == (
+        f"error: --run={log_file} is a file, not a directory; give a run directory of scaleot simulate"
+    )
+
+
+def test_the_lm_eval_doc_names_the_rows_eval_run_takes():
+    from simulations.server.export_run import RUN_ROWS
+
+    doc = (ROOT / "docs/lm-eval/README.md").read_text()
+    named = re.search(r"`--run` scores .*?\.", doc, re.S).group(0)  # the sentence that lists them
+    assert all(f"`{row}`" in named for row in RUN_ROWS), named
 
 
 def test_eval_says_when_limit_asks_for_more_examples_than_the_split_holds(capsys):

@@ -90,6 +90,77 @@ def test_bad_values_are_rejected_before_any_heavy_work(override, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "strategy, kwargs, message",
+    [
+        (
+            "fedprox",
+            '{proximal_mu="abc"}',
+            "config federation.strategy_kwargs.proximal_mu='abc' must be a number, not a string",
+        ),
+        (
+            "fedprox",
+            "{proximal_mu=true}",
+            "config federation.strategy_kwargs.proximal_mu=True must be a number",
+        ),
+        (
+            "fedprox",
+            "{proximal_mu=-1}",
+            "config federation.strategy_kwargs.proximal_mu=-1.0 is invalid; it must be >= 0 (0: FedAvg)",
+        ),
+        ("fedadam", "{eta=-1}", "config federation.strategy_kwargs.eta=-1.0 is invalid; it must be > 0"),
+        (
+            "fedyogi",
+            "{eta=0.1, beta_2=1}",
+            "config federation.strategy_kwargs.beta_2=1.0 is invalid; it must be in [0, 1)",
+        ),
+        (
+            "krum",
+            "{num_malicious_nodes=-3}",
+            "config federation.strategy_kwargs.num_malicious_nodes=-3 is invalid; it must be >= 0",
+        ),
+        (
+            "multikrum",
+            "{num_nodes_to_select=2.5}",
+            "config federation.strategy_kwargs.num_nodes_to_select=2.5 must be an integer",
+        ),
+        # Flower's own check, reworded to name the config key.
+        (
+            "fedtrimmedavg",
+            "{beta=0.9}",
+            "config federation.strategy_kwargs.beta=0.9 is invalid; Flower's FedTrimmedAvg refuses it: "
+            "`beta` must be in the range [0, 0.5).",
+        ),
+        # A callable cannot come from a config.
+        (
+            "bulyan",
+            "{selection_rule=1}",
+            "config federation.strategy_kwargs=['selection_rule'] is invalid; it must be arguments of "
+            "bulyan: num_malicious_nodes",
+        ),
+    ],
+)
+def test_strategy_kwargs_values_are_checked_when_the_config_is_read(strategy, kwargs, message):
+    overrides = [f"federation.strategy={strategy}", f"federation.strategy_kwargs={kwargs}"]
+    with pytest.raises(ValueError) as error:
+        load_config(ROOT / "simulations/configs/tiny.toml", overrides)
+    assert message in str(error.value)
+
+
+def test_strategy_kwargs_are_typed_as_flower_declares_them():
+    config = load_config(
+        ROOT / "simulations/configs/tiny.toml",
+        ["federation.strategy=fedprox", "federation.strategy_kwargs.proximal_mu=0"],
+    )
+    assert config.federation.strategy_kwargs == {"proximal_mu": 0.0}
+    assert isinstance(config.federation.strategy_kwargs["proximal_mu"], float)
+    config = load_config(
+        ROOT / "simulations/configs/tiny.toml",
+        ["federation.strategy=fedtrimmedavg", "federation.strategy_kwargs.beta=0.4"],
+    )
+    assert config.federation.strategy_kwargs == {"beta": 0.4}
+
+
 def test_a_paper_task_with_an_unknown_task_source_is_refused_when_the_config_is_read(monkeypatch):
     monkeypatch.setenv("SCALEOT_TASK_SOURCE", "ftp")
     with pytest.raises(ValueError, match=r"^SCALEOT_TASK_SOURCE='ftp' is unknown; use one of olmo, hub$"):

@@ -76,6 +76,33 @@ def test_a_new_run_into_a_directory_holding_a_run_is_refused_in_one_line_before_
     assert "--overwrite starts a new run over an old one; it does not go with --resume" in error_line(capsys)
 
 
+def test_a_resume_into_an_out_holding_a_run_is_not_told_to_overwrite_it(tmp_path, capsys):
+    from simulations.run_config import load_config
+
+    source, out = tmp_path / "D2", tmp_path / "D1"
+    source.mkdir()
+    config = load_config(CONFIG)
+    (source / "config.toml").write_text(config.to_toml())
+    (source / "config.json").write_text(config.to_json())
+    save_checkpoint(source, arrays(1.0), {}, state(1))
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    assert main(["simulate", "--resume", str(source), "--out", str(out)]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: run directory {out} already holds metrics.json; a run directory holds")
+    # --overwrite is refused with --resume, so it is not the advice.
+    assert line.endswith(f"drop --out to continue {source} in place (--overwrite does not go with --resume)")
+    assert (out / "metrics.json").read_text() == "{}"
+
+
+def test_simulate_overwrite_without_out_is_refused_not_ignored(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[3] / CONFIG
+    assert main(["simulate", "--config", str(config), "--overwrite"]) == 2
+    assert error_line(capsys).startswith("error: --overwrite without --out: a new run goes into a new")
+    assert list(tmp_path.iterdir()) == []  # no run started
+
+
 def test_flwr_run_into_a_run_dir_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
     from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
