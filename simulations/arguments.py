@@ -38,8 +38,27 @@ def error_line(error: BaseException | str) -> None:
     sys.stderr.write(f"error: {' '.join(str(error).split())}\n")
 
 
+def unloadable_model(model: str, error: BaseException) -> str:
+    """The message of a model that ``load_model`` could not load (an empty or broken directory, say), for
+    ``error_line``: transformers' own message is given the model's name unless it already holds it."""
+    return str(error) if model in str(error) else f"model={model!r} cannot be loaded: {error}"
+
+
 def existing_file(text: str) -> str:
     """argparse type of a file to read (a config): a missing one is refused when parsed, naming the option."""
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is not a file")
     return text
+
+
+def output_file(text: str) -> Path:
+    """argparse type of a file to write at the end (``--json``): a directory, or a path under a file, is
+    refused when parsed, naming the option (it used to fail after the whole measurement had run). Missing
+    directories above it are for the writer to make."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give the path of a file to write")
+    above = next((parent for parent in path.parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written: {above} is a file, not a directory")
+    return path

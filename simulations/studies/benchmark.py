@@ -59,9 +59,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emulator.methods import METHODS
+from simulations.arguments import (
+    EXIT_USAGE,
+    error_line,
+    non_negative_int,
+    output_file,
+    positive_int,
+    unloadable_model,
+)
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from emulator.config import EmulatorConfig
 
 log = logging.getLogger("scaleot.benchmark")
 
@@ -71,19 +81,48 @@ SECTIONS = ("gemm", "clients", "scoring", "builds", "overhead")
 VARIANTS = {"old": {"trim_logits": False}, "new": {}, "ckpt": {"checkpoint_blocks": True}}
 
 
+# The sizes of a measurement and of ``--quick``'s check that it runs; an option given explicitly wins.
+SIZES = {
+    "model": "smollm2-135m",
+    "batch_size": 8,
+    "seq_len": 256,
+    "steps": 10,
+    "warmup": 2,
+    "repeats": 2,
+    "build_steps": 60,
+    "scoring_examples": 64,
+}
+QUICK_SIZES = {
+    "model": "tiny-llama",
+    "batch_size": 4,
+    "seq_len": 64,
+    "steps": 4,
+    "warmup": 1,
+    "repeats": 1,
+    "build_steps": 4,
+    "scoring_examples": 16,
+}
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m")
+
+    def sized(flag: str, type: Any, help: str) -> None:
+        # default None: an option left out takes SIZES or, with --quick, QUICK_SIZES; one given is kept
+        # (--quick used to overwrite it without a word).
+        key = flag.removeprefix("--").replace("-", "_")
+        default = f"(default: {SIZES[key]}; with --quick: {QUICK_SIZES[key]})"
+        parser.add_argument(flag, type=type, default=None, help=f"{help} {default}".strip())
+
+    sized("--model", str, "")
     parser.add_argument("--alpha", type=float, default=0.25, help="α of the ScaleOT and uniform emulators")
     parser.add_argument("--rank-keep", type=float, default=1.0, help="β of the ScaleOT emulator (1: SRC off)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per client model")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
-    parser.add_argument(
-        "--repeats", type=int, default=2, help="passes over the client measurements; the fastest is kept"
-    )
-    parser.add_argument("--build-steps", type=int, default=60, help="stage-1 = distillation steps")
+    sized("--batch-size", positive_int, "")
+    sized("--seq-len", positive_int, "tokens per training sequence")
+    sized("--steps", positive_int, "timed training steps per client model")
+    sized("--warmup", non_negative_int, "untimed training steps first")
+    sized("--repeats", positive_int, "passes over the client measurements; the fastest is kept")
+    sized("--build-steps", non_negative_int, "stage-1 = distillation steps")
     parser.add_argument(
         "--baselines",
         nargs="*",
@@ -93,16 +132,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "crash, whose shared blocks make the client run every layer)",
     )
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to run")
-    parser.add_argument("--scoring-examples", type=int, default=64, help="test examples scored per path")
+    sized("--scoring-examples", positive_int, "test examples scored per path")
     parser.add_argument("--variant", choices=VARIANTS, default="new", help=argparse.SUPPRESS)  # child only
-    parser.add_argument("--quick", action="store_true", help="tiny-llama, tiny sizes: checks that it runs")
-    parser.add_argument("--json", type=Path, help="also write the measurements to this file")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny-llama, tiny sizes (where not given): checks that it runs"
+    )
+    parser.add_argument("--json", type=output_file, help="also write the measurements to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one client model, print JSON
     args = parser.parse_args(argv)
-    if args.quick:
-        args.model, args.batch_size, args.seq_len = "tiny-llama", 4, 64
-        args.steps, args.warmup, args.build_steps, args.scoring_examples, args.repeats = 4, 1, 4, 16, 1
+    for key, value in (QUICK_SIZES if args.quick else SIZES).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse what would fail only after models loaded and earlier sections ran: the model name and the
+    emulators' settings (``--alpha``, ``--rank-keep``, ``--build-steps``).
+
+    Raises:
+        ValueError: one line naming the option or config field, the value and what is allowed.
+    """
+    from emulator.lm.models import check_model_name
+
+    check_model_name(args.model)
+    for kind in ("scaleot", *args.baselines):
+        emulator_config(args, kind)
+    build_configs(args)
 
 
 def machine(device: str) -> str:
@@ -255,28 +311,14 @@ def build_emulators(args: argparse.Namespace, directory: Path) -> dict[str, dict
     """Build ScaleOT, uniform+distill and uniform emulators (timed); save ScaleOT and uniform as bundles."""
     import gc
 
-    from emulator.config import EmulatorConfig
     from emulator.data.corpus import public_blocks
     from emulator.lm.models import load_model
-    from emulator.methods import METHODS
     from emulator.scaleot.assembly import build_emulator
     from emulator.scaleot.bundle import save_bundle
 
     model, tokenizer = load_model(args.model)
-    common = {"alpha": args.alpha, "stage1_steps": args.build_steps, "distill_steps": args.build_steps}
-    if args.quick:
-        common |= {"harmonizer_rank": 16, "batch_size": 2, "seq_len": 32}
-    configs = {
-        f"scaleot α={args.alpha:g} β={args.rank_keep:g}": {
-            **METHODS["scaleot"].preset,
-            "rank_keep": args.rank_keep,
-        },
-        f"uniform+distill α={args.alpha:g}": METHODS["uniform+distill"].preset,
-        f"uniform α={args.alpha:g}": METHODS["uniform"].preset,
-    }
     built = {}
-    for label, values in configs.items():
-        config = EmulatorConfig.from_dict(common | values)
+    for label, config in build_configs(args).items():
         emulator = build_emulator(model, config, public_blocks(tokenizer, config), progress=False)
         steps_field = config.traits.steps_field
         steps = config.to_dict()[steps_field] if steps_field else 0
@@ -328,18 +370,50 @@ def round_overhead(args: argparse.Namespace, directory: Path) -> list[dict[str, 
 # --- the emulator bundles when builds are not run ---------------------------------------------------------
 
 
-def emulator_bundle(args: argparse.Namespace, model: nn.Module, tokenizer: Any, kind: str) -> str:
-    """The ``kind`` emulator bundle of the benchmark's settings (ScaleOT at ``--rank-keep``, a baseline at its
-    preset), from the cache (built once)."""
+def build_configs(args: argparse.Namespace) -> dict[str, EmulatorConfig]:
+    """Label -> config of each emulator the builds section builds (ScaleOT, uniform+distill, uniform).
+
+    Raises:
+        ValueError: settings that make an invalid emulator config (``--alpha 2``).
+    """
     from emulator.config import EmulatorConfig
-    from simulations.server.bundle_cache import ensure_bundle
+
+    common = {"alpha": args.alpha, "stage1_steps": args.build_steps, "distill_steps": args.build_steps}
+    if args.quick:
+        common |= {"harmonizer_rank": 16, "batch_size": 2, "seq_len": 32}
+    configs = {
+        f"scaleot α={args.alpha:g} β={args.rank_keep:g}": {
+            **METHODS["scaleot"].preset,
+            "rank_keep": args.rank_keep,
+        },
+        f"uniform+distill α={args.alpha:g}": METHODS["uniform+distill"].preset,
+        f"uniform α={args.alpha:g}": METHODS["uniform"].preset,
+    }
+    return {label: EmulatorConfig.from_dict(common | values) for label, values in configs.items()}
+
+
+def emulator_config(args: argparse.Namespace, kind: str) -> EmulatorConfig:
+    """The ``kind`` emulator of the benchmark's settings (ScaleOT at ``--rank-keep``, a baseline at its
+    preset).
+
+    Raises:
+        ValueError: settings that make an invalid emulator config (``--alpha 2``).
+    """
+    from emulator.config import EmulatorConfig
 
     values = {"alpha": args.alpha, "rank_keep": args.rank_keep} | METHODS[kind].preset
     if METHODS[kind].steps_field:
         values[METHODS[kind].steps_field] = args.build_steps
     if args.quick:
         values |= {"harmonizer_rank": 16, "batch_size": 2, "seq_len": 32}
-    return str(ensure_bundle(args.model, EmulatorConfig.from_dict(values), model, tokenizer))
+    return EmulatorConfig.from_dict(values)
+
+
+def emulator_bundle(args: argparse.Namespace, model: nn.Module, tokenizer: Any, kind: str) -> str:
+    """The ``kind`` emulator bundle (``emulator_config``), from the cache (built once)."""
+    from simulations.server.bundle_cache import ensure_bundle
+
+    return str(ensure_bundle(args.model, emulator_config(args, kind), model, tokenizer))
 
 
 # --- report ------------------------------------------------------------------------------------------------
@@ -395,14 +469,19 @@ def overhead_table(rounds: Sequence[Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from simulations.runner import quiet_environment
 
     quiet_environment()  # before torch is imported here and in the children: idle OpenMP threads sleep
     if args.child:
         print(json.dumps(measure_client(args.child, args)))
-        return
+        return 0
+    try:  # bad input is one line, before a model loads (a bad --json was found after the whole benchmark)
+        check_args(args)
+    except ValueError as error:
+        error_line(error)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import torch
 
@@ -411,9 +490,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     from simulations.studies.throughput import gemm_throughput, measure_scoring, scoring_table
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    directory = Path(tempfile.mkdtemp(prefix="scaleot-benchmark-"))
     sections, gemm, scoring, builds, clients, rounds = set(args.sections), None, {}, {}, {}, []
-    model, tokenizer = load_model(args.model, device=device)
+    try:
+        model, tokenizer = load_model(args.model, device=device)
+    except (ValueError, OSError) as error:  # an empty or broken model directory: transformers' traceback
+        error_line(unloadable_model(args.model, error))
+        return EXIT_USAGE
+    # Made after the last early return, so that nothing leaves it behind.
+    directory = Path(tempfile.mkdtemp(prefix="scaleot-benchmark-"))
     try:
         if "gemm" in sections:
             gemm = gemm_throughput(model, args.batch_size * args.seq_len)
@@ -457,7 +541,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json:
         payload = {"args": vars(args) | {"json": str(args.json)}, "machine": machine(device), "gemm": gemm}
         payload |= {"clients": clients, "scoring": scoring, "builds": builds, "rounds": rounds}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1))
+    return 0
 
 
 def _path(variant: str) -> str:
@@ -466,4 +552,4 @@ def _path(variant: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

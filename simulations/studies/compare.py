@@ -262,11 +262,14 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
+def run_method(
+    config: RunConfig, run_dir: Path, remedy: str = "remove it or give compare another --out"
+) -> tuple[dict[str, Any], str]:
     """Reuse, resume or start one method's simulation in ``run_dir``.
 
     A finished run is reused, an interrupted one resumed from its checkpoint; a failed one (no round trained
-    anything) is moved to ``<run_dir>.failed`` and started over.
+    anything) is moved to ``<run_dir>.failed`` and started over. ``remedy`` ends the refusal of a directory
+    holding another experiment (the study scripts that reuse runs this way name their own ``--out``).
 
     Returns:
         The run's metrics.json content and what was done: ``reused``, ``resumed`` or ``ran``.
@@ -279,13 +282,13 @@ def run_method(config: RunConfig, run_dir: Path) -> tuple[dict[str, Any], str]:
 
     saved = run_dir / "config.json"
     if saved.is_file():
-        _check_same_experiment(config, run_dir, "remove it or give compare another --out")
+        _check_same_experiment(config, run_dir, remedy)
         metrics = read_metrics(run_dir)
         if metrics.get("status") == "finished":
             if metrics.get("bundle", {}).get("model_sha256") != _model_sha256(config.model):
                 raise ValueError(
                     f"{run_dir} holds a run of model={config.model!r} with other weights (or of unknown "
-                    "ones); remove it or give compare another --out"
+                    f"ones); {remedy}"
                 )
             return metrics, "reused"
         if metrics.get("status") == "failed":

@@ -6,6 +6,13 @@ multiplier ``z`` with ``[privacy]`` on (Flower's server-side fixed clipping at `
 ε at δ after the last round (RDP, no sampling amplification claimed), the noise std per adapter coordinate,
 plug-in and emulator fine-tuned accuracy and plug-in minus full zero-shot (paired, same test examples).
 
+Each run lives in ``<out>/<run>`` (``no-DP``, ``z0.5``, ...) and is handled as ``scaleot compare`` handles a
+method (``simulations.studies.compare.run_method``): a finished run of the same config is reused, an
+interrupted one resumed, a failed one started over. A directory holding a run of another config (another
+``--set``, ``--clipping-norm`` or config file) is refused in one line, before any run trains: its numbers
+would be tabulated under this config's settings. Every planned config is built first, so a bad ``--noise``
+or ``--set`` is refused before anything runs.
+
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.dp_study --noise 0 0.5 1.2 \\
         --set client.local_steps=10 --set evaluation.test_limit=200
 """
@@ -18,14 +25,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.run_config import add_set_option
+from emulator.files import check_out_dir
+from simulations.arguments import EXIT_USAGE, error_line, existing_file
+from simulations.run_config import RunConfig, add_set_option, load_config
 
 log = logging.getLogger("scaleot.dp_study")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="simulations/configs/smollm2-arc-easy.toml")
+    parser.add_argument("--config", type=existing_file, default="simulations/configs/smollm2-arc-easy.toml")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 1.2], help="noise multipliers")
     parser.add_argument("--clipping-norm", type=float, default=0.01, help="C (L2, whole adapter update)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without DP")
@@ -34,17 +43,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     from simulations.runner import quiet_environment
 
     quiet_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from simulations.run_config import load_config
-    from simulations.runner import simulate
-    from simulations.server.outputs import read_metrics
+    from simulations.studies.compare import _check_same_experiment, run_method
 
+    remedy = "remove it or give dp_study another --out"
+    try:  # bad input is one line, before any run trains (a bad --noise used to end a study hours in)
+        planned = planned_runs(args)
+        check_out_dir(args.out, "--out", "give a directory: absent, or one dp_study wrote (to continue it)")
+        for config, run_dir in planned.values():
+            if (run_dir / "config.json").is_file():
+                _check_same_experiment(config, run_dir, remedy)
+    except ValueError as error:
+        error_line(error)
+        return EXIT_USAGE
     runs: dict[str, Any] = {}
+    for label, (config, run_dir) in planned.items():
+        try:
+            runs[label], how = run_method(config, run_dir, remedy)
+        except ValueError as error:  # a finished run of the same config but of other model weights
+            error_line(error)
+            return EXIT_USAGE
+        log.info("%s %s", label, how)
+    table = markdown(runs, args.clipping_norm)
+    (args.out / "dp.md").write_text(table)
+    print(table)
+    return 0
+
+
+def planned_runs(args: argparse.Namespace) -> dict[str, tuple[RunConfig, Path]]:
+    """Run label -> (config, run directory) of every run of the study, in table order.
+
+    Raises:
+        ValueError: an unreadable config file, a bad ``--set``, or a ``--noise`` / ``--clipping-norm`` value
+            the privacy config refuses; one line.
+    """
     settings = ([] if args.no_baseline else [("no DP", [])]) + [
         (
             f"z={z:g}",
@@ -56,17 +93,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         for z in args.noise
     ]
-    for label, privacy in settings:
-        config = load_config(args.config, [*args.overrides, *privacy])
-        run_dir = args.out / label.replace("=", "").replace(" ", "-")
-        recorded = read_metrics(run_dir)
-        done = recorded.get("status") == "finished"
-        resume = run_dir if (run_dir / "config.json").is_file() else None  # a run stopped earlier continues
-        runs[label] = recorded if done else simulate(config, run_dir, resume=resume)
-        log.info("%s done", label)
-    table = markdown(runs, args.clipping_norm)
-    (args.out / "dp.md").write_text(table)
-    print(table)
+    return {
+        label: (load_config(args.config, [*args.overrides, *privacy]), args.out / _slug(label))
+        for label, privacy in settings
+    }
+
+
+def _slug(label: str) -> str:
+    return label.replace("=", "").replace(" ", "-")
 
 
 def markdown(runs: Mapping[str, Mapping[str, Any]], clipping_norm: float) -> str:
@@ -97,4 +131,4 @@ def markdown(runs: Mapping[str, Mapping[str, Any]], clipping_norm: float) -> str
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -27,13 +27,21 @@ import torch
 from emulator.config import EmulatorConfig, corpus_exclusion
 from emulator.config_parse import parse_assignment
 from emulator.data.corpus import corpus_blocks, public_corpus
-from emulator.data.tasks import load_task
+from emulator.data.tasks import check_task_name, load_task
 from emulator.evaluation.scoring import multiple_choice_accuracy, perplexity
-from emulator.lm.models import load_model
+from emulator.lm.models import check_model_name, load_model
 from emulator.lm.surgery import count_parameters
 from emulator.methods import method_spec
 from emulator.results import MCResult
 from emulator.scaleot.bundle import load_emulator
+from simulations.arguments import (
+    EXIT_USAGE,
+    error_line,
+    non_negative_int,
+    output_file,
+    positive_int,
+    unloadable_model,
+)
 from simulations.cli import SET_EXAMPLE
 from simulations.run_config import add_set_option
 from simulations.server.bundle_cache import ensure_bundle
@@ -64,16 +72,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--losses", nargs="+", default=["local"], help="scaleot stage-1 variants: loss[/norm]"
     )
     parser.add_argument("--rank-keep", type=float, default=1.0, help="β of scaleot (baselines: no SRC)")
-    parser.add_argument("--steps", type=int, default=60, help="stage-1 steps of scaleot")
+    parser.add_argument("--steps", type=positive_int, default=60, help="stage-1 steps of scaleot")
     parser.add_argument("--policy-interval", type=int, default=4, help="harmonizer steps per policy step")
     parser.add_argument("--distill-steps", type=int, default=60, help="distillation steps of uniform+distill")
     add_set_option(parser, "any EmulatorConfig field (TOML value)", dest="set", metavar="FIELD=VALUE")
     parser.add_argument("--task", default="arc_easy")
-    parser.add_argument("--test-limit", type=int, default=500, help="first N test examples (0: no accuracy)")
-    parser.add_argument("--ppl-seq-len", type=int, default=256, help="tokens per perplexity block")
-    parser.add_argument("--json", default=None, help="also write the rows (and curves) to this file")
+    parser.add_argument(
+        "--test-limit", type=non_negative_int, default=500, help="first N test examples (0: no accuracy)"
+    )
+    parser.add_argument("--ppl-seq-len", type=positive_int, default=256, help="tokens per perplexity block")
+    parser.add_argument("--json", type=output_file, help="also write the rows (and curves) to this file")
     parser.add_argument("--skip-full", action="store_true", help="do not measure the full model itself")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     return parser.parse_args(argv)
 
 
@@ -87,7 +99,12 @@ def measure(
 
 
 def emulator_configs(args: argparse.Namespace) -> list[tuple[str, EmulatorConfig]]:
-    """(loss label, config) for every emulator to build, in table order."""
+    """(loss label, config) for every emulator to build, in table order.
+
+    Raises:
+        ValueError: a malformed ``--set``, an unknown method, or settings (``--alphas``, ``--losses``, a
+            ``--set`` field) that make an invalid emulator config; one line.
+    """
     extra = dict(parse_assignment(item, "--set", SET_EXAMPLE) for item in args.set)
     # As in a run of the task: stage 1 never sees it, and the bundles are the ones `scaleot compare` builds.
     exclude = corpus_exclusion(args.task)
@@ -138,13 +155,23 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    configs = emulator_configs(args)  # first: bad settings fail before anything slow
+    try:  # bad input is one line, before anything slow (an unknown --task was found after the model loaded)
+        check_model_name(args.model)
+        check_task_name(args.task)
+        configs = emulator_configs(args)
+    except ValueError as error:
+        error_line(error)
+        return EXIT_USAGE
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # on a busy machine one thread is much faster than contended two
-    model, tokenizer = load_model(args.model)
+    try:
+        model, tokenizer = load_model(args.model)
+    except (ValueError, OSError) as error:  # an empty or broken model directory: transformers' traceback
+        error_line(unloadable_model(args.model, error))
+        return EXIT_USAGE
     data = configs[0][1].data
     text = public_corpus("validation", data.corpus, exclude=data.corpus_exclude)
     blocks = corpus_blocks(tokenizer, text, args.ppl_seq_len)
@@ -192,13 +219,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table(rows))
     if args.json:
         payload = {
-            "args": vars(args),
+            "args": vars(args) | {"json": str(args.json)},
             "rows": [_row_dict(r) for r in rows],
             "curves": curves,
             "time": time.time(),
         }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as handle:
             json.dump(payload, handle, indent=1)
+    return 0
 
 
 def _row_dict(row: Row) -> dict:
@@ -209,4 +238,4 @@ def _row_dict(row: Row) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

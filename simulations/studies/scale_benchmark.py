@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,8 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emulator.files import read_json
-from simulations.run_config import add_set_option
+from emulator.files import check_out_dir, read_json
+from simulations.arguments import EXIT_USAGE, error_line, existing_file, non_negative_int, positive_int
+from simulations.run_config import add_set_option, load_config
 
 log = logging.getLogger("scaleot.scale_benchmark")
 
@@ -39,12 +41,12 @@ _MB = 1e6
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="simulations/configs/scale.toml")
-    parser.add_argument("--clients", type=int, nargs="+", default=[100, 300, 1000])
-    parser.add_argument("--sampled", type=int, default=10, help="clients sampled per round")
+    parser.add_argument("--config", type=existing_file, default="simulations/configs/scale.toml")
+    parser.add_argument("--clients", type=positive_int, nargs="+", default=[100, 300, 1000])
+    parser.add_argument("--sampled", type=positive_int, default=10, help="clients sampled per round")
     parser.add_argument(
         "--short-rounds",
-        type=int,
+        type=non_negative_int,
         default=10,
         help="rounds of every N but the largest (which runs the config's rounds); 0: the config's",
     )
@@ -61,24 +63,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     if args.child is not None:
         _run_child(args)
-        return
+        return 0
+    runs = _runs(args)
+    try:  # every child's config is built here first: a bad one was a child's traceback, then the parent's
+        for _, overrides in runs:
+            load_config(args.config, [*overrides, *args.overrides])
+        if args.out is not None:
+            check_out_dir(args.out, "--out", "give a directory that can be written")
+    except ValueError as error:
+        error_line(error)
+        return EXIT_USAGE
     out = args.out or Path(tempfile.mkdtemp(prefix="scaleot-scale-"))
-    results = {}
-    for label, overrides in _runs(args):
-        sets = [x for o in [*overrides, *args.overrides] for x in ("--set", o)]
-        child = [sys.executable, "-m", "simulations.studies.scale_benchmark", "--config", args.config, *sets]
-        log.info("%s: %s", label, " ".join(overrides + args.overrides))
-        run_dir = out / label.replace(" ", "-").replace("/", "-per-")
-        subprocess.run([*child, "--child", str(run_dir)], check=True)
-        results[label] = read_json(run_dir / "scale.json")
+    results, finished = {}, False
+    try:
+        for label, overrides in runs:
+            sets = [x for o in [*overrides, *args.overrides] for x in ("--set", o)]
+            child = [sys.executable, "-m", "simulations.studies.scale_benchmark", "--config", args.config]
+            log.info("%s: %s", label, " ".join(overrides + args.overrides))
+            run_dir = out / label.replace(" ", "-").replace("/", "-per-")
+            done = subprocess.run([*child, *sets, "--child", str(run_dir)], check=False)
+            if done.returncode != 0:
+                error_line(f"the run of {label} failed (exit status {done.returncode}); its log is above")
+                return 1
+            results[label] = read_json(run_dir / "scale.json")
+        finished = True
+    finally:
+        if args.out is None and not finished:
+            # A temp dir of a study that did not finish holds nothing the user was told of: not left behind.
+            shutil.rmtree(out, ignore_errors=True)
     (out / "scale.json").write_text(json.dumps(results, indent=2))
     print(report(results))
     log.info("runs and JSON in %s", out)
+    return 0
 
 
 def _runs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -146,7 +167,6 @@ def rss_snapshot() -> tuple[int, dict[int, int]]:
 
 
 def _run_child(args: argparse.Namespace) -> None:
-    from simulations.run_config import load_config
     from simulations.runner import simulate
 
     config = load_config(args.config, args.overrides)
@@ -223,4 +243,4 @@ def report(results: dict[str, dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,6 +13,13 @@ of the probed task and seed, and where its report then shows the stolen model's 
 ``<output.dir>/<name>``, or its ``<task>-s<seed>`` cell for a file with ``compare.runs``). The file's ``task``
 and ``seed`` pick the cell; ``--set task=piqa`` picks another.
 
+Rerunning into the same ``--out`` adds to its ``steal.json``: a method probed again replaces its row, the
+other methods' rows are kept. One file holds one probe (its settings and test examples head the table and the
+report's column), so a rerun with other probe settings (``--steps``, ``--batch-size``, ``--seq-len``,
+``--lr``, the config's corpus or seed) or another number of test examples (``--test-limit``) is refused in
+one line before anything loads, naming the setting: remove ``steal.json`` or give another ``--out`` to probe
+anew. Earlier rows used to be dropped without a word.
+
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.steal_study \\
         --config simulations/configs/compare-smollm2.toml --test-limit 300
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m simulations.studies.steal_study \\
@@ -31,12 +38,19 @@ from typing import Any
 from emulator.data.tasks import load_task
 from emulator.evaluation.probe import ProbeConfig, steal_
 from emulator.evaluation.scoring import multiple_choice_accuracy
-from emulator.files import read_json
+from emulator.files import check_out_dir, read_json
 from emulator.lm.models import load_model
 from emulator.methods import METHODS
 from emulator.results import EMULATOR_ZS, FULL_ZS, MCResult, paired_difference
 from emulator.scaleot.bundle import load_emulator
-from simulations.arguments import EXIT_USAGE, error_line, existing_file, non_negative_int, positive_int
+from simulations.arguments import (
+    EXIT_USAGE,
+    error_line,
+    existing_file,
+    non_negative_int,
+    positive_int,
+    unloadable_model,
+)
 from simulations.run_config import RunConfig, add_set_option
 from simulations.server.bundle_cache import ensure_bundle
 from simulations.server.outputs import pct, write_text
@@ -111,15 +125,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         base, out = probed_cell(base, compare, args.config)
         probed = probed_methods(base, compare, args.kinds, args.config)
         test = load_task(base.task, seed=base.seed).test  # unknown task, missing task data
+        out = args.out or out
+        limit = args.test_limit or base.evaluation.test_limit
+        test = test[:limit] if limit else test
+        check_out_dir(out, "--out", "give a directory: absent, or one steal_study wrote (to add to it)")
+        check_same_probe(out, probe, len(test))
     except ValueError as error:
         error_line(error)
         return EXIT_USAGE
-    out = args.out or out
-    limit = args.test_limit or base.evaluation.test_limit
-    test = test[:limit] if limit else test
     batch = base.evaluation.batch_size
 
-    full_model, tokenizer = load_model(base.model)
+    try:
+        full_model, tokenizer = load_model(base.model)
+    except (ValueError, OSError) as error:  # an empty or broken model directory: transformers' traceback
+        error_line(unloadable_model(base.model, error))
+        return EXIT_USAGE
     full = multiple_choice_accuracy(full_model, tokenizer, test, batch)
     log.info("full zero-shot %s on %d examples", pct(full.acc, full.acc_stderr), len(test))
     rows: list[dict[str, Any]] = []
@@ -188,7 +208,7 @@ def _write(out: Path, config: str, probe: ProbeConfig, n: int, rows: list[dict[s
         "config": config,
         "probe": vars(probe),
         "test_examples": n,
-        "rows": _merged(out / STEAL_FILE, rows, probe, n),
+        "rows": _merged(out / STEAL_FILE, rows),
     }
     write_text(out / STEAL_FILE, json.dumps(data, indent=1))
     write_text(out / "steal.md", markdown(data))
@@ -231,15 +251,51 @@ def markdown(data: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _merged(path: Path, rows: list[dict[str, Any]], probe: ProbeConfig, n: int) -> list[dict[str, Any]]:
-    # Rows of other methods from an earlier run of the same probe on the same test examples are kept.
+def _merged(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Rows of other methods from an earlier run are kept; check_same_probe made sure it is of the same probe.
     if not path.is_file():
         return rows
-    old = read_json(path)
-    if old.get("probe") != vars(probe) or old.get("test_examples") != n:
-        return rows
     new = {r["method"] for r in rows}
-    return [r for r in stolen_rows(old) if r["method"] not in new] + rows
+    return [r for r in stolen_rows(read_json(path)) if r["method"] not in new] + rows
+
+
+# The options (or config keys) that set each probe setting, to name in a refusal.
+_PROBE_OPTIONS = {
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "seq_len": "--seq-len",
+    "lr": "--lr",
+    "corpus": "emulator.corpus",
+    "seed": "seed",
+    "test_examples": "--test-limit",
+}
+
+
+def check_same_probe(out: Path, probe: ProbeConfig, n: int) -> None:
+    """Refuse to add rows of ``probe`` on ``n`` test examples to an ``out/steal.json`` of another probe: its
+    rows would be dropped (they were, silently), or tabulated under the new probe's settings.
+
+    Raises:
+        ValueError: one line naming ``--out``, the first differing setting (its option) with both values, and
+            what to do; also an unreadable ``steal.json``.
+    """
+    path = out / STEAL_FILE
+    if not path.is_file():
+        return
+    old = read_json(path)
+    if not isinstance(old, dict) or not isinstance(old.get("probe"), dict):
+        raise ValueError(f"--out={out} holds a {STEAL_FILE} that steal_study did not write; remove it")
+    saved = {**old["probe"], "test_examples": old.get("test_examples")}
+    planned = {**vars(probe), "test_examples": n}
+    changed = [key for key in planned if saved.get(key) != planned[key]]
+    if changed:
+        key = changed[0]
+        option = _PROBE_OPTIONS.get(key, key)
+        raise ValueError(
+            f"--out={out} holds {STEAL_FILE} of another probe ({option}: {key}={saved.get(key)!r} there, "
+            f"{planned[key]!r} planned); rerun with its settings to add methods to it, or remove "
+            f"{path} or give another --out to probe anew"
+        )
 
 
 def _pct(row: Mapping[str, float]) -> str:

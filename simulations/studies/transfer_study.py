@@ -32,32 +32,56 @@ from emulator.data.encoding import training_batches
 from emulator.data.tasks import load_task
 from emulator.evaluation.scoring import multiple_choice_accuracy
 from emulator.files import read_json, read_jsonl, write_text
-from emulator.lm.models import load_model, model_fingerprint
+from emulator.lm.models import check_model_name, load_model, model_fingerprint
 from emulator.methods import method_spec
 from emulator.results import EMULATOR_FT, EMULATOR_ZS, PLUG_IN, MCResult, paired_difference, privacy_gap
 from emulator.scaleot.bundle import load_emulator
 from emulator.tuning.adapters import prepare_adapter_
 from emulator.tuning.plug_in import plug_in_
 from emulator.tuning.training import train_adapter
+from simulations.arguments import (
+    EXIT_USAGE,
+    error_line,
+    non_negative_int,
+    output_file,
+    positive_int,
+    unloadable_model,
+)
 from simulations.server.bundle_cache import ensure_bundle
 
 log = logging.getLogger(__name__)
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """``method=scaleot,alpha=0.25`` -> a dict with TOML-typed values (a bare word is a string)."""
+    """``method=scaleot,alpha=0.25`` -> a dict with TOML-typed values (a bare word is a string).
+
+    Raises:
+        ValueError: an item that is not ``key=value``.
+    """
     example = "key=value,key=value, e.g. method=scaleot,alpha=0.25"
     return dict(parse_assignment(item, "--setting", example) for item in filter(None, text.split(",")))
 
 
-def run_setting(args: argparse.Namespace, setting: dict[str, Any], task: Any) -> dict[str, Any]:
-    """Build, fine-tune and score one emulator setting; returns a JSON-able row."""
+def setting_configs(args: argparse.Namespace, text: str) -> tuple[EmulatorConfig, AdapterConfig, float]:
+    """The emulator, adapter and learning rate of one ``--setting`` (``method=scaleot,alpha=0.25``).
+
+    Raises:
+        ValueError: a malformed setting, or a key or value the emulator or adapter config refuses; one line.
+    """
+    setting = parse_setting(text)
     adapter = AdapterConfig(mode=setting.pop("adapter_mode", args.adapter_mode))
     lr = parse_typed(setting.pop("lr", args.lr), float, "--setting lr")
     if not method_spec(setting.get("method", EmulatorConfig.method)).compresses:
-        emu_config = EmulatorConfig.full()
-    else:  # stage 1 must never see the evaluated task (see emulator.data.wikipedia)
-        emu_config = EmulatorConfig.from_dict({"corpus_exclude": corpus_exclusion(args.task), **setting})
+        return EmulatorConfig.full(), adapter, lr
+    # stage 1 must never see the evaluated task (see emulator.data.wikipedia)
+    return EmulatorConfig.from_dict({"corpus_exclude": corpus_exclusion(args.task), **setting}), adapter, lr
+
+
+def run_setting(
+    args: argparse.Namespace, configs: tuple[EmulatorConfig, AdapterConfig, float], task: Any
+) -> dict[str, Any]:
+    """Build, fine-tune and score one emulator setting (``setting_configs``); returns a JSON-able row."""
+    emu_config, adapter, lr = configs
     model, tokenizer = load_model(args.model, device=args.device)
     emulator, _ = load_emulator(ensure_bundle(args.model, emu_config, model, tokenizer), device=args.device)
     score = lambda m: multiple_choice_accuracy(m, tokenizer, task.test, batch_size=args.eval_batch)  # noqa: E731
@@ -143,28 +167,40 @@ def table(rows: list[dict[str, Any]], full_zs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--task", default="arc_easy")
     parser.add_argument("--setting", action="append", default=[], help="comma-separated EmulatorConfig keys")
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--adapter-mode", default="full", choices=["full", "lora"])
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--eval-batch", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-size", type=int, default=None, help="test examples (default: min(500, n/4))")
+    parser.add_argument("--max-length", type=positive_int, default=256)
+    parser.add_argument("--eval-batch", type=positive_int, default=32)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--test-size", type=positive_int, default=None, help="test examples (default: min(500, n/4))"
+    )
     parser.add_argument("--skip-emulator-zs", action="store_true", help="do not score emulator zero-shot")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("runs/transfer_study.jsonl"))
+    parser.add_argument("--out", type=output_file, default=Path("runs/transfer_study.jsonl"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    task = load_task(args.task, seed=args.seed, test_size=args.test_size)
+    try:  # bad input is one line, before any model loads (a bad --setting used to end the study midway)
+        check_model_name(args.model)
+        planned = {text: setting_configs(args, text) for text in args.setting}
+        task = load_task(args.task, seed=args.seed, test_size=args.test_size)  # unknown task, missing data
+    except ValueError as error:
+        error_line(error)
+        return EXIT_USAGE
     args.out.parent.mkdir(parents=True, exist_ok=True)
     zs_path = args.out.with_suffix(".full_zs.json")
-    model, tokenizer = load_model(args.model, device=args.device)
+    try:
+        model, tokenizer = load_model(args.model, device=args.device)
+    except (ValueError, OSError) as error:  # an empty or broken model directory: transformers' traceback
+        error_line(unloadable_model(args.model, error))
+        return EXIT_USAGE
     # Reused only for the same model content, task and seed; anything else is scored again.
     key = {"model": model_fingerprint(model), "task": args.task, "seed": args.seed}
     saved = read_json(zs_path) if zs_path.exists() else {}
@@ -179,14 +215,15 @@ def main(argv: list[str] | None = None) -> None:
             log.info("%s: already in %s, skipped", text, args.out)
             continue
         start = time.perf_counter()
-        row = run_setting(args, parse_setting(text), task)
+        row = run_setting(args, planned[text], task)
         row["wall_s"], row["spec"] = time.perf_counter() - start, text
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         log.info("%s done in %.0f s: plug-in %.3f", row["setting"], row["wall_s"], row[PLUG_IN]["acc"])
     rows = _read_rows(args.out)
     print(table(rows, full_zs))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
