@@ -197,6 +197,7 @@ def test_steal_study_model_that_cannot_load_is_one_line(tmp_path, monkeypatch, c
     monkeypatch.setattr(steal_study, "load_model", unloadable)
     empty = tmp_path / "empty"
     empty.mkdir()
+    (empty / "config.json").write_text('{"model_type": "llama"}')  # passes the name check; no weights
     argv = ["--config", COMPARE, "--quick", "--set", f"model={str(empty)!r}", "--out", str(tmp_path / "out")]
     assert steal_study.main(argv) == 2
     assert _error_lines(capsys) == [
