@@ -255,7 +255,14 @@ def test_evidence_config_plans_every_cell_with_its_own_corpus_exclusion():
     for config in configs:
         labels = [m.label(config.emulator) for m, _ in plan(config, settings)]
         assert labels[:4] == ["full", "uniform α=0.25", "importance-drop α=0.25", "crash α=0.25"]
-        assert len(labels) == 7  # and ScaleOT from cached activations, ScaleOT at 60 live steps, with SRC
+        # and ScaleOT from cached activations, at 60 live steps, with SRC and with layer sharing
+        assert labels[4:] == [
+            "scaleot α=0.25 β=1 cached_blocks=192 harmonizer_init=least-squares policy_interval=25 "
+            "stage1_steps=400",
+            "scaleot α=0.25 β=1",
+            "scaleot α=0.25 β=0.5 src_projections=qk src_rank=energy",
+            "scaleot α=0.25 β=1 share_replaced=True",
+        ]
         assert all(
             c.emulator.data.corpus_exclude == config.task
             for _, c in plan(config, settings)
