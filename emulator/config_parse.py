@@ -68,10 +68,11 @@ def build_config(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T
 
 
 def check_keys(cls: type, values: Any, prefix: str = "", extra: Sequence[str] = ()) -> None:
-    """Refuse an unknown key anywhere in ``values``, a partial table of ``cls`` that is merged over a whole
-    config later (a compare file's ``[quick]``): checked on its own, with ``prefix`` naming where it was
-    written, since after the merge an unknown key would be named as if the file's own section held it. Values
-    are left to ``build_config`` (a value may be valid only with the rest of the merged config).
+    """Refuse an unknown key or a value of the wrong type anywhere in ``values``, a partial table of ``cls``
+    that is merged over a whole config later (a compare file's ``[quick]``): checked on its own, with
+    ``prefix`` naming where it was written, since after the merge the error would be named as if the file's
+    own section held it. Checks that need the rest of the config (ranges, one field against another) are left
+    to ``build_config`` after the merge.
 
     Args:
         prefix: the table's dotted name with a trailing dot (``"quick."``).
@@ -79,7 +80,7 @@ def check_keys(cls: type, values: Any, prefix: str = "", extra: Sequence[str] = 
 
     Raises:
         ValueError: as ``build_config``: a key is unknown (the valid ones are listed), given both flat and in
-            its section, or a section is not a table.
+            its section, a section is not a table, or a value is not of its field's type.
     """
     flat = getattr(cls, "flat_keys", False)
     if flat:
@@ -96,6 +97,8 @@ def check_keys(cls: type, values: Any, prefix: str = "", extra: Sequence[str] = 
         default = default_of(valid[name])
         if is_dataclass(default):
             check_keys(type(default), value, prefix if flat else f"{prefix}{name}.")
+        else:
+            _coerce(valid[name], value, prefix + name)
 
 
 def _unknown_key(prefix: str, key: str, valid: Iterable[str]) -> str:

@@ -439,10 +439,9 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
             f"federation.rounds={rounds} is below the {done} rounds {run_dir} has done; resume it with "
             f"federation.rounds >= {done}, or start a new run"
         )
-    saved, new = read_saved_config(saved_path), json.loads(config.to_json())
+    saved, new = _flatten(read_saved_config(saved_path)), _flatten(json.loads(config.to_json()))
     changed = sorted(k for k in differing_keys(saved, new) if not k.startswith(RESUMABLE))
     if changed:
-        saved, new = _flatten(saved), _flatten(new)
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
         raise ValueError(
             f"--resume {run_dir} was started with another config ({shown}); only "

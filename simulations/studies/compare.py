@@ -221,6 +221,8 @@ def load_compare(
             unknown key of ``[quick]`` named there, with or without ``quick``).
     """
     data = read_config_file(path)
+    # The file's own keys first, so that a typo's list of valid keys holds the two tables compare adds.
+    check_keys(RunConfig, data, extra=("compare", "quick"))
     quick_table = data.pop("quick", None)
     if quick_table is not None:
         _check_quick_keys(quick_table)

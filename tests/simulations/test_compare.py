@@ -679,6 +679,14 @@ def test_a_bad_key_is_named_where_it_was_written_quick_and_compare_entries_too(t
             with pytest.raises(ValueError) as error:
                 plan(*load_compare(path, quick=quick))
             assert str(error.value).startswith(f"unknown config key {where}"), (quick, str(error.value))
+    path.write_text(source.replace("seed = 0", "sede = 0"))
+    with pytest.raises(ValueError, match=r"'sede' in the top level; valid keys: name, .*, compare, quick$"):
+        load_compare(path)
+    # A value of the wrong type in [quick] is named there too, with or without --quick.
+    path.write_text(source.replace("test_limit = 24", 'test_limit = "24"'))
+    for quick in (False, True):
+        with pytest.raises(ValueError, match=r"^config quick.evaluation.test_limit='24' must be an integer"):
+            load_compare(path, quick=quick)
     path.write_text(
         source.replace("uniform = [{ alpha = 0.25 }, { alpha = 0.5 }]", "uniform = [{ alpha = 2 }]")
     )
