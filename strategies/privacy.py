@@ -171,6 +171,7 @@ class DifferentialPrivacy:
         # sizing it for k keeps the multiplier at z however many sampled clients failed.
         wrapper.num_sampled_clients = k
         clipping_norm = float(wrapper.clipping_norm)
+        _in_global_order_(replies, wrapper.current_arrays)
         arrays, metrics = wrapper.aggregate_train(server_round, replies)
         if arrays is None:
             return None, metrics, {}
@@ -227,6 +228,20 @@ class DifferentialPrivacy:
         if self.wrapper is None:
             raise RuntimeError("call wrap() first")
         return self.wrapper
+
+
+def _in_global_order_(replies: Sequence[Message], start: ArrayRecord) -> None:
+    """Put each reply's arrays in the global adapter's key order, in place (same keys: the strategy checked).
+
+    Flower 1.42's DP wrappers clip ``reply - global`` pairing the two lists of arrays by position, not by name;
+    a reply in another order (an adapter read back from a sorted safetensors file) would subtract unrelated
+    tensors.
+    """
+    order = list(start.keys())
+    for reply in replies:
+        for name, record in list(reply.content.array_records.items()):
+            if list(record.keys()) != order:
+                reply.content[name] = ArrayRecord({k: record[k] for k in order})
 
 
 def _accountant(delta: float, population: int) -> RdpAccountant:

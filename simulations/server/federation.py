@@ -225,7 +225,7 @@ def _start(
     """A new run's state (its zero-shot rows scored now) and initial adapter, or the checkpoint's.
 
     Raises:
-        ValueError: the checkpoint's adapter was trained on another emulator bundle.
+        ValueError: the checkpoint's adapter was trained on another emulator bundle, or holds other tensors.
     """
     if checkpoint is None:
         state = RunState(zero_shot=evaluator.zero_shot(), per_example=dict(evaluator.per_example))
@@ -237,8 +237,17 @@ def _start(
             f"{state.bundle['sha256'][:12]}…, this run's is {sha256[:12]}… (the model, corpus or "
             "emulator changed); start a new run"
         )
+    saved = checkpoint.adapter
+    if saved.keys() != adapter.keys():
+        differ = sorted(saved.keys() ^ adapter.keys())
+        raise ValueError(
+            f"--resume {resume}: its adapter holds other tensors than this run's ({', '.join(differ[:3])}); "
+            "start a new run"
+        )
     log.info("resuming %s after round %d", resume, len(state.history))
-    return state, ArrayRecord({k: Array(v) for k, v in checkpoint.adapter.items()})
+    # In the adapter's own order, as the clients reply, not the file's sorted one: Flower's DP wrappers pair
+    # the global arrays with each reply's by position.
+    return state, ArrayRecord({k: Array(saved[k]) for k in adapter})
 
 
 def _rounds(
