@@ -233,9 +233,9 @@ class DifferentialPrivacy:
 def _in_global_order_(replies: Sequence[Message], start: ArrayRecord) -> None:
     """Put each reply's arrays in the global adapter's key order, in place (same keys: the strategy checked).
 
-    Flower 1.42's DP wrappers clip ``reply - global`` pairing the two lists of arrays by position, not by name;
-    a reply in another order (an adapter read back from a sorted safetensors file) would subtract unrelated
-    tensors.
+    Flower 1.42's DP wrappers clip ``reply - global`` pairing the two lists of arrays by position, not by
+    name; a reply in another order (an adapter read back from a sorted safetensors file) would subtract
+    unrelated tensors.
     """
     order = list(start.keys())
     for reply in replies:
