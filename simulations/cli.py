@@ -96,7 +96,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="score only the first N examples of the split (all of them when it has fewer: the table's n "
-        "says so)",
+        "says so; default with --run on its task's test split: the run's evaluation.test_limit, else all)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass")
     parser.add_argument("--max-length", type=positive_int, default=512, help="token budget per sequence")
@@ -121,11 +121,25 @@ def _run_eval(args: argparse.Namespace) -> None:
         )
     if args.run_dir is None and args.row is not None:
         raise ValueError(f"--row={args.row} needs --run: it picks a model of a run directory")
-    task, seed = args.task, args.seed
-    if args.run_dir is not None and (task is None or seed is None):
-        run_task, run_seed = _run_task(Path(args.run_dir))
+    task, seed, limit = args.task, args.seed, args.limit
+    if args.run_dir is not None:
+        run_task, run_seed, run_limit = _run_task(Path(args.run_dir))
         task = task if task is not None or args.harness else run_task
         seed = run_seed if seed is None else seed
+        if (
+            args.limit is None
+            and run_limit
+            and task == run_task
+            and args.split == "test"
+            and not args.harness
+        ):
+            # What the run scored: its numbers are reproduced only on the same first examples.
+            limit = run_limit
+            log.info(
+                "scoring the first %d test examples, as the run did (its evaluation.test_limit; --limit "
+                "changes it)",
+                run_limit,
+            )
     if (task is None) == (args.harness is None):
         raise ValueError("give one of --task (our scorer) and --harness (lm-evaluation-harness)")
     from emulator.evaluation.memo import memoised_accuracy
@@ -135,7 +149,9 @@ def _run_eval(args: argparse.Namespace) -> None:
     _check_device(args.device)
     # Tasks first: their errors are cheap to find, models are not.
     tasks, n_note = (
-        (harness_tasks(args.harness), "") if args.harness else _our_examples(task, args, seed or 0)
+        (harness_tasks(args.harness), "")
+        if args.harness
+        else _our_examples(task, args.split, limit, seed or 0)
     )
     start = time.perf_counter()
     if args.run_dir is not None:  # not `args.run`: that is the subcommand's function
@@ -178,25 +194,30 @@ def _print_harness(label: str, scores: dict[str, dict[str, float]]) -> None:
         print(f"| {label} | {task} | {' | '.join(cells)} |")
 
 
-def _run_task(run_dir: Path) -> tuple[str, int]:
-    """The task and split seed a run was scored on: eval's defaults with --run, so that its test split is the
-    run's (another seed's split could hold the clients' training examples)."""
+def _run_task(run_dir: Path) -> tuple[str, int, int]:
+    """The task, split seed and test limit (0: all) a run was scored with: eval's defaults with --run, so that
+    its test split is the run's (another seed's split could hold the clients' training examples) and its
+    numbers are reproduced.
+
+    Raises:
+        ValueError: ``run_dir`` has no config.toml, or it cannot be read.
+    """
     from simulations.run_config import load_config
 
     if not (run_dir / "config.toml").is_file():
         raise ValueError(f"--run={run_dir} is not a run directory: config.toml is missing")
     recorded = load_config(run_dir / "config.toml")
-    return recorded.task, recorded.seed
+    return recorded.task, recorded.seed, recorded.evaluation.test_limit
 
 
-def _our_examples(task: str, args: argparse.Namespace, seed: int) -> tuple[list, str]:
-    """The first ``--limit`` examples of the split, and the note the table's n gets when the split holds
-    fewer (all of them are scored: the n alone would not say that --limit was not reached)."""
+def _our_examples(task: str, split: str, limit: int | None, seed: int) -> tuple[list, str]:
+    """The first ``limit`` examples of the split (all with None), and the note the table's n gets when the
+    split holds fewer (all of them are scored: the n alone would not say that the limit was not reached)."""
     from emulator.data.tasks import load_task
 
-    examples = getattr(load_task(task, seed=seed), args.split)
-    capped = args.limit is not None and args.limit > len(examples)
-    return examples[: args.limit], f" (all; --limit {args.limit})" if capped else ""
+    examples = getattr(load_task(task, seed=seed), split)
+    capped = limit is not None and limit > len(examples)
+    return examples[:limit], f" (all; --limit {limit})" if capped else ""
 
 
 # ------------------------------------------------------------------------------------------- build-emulator

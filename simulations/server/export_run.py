@@ -22,6 +22,8 @@ _RUN_FILES = ("config.toml", "metrics.json", "adapter.safetensors")  # what an e
 # The results rows whose model a finished run directory rebuilds (simulations.harness.run_model).
 RUN_ROWS = (FULL_ZS, EMULATOR_FT, PLUG_IN)
 _OUT_ALLOWED = "give a directory that can be written (plug-in/ and peft-adapter/ in it are replaced)"
+# A directory holding one of these holds a run: its plug-in/ and peft-adapter/ are that run's.
+_RUN_MARKERS = ("config.toml", "config.json", "metrics.json")
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
@@ -32,8 +34,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, 
 
     Raises:
         ValueError: ``run_dir`` has no ``config.toml``, ``metrics.json`` or final ``adapter.safetensors`` (an
-            unfinished run), one of them is unreadable, ``out`` is a file or cannot be created, the model
-            found under the run's name is not the one it trained on, or the adapter does not fit the model.
+            unfinished run), one of them is unreadable, ``out`` is a file, cannot be created or holds another
+            run, the model found under the run's name is not the one it trained on, or the adapter does not
+            fit the model.
         FileWriteError: an artefact could not be written.
     """
     run_dir = Path(run_dir)
@@ -52,6 +55,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, 
     config = load_config(run_dir / "config.toml")
     if out is not None:  # before the model loads: a file there failed only after it, with a bare errno
         check_out_dir(Path(out), "--out", _OUT_ALLOWED)
+        check_not_another_run(run_dir, Path(out))
     state = read_tensors(run_dir / "adapter.safetensors")  # before the model: a truncated file fails at once
     model, tokenizer = load_run_full_model(run_dir, config.model)
     layers = adapter_layers(num_layers(model), config.emulator.adapter_bottom, config.emulator.adapter_top)
@@ -60,6 +64,25 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, 
     )
     log.info("exported %s", ", ".join(str(p) for p in written.values()))
     return written
+
+
+def check_not_another_run(run_dir: Path, out: Path) -> None:
+    """Refuse an ``--out`` that holds another run than ``run_dir``: its exports are that run's, and replacing
+    them would leave it with another run's model beside its own metrics (a directory holds one run, as for
+    ``scaleot simulate --out``).
+
+    Raises:
+        ValueError: ``out`` is not ``run_dir`` and holds a run's config.toml, config.json or metrics.json.
+    """
+    if out.resolve() == run_dir.resolve():
+        return
+    held = [name for name in _RUN_MARKERS if (out / name).is_file()]
+    if held:
+        raise ValueError(
+            f"--out={out} holds another run ({', '.join(held)}); a run directory holds one run, and "
+            "exporting there would replace its plug-in/ and peft-adapter/: give a directory that holds no "
+            f"run, or drop --out to export into {run_dir}"
+        )
 
 
 def recorded_bundle(run_dir: Path) -> dict[str, str]:
@@ -98,7 +121,9 @@ def load_run_full_model(run_dir: Path, model: str, device: str = "cpu") -> tuple
 def export_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``scaleot export``."""
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
-    parser.add_argument("--out", type=Path, help="where to write (default: RUN_DIR)")
+    parser.add_argument(
+        "--out", type=Path, help="where to write (default: RUN_DIR); not a directory holding another run"
+    )
 
 
 def run_export(args: argparse.Namespace) -> None:

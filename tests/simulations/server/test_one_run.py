@@ -320,3 +320,35 @@ def test_a_partition_whose_node_is_gone_goes_to_the_node_that_now_reports_it():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     handshake(FakeGrid({6: 0}, reports={6: 4}), [6], "/bundle", "", 5.0, roster, num_partitions=4)
     assert roster.partitions == {6: 0} and roster.refused == {}
+
+
+def test_export_refuses_an_out_holding_another_run_and_takes_its_own_or_a_new_one(
+    finished_run, tmp_path, capsys
+):
+    other = tmp_path / "other"  # another run's directory, with its own exports
+    (other / "plug-in").mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    (other / "metrics.json").write_text(json.dumps({"status": "finished"}))
+    theirs = other / "plug-in" / "config.json"
+    theirs.write_text("the other run's plug-in")
+    assert main(["export", str(finished_run), "--out", str(other)]) == 2
+    assert error_line(capsys) == (
+        f"error: --out={other} holds another run (config.json, metrics.json); a run directory holds one run, "
+        "and exporting there would replace its plug-in/ and peft-adapter/: give a directory that holds no "
+        f"run, or drop --out to export into {finished_run}"
+    )
+    assert theirs.read_text() == "the other run's plug-in"
+
+    assert main(["export", str(finished_run), "--out", str(finished_run)]) == 0  # its own directory
+    assert main(["export", str(finished_run), "--out", str(tmp_path / "new")]) == 0
+    assert (finished_run / "plug-in").is_dir() and (tmp_path / "new" / "plug-in").is_dir()
+
+
+def test_eval_of_a_run_scores_the_runs_test_limit_unless_limit_is_given(finished_run, capsys, caplog):
+    # finished_run scored the first 8 test examples (evaluation.test_limit = 8): so does eval --run.
+    with caplog.at_level(logging.INFO, logger="scaleot"):
+        assert main(["eval", "--run", str(finished_run), "--row", "full", "--batch-size", "8"]) == 0
+    assert f"| {finished_run} (full_zs) | synthetic | test | 8 | " in capsys.readouterr().out
+    assert "scoring the first 8 test examples, as the run did (its evaluation.test_limit" in caplog.text
+    assert main(["eval", "--run", str(finished_run), "--row", "full", "--limit", "4"]) == 0
+    assert f"| {finished_run} (full_zs) | synthetic | test | 4 | " in capsys.readouterr().out
