@@ -33,7 +33,7 @@ from simulations.run_config import (
     load_config,
     resume_config,
 )
-from strategies.records import RunFailedError
+from strategies.records import RunFailedError, RunStopped
 
 log = logging.getLogger(__name__)
 
@@ -316,12 +316,13 @@ class BackendWatch:
         """Raise if the backend has failed or the run was stopped.
 
         Raises:
-            RunFailedError: the simulation backend failed (its reason in the message), or the run was stopped.
+            RunFailedError: the simulation backend failed (its reason in the message).
+            RunStopped: the run was stopped (a ``RunFailedError`` that is not recorded as the run's failure).
         """
         if self.reason:
             raise RunFailedError(f"the simulation backend failed: {self.reason}")
         if self.stopped:
-            raise RunFailedError(self.stopped)
+            raise RunStopped(self.stopped)
 
 
 def _status(run_dir: Path) -> dict[str, Any]:

@@ -59,6 +59,11 @@ class RunFailedError(RuntimeError):
     """A run that ended without a result it may report (nothing trained, nodes missing, backend crashed)."""
 
 
+class RunStopped(RunFailedError):
+    """A run stopped from outside (SIGTERM, SIGINT) while the ServerApp ran: not a failure of the run, whose
+    directory stays resumable, so metrics.json does not record it as failed."""
+
+
 def most_common_failure(records: Sequence[RoundRecord]) -> tuple[str, int, int] | None:
     """The clients' most common failure over ``records``: (an example reason, its count, all failures).
 

@@ -85,6 +85,36 @@ def check_not_another_run(run_dir: Path, out: Path) -> None:
         )
 
 
+def remove_exports(run_dir: Path, rewritten: bool) -> list[str]:
+    """Remove ``plug-in/`` and ``peft-adapter/`` from ``run_dir`` before a resume trains further rounds: they
+    hold an earlier round's adapter, and a user loading them after those rounds would silently get an older
+    model than ``adapter.safetensors`` and report.md describe. They are derived files, rewritable at any time.
+
+    Args:
+        rewritten: the resumed run writes them again when it finishes (``output.export_plug_in``); the log
+            line says so, or how to rewrite them.
+
+    Returns:
+        The names removed.
+    """
+    from emulator.files import remove
+    from emulator.tuning.export import PEFT_ADAPTER_DIR, PLUG_IN_DIR
+
+    removed = [name for name in (PLUG_IN_DIR, PEFT_ADAPTER_DIR) if (run_dir / name).exists()]
+    for name in removed:
+        remove(run_dir / name)
+    if removed:
+        again = "the run writes them again when it finishes, or" if rewritten else "rewrite them with"
+        log.info(
+            "removed %s of an earlier round from %s before training further rounds; %s `scaleot export %s`",
+            " and ".join(f"{name}/" for name in removed),
+            run_dir,
+            again,
+            run_dir,
+        )
+    return removed
+
+
 def recorded_bundle(run_dir: Path) -> dict[str, str]:
     """What a run recorded about its models (metrics.json's ``bundle``): the emulator bundle's ``path`` and
     ``sha256``, and the full model's content hash ``model_sha256``.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from clients.runtime import bundle_sha256
 from emulator.data.corpus import public_blocks, public_corpus
 from emulator.data.examples import MCExample, TaskSplits
 from emulator.data.tasks import load_task
+from emulator.files import one_line
 from emulator.lm.models import load_model, model_fingerprint
 from emulator.results import FULL_ZS, PLUG_IN
 from emulator.scaleot.bundle import load_emulator
@@ -34,7 +35,7 @@ from emulator.tuning.adapters import AdapterState
 from simulations.run_config import RunConfig, check_resumable
 from simulations.server.bundle_cache import ensure_bundle
 from simulations.server.evaluation import ServerEvaluator, initial_adapter
-from simulations.server.export_run import export_run
+from simulations.server.export_run import export_run, remove_exports
 from simulations.server.outputs import (
     Checkpoint,
     RunState,
@@ -53,7 +54,7 @@ from simulations.server.tracking import TensorBoardLog
 from strategies import wire
 from strategies.offsite import OffsiteTuning, offsite_strategy
 from strategies.privacy import DifferentialPrivacy
-from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason
+from strategies.records import RoundRecord, RunFailedError, RunStopped, nothing_trained_reason
 from strategies.settings import EmulatorOffer, Sampling, ServerEvaluation
 from strategies.wire import ClientSettings
 
@@ -80,9 +81,14 @@ def run_federation(
     Returns:
         The final run state (zero-shot rows, per-round records, bundle).
 
+    Once the rounds have started, a run that ends by an exception (``RunStopped`` aside) records it in
+    metrics.json (``failed`` with the reason) and report.md before it propagates.
+
     Raises:
-        RunFailedError: no round aggregated a client reply (metrics.json says ``failed`` with the reason),
-            or fewer nodes than needed connected within ``federation.node_timeout``.
+        RunFailedError: no round aggregated a client reply, or fewer nodes than needed connected within
+            ``federation.node_timeout``, or the backend failed (metrics.json says ``failed`` with the reason).
+        RunStopped: ``check`` said the run was stopped from outside (metrics.json is not marked failed: the
+            directory stays resumable).
     """
     check_simulated_federation(grid, config.federation.num_clients)
     if resume is not None:
@@ -92,15 +98,40 @@ def run_federation(
     # Bad input (the task, the split, the corpus, a setting the model cannot take) fails before the config is
     # written: a refused run leaves nothing that blocks its corrected rerun.
     inputs = _load_inputs(config, check)
-    write_text(run_dir / "config.toml", config.to_toml())
-    write_text(run_dir / "config.json", config.to_json())
+    if resume is None:  # now: a new run stopped while it prepares resumes from its start
+        _write_config(run_dir, config)
     checkpoint = _checkpoint(resume)
     tracker = TensorBoardLog(run_dir / "tensorboard") if config.output.tensorboard else None
     with tracker or contextlib.nullcontext():  # the event files are closed however the run ends
         owner = _prepare(config, inputs, checkpoint, resume, check)
-        arrays = _rounds(grid, config, owner, run_dir, tracker, checkpoint, check)
-        _finish(run_dir, config, owner.state, arrays)  # raises RunFailedError when nothing was trained
+        if resume is not None:
+            _continue(run_dir, config, owner.state)
+        with failure_recorded(run_dir, config, owner.state):
+            arrays = _rounds(grid, config, owner, run_dir, tracker, checkpoint, check)
+            _finish(run_dir, config, owner.state, arrays)  # raises RunFailedError when nothing was trained
     return owner.state
+
+
+def _write_config(run_dir: Path, config: RunConfig) -> None:
+    write_text(run_dir / "config.toml", config.to_toml())
+    write_text(run_dir / "config.json", config.to_json())
+
+
+def _continue(run_dir: Path, config: RunConfig, state: RunState) -> None:
+    """A resume under way (its checkpoint accepted): its config replaces the earlier one only now, so a
+    resume refused before this leaves the earlier run's config beside its metrics.json; the earlier run's
+    exports are removed before further rounds make them stale."""
+    _write_config(run_dir, config)
+    if config.federation.rounds > len(state.history):
+        remove_exports(run_dir, rewritten=config.output.export_plug_in)
+
+
+def failure_reason(error: Exception) -> str:
+    """The one-line reason metrics.json records for a run ended by ``error``: a ``RunFailedError``'s own
+    message, else the exception's type and message."""
+    if isinstance(error, RunFailedError):
+        return one_line(error)
+    return f"{type(error).__name__}: {one_line(error)}"
 
 
 @dataclass
@@ -354,9 +385,12 @@ def _strategy(
     fed, state, evaluator = config.federation, owner.state, owner.evaluator
 
     def on_round_end(record: RoundRecord, arrays: ArrayRecord) -> None:
-        state.history = list(strategy.history)
-        state.per_example |= evaluator.per_example
-        save_checkpoint(run_dir, _numpy(arrays), strategy.state_arrays(), state)
+        done = replace(
+            state, history=list(strategy.history), per_example=state.per_example | evaluator.per_example
+        )
+        save_checkpoint(run_dir, _numpy(arrays), strategy.state_arrays(), done)
+        # Only once its checkpoint is saved: a run failing while it saves records the rounds it can resume.
+        state.history, state.per_example = done.history, done.per_example
         write_metrics(run_dir, state, config.to_dict(), finished=False)
         if tracker is not None:
             tracker.round(record)
@@ -427,24 +461,44 @@ def _client_settings(config: RunConfig, bundle: str, sha256: str) -> ClientSetti
     )
 
 
+@contextlib.contextmanager
+def failure_recorded(run_dir: Path, config: RunConfig, state: RunState) -> Iterator[None]:
+    """Record an exception that ends the block as the run's failure, then let it propagate: metrics.json
+    ``failed`` with the reason (``failure_reason``) and the rounds ``state`` holds, report.md saying why. A
+    ``RunStopped`` is not a failure and is not recorded; a write that fails here is logged, not raised over
+    the run's own error."""
+    try:
+        yield
+    except RunStopped:
+        raise
+    except Exception as error:
+        reason = failure_reason(error)
+        try:
+            write_metrics(run_dir, state, config.to_dict(), finished=True, failure=reason)
+            write_report(run_dir, state, title=_title(config), failure=reason)
+        except OSError as unwritten:
+            log.warning("could not record the run's failure in %s: %s", run_dir, one_line(unwritten))
+        raise
+
+
+def _title(config: RunConfig) -> str:
+    return f"{config.name}: {config.emulator.method} on {config.model}, {config.task}"
+
+
 def _finish(run_dir: Path, config: RunConfig, state: RunState, arrays: ArrayRecord) -> None:
     """Write the results; a run in which nothing was trained writes no adapter and raises.
 
     Raises:
         RunFailedError: no round aggregated a client reply (the reason names the most common failure).
     """
-    title = f"{config.name}: {config.emulator.method} on {config.model}, {config.task}"
     if state.trained_rounds == 0:
-        reason = nothing_trained_reason(state.history)
-        write_metrics(run_dir, state, config.to_dict(), finished=True, failure=reason)
-        write_report(run_dir, state, title=title, failure=reason)
-        raise RunFailedError(reason)
+        raise RunFailedError(nothing_trained_reason(state.history))  # recorded by run_federation
     write_tensors(run_dir / "adapter.safetensors", _numpy(arrays))
     if config.output.export_plug_in:
         export_run(run_dir)  # plug-in/ and peft-adapter/, before metrics.json says the run is finished
     write_metrics(run_dir, state, config.to_dict(), finished=True)
     plot_accuracy(run_dir, state)
-    write_report(run_dir, state, title=title)
+    write_report(run_dir, state, title=_title(config))
     rows = state.rows()
     summary = ", ".join(
         f"{name} {100 * row.acc:.1f} ± {100 * row.acc_stderr:.1f}" for name, row in rows.items()

@@ -25,8 +25,9 @@ The compare file is a run config plus two tables: ``[compare]`` (``CompareConfig
 method) and ``[quick]``, merged over the whole file by ``--quick`` (a tiny model and task: the same
 comparison in minutes). Each method runs in ``<out>/<slug>``. A directory that already holds a finished run
 of the same experiment is reused and one with a checkpoint is resumed, so an interrupted compare continues
-where it stopped; a failed one (no round trained anything) is moved to ``<slug>.failed`` and run again; a
-directory holding another experiment is an error, never overwritten. A run's saved config is read with
+where it stopped (as does a run that failed after rounds that trained something); a failed one that trained
+nothing is moved to ``<slug>.failed`` and run again; a directory holding another experiment is an error, never
+overwritten. A run's saved config is read with
 today's defaults (``read_saved_config``), so a field added since it ran does not make it another experiment.
 ``--out`` is absent, empty or a directory compare wrote (not, say, a ``scaleot simulate`` run's); ``--report``
 runs nothing, so it takes only a directory compare wrote that holds a finished run.
@@ -269,8 +270,9 @@ def run_method(
 ) -> tuple[dict[str, Any], str]:
     """Reuse, resume or start one method's simulation in ``run_dir``.
 
-    A finished run is reused, an interrupted one resumed from its checkpoint; a failed one (no round trained
-    anything) is moved to ``<run_dir>.failed`` and started over. ``remedy`` ends the refusal of a directory
+    A finished run is reused, an interrupted one resumed from its checkpoint, as is a failed one whose rounds
+    trained something (it ended by an error: a backend crash, a full disk); a failed one that trained nothing
+    is moved to ``<run_dir>.failed`` and started over. ``remedy`` ends the refusal of a directory
     holding another experiment (the study scripts that reuse runs this way name their own ``--out``).
 
     Returns:
@@ -293,7 +295,8 @@ def run_method(
                     f"ones); {remedy}"
                 )
             return metrics, "reused"
-        if metrics.get("status") == "failed":
+        trained = metrics.get("rounds_done", 0) - metrics.get("empty_rounds", 0)
+        if metrics.get("status") == "failed" and trained <= 0:
             # Nothing was trained (federation._finish): resuming would replay the same empty rounds, so the
             # method starts over; the failed run is kept beside it, for its reason.
             aside = run_dir.with_name(run_dir.name + ".failed")

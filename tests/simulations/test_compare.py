@@ -129,6 +129,27 @@ def test_a_failed_run_is_started_over_not_resumed_and_kept_aside(tmp_path, monke
     assert json.loads((kept / "metrics.json").read_text()) == failed and not run_dir.exists()
 
 
+def test_a_run_that_failed_after_training_rounds_is_resumed_not_started_over(tmp_path, monkeypatch):
+    # An error ended it (a backend crash, a full disk) after 2 rounds that trained: its checkpoint goes on.
+    import simulations.runner as runner
+
+    base, _ = load_compare(ROOT / CONFIG, quick=True)
+    run_dir = tmp_path / "uniform-a0.5"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(base.to_dict()))
+    failed = {"status": "failed", "reason": "the simulation backend failed: boom", "rounds_done": 2}
+    (run_dir / "metrics.json").write_text(json.dumps(failed | {"empty_rounds": 0}))
+    calls = []
+
+    def simulate(config, directory, resume=None):
+        calls.append(resume)
+        return {"status": "finished"}
+
+    monkeypatch.setattr(runner, "simulate", simulate)
+    assert run_method(base, run_dir) == ({"status": "finished"}, "resumed")
+    assert calls == [run_dir] and not run_dir.with_name("uniform-a0.5.failed").exists()
+
+
 # --- end to end --------------------------------------------------------------------------------------------
 
 

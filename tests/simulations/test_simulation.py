@@ -138,3 +138,74 @@ def test_eval_run_rows_rebuild_the_runs_plug_in_and_emulator(full_run):
         model, tokenizer = run_model(full_run, row)
         result = multiple_choice_accuracy(model, tokenizer, test, batch_size=config.evaluation.batch_size)
         assert list(result.correct) == results[row]["correct"], row
+
+
+def test_a_resume_that_trains_further_rounds_removes_the_earlier_exports(tmp_path, caplog):
+    import logging
+
+    from simulations.cli import main
+
+    run_dir = tmp_path / "lora"
+    lora = sets("adapter.mode=lora", "federation.rounds=1")
+    assert main(["simulate", "--config", CONFIG, *INPROCESS, *lora, "--out", str(run_dir)]) == 0
+    assert (run_dir / "plug-in").is_dir() and (run_dir / "peft-adapter").is_dir()
+    before = json.loads((run_dir / "metrics.json").read_text())
+
+    more = sets("federation.rounds=2", "output.export_plug_in=false")
+    with caplog.at_level(logging.INFO, logger="simulations.server.export_run"):
+        assert main(["simulate", "--resume", str(run_dir), *more]) == 0
+    # Round 1's exports would now be an older model than adapter.safetensors and report.md describe.
+    assert not (run_dir / "plug-in").exists() and not (run_dir / "peft-adapter").exists()
+    assert (
+        f"removed plug-in/ and peft-adapter/ of an earlier round from {run_dir} before training further "
+        f"rounds; rewrite them with `scaleot export {run_dir}`"
+    ) in caplog.text
+    # Nothing else round 1 wrote is lost.
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert after["status"] == "finished" and [r["round"] for r in after["rounds"]] == [1, 2]
+    assert after["rounds"][0] == before["rounds"][0] and after["zero_shot"] == before["zero_shot"]
+    assert {p.name for p in (run_dir / "checkpoint").glob("round-*")} == {"round-0001", "round-0002"}
+
+    assert main(["export", str(run_dir)]) == 0  # what the log line says rewrites them
+    assert (run_dir / "plug-in").is_dir() and (run_dir / "peft-adapter").is_dir()
+
+
+def test_a_resume_that_fails_mid_way_records_the_failure_under_the_config_it_ran(tmp_path, capsys):
+    from simulations.cli import main
+
+    run_dir = tmp_path / "run"
+    assert (
+        main(
+            ["simulate", "--config", CONFIG, *INPROCESS, *sets("federation.rounds=1"), "--out", str(run_dir)]
+        )
+        == 0
+    )
+    # A real write fault in the resume's first round: a file where round 2's checkpoint directory goes.
+    blocker = run_dir / "checkpoint" / "round-0002"
+    blocker.write_text("in the way")
+    assert main(["simulate", "--resume", str(run_dir), *sets("federation.rounds=2")]) == 1
+    reason = f"FileWriteError: cannot write {blocker}: Not a directory"
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: cannot write {blocker}: Not a directory"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["status"], metrics["reason"], metrics["rounds_done"]) == ("failed", reason, 1)
+    # The config files and metrics.json agree: the resume asked for 2 rounds and did 1.
+    assert metrics["config"]["federation"]["rounds"] == 2
+    assert load_config(run_dir / "config.toml").federation.rounds == 2
+    assert json.loads((run_dir / "config.json").read_text())["federation"]["rounds"] == 2
+    assert f"**Run failed:** {reason}." in (run_dir / "report.md").read_text()
+
+    # A resume refused before it is under way (no intact checkpoint left) leaves the directory's config alone.
+    blocker.unlink()
+    adapter = run_dir / "checkpoint" / "round-0001" / "adapter.safetensors"
+    intact = adapter.read_bytes()
+    adapter.write_bytes(intact[:-8])
+    assert main(["simulate", "--resume", str(run_dir), *sets("federation.rounds=3")]) == 2
+    assert load_config(run_dir / "config.toml").federation.rounds == 2
+    assert json.loads((run_dir / "metrics.json").read_text())["reason"] == reason
+
+    # With the fault gone, the failed run resumes to its end.
+    (run_dir / "checkpoint" / "refused-round-0001").rename(run_dir / "checkpoint" / "round-0001")
+    adapter.write_bytes(intact)
+    assert main(["simulate", "--resume", str(run_dir)]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and "reason" not in metrics and metrics["rounds_done"] == 2

@@ -26,7 +26,7 @@ from simulations.server.outputs import RunState, load_checkpoint, save_checkpoin
 from strategies import wire
 from strategies.nodes import await_nodes
 from strategies.offsite import offsite_strategy
-from strategies.records import RoundRecord, RunFailedError, nothing_trained_reason, progress_line
+from strategies.records import RoundRecord, RunFailedError, RunStopped, nothing_trained_reason, progress_line
 from strategies.settings import EmulatorOffer, Sampling, ServerEvaluation
 
 SHAPES = {"0.mlp.weight": (4, 3), "7.norm.weight": (4,)}
@@ -90,13 +90,14 @@ def test_rounds_in_which_every_client_fails_are_marked_and_nothing_is_scored(cap
 
 
 def test_an_untrained_run_fails_with_its_reason_and_no_fine_tuned_rows(tmp_path):
-    from simulations.server.federation import _finish
+    from simulations.server.federation import _finish, failure_recorded
 
     config = load_config("simulations/configs/tiny.toml")
     history = [RoundRecord(round=1, sampled=2, rejected=2, empty=True, rejections=["node 5: boom 1"] * 2)]
     state = RunState(zero_shot=dict(ZERO_SHOT), history=history)
     with pytest.raises(RunFailedError, match=r"most common client failure \(2 of 2\): boom 1"):
-        _finish(tmp_path, config, state, adapter(0.0))
+        with failure_recorded(tmp_path, config, state):  # as run_federation runs it
+            _finish(tmp_path, config, state, adapter(0.0))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "nothing was trained" in metrics["reason"]
     assert set(metrics["results"]) == {FULL_ZS, EMULATOR_ZS} and metrics["privacy_gap"] is None
@@ -106,6 +107,26 @@ def test_an_untrained_run_fails_with_its_reason_and_no_fine_tuned_rows(tmp_path)
     assert "**Run failed:** no client reply was aggregated" in report
     results_table = report.split("| round |")[0]
     assert ROW_LABELS[PLUG_IN] not in results_table and ROW_LABELS[EMULATOR_FT] not in results_table
+
+
+def test_a_run_ended_by_an_error_is_recorded_failed_and_a_stopped_one_is_not(tmp_path):
+    from simulations.server.federation import failure_recorded
+
+    config = load_config("simulations/configs/tiny.toml")
+    state = RunState(zero_shot=dict(ZERO_SHOT), history=[RoundRecord(round=1)])
+    with pytest.raises(RunStopped), failure_recorded(tmp_path, config, state):
+        raise RunStopped("stopped by SIGTERM")  # resumable as it is: not a failure
+    assert not (tmp_path / "metrics.json").exists()
+
+    with pytest.raises(KeyError), failure_recorded(tmp_path, config, state):
+        raise KeyError("plug_in_acc")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["status"], metrics["reason"], metrics["rounds_done"]) == (
+        "failed",
+        "KeyError: 'plug_in_acc'",
+        1,
+    )
+    assert "**Run failed:** KeyError: 'plug_in_acc'." in (tmp_path / "report.md").read_text()
 
 
 def test_some_empty_rounds_are_counted_in_the_summary_and_report(tmp_path):
