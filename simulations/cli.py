@@ -160,7 +160,9 @@ def _run_eval(args: argparse.Namespace) -> None:
     log.info("loaded %s in %.1f s", label, time.perf_counter() - start)
     start = time.perf_counter()
     if args.harness:
-        _print_harness(label, harness_scores(model, tokenizer, tasks, args.limit, args.batch_size))
+        _print_harness(
+            label, harness_scores(model, tokenizer, tasks, args.limit, args.batch_size), args.limit
+        )
         return
     result = memoised_accuracy(
         model, tokenizer, tasks, batch_size=args.batch_size, max_length=args.max_length, progress=True
@@ -176,15 +178,19 @@ def _run_eval(args: argparse.Namespace) -> None:
     )
 
 
-def _print_harness(label: str, scores: dict[str, dict[str, float]]) -> None:
+def _print_harness(label: str, scores: dict[str, dict[str, float]], limit: int | None) -> None:
+    """lm-eval's scores as our table, with n as ours has it: the documents scored, noted when ``--limit``
+    asked for more than the task holds."""
     from simulations.harness import METRICS
     from simulations.server.outputs import pct
 
-    print("| model | lm-eval task | acc (%) | acc_norm (%) |")
-    print("|---|---|---|---|")
+    print("| model | lm-eval task | n | acc (%) | acc_norm (%) |")
+    print("|---|---|---|---|---|")
     for task, m in scores.items():
+        n = m.get("n")
+        n_cell = "–" if n is None else f"{n} (all; --limit {limit})" if limit is not None and limit > n else n
         cells = [pct(m[k], m.get(k + "_stderr", float("nan"))) if k in m else "–" for k in METRICS]
-        print(f"| {label} | {task} | {' | '.join(cells)} |")
+        print(f"| {label} | {task} | {n_cell} | {' | '.join(cells)} |")
 
 
 def _run_task(run_dir: Path) -> tuple[str, int]:
