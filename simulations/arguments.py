@@ -6,8 +6,10 @@ and the one ``error:`` line bad input ends in. Torch-free, so ``--help`` stays f
 from __future__ import annotations
 
 import argparse
+import dis
 import sys
 from pathlib import Path
+from types import TracebackType
 
 EXIT_USAGE = 2  # argparse's own exit code for bad usage; bad values get the same
 
@@ -36,6 +38,59 @@ def _int_at_least(text: str, least: int) -> int:
 def error_line(error: BaseException | str) -> None:
     """Write ``error: <message>`` to stderr, on one line whatever the message holds."""
     sys.stderr.write(f"error: {' '.join(str(error).split())}\n")
+
+
+# Where the project's usage errors come from: a `raise` statement in a file of these folders of the
+# repository, naming the field and the value (a library error the user caused is wrapped in one, as
+# emulator.lm.models._load_given does). tests/: a test's fake stands in for one of our functions.
+PROJECT_FOLDERS = ("emulator", "strategies", "clients", "simulations", "tests")
+_ROOT = Path(__file__).resolve().parents[1]  # the repository, or site-packages when installed
+# The instructions a `raise` statement compiles to; at any other (a call, `a + b`), what it ran raised.
+_RAISE_OPCODES = frozenset(dis.opmap[name] for name in ("RAISE_VARARGS", "RERAISE"))
+
+
+def is_usage_error(error: BaseException) -> bool:
+    """Whether ``error`` is one of the project's own errors about its input: raised by a ``raise`` statement
+    in a file of ``PROJECT_FOLDERS``. An error raised inside a library (numpy, flwr, torch, transformers), or
+    by an operation of our own code (a numpy broadcast, ``int("x")``), is a bug to report instead; a bare
+    ``raise`` that passes a library's error on leaves it the library's (its traceback still ends there).
+    """
+    frames = _frames(error)
+    if not frames:  # never raised (built to be reported): it can only be ours
+        return True
+    last = frames[-1]
+    return _ours(last) and last.tb_frame.f_code.co_code[last.tb_lasti] in _RAISE_OPCODES
+
+
+def raised_where(error: BaseException) -> str:
+    """``module.function`` where ``error`` was raised, and the last function of ours on the way when that
+    is a library's, for an internal error's line (``numpy.x._broadcast_shape, called from strategies.y.f``).
+    """
+    frames = _frames(error)
+    if not frames:
+        return "an unknown place"
+    ours = [frame for frame in frames if _ours(frame)]
+    if ours and ours[-1] is not frames[-1]:
+        return f"{_name(frames[-1])}, called from {_name(ours[-1])}"
+    return _name(frames[-1])
+
+
+def _frames(error: BaseException) -> list[TracebackType]:
+    """The traceback's entries, outermost first: the last is where ``error`` was raised."""
+    frames, tb = [], error.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    return frames
+
+
+def _ours(frame: TracebackType) -> bool:
+    path = Path(frame.tb_frame.f_code.co_filename).resolve()
+    return path.is_relative_to(_ROOT) and path.relative_to(_ROOT).parts[0] in PROJECT_FOLDERS
+
+
+def _name(frame: TracebackType) -> str:
+    return f"{frame.tb_frame.f_globals.get('__name__', '?')}.{frame.tb_frame.f_code.co_qualname}"
 
 
 def unloadable_model(model: str, error: BaseException) -> str:

@@ -3,7 +3,8 @@
 Each subcommand is a ``Command``: a function that adds its arguments and a function that runs it, listed once
 in ``COMMANDS``. Heavy imports (torch, transformers, flwr) happen inside the run functions, so
 ``scaleot --help`` stays fast. Bad input surfaces as ``ValueError`` / ``FileNotFoundError`` and becomes one
-``error:`` line.
+``error:`` line; a ``ValueError`` that none of our checks raised (one from inside numpy or Flower) is a bug,
+and is reported with its traceback (``simulations.arguments.is_usage_error``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from pathlib import Path
 
 from emulator.methods import METHODS
 from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN
-from simulations.arguments import EXIT_USAGE, error_line, non_negative_int, positive_int
+from simulations.arguments import (
+    EXIT_USAGE,
+    error_line,
+    is_usage_error,
+    non_negative_int,
+    positive_int,
+    raised_where,
+)
 from simulations.run_config import add_set_option, set_dotted
 from simulations.runner import RunInterrupted, run_simulate, simulate_arguments
 from simulations.server.export_run import RUN_ROWS, export_arguments, run_export
@@ -31,6 +39,7 @@ log = logging.getLogger("scaleot")
 
 SET_EXAMPLE = "FIELD=VALUE, e.g. harmonizer_loss=lm"  # --set of build-emulator and the study scripts
 EXIT_RUN_FAILED = 1  # a run that ended without a result (nothing trained, nodes missing, backend crashed)
+EXIT_INTERNAL = 1  # a bug of ours or of a library's, as Python's own exit status for an uncaught exception
 EXIT_SIGNAL = 128  # + the signal's number, as a shell reports a process a signal ended
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -167,7 +176,9 @@ def _run_eval(args: argparse.Namespace) -> None:
     log.info("loaded %s in %.1f s", label, time.perf_counter() - start)
     start = time.perf_counter()
     if args.harness:
-        _print_harness(label, harness_scores(model, tokenizer, tasks, args.limit, args.batch_size))
+        _print_harness(
+            label, harness_scores(model, tokenizer, tasks, args.limit, args.batch_size), args.limit
+        )
         return
     result = memoised_accuracy(
         model, tokenizer, tasks, batch_size=args.batch_size, max_length=args.max_length, progress=True
@@ -183,15 +194,19 @@ def _run_eval(args: argparse.Namespace) -> None:
     )
 
 
-def _print_harness(label: str, scores: dict[str, dict[str, float]]) -> None:
+def _print_harness(label: str, scores: dict[str, dict[str, float]], limit: int | None) -> None:
+    """lm-eval's scores as our table, with n as ours has it: the documents scored, noted when ``--limit``
+    asked for more than the task holds."""
     from simulations.harness import METRICS
     from simulations.server.outputs import pct
 
-    print("| model | lm-eval task | acc (%) | acc_norm (%) |")
-    print("|---|---|---|---|")
+    print("| model | lm-eval task | n | acc (%) | acc_norm (%) |")
+    print("|---|---|---|---|---|")
     for task, m in scores.items():
+        n = m.get("n")
+        n_cell = "–" if n is None else f"{n} (all; --limit {limit})" if limit is not None and limit > n else n
         cells = [pct(m[k], m.get(k + "_stderr", float("nan"))) if k in m else "–" for k in METRICS]
-        print(f"| {label} | {task} | {' | '.join(cells)} |")
+        print(f"| {label} | {task} | {n_cell} | {' | '.join(cells)} |")
 
 
 def _run_task(run_dir: Path) -> tuple[str, int, int]:
@@ -395,6 +410,13 @@ def _setup_logging(level: str) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def _error_line_with_debug_traceback(error: BaseException) -> None:
+    """The one ``error:`` line of an expected failure; with ``--log-level DEBUG`` its traceback first, to say
+    where a check fired."""
+    log.debug("traceback of the error below:", exc_info=error)
+    error_line(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scaleot`` console script.
 
@@ -403,18 +425,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 on success, 2 on bad input, 1 for a run that ended without a result or a file that
-        could not be written (one ``error:`` line on stderr, no traceback). SIGTERM or SIGINT during a run
-        ends the process at once with 128 + the signal's number, after its one line.
+        could not be written (one ``error:`` line on stderr, its traceback only with ``--log-level DEBUG``),
+        1 for an internal error (a ``ValueError`` raised inside a library: its traceback, then one
+        ``error: internal error in ...`` line). SIGTERM or SIGINT during a run ends the process at once with
+        128 + the signal's number, after its one line.
     """
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        error_line(error)
+    except ValueError as error:
+        if not is_usage_error(error):
+            # Not a check of ours: its message alone says neither where it came from nor that it is a bug.
+            log.error("traceback of the internal error below:", exc_info=error)
+            error_line(f"internal error in {raised_where(error)}: {error} (traceback above; please report)")
+            return EXIT_INTERNAL
+        _error_line_with_debug_traceback(error)
+        return EXIT_USAGE
+    except FileNotFoundError as error:  # a path the user gave, wherever the open failed
+        _error_line_with_debug_traceback(error)
         return EXIT_USAGE
     except (RunFailedError, OSError) as error:  # OSError: a file that could not be written (a full disk)
-        error_line(error)
+        _error_line_with_debug_traceback(error)
         return EXIT_RUN_FAILED
     except KeyboardInterrupt:  # Ctrl-C outside a run (a run raises RunInterrupted)
         error_line("interrupted")

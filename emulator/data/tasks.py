@@ -103,7 +103,12 @@ def load_task(
     if test_size is not None and test_size < 1:
         raise ValueError(f"test_size={test_size} must be at least 1")
     if name == SYNTHETIC or name.startswith(SYNTHETIC + ":"):
-        return _split(name, synthetic_examples(_synthetic_size(name)), seed, test_size)
+        n = _synthetic_size(name)
+        # Recorded as every task's source is, so a run's record says its data was not read from anywhere.
+        source = {
+            "generated": f"{n} synthetic examples (emulator.data.tasks.synthetic_examples, no download)"
+        }
+        return _split(name, synthetic_examples(n), seed, test_size, source)
     if name.startswith(BIGBENCH_PREFIX):
         task = name[len(BIGBENCH_PREFIX) :]
         examples = bigbench_examples(read_bigbench_task(task), task)

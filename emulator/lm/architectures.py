@@ -131,6 +131,7 @@ def head_logits(model: nn.Module, hidden: Tensor, keep: Tensor) -> Tensor:
 
 
 def num_layers(model: nn.Module) -> int:
+    """The number of transformer blocks in ``model``'s block list (an emulator's: after its surgery)."""
     return len(get_layers(model))
 
 
@@ -172,6 +173,8 @@ def attention_projections(model: nn.Module, block: nn.Module) -> dict[str, nn.Mo
 
 
 def hidden_size(model: nn.Module) -> int:
+    """d, the width of the residual stream (``hidden_size``, GPT-2's ``n_embd``): a block maps (B, T, d) to
+    (B, T, d)."""
     config = model.config
     return getattr(config, "hidden_size", None) or config.n_embd
 

@@ -1,18 +1,24 @@
 """Selective Rank Compression (SRC, ScaleOT): low-rank attention projections in the blocks the emulator keeps.
 
 Paper: a rank reduction of the multi-head self-attention weights of the original layers kept in the emulator;
-the MLPs are left as they are. Reconstruction: every attention projection W (d_out × d_in) becomes its
-truncated SVD of rank ``r = ceil(β · min(d_out, d_in))``, computed in fp32 and cast back. Where the factors
-are smaller than W, ``r · (d_in + d_out) < d_in · d_out``, the projection is stored factorised as a
+the MLPs are left as they are. Every compressed attention projection W (d_out × d_in) becomes its truncated
+SVD of rank r, computed in fp32 and cast back, r chosen by one of two rules (``rank_rule``):
+
+- ``fraction`` (our reading of the paper's β): ``r = ceil(β · min(d_out, d_in))``, β a fraction of the rank;
+- ``energy`` (ours; the run config's default, ``emulator.src_rank = "energy"``): the smallest r whose singular
+  values hold a fraction β of the squared spectrum (Σ_{i≤r} σ_i² ≥ β Σ σ_i²), so β says how much of the map
+  survives whatever its shape.
+
+``compress_attention_`` itself defaults to ``fraction`` on all four projections; the emulator assembly passes
+``SrcConfig``'s values, whose defaults are ``energy`` on q and k (and β = 1: SRC off). Where the factors are
+smaller than W, ``r · (d_in + d_out) < d_in · d_out``, the projection is stored factorised as a
 ``LowRankLinear``; otherwise W is overwritten densely by its rank-r approximation (same module, same parameter
 names). At ``r = min(d_out, d_in)`` the projection is left untouched (the truncation would be exact).
 
 Knobs (issue 9: on SmolLM2, whose k/v projections are 192 × 576, a plain rank fraction neither saved
-parameters nor changed much): ``rank_rule='energy'`` keeps the smallest rank whose singular values hold a
-fraction β of the squared spectrum (Σ_{i≤r} σ_i² ≥ β Σ σ_i²), so β says how much of the map survives whatever
-its shape; ``projections`` picks which of q, k, v, o are compressed (GPT-2's packed ``c_attn`` counts as q, k
-and v); ``only_smaller`` leaves a projection untouched where the factorised form would not be smaller, so SRC
-never changes weights without saving parameters.
+parameters nor changed much, hence the energy rule): ``projections`` picks which of q, k, v, o are compressed
+(GPT-2's packed ``c_attn`` counts as q, k and v); ``only_smaller`` leaves a projection untouched where the
+factorised form would not be smaller, so SRC never changes weights without saving parameters.
 
 GPT-2's projections are transformers ``Conv1D`` modules computing ``y = x @ W + b`` with W stored (d_in,
 d_out); they are handled through ``architecture_of(model).transposed``.
@@ -46,10 +52,12 @@ class LowRankLinear(nn.Module):
         self.up = nn.Linear(rank, d_out, bias=bias)  # weight (d_out, r) = U_r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the map: ``x`` of shape (..., d_in) gives (..., d_out), through (..., r)."""
         return self.up(self.down(x))  # (..., d_in) -> (..., r) -> (..., d_out)
 
     @property
     def rank(self) -> int:
+        """r, the width between the factors (``down``'s output features)."""
         return self.down.out_features
 
 

@@ -112,6 +112,7 @@ def check_adapter_state(state: Mapping[str, torch.Tensor], expected: Mapping[str
 
 
 def adapter_num_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of an adapter state's tensors as stored (elements × element size, per tensor's dtype), summed."""
     return sum(t.numel() * t.element_size() for t in state.values())
 
 

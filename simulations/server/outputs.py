@@ -453,11 +453,16 @@ def privacy_line(history: Sequence[RoundRecord]) -> str:
     if not releases:
         return ""
     last = releases[-1]
-    epsilon = "∞ (no noise)" if last.get("epsilon") is None else f"{last['epsilon']:.2f}"
-    z = last.get("noise_multiplier")
-    noise = f", noise multiplier {z:g} on the average of the updates each round aggregated" if z else ""
-    spent = f"ε = {epsilon} at δ = {last['delta']:g} after {len(releases)} noised aggregate(s)"
-    return f"Differential privacy: {spent}{noise}."
+    if not last.get("noise_multiplier"):  # clipped, not noised: there is nothing to spend ε on
+        return (
+            f"Differential privacy: no noise (noise multiplier 0), so ε = ∞ at δ = {last['delta']:g}; "
+            f"{len(releases)} clipped aggregate(s)."
+        )
+    spent = f"ε = {last['epsilon']:.2f} at δ = {last['delta']:g} after {len(releases)} noised aggregate(s)"
+    noise = (
+        f"noise multiplier {last['noise_multiplier']:g} on the average of the updates each round aggregated"
+    )
+    return f"Differential privacy: {spent}, {noise}."
 
 
 def plot_accuracy(run_dir: Path, state: RunState) -> Path:

@@ -3,8 +3,9 @@
 Runs one run config (default: the demo, ``configs/smollm2-arc-easy.toml``) once without DP and once per noise
 multiplier ``z`` with ``[privacy]`` on (Flower's server-side fixed clipping at ``--clipping-norm``; see
 ``strategies.privacy``), all in this process, so the full model's zero-shot is scored once. Prints, per run,
-ε at δ after the last round (RDP, no sampling amplification claimed), the noise std per adapter coordinate,
-plug-in and emulator fine-tuned accuracy and plug-in minus full zero-shot (paired, same test examples).
+ε at δ (``privacy.delta``, 1e-5 by default; the heading gives it) after the last round (RDP, no sampling
+amplification claimed), the noise std per adapter coordinate, plug-in and emulator fine-tuned accuracy and
+plug-in minus full zero-shot (paired, same test examples).
 
 Each run lives in ``<out>/<run>`` (``no-DP``, ``z0.5``, ...) and is handled as ``scaleot compare`` handles a
 method (``simulations.studies.compare.run_method``): a finished run of the same config is reused, an
@@ -108,8 +109,12 @@ def markdown(runs: Mapping[str, Mapping[str, Any]], clipping_norm: float) -> str
     from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN, paired_difference
     from simulations.server.outputs import pct
 
+    deltas = sorted(
+        {m["rounds"][-1]["privacy"]["delta"] for m in runs.values() if m["rounds"][-1].get("privacy")}
+    )
+    at = f"δ = {', '.join(f'{d:g}' for d in deltas)}" if deltas else "δ"  # the config's privacy.delta
     lines = [
-        f"Fixed clipping C = {clipping_norm:g}; ε at δ after the last round (RDP, no amplification).",
+        f"Fixed clipping C = {clipping_norm:g}; ε at {at} after the last round (RDP, no amplification).",
         "",
         "| run | ε | noise std / coord | plug-in | emulator FT | full ZS | plug-in − full ZS (paired) |",
         "|---|---|---|---|---|---|---|",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import INPROCESS
 
 from emulator.methods import METHODS
+from simulations.arguments import is_usage_error, raised_where
 from simulations.cli import COMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +85,56 @@ def test_console_entry_exits_2_and_stays_light():
     # `scaleot --help` must not pay for torch / transformers imports.
     code = "import sys, simulations.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
+
+
+def test_a_library_value_error_is_an_internal_error_with_its_traceback(
+    capsys, caplog, monkeypatch, no_model_load
+):
+    # A numpy error deep inside Flower used to print as a usage error: one line, exit 2, nowhere to look.
+    monkeypatch.setattr("simulations.cli._check_device", lambda device: np.broadcast_shapes((2,), (3,)))
+    assert main(["eval", "--model", "tiny-llama", "--task", "synthetic"]) == 1
+    line = _one_error_line(capsys)
+    assert line.startswith("error: internal error in numpy.") and "_broadcast_shape" in line
+    assert ", called from " in line and ": shape mismatch" in line  # where in numpy, and where in our code
+    assert line.endswith("(traceback above; please report)")
+    assert "Traceback (most recent call last)" in caplog.text and "np.broadcast_shapes" in caplog.text
+
+
+def test_a_usage_error_is_one_line_and_shows_its_traceback_only_under_debug(capsys, caplog):
+    argv = ["eval", "--model", "gpt-17", "--task", "synthetic"]
+    assert main(argv) == 2
+    assert _one_error_line(capsys).startswith("error: model='gpt-17' is unknown")
+    assert "Traceback" not in caplog.text
+    scaleot = logging.getLogger("scaleot")
+    level = scaleot.level
+    try:
+        assert main(["--log-level", "DEBUG", *argv]) == 2
+    finally:
+        scaleot.setLevel(level)
+    assert _one_error_line(capsys).startswith("error: model='gpt-17' is unknown")
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert record.levelno == logging.DEBUG and "gpt-17" in str(record.exc_info[1])
+    assert "Traceback (most recent call last)" in caplog.text
+
+
+def test_only_a_raise_statement_of_our_packages_is_a_usage_error():
+    namespace = {"__name__": "strategies.fake", "np": np}
+    source = (
+        "def check(x):\n    raise ValueError(f'x={x} is not allowed')\ndef add(a, b):\n    return a + b\n"
+    )
+    # Code of ours, by its file: a check that raises, and an operation that fails.
+    exec(compile(source, str(ROOT / "strategies" / "fake.py"), "exec"), namespace)
+    errors = []
+    for call in (
+        lambda: namespace["check"](3),
+        lambda: namespace["add"](np.zeros(2), np.zeros(3)),  # numpy's broadcast, raised in our frame
+        lambda: np.broadcast_shapes((2,), (3,)),  # inside numpy
+    ):
+        with pytest.raises(ValueError) as caught:
+            call()
+        errors.append(caught.value)
+    assert [is_usage_error(error) for error in errors] == [True, False, False]
+    assert raised_where(errors[1]) == "strategies.fake.add"
 
 
 def test_eval_needs_exactly_one_of_task_and_harness(capsys):

@@ -173,3 +173,20 @@ def test_stage1_study_bad_input_is_one_line(tmp_path, capsys):
     assert "(default: the finished live ScaleOT run with the most stage-1 steps)" in " ".join(
         capsys.readouterr().out.split()
     )
+
+
+def test_dp_study_table_gives_the_delta_its_epsilons_are_at():
+    from emulator.results import EMULATOR_FT, FULL_ZS, PLUG_IN
+    from simulations.studies.dp_study import markdown
+
+    row = {"acc": 0.5, "acc_stderr": 0.1, "correct": [1, 0, 1, 0]}
+    results = {PLUG_IN: row, FULL_ZS: row, EMULATOR_FT: row}
+    privacy = {"epsilon": 7.25, "delta": 1e-5, "noise_multiplier": 1.2, "noise_std": 0.003}
+    runs = {
+        "no DP": {"results": results, "rounds": [{}]},
+        "z=1.2": {"results": results, "rounds": [{"privacy": privacy}]},
+    }
+    heading, *_, no_dp, noised = markdown(runs, 0.01).splitlines()
+    # The heading said "ε at δ" with no value: the table could not be read without the config.
+    assert heading == "Fixed clipping C = 0.01; ε at δ = 1e-05 after the last round (RDP, no amplification)."
+    assert no_dp.startswith("| no DP | – |") and noised.startswith("| z=1.2 | 7.25 |")

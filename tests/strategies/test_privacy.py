@@ -25,12 +25,12 @@ from emulator.scaleot.bundle import load_emulator
 from simulations.cli import main
 from simulations.run_config import load_config
 from simulations.server.evaluation import initial_adapter
-from simulations.server.outputs import RunState, write_report
+from simulations.server.outputs import RunState, privacy_line, write_report
 from strategies import wire
 from strategies.offsite import offsite_strategy
 from strategies.privacy import DifferentialPrivacy
 from strategies.privacy_config import DPConfig
-from strategies.records import nothing_trained_reason, progress_line
+from strategies.records import RoundRecord, nothing_trained_reason, progress_line
 from strategies.settings import EmulatorOffer, ServerEvaluation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +121,15 @@ def test_noise_is_sized_for_the_updates_averaged_so_epsilon_is_never_understated
     write_report(tmp_path, RunState(zero_shot={}, history=strategy.history), title="dp")
     report = (tmp_path / "report.md").read_text()
     assert "Differential privacy: ε = 4.73 at δ = 1e-05 after 1 noised aggregate(s)" in report
+
+
+def test_a_report_without_noise_says_so_and_does_not_call_its_aggregates_noised():
+    clipped = {"epsilon": None, "delta": 1e-5, "noise_multiplier": 0.0, "clipping_norm": 0.01}
+    line = privacy_line([RoundRecord(round=r, privacy=clipped) for r in (1, 2)])
+    assert line == (
+        "Differential privacy: no noise (noise multiplier 0), so ε = ∞ at δ = 1e-05; 2 clipped aggregate(s)."
+    )
+    assert "noised" not in line
 
 
 @pytest.mark.parametrize("target, interval", [(0.25, (0.5, 1.0)), (0.5, (1.0, 2.0)), (0.75, (2.0, 4.0))])

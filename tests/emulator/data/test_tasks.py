@@ -270,3 +270,9 @@ def test_synthetic_size_is_selectable_for_many_clients():
     assert load_task("synthetic:400").train == load_task("synthetic").train
     with pytest.raises(ValueError, match="synthetic:<n>"):
         load_task("synthetic:many")
+
+
+def test_synthetic_tasks_record_that_their_examples_are_generated():
+    # The run record's task data line was missing for synthetic runs, while the README says every run has one.
+    assert load_task("synthetic").source["generated"].startswith("400 synthetic examples")
+    assert load_task("synthetic:1000", seed=1).source["generated"].startswith("1000 synthetic examples")

@@ -114,7 +114,17 @@ def test_eval_harness_scores_the_shipped_local_task(capsys):
 
     assert main(["eval", "--model", "tiny-llama", "--harness", "docs/lm-eval/scaleot_synthetic.yaml"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-llama |")]
-    assert len(rows) == 1 and rows[0].startswith("| tiny-llama | scaleot_synthetic | ") and " ± " in rows[0]
+    assert (
+        len(rows) == 1 and rows[0].startswith("| tiny-llama | scaleot_synthetic | 20 | ") and " ± " in rows[0]
+    )
+    # The file holds 20 examples: a larger --limit scores those 20, and the n says so.
+    argv = ["eval", "--model", "tiny-llama", "--harness", "docs/lm-eval/scaleot_synthetic.yaml", "--limit"]
+    assert main([*argv, "40"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-llama |")]
+    assert rows[0].startswith("| tiny-llama | scaleot_synthetic | 20 (all; --limit 40) | ")
+    assert main([*argv, "5"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-llama |")]
+    assert rows[0].startswith("| tiny-llama | scaleot_synthetic | 5 | ")
 
 
 # ---------------------------------------------- the papers' tasks through lm-eval's own task files (issue 20)
