@@ -108,7 +108,12 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
         "says so; default with --run on its task's test split: the run's evaluation.test_limit, else all)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass")
-    parser.add_argument("--max-length", type=positive_int, default=512, help="token budget per sequence")
+    parser.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=None,
+        help="token budget per sequence (default: the run's evaluation.max_length with --run, else 512)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--seed",
@@ -130,11 +135,14 @@ def _run_eval(args: argparse.Namespace) -> None:
         )
     if args.run_dir is None and args.row is not None:
         raise ValueError(f"--row={args.row} needs --run: it picks a model of a run directory")
-    task, seed, limit = args.task, args.seed, args.limit
+    task, seed, limit, max_length = args.task, args.seed, args.limit, args.max_length or 512
     if args.run_dir is not None:
-        run_task, run_seed, run_limit = _run_task(Path(args.run_dir))
+        run_task, run_seed, run_limit, run_max_length = _run_task(Path(args.run_dir))
         task = task if task is not None or args.harness else run_task
         seed = run_seed if seed is None else seed
+        if args.max_length is None:  # truncation changes scores: the run's budget unless another is asked for
+            max_length = run_max_length
+            log.info("token budget %d per sequence, as the run's (its evaluation.max_length)", max_length)
         if (
             args.limit is None
             and run_limit
@@ -172,7 +180,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
         label = args.model or DEFAULT_MODEL
         model, tokenizer = load_model(label, device=args.device)
-    check_fits(model, lengths={"--max-length": args.max_length})
+    check_fits(model, lengths={"--max-length": max_length})
     log.info("loaded %s in %.1f s", label, time.perf_counter() - start)
     start = time.perf_counter()
     if args.harness:
@@ -181,7 +189,7 @@ def _run_eval(args: argparse.Namespace) -> None:
         )
         return
     result = memoised_accuracy(
-        model, tokenizer, tasks, batch_size=args.batch_size, max_length=args.max_length, progress=True
+        model, tokenizer, tasks, batch_size=args.batch_size, max_length=max_length, progress=True
     )
     seconds = time.perf_counter() - start
     from simulations.server.outputs import pct
@@ -209,10 +217,10 @@ def _print_harness(label: str, scores: dict[str, dict[str, float]], limit: int |
         print(f"| {label} | {task} | {n_cell} | {' | '.join(cells)} |")
 
 
-def _run_task(run_dir: Path) -> tuple[str, int, int]:
-    """The task, split seed and test limit (0: all) a run was scored with: eval's defaults with --run, so that
-    its test split is the run's (another seed's split could hold the clients' training examples) and its
-    numbers are reproduced.
+def _run_task(run_dir: Path) -> tuple[str, int, int, int]:
+    """The task, split seed, test limit (0: all) and token budget a run was scored with: eval's defaults with
+    --run, so that its test split is the run's (another seed's split could hold the clients' training
+    examples) and its numbers are reproduced.
 
     Raises:
         ValueError: ``run_dir`` has no config.toml, or it cannot be read.
@@ -222,7 +230,8 @@ def _run_task(run_dir: Path) -> tuple[str, int, int]:
     if not (run_dir / "config.toml").is_file():
         raise ValueError(f"--run={run_dir} is not a run directory: config.toml is missing")
     recorded = load_config(run_dir / "config.toml")
-    return recorded.task, recorded.seed, recorded.evaluation.test_limit
+    evaluation = recorded.evaluation
+    return recorded.task, recorded.seed, evaluation.test_limit, evaluation.max_length
 
 
 def _our_examples(task: str, split: str, limit: int | None, seed: int) -> tuple[list, str]:

@@ -4,6 +4,7 @@ only as they were trained, and two nodes never share a partition unseen (issue 2
 from __future__ import annotations
 
 import json
+import re
 import logging
 import shutil
 import time
@@ -352,3 +353,21 @@ def test_eval_of_a_run_scores_the_runs_test_limit_unless_limit_is_given(finished
     assert "scoring the first 8 test examples, as the run did (its evaluation.test_limit" in caplog.text
     assert main(["eval", "--run", str(finished_run), "--row", "full", "--limit", "4"]) == 0
     assert f"| {finished_run} (full_zs) | synthetic | test | 4 | " in capsys.readouterr().out
+
+
+def test_eval_of_a_run_truncates_as_the_run_did_unless_max_length_is_given(finished_run, capsys, caplog):
+    config = finished_run / "config.toml"
+    head, evaluation = config.read_text().split("[evaluation]\n", 1)
+    evaluation = re.sub(r"max_length = \d+", "max_length = 6", evaluation, count=1)
+    config.write_text(f"{head}[evaluation]\n{evaluation}")
+    args = ["eval", "--run", str(finished_run), "--row", "full", "--batch-size", "8"]
+
+    def table_row(extra: list[str]) -> str:
+        assert main([*args, *extra]) == 0
+        return capsys.readouterr().out.splitlines()[-1].rsplit("|", 2)[0]  # without the eval time
+
+    with caplog.at_level(logging.INFO, logger="scaleot"):
+        by_default = table_row([])
+    assert "token budget 6 per sequence, as the run's (its evaluation.max_length)" in caplog.text
+    assert by_default == table_row(["--max-length", "6"])
+    assert by_default != table_row(["--max-length", "512"])
