@@ -4,8 +4,8 @@ only as they were trained, and two nodes never share a partition unseen (issue 2
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
