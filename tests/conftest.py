@@ -216,6 +216,18 @@ def sets(*overrides: str) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
 
+def assert_same_adapter(run_dir: Path, reference_dir: Path) -> None:
+    """The two runs' final ``adapter.safetensors`` hold the same tensors, bit for bit (a resumed run against
+    an uninterrupted one)."""
+    from safetensors.torch import load_file
+
+    final = load_file(str(run_dir / "adapter.safetensors"))
+    reference = load_file(str(reference_dir / "adapter.safetensors"))
+    assert final.keys() == reference.keys()
+    for key in reference:
+        assert final[key].equal(reference[key]), key
+
+
 @pytest.fixture(scope="session")
 def failing_partition() -> int:
     """A partition of tiny.toml that round 1 samples (sampling depends only on (seed, round))."""

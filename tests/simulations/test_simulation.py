@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from conftest import INPROCESS, sets
+from conftest import INPROCESS, assert_same_adapter, sets
 from conftest import TINY_CONFIG as CONFIG
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file
@@ -115,13 +115,7 @@ def test_a_run_stopped_after_round_one_resumes_to_the_same_adapter(
     assert resumed["rounds"][0] == stopped["rounds"][0]  # nothing written by round 1 was lost
     assert resumed["zero_shot"] == stopped["zero_shot"]  # zero-shot evaluated once
 
-    final, reference = (
-        load_file(str(run_dir / "adapter.safetensors")),
-        load_file(str(inprocess_full_run / "adapter.safetensors")),
-    )
-    assert final.keys() == reference.keys()
-    for key in reference:
-        assert final[key].equal(reference[key]), key
+    assert_same_adapter(run_dir, inprocess_full_run)
 
 
 def test_eval_run_rows_rebuild_the_runs_plug_in_and_emulator(full_run):

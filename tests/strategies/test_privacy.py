@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import INPROCESS, FakeGrid, sets
+from conftest import INPROCESS, FakeGrid, assert_same_adapter, sets
 from dp_accounting import GaussianDpEvent
 from dp_accounting.rdp import RdpAccountant
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
@@ -435,10 +435,4 @@ def test_a_dp_run_stopped_after_round_one_resumes_to_the_same_adapter_and_epsilo
     assert main(["simulate", "--resume", str(stopped), *sets("federation.rounds=2")]) == 0
     records = [json.loads((d / "metrics.json").read_text())["rounds"] for d in (whole, stopped)]
     assert [r["privacy"] for r in records[0]] == [r["privacy"] for r in records[1]]
-    final, reference = (
-        load_file(str(stopped / "adapter.safetensors")),
-        load_file(str(whole / "adapter.safetensors")),
-    )
-    assert final.keys() == reference.keys()
-    for key in reference:
-        assert final[key].equal(reference[key]), key
+    assert_same_adapter(stopped, whole)

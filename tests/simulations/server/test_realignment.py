@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import INPROCESS, TINY_CONFIG, sets
+from conftest import INPROCESS, TINY_CONFIG, assert_same_adapter, sets
 from flwr.app import ArrayRecord
-from safetensors.torch import load_file
 
 from emulator.scaleot.bundle import load_emulator
 from emulator.scaleot.realign import harmonizer_state
@@ -48,10 +47,4 @@ def test_realignment_is_recorded_its_bytes_counted_and_a_resumed_run_trains_the_
     assert main(["simulate", "--resume", str(stopped), *sets("federation.rounds=2")]) == 0
     assert rounds(stopped)[1]["harmonizer_bytes"] == harmonizer_bytes
     assert rounds(stopped)[1]["realign"]["loss_before"] == second["realign"]["loss_before"]
-    final, reference = (
-        load_file(str(stopped / "adapter.safetensors")),
-        load_file(str(run_dir / "adapter.safetensors")),
-    )
-    assert final.keys() == reference.keys()
-    for key in reference:
-        assert final[key].equal(reference[key]), key
+    assert_same_adapter(stopped, run_dir)
